@@ -1,0 +1,228 @@
+"""Table tests for the pure mapping layer: metric keys, params, tags, user rules."""
+
+import math
+
+import pytest
+
+from syncer.mapping import (
+    ContextMapper,
+    RulesFileError,
+    hf_eval_sets,
+    load_rules,
+    parse_param,
+    split_tags,
+    tag_labels,
+)
+
+HF_KEYS = [
+    "loss", "learning_rate", "grad_norm", "epoch",
+    "eval_de_loss", "eval_de_accuracy", "eval_de_runtime", "eval_de_samples_per_second",
+    "eval_en_loss", "eval_en_accuracy",
+    "eval_xnli_zh_loss", "eval_xnli_zh_accuracy",
+    "eval_wiki_loss", "eval_wiki_f1",
+    "train_loss", "train_runtime",
+]
+
+
+@pytest.mark.parametrize(
+    "key, name, context",
+    [
+        # rule 1: Hugging Face per-dataset eval keys
+        ("eval_de_accuracy", "accuracy", {"subset": "eval", "dataset": "de", "lang": "de"}),
+        ("eval_de_loss", "loss", {"subset": "eval", "dataset": "de", "lang": "de"}),
+        ("eval_de_samples_per_second", "samples_per_second", {"subset": "eval", "dataset": "de", "lang": "de"}),
+        ("eval_en_accuracy", "accuracy", {"subset": "eval", "dataset": "en", "lang": "en"}),
+        ("eval_xnli_zh_accuracy", "accuracy", {"subset": "eval", "dataset": "xnli_zh"}),  # not an ISO code
+        ("eval_wiki_f1", "f1", {"subset": "eval", "dataset": "wiki"}),
+        # rule 2: subset prefixes
+        ("train_loss", "loss", {"subset": "train"}),
+        ("train_runtime", "runtime", {"subset": "train"}),
+        ("eval_fr_accuracy", "fr_accuracy", {"subset": "eval"}),  # fr has no eval_fr_loss in this run
+        # no rule
+        ("loss", "loss", {}),
+        ("learning_rate", "learning_rate", {}),
+        ("epoch", "epoch", {}),
+    ],
+)
+def test_hf_run_keys(key, name, context):
+    m = ContextMapper().for_run(HF_KEYS).map(key)
+    assert (m.name, m.context, m.system) == (name, context, False)
+
+
+@pytest.mark.parametrize(
+    "key, name, context",
+    [
+        ("train/loss", "loss", {"subset": "train"}),
+        ("eval/accuracy", "accuracy", {"subset": "eval"}),
+        ("eval_loss", "loss", {"subset": "eval"}),
+        ("val_loss", "loss", {"subset": "val"}),
+        ("val/acc", "acc", {"subset": "val"}),
+        ("validation_loss", "loss", {"subset": "val"}),
+        ("test_f1", "f1", {"subset": "test"}),
+        ("test/f1", "f1", {"subset": "test"}),
+        ("train_", "train_", {}),  # nothing left after the prefix: untouched
+        ("training_loss", "training_loss", {}),
+        ("eval", "eval", {}),
+        ("accuracy/de", "accuracy/de", {}),
+    ],
+)
+def test_subset_prefixes(key, name, context):
+    m = ContextMapper().for_run([key]).map(key)
+    assert (m.name, m.context) == (name, context)
+
+
+@pytest.mark.parametrize(
+    "key, name, context",
+    [
+        ("system/cpu_utilization_percentage", "cpu_utilization_percentage", {}),
+        ("system/system_memory_usage_megabytes", "system_memory_usage_megabytes", {}),
+        ("system/gpu_0_utilization_percentage", "gpu_utilization_percentage", {"gpu": 0}),
+        ("system/gpu_3_memory_usage_megabytes", "gpu_memory_usage_megabytes", {"gpu": 3}),
+    ],
+)
+def test_system_metrics(key, name, context):
+    m = ContextMapper().for_run([key]).map(key)
+    assert (m.name, m.context, m.system) == (name, context, True)
+
+
+def test_mlflow3_dataset_name_becomes_context():
+    run = ContextMapper().for_run(["accuracy", "eval_de_loss", "eval_de_accuracy"])
+    assert run.map("accuracy", "holdout").context == {"dataset": "holdout"}
+    # a rule that already named the dataset keeps it
+    assert run.map("eval_de_accuracy", "other").context["dataset"] == "de"
+    assert run.map("accuracy", None).context == {}
+
+
+def test_eval_sets_prefer_longest():
+    keys = ["eval_xnli_loss", "eval_xnli_de_loss", "eval_xnli_de_accuracy"]
+    assert hf_eval_sets(keys) == {"xnli", "xnli_de"}
+    m = ContextMapper().for_run(keys).map("eval_xnli_de_accuracy")
+    assert (m.name, m.context) == ("accuracy", {"subset": "eval", "dataset": "xnli_de"})
+
+
+def test_mapping_off_keeps_keys():
+    m = ContextMapper(enabled=False).for_run(HF_KEYS).map("eval_de_accuracy", "ds")
+    assert (m.name, m.context, m.system) == ("eval_de_accuracy", {}, False)
+    assert ContextMapper(enabled=False).for_run(["system/cpu"]).map("system/cpu").system is False
+
+
+def test_user_rules_first(tmp_path):
+    f = tmp_path / "rules.toml"
+    f.write_text(
+        """
+[[rule]]
+pattern = '^(?P<lang>[a-z]{2})/(?P<name>[a-z_]+)$'
+context = { task = "xnli" }
+
+[[rule]]
+pattern = '^eval_(?P<lang>de)_(?P<metric>accuracy)$'
+name = "acc"
+"""
+    )
+    mapper = ContextMapper(load_rules(f))
+    run = mapper.for_run(HF_KEYS + ["de/accuracy"])
+    assert run.map("de/accuracy").context == {"task": "xnli", "lang": "de"}
+    assert run.map("de/accuracy").name == "accuracy"
+    m = run.map("eval_de_accuracy")  # the user rule wins over rule 1
+    assert (m.name, m.context) == ("acc", {"lang": "de", "metric": "accuracy"})
+    assert run.map("eval_en_accuracy").context["lang"] == "en"  # defaults still apply
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[[rule]]\npattern = '('\nname='x'", "bad pattern"),
+        ("[[rule]]\npattern = 'x'", "needs a `name`"),
+        ("[[rule]]\nname = 'x'", "needs a string `pattern`"),
+        ("rule = 3 3", "not valid TOML"),
+        ("", "no [[rule]]"),
+    ],
+)
+def test_bad_rules_files(tmp_path, text, message):
+    f = tmp_path / "rules.toml"
+    f.write_text(text)
+    with pytest.raises(RulesFileError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_rules(f)
+
+
+def test_missing_rules_file(tmp_path):
+    with pytest.raises(RulesFileError, match="cannot read"):
+        load_rules(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("5e-05", 5e-05),
+        ("0.1", 0.1),
+        (".5", 0.5),
+        ("1.", 1.0),
+        ("-3.25", -3.25),
+        ("8", 8),
+        ("-2", -2),
+        ("0", 0),
+        ("False", False),
+        ("True", True),
+        ("true", True),
+        ("None", None),
+        ("null", None),
+        ("[0, 1]", [0, 1]),
+        ("[]", []),
+        ('{"a": 1, "b": [1, 2]}', {"a": 1, "b": [1, 2]}),
+        ("{'id2label': {'0': 'entailment'}}", {"id2label": {"0": "entailment"}}),
+        ("('a', 'b')", ["a", "b"]),
+        ("['x', None, True]", ["x", None, True]),
+        # stays a string, untouched
+        ("bert-base-multilingual-cased", "bert-base-multilingual-cased"),
+        ("007", "007"),
+        ("1_000", "1_000"),
+        (" 5", " 5"),
+        ("5 ", "5 "),
+        ("nan", "nan"),
+        ("inf", "inf"),
+        ("1e999", "1e999"),
+        ("99999999999999999999999", "99999999999999999999999"),
+        ("{1, 2}", "{1, 2}"),  # a set is no JSON value
+        ("{1: 'a'}", "{1: 'a'}"),  # non-string keys
+        ("[1, 2", "[1, 2"),
+        ("", ""),
+        ("FALSE", "FALSE"),
+        ("0x10", "0x10"),
+        ("ünïcødé ✓", "ünïcødé ✓"),
+        ("[" + "1," * 3000 + "1]", [1] * 3001),
+    ],
+)
+def test_parse_param(raw, expected):
+    got = parse_param(raw)
+    assert got == expected and type(got) is type(expected)
+
+
+def test_parse_param_long_string_untouched():
+    s = "x" * 6000
+    assert parse_param(s) is s
+
+
+def test_parse_param_deep_nesting_stays_string():
+    deep = "[" * 5000 + "]" * 5000
+    assert parse_param(deep) == deep
+
+
+def test_split_tags_and_labels():
+    tags = {
+        "mlflow.note.content": "my notes",
+        "mlflow.runName": "r",
+        "mlflow.user": "ann",
+        "team": "nlp",
+        "flag": "",
+    }
+    s = split_tags(tags)
+    assert s.description == "my notes"
+    assert s.user_tags == {"team": "nlp", "flag": ""}
+    assert set(s.system_tags) == {"mlflow.note.content", "mlflow.runName", "mlflow.user"}
+    assert tag_labels(s.user_tags) == ["flag", "team=nlp"]
+
+
+def test_nan_like_values_never_parse_to_nan():
+    for raw in ("NaN", "nan", "-inf", "Infinity"):
+        v = parse_param(raw)
+        assert not (isinstance(v, float) and (math.isnan(v) or math.isinf(v)))
