@@ -1,0 +1,776 @@
+"""The one module that touches Aim's internals (Aim 3.29.x).
+
+Everything else in the syncer writes Aim only through this module.  Aim's public API
+(``aim.Run.track``) stamps every point with *now*, commits one RocksDB batch per value and
+column (plus range deletes), and cannot create a run under a chosen hash.  This module writes
+the same storage layout Aim's own ``RunTracker`` writes, but
+
+* with the caller's timestamps (MLflow's), so Aim's wall-time / relative-time axes are true;
+* one RocksDB write batch per chunk of points (the ``seqs`` container) plus one small batch of
+  sequence metadata (the ``meta`` container): far faster than ``Run.track``;
+* idempotently: a point lives at a key derived from ``(context, name, step)``, so writing the
+  same step again overwrites it; nothing reads the series history to append to it;
+* under a caller-chosen run hash, re-openable on every later sync without touching the creation
+  time that was set.
+
+Interface (all that the sink uses)::
+
+    w = AimRunWriter.open(repo_or_path, run_hash, experiment="exp")   # create or reopen
+    w.set_info(name=..., description=..., params={...}, labels=["k=v"], archived=False)
+    w.set_times(created_at=1.7e9, ended_at=None, active=True)         # seconds since epoch
+    w.write_points("loss", {"subset": "train"}, steps, values, timestamps, epochs=None)
+    w.write_objects("samples", {}, step, timestamp, aim.Text("..."))  # aim.Image / Text / Audio
+    w.flush()    # durable (WAL fsync'ed); not yet guaranteed visible
+    w.close()    # flush + index: visible to Repo.iter_runs / query_metrics / ``aim up``
+
+    system_metric_name("system/gpu_0_utilization_percentage") -> "__system__gpu"
+    system_metric(name) -> (aim_name, context)     # context carries the GPU index, if any
+    set_experiment_description(repo, "exp", "text")
+    read_metric(repo, run_hash, name, context) -> dict   # read back through Aim's public SDK
+    check_aim_compatibility()                            # raises AimInternalsChanged
+
+How Aim 3.29 decides what the UI shows (read from its source):
+
+* creation time = ``run.created_at`` column of the structured DB (``run_metadata.sqlite``);
+  the runs table is ordered by it (``ORDER BY created_at DESC``), ``creation_time`` in the web
+  API is its timestamp;
+* end time = ``end_time`` key of the run's meta tree (``meta/chunks/<hash>/end_time``; the
+  ``finalized_at`` column is only a fallback and is kept equal);
+  ``active = not end_time``; ``duration = end_time - creation_time`` (or ``now - creation``);
+* a run is listed by ``Repo.iter_runs`` / ``get_run`` / queries / ``aim up`` only once its meta
+  chunk has been copied into the repo index (``meta/index``).  Aim itself indexes only from
+  ``aim up``'s background indexer or ``aim storage reindex``; ``close()`` here calls that same
+  indexing code (``RepoIndexManager.index``) for this run, so it is visible at once;
+* the Run page's *System* tab holds every metric whose name starts with ``__system__``.
+
+Not thread-safe: one writer per run, used from one thread.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import math
+import operator
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+log = logging.getLogger(__name__)
+
+# The Aim versions whose storage layout this module was written against and tested with.
+SUPPORTED_AIM = ((3, 29), (3, 30))  # [3.29, 3.30)
+
+# Steps are hashed by Aim through a C double: integers beyond 2**53 would collide.
+MAX_ABS_STEP = 2**53
+
+_HASH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_SYSTEM_PREFIX = "__system__"  # aim.ext.resource.configs.AIM_RESOURCE_METRIC_PREFIX
+_MLFLOW_SYSTEM_PREFIX = "system/"
+_METRIC_DTYPES = ("float", "int", "float64", "number")
+# private bookkeeping inside the run's meta tree (not params: the UI never shows it)
+_OWN_KEY = "__mlflow_aim_syncer"
+
+
+class AimInternalsChanged(RuntimeError):
+    """The installed Aim does not have the internals this module relies on."""
+
+
+class AimRunLocked(RuntimeError):
+    """Another writer (process) holds the Aim run's lock."""
+
+
+# ----------------------------------------------------------------------------------------------
+# compatibility guard
+
+_compat_checked = False
+
+
+def check_aim_compatibility() -> None:
+    """Raise :class:`AimInternalsChanged` with a clear message when the installed Aim lacks an
+    internal this module relies on, or its step hashing / encoding differs from what we write."""
+    global _compat_checked
+    if _compat_checked:
+        return
+    problems: list[str] = []
+    try:
+        import aim
+        from aim.__version__ import __version__ as aim_version
+    except Exception as e:  # pragma: no cover - aim missing entirely
+        raise AimInternalsChanged(f"cannot import aim: {e}") from e
+    try:
+        ver = tuple(int(x) for x in aim_version.split(".")[:2])
+    except ValueError:
+        ver = (0, 0)
+    lo, hi = SUPPORTED_AIM
+    if not (lo <= ver < hi):
+        problems.append(
+            f"aim {aim_version} is outside the supported range "
+            f"[{lo[0]}.{lo[1]}, {hi[0]}.{hi[1]}) (pinned in pyproject.toml)"
+        )
+
+    def need(modname: str, *attrs: str) -> Any:
+        try:
+            mod = __import__(modname, fromlist=["_"])
+        except Exception as e:
+            problems.append(f"module {modname} cannot be imported ({e})")
+            return None
+        for a in attrs:
+            obj = mod
+            for part in a.split("."):
+                if not hasattr(obj, part):
+                    problems.append(f"{modname}.{a} is missing")
+                    break
+                obj = getattr(obj, part)
+        return mod
+
+    need("aimrocks", "WriteBatch.put", "WriteBatch.delete_range", "DB.write", "DB.flush_wal", "errors.RocksIOError")
+    need(
+        "aim.sdk.repo",
+        "Repo.request_container", "Repo.request_tree", "Repo.request_props", "Repo.request_run_lock",
+        "Repo.from_path", "Repo.exists", "ContainerConfig",
+    )
+    need("aim.sdk.repo_utils", "get_repo")
+    need("aim.sdk.index_manager", "RepoIndexManager.get_index_manager", "RepoIndexManager.index")
+    need("aim.sdk.tracker", "RunTracker._track", "STEP_HASH_FUNCTIONS")
+    need("aim.sdk.sequence", "SequenceV2Data.numpy")
+    need("aim.storage.context", "Context")
+    need("aim.storage.encoding", "encode", "encode_path", "encode_key", "encode_int64", "decode_path")
+    need("aim.storage.treeutils", "encode_tree")
+    need("aim.storage.utils", "ArrayFlag", "ObjectFlag")
+    need("aim.storage.rockscontainer", "RocksContainer.set", "RocksContainer.delete_range",
+         "RocksContainer.batch", "RocksContainer.commit", "RocksContainer.close", "RocksContainer.db")
+    need("aim.storage.hashing.hashing", "hash_auto", "_HASH_UNIFORM_SALT")
+    need("aim.storage.hashing.c_hash", "det_hash")
+    need("aim.storage.structured.sql_engine.models", "Run.created_at", "Run.finalized_at")
+    need("aim.storage.structured.sql_engine.entities", "ModelMappedRun", "ModelMappedExperiment")
+    if not problems:
+        # functional checks: our fast step-key derivation and value encoding equal Aim's own
+        from aim.sdk.tracker import STEP_HASH_FUNCTIONS
+        from aim.storage import encoding as E
+        from aim.storage.utils import ArrayFlag
+
+        try:
+            for s in (0, 1, -1, 7, 2**31 + 5, 10**12, -(10**12), MAX_ABS_STEP):
+                want = E.encode_key(STEP_HASH_FUNCTIONS[2](s)) + b"\xfe"
+                if _step_key(s) != want:
+                    problems.append(f"Aim's step hashing changed (step {s})")
+                    break
+            if E.encode(ArrayFlag) != _ARRAY_FLAG:
+                problems.append("Aim's array-flag encoding changed")
+            if E.encode(1.5)[:1] != _FLOAT_TAG or E.encode(3)[:1] != _INT_TAG or E.encode(None) != _NONE_ENC:
+                problems.append("Aim's value encoding changed")
+        except Exception as e:  # pragma: no cover
+            problems.append(f"Aim's hashing/encoding cannot be exercised ({e!r})")
+    if problems:
+        raise AimInternalsChanged(
+            "syncer.aim_adapter relies on Aim internals that are not as expected:\n  - "
+            + "\n  - ".join(problems)
+            + "\nPin aim to the supported range or update syncer/aim_adapter.py (see its docstring)."
+        )
+    _compat_checked = True
+
+
+# ----------------------------------------------------------------------------------------------
+# low-level encoding (mirrors aim.sdk.tracker.RunTracker + aim.storage.encoding byte for byte)
+
+from aim.storage import encoding as _E  # noqa: E402
+from aim.storage import treeutils as _treeutils  # noqa: E402
+from aim.storage.hashing import c_hash as _c_hash  # noqa: E402
+from aim.storage.hashing import hashing as _hashing  # noqa: E402
+from aim.storage.utils import ArrayFlag as _ArrayFlag  # noqa: E402
+
+_encode = _E.encode
+_encode_path = _E.encode_path
+_encode_int64 = _E.encode_int64
+_det_hash = _c_hash.det_hash
+_blake2b = hashlib.blake2b
+_HASH_SALT = _hashing._HASH_UNIFORM_SALT
+_LITTLE = sys.byteorder == "little"
+_ARRAY_FLAG = _encode(_ArrayFlag)
+_FLOAT_TAG = _encode(0.0)[:1]
+_INT_TAG = _encode(0)[:1]
+_NONE_ENC = _encode(None)
+
+
+def _step_key(step: int) -> bytes:
+    """``encode_key(hash_auto(step)) + PATH_SENTINEL``: the key suffix of one point in a v2
+    (metric) series array.  Same as ``aim.storage.hashing.hash_number`` without the call layers:
+    ``blake2b(int64(det_hash(step)), salt)`` read as int64, encoded big-endian."""
+    d = _blake2b(_encode_int64(_det_hash(step)), digest_size=8, salt=_HASH_SALT).digest()
+    if _LITTLE:
+        d = d[::-1]
+    else:  # pragma: no cover
+        d = int.from_bytes(d, sys.byteorder, signed=True).to_bytes(8, "big", signed=True)
+    return b"\xfe" + d + b"\xfe"
+
+
+def _check_hash(run_hash: str) -> str:
+    if not isinstance(run_hash, str) or not _HASH_RE.match(run_hash):
+        raise ValueError(f"invalid Aim run hash {run_hash!r}: use 1-128 of [A-Za-z0-9_.-]")
+    return run_hash
+
+
+def derive_run_hash(mlflow_run_id: str) -> str:
+    """A deterministic 24-hex-character Aim run hash (Aim's own length) for an MLflow run id."""
+    return hashlib.sha256(f"mlflow-run:{mlflow_run_id}".encode()).hexdigest()[:24]
+
+
+def _utc_naive(ts: float) -> _dt.datetime:
+    """Seconds since the epoch -> naive UTC datetime, as Aim's structured DB stores them."""
+    return _dt.datetime.fromtimestamp(float(ts), tz=_dt.timezone.utc).replace(tzinfo=None)
+
+
+def _get_repo(repo):
+    from aim.sdk.repo import Repo
+    from aim.sdk.repo_utils import get_repo
+
+    if isinstance(repo, Repo):
+        return repo
+    return get_repo(os.fspath(repo))
+
+
+# ----------------------------------------------------------------------------------------------
+# the writer
+
+
+@dataclass
+class _SeqInfo:
+    """What the meta tree says about one metric series (kept in memory between chunks)."""
+
+    new: bool
+    first_step: int | None = None
+    last_step: int | None = None
+    min: float = math.inf
+    max: float = -math.inf
+    prefixes: tuple[bytes, bytes, bytes, bytes] = (b"", b"", b"", b"")  # val, step, epoch, time
+
+
+class AimRunWriter:
+    """Writes one Aim run (create or reopen) under a caller-chosen hash.
+
+    Holds the run's lock (``<repo>/.aim/locks/<hash>.softlock``) and its two RocksDB chunks open
+    for writing until :meth:`close`.  Also usable as a context manager.
+    """
+
+    # ---- open / close -----------------------------------------------------------------------
+
+    def __init__(self, *args, **kwargs):  # pragma: no cover - use open()
+        raise TypeError("use AimRunWriter.open(repo, run_hash, experiment=...)")
+
+    @classmethod
+    def open(cls, repo, run_hash: str, *, experiment: str | None = None) -> "AimRunWriter":
+        """Create the run ``run_hash`` in ``repo`` (an ``aim.Repo`` or a path; created when
+        missing), or reopen it.  Reopening keeps the creation time, params, points, tags.
+        ``experiment``: set the run's experiment (created if missing); ``None`` leaves it
+        (``default`` for a new run)."""
+        check_aim_compatibility()
+        _check_hash(run_hash)
+        repo = _get_repo(repo)
+        if repo.is_remote_repo:
+            raise NotImplementedError("remote (aim://) repos are not supported; write to a local repo")
+        self = object.__new__(cls)
+        self._closed = True
+        self.repo = repo
+        self.hash = run_hash
+        self._lock = repo.request_run_lock(run_hash)
+        try:
+            self._lock.lock()
+        except Exception as e:
+            raise AimRunLocked(
+                f"cannot lock Aim run {run_hash} in {repo.path}: {type(e).__name__}: {e}"
+                " (another writer holds it; if none does, `aim runs close --force` it)"
+            ) from e
+        try:
+            self._open_storage()
+            self._closed = False
+            self._init_run(experiment)
+        except BaseException:
+            self._release(index=False)
+            raise
+        return self
+
+    def _open_storage(self) -> None:
+        repo, h = self.repo, self.hash
+        self._meta_c = repo.request_container("meta", h, read_only=False)
+        self._seqs_c = repo.request_container("seqs", h, read_only=False)
+        self._meta_db = self._meta_c.db
+        self._seqs_db = self._seqs_c.db
+        # Tree views shaped like aim.sdk.base_run.BaseRun's (RunTracker uses them).
+        self.read_only = False
+        self.meta_tree = self._meta_c.tree().subtree("meta")
+        self.meta_run_tree = self.meta_tree.subtree(("chunks", h))
+        seqs = self._seqs_c.tree().subtree("seqs")
+        self.series_run_trees = {1: seqs.subtree(("chunks", h)), 2: seqs.subtree(("v2", "chunks", h))}
+        self._seqs: dict[tuple[int, str], _SeqInfo] = {}
+        self._contexts: set[int] = set()
+        self._tracker = None
+        self._props = None
+
+    def _init_run(self, experiment: str | None) -> None:
+        # what aim.sdk.run.BasicRun.__init__ does for a run opened for writing, less end_time
+        # (which it resets to None on every open: we keep what set_times() wrote)
+        batch = self._meta_c.batch()
+        try:
+            self.meta_run_tree.first_key("attrs")
+        except (KeyError, StopIteration):
+            self._tree_set(batch, ("meta", "chunks", self.hash, "attrs"), {})
+            self._tree_set(batch, ("meta", "attrs"), {})
+        if self.meta_run_tree.get("end_time", _MISSING) is _MISSING:
+            self._tree_set(batch, ("meta", "chunks", self.hash, "end_time"), None)
+        self._meta_c.commit(batch)
+        props = self.props  # creates the structured-DB row (experiment 'default') when missing
+        if experiment is not None and props.experiment != experiment:
+            props.experiment = experiment
+
+    @property
+    def props(self):
+        """The run's structured-DB record (``aim.storage.structured`` ModelMappedRun)."""
+        if self._props is None:
+            self._props = self.repo.request_props(self.hash, read_only=False)
+        return self._props
+
+    def flush(self) -> None:
+        """Make everything written so far durable (RocksDB WAL fsync'ed; the structured DB
+        commits on every change).  Visibility to readers needs :meth:`close`."""
+        self._check_open()
+        self._meta_db.flush_wal(True)
+        self._seqs_db.flush_wal(True)
+
+    def close(self) -> None:
+        """Flush and close the run's storage, index it (so ``Repo.iter_runs``, ``get_run``,
+        ``query_metrics`` and ``aim up`` list it at once), release the lock.  Idempotent."""
+        if self._closed:
+            return
+        self._release(index=True)
+
+    def __enter__(self) -> "AimRunWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _release(self, *, index: bool) -> None:
+        from aim.sdk.repo import ContainerConfig
+
+        self._closed = True
+        try:
+            for name in ("_meta_c", "_seqs_c"):
+                c = self.__dict__.pop(name, None)
+                if c is not None:
+                    c.close()  # flush memtable + WAL, drop the progress marker
+            self.__dict__.pop("_meta_db", None)
+            self.__dict__.pop("_seqs_db", None)
+            for sub in ("meta", "seqs"):
+                self.repo.container_pool.pop(ContainerConfig(sub, self.hash, False), None)
+            self.meta_tree = self.meta_run_tree = self.series_run_trees = None
+            self._tracker = None
+            self._props = None
+            if index:
+                index_runs(self.repo, [self.hash])
+        finally:
+            lock, self._lock = self._lock, None
+            if lock is not None:
+                lock.release()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"AimRunWriter for run {self.hash} is closed")
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    def _tree_set(self, batch, path: tuple, value, strict: bool = True) -> None:
+        """``ContainerTreeView.set(path, value)`` into ``batch`` of the meta container."""
+        c = self._meta_c
+        p = _encode_path(path)
+        c.delete_range(p, p + b"\xff", store_batch=batch)
+        for k, v in _treeutils.encode_tree(value, strict=strict):
+            c.set(p + k, v, store_batch=batch)
+
+    # ---- info / times -----------------------------------------------------------------------
+
+    def set_info(
+        self,
+        *,
+        name: str | None,
+        description: str | None,
+        params: dict,
+        labels: Iterable[str],
+        archived: bool,
+    ) -> None:
+        """Set the run's state (idempotent; call with the full desired state every sync).
+
+        * ``name``: the run name (``None``: Aim's default ``Run: <hash>``);
+        * ``description``: ``None`` clears it;
+        * ``params``: replaces all of ``run[...]`` (Aim params; nested dicts fine; values Aim
+          cannot store are kept as their ``repr``);
+        * ``labels``: Aim run tags; missing ones are added, ones this module added earlier and
+          no longer listed are removed, tags added by hand in Aim are left alone;
+        * ``archived``: Aim's archived flag (MLflow deleted run -> archived).
+        """
+        self._check_open()
+        props = self.props
+        want_name = name if name else f"Run: {self.hash}"
+        if props.name != want_name:
+            props.name = want_name
+        want_desc = description if description else None
+        if props.description != want_desc:
+            props.description = want_desc
+        if bool(props.archived) != bool(archived):
+            props.archived = bool(archived)
+
+        labels = list(dict.fromkeys(str(x) for x in labels if str(x)))
+        current = set(props.tags)
+        ours_before = set(self.meta_run_tree.get((_OWN_KEY, "labels"), None) or [])
+        for tag in sorted(ours_before - set(labels)):
+            if tag in current:
+                props.remove_tag(tag)
+        for tag in labels:
+            if tag not in current:
+                props.add_tag(tag)
+
+        batch = self._meta_c.batch()
+        self._tree_set(batch, ("meta", "chunks", self.hash, "attrs"), dict(params), strict=False)
+        self._tree_set(batch, ("meta", "attrs"), dict(params), strict=False)
+        self._tree_set(batch, ("meta", "chunks", self.hash, _OWN_KEY, "labels"), labels)
+        self._meta_c.commit(batch)
+
+    def set_times(self, *, created_at: float, ended_at: float | None, active: bool) -> None:
+        """Creation time (MLflow start), end time (MLflow end) and the active flag, in seconds
+        since the epoch.  ``active=True`` stores no end time (Aim: running).  A finished run
+        without ``ended_at`` ends at ``created_at`` (Aim needs an end time to call it
+        finished)."""
+        self._check_open()
+        created_at = float(created_at)
+        if active:
+            end = None
+        else:
+            end = float(ended_at) if ended_at is not None else created_at
+        props = self.props
+        model, session = props._model, props._session
+        model.created_at = _utc_naive(created_at)
+        model.finalized_at = _utc_naive(end) if end is not None else None
+        session.add(model)
+        session.commit()
+        batch = self._meta_c.batch()
+        self._tree_set(batch, ("meta", "chunks", self.hash, "end_time"), end)
+        self._meta_c.commit(batch)
+
+    # ---- metrics ----------------------------------------------------------------------------
+
+    def _seq_info(self, ctx_idx: int, name: str) -> _SeqInfo:
+        key = (ctx_idx, name)
+        info = self._seqs.get(key)
+        if info is not None:
+            return info
+        try:
+            meta = self.meta_run_tree.subtree(("traces", ctx_idx, name)).collect()
+        except KeyError:
+            meta = None
+        if not meta:
+            info = _SeqInfo(new=True)
+        else:
+            dtype = meta.get("dtype", "float")
+            if dtype not in _METRIC_DTYPES:
+                raise ValueError(
+                    f"Aim sequence {name!r} {self._ctx_repr(ctx_idx)} holds {dtype!r} objects, not metric values"
+                )
+            if meta.get("version", 1) != 2:
+                raise ValueError(
+                    f"Aim metric {name!r} uses the pre-3.11 storage layout; run `aim storage upgrade 3.11+`"
+                )
+            info = _SeqInfo(
+                new=False,
+                first_step=meta.get("first_step"),
+                last_step=meta.get("last_step"),
+                min=meta.get("min", math.inf),
+                max=meta.get("max", -math.inf),
+            )
+            if dtype != "float":
+                info.new = True  # rewrite dtype bookkeeping as float
+        p = _encode_path(("seqs", "v2", "chunks", self.hash, ctx_idx, name))
+        info.prefixes = tuple(p + _E.encode_key(col) + b"\xfe" for col in ("val", "step", "epoch", "time"))
+        self._seqs[key] = info
+        return info
+
+    def _ctx_repr(self, ctx_idx: int) -> str:
+        try:
+            return f"context {self.meta_tree['contexts', ctx_idx]!r}"
+        except KeyError:
+            return f"context #{ctx_idx}"
+
+    def write_points(
+        self,
+        name: str,
+        context: dict | None,
+        steps: Sequence[int],
+        values: Sequence[float],
+        timestamps: Sequence[float],
+        epochs: Sequence[int | None] | None = None,
+    ) -> None:
+        """Write one chunk of a metric series in one RocksDB batch.
+
+        ``timestamps`` are seconds since the epoch (floats); Aim reads them back as the point
+        time.  A point is keyed by (name, context, step): writing a step again overwrites it,
+        so re-sending a chunk never doubles points (pass one winner per step; if a chunk
+        repeats a step, its last occurrence wins).  Steps may arrive in any order and may be
+        huge (|step| <= 2**53, Aim hashes steps as doubles).  NaN and +-inf are stored as is.
+        Cost is proportional to the chunk, not to the series length."""
+        self._check_open()
+        if not isinstance(name, str) or not name:
+            raise ValueError("metric name must be a non-empty string")
+        n = len(steps)
+        if len(values) != n or len(timestamps) != n or (epochs is not None and len(epochs) != n):
+            raise ValueError(
+                f"metric {name!r}: steps/values/timestamps/epochs lengths differ "
+                f"({n}, {len(values)}, {len(timestamps)}, {None if epochs is None else len(epochs)})"
+            )
+        if n == 0:
+            return
+        from aim.storage.context import Context
+
+        ctx = Context(dict(context or {}))
+        ctx_idx = ctx.idx
+        info = self._seq_info(ctx_idx, name)
+        pv, ps, pe, pt = info.prefixes
+
+        index = operator.index
+        encode = _encode
+        step_key = _step_key
+        batch = self._seqs_c.batch()
+        put = batch.put
+        for col in info.prefixes:
+            put(col, _ARRAY_FLAG)  # array flags (TreeArrayView.allocate); idempotent
+        none_enc = _NONE_ENC
+        lo_step = hi_step = None
+        lo_val = hi_val = 0.0
+        vmin, vmax = info.min, info.max
+        if epochs is None:
+            epochs_it: Iterable = (None for _ in range(n))
+        else:
+            epochs_it = epochs
+        for s, v, t, e in zip(steps, values, timestamps, epochs_it):
+            s = index(s)
+            if not -MAX_ABS_STEP <= s <= MAX_ABS_STEP:
+                raise ValueError(f"metric {name!r}: step {s} is beyond +-2**53, which Aim cannot key exactly")
+            v = float(v)
+            k = step_key(s)
+            put(pv + k, encode(v))
+            put(ps + k, encode(s))
+            put(pe + k, none_enc if e is None else encode(index(e)))
+            put(pt + k, encode(float(t)))
+            if lo_step is None or s <= lo_step:
+                lo_step, lo_val = s, v
+            if hi_step is None or s >= hi_step:
+                hi_step, hi_val = s, v
+            if v > vmax:
+                vmax = v
+            if v < vmin:
+                vmin = v
+        # series data first, then its metadata: a crash in between leaves metadata that lags
+        # (never metadata pointing at missing points); re-sending the chunk repairs it.
+        self._seqs_db.write(batch)
+
+        mbatch = self._meta_c.batch()
+        mset = self._meta_c.set
+        tp = ("meta", "chunks", self.hash, "traces", ctx_idx, name)
+        tprefix = _encode_path(tp)
+
+        def meta_put(key: str, value) -> None:
+            mset(tprefix + _E.encode_key(key) + b"\xfe", encode(value), store_batch=mbatch)
+
+        if info.new:
+            if ctx_idx not in self._contexts:
+                cd = ctx.to_dict()
+                self._tree_set(mbatch, ("meta", "contexts", ctx_idx), cd)
+                self._tree_set(mbatch, ("meta", "chunks", self.hash, "contexts", ctx_idx), cd)
+                self._contexts.add(ctx_idx)
+            self._tree_set(mbatch, ("meta", "traces_types", "float", ctx_idx, name), 1)
+            self._tree_set(mbatch, ("meta", "chunks", self.hash, "typed_traces", "metric", ctx_idx, name), 1)
+            meta_put("dtype", "float")
+            meta_put("version", 2)
+        if info.first_step is None or lo_step <= info.first_step:
+            meta_put("first", lo_val)
+            meta_put("first_step", lo_step)
+            info.first_step = lo_step
+        if info.last_step is None or hi_step >= info.last_step:
+            meta_put("last", hi_val)
+            meta_put("last_step", hi_step)
+            info.last_step = hi_step
+        if vmax > info.max:
+            meta_put("max", vmax)
+            info.max = vmax
+        if vmin < info.min:
+            meta_put("min", vmin)
+            info.min = vmin
+        self._meta_c.commit(mbatch)
+        info.new = False
+
+    # ---- objects ----------------------------------------------------------------------------
+
+    def write_objects(
+        self,
+        name: str,
+        context: dict | None,
+        step: int,
+        timestamp: float,
+        obj,
+        *,
+        epoch: int | None = None,
+    ) -> None:
+        """Track ``obj`` (an ``aim.Image``, ``aim.Text``, ``aim.Audio``, ``aim.Distribution``,
+        ``aim.Figure`` or a list of one kind) at ``step`` with the given time (seconds).
+        Uses Aim's own ``RunTracker`` (one object at a time), with the time fixed.  Writing the
+        same step again overwrites it."""
+        self._check_open()
+        from aim.sdk.tracker import RunTracker
+        from aim.storage.context import Context
+
+        ctx = Context(dict(context or {}))
+        if (ctx.idx, name) in self._seqs:
+            raise ValueError(f"Aim sequence {name!r} in context {ctx.to_dict()!r} holds metric values")
+        dtype = self.meta_run_tree.get(("traces", ctx.idx, name, "dtype"), None)
+        if dtype in _METRIC_DTYPES:
+            raise ValueError(f"Aim sequence {name!r} in context {ctx.to_dict()!r} holds metric values")
+        if self._tracker is None:
+            self._tracker = RunTracker(self)  # reads `meta_tree`, `meta_run_tree`, ... of self
+        self._tracker._track(
+            obj, float(timestamp), name, operator.index(step), None if epoch is None else operator.index(epoch),
+            context=ctx.to_dict(),
+        )
+
+
+class _Missing:
+    pass
+
+
+_MISSING = _Missing()
+
+
+# ----------------------------------------------------------------------------------------------
+# visibility (the repo index)
+
+
+def index_runs(repo, run_hashes: Iterable[str], *, attempts: int = 8) -> list[str]:
+    """Copy the given runs' meta chunks into the repo index (``<repo>/.aim/meta/index``) with
+    Aim's own indexing code, so that ``Repo.iter_runs``/``get_run``/queries and ``aim up``
+    list them.  Returns the hashes that could not be indexed now (the index is held by another
+    process, e.g. ``aim up``'s indexer, which then indexes them itself within seconds).
+
+    A repo without an index (made by an old Aim) reads every chunk directly: nothing to do
+    (creating an index there would hide every other not-yet-indexed run)."""
+    import aimrocks.errors
+    from aim.sdk.index_manager import RepoIndexManager
+    from aim.sdk.repo import ContainerConfig
+
+    repo = _get_repo(repo)
+    if not os.path.isdir(os.path.join(repo.path, "meta", "index")):
+        return []
+    mgr = RepoIndexManager.get_index_manager(repo)
+    failed = []
+    for h in run_hashes:
+        delay = 0.05
+        for attempt in range(attempts):
+            try:
+                mgr.index(h)
+                break
+            except aimrocks.errors.RocksIOError as e:  # index DB locked by another process
+                if attempt == attempts - 1:
+                    log.warning("could not index Aim run %s now (%s); `aim up` indexes it itself", h, e)
+                    failed.append(h)
+                else:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+    # drop cached read-only handles on the index: they would not see the new entries
+    for r in {id(repo): repo, id(mgr.repo): mgr.repo}.values():
+        r.container_pool.pop(ContainerConfig("meta", None, True), None)
+    return failed
+
+
+# ----------------------------------------------------------------------------------------------
+# experiments, system metrics, reading back
+
+
+def set_experiment_description(repo, name: str, description: str | None) -> None:
+    """Set the description of Aim experiment ``name`` (created when missing)."""
+    repo = _get_repo(repo)
+    db = repo.structured_db
+    exp = None
+    for e in db.experiments():
+        if e.name == name:
+            exp = e
+            break
+    if exp is None:
+        try:
+            exp = db.create_experiment(name)
+        except ValueError:  # created meanwhile
+            exp = next(e for e in db.experiments() if e.name == name)
+    if exp.description != description:
+        exp.description = description
+
+
+# MLflow system metric (without `system/` and the GPU index) -> Aim's resource-tracker name
+_SYSTEM_NAMES = {
+    "cpu_utilization_percentage": "cpu",
+    "system_memory_usage_percentage": "memory_percent",
+    "disk_usage_percentage": "disk_percent",
+    "gpu_utilization_percentage": "gpu",
+    "gpu_memory_usage_percentage": "gpu_memory_percent",
+    "gpu_power_usage_watts": "gpu_power_watts",
+    "gpu_temperature_celsius": "gpu_temp",
+}
+_GPU_INDEXED = re.compile(r"^gpu_(?P<gpu>\d+)_(?P<what>.+)$")
+
+
+def system_metric(name: str) -> tuple[str, dict]:
+    """MLflow system metric -> (Aim system-metric name, context).
+
+    Aim's Run page puts every metric whose name starts with ``__system__`` in its *System* tab
+    (and names ``__system__cpu``, ``__system__memory_percent``, ``__system__disk_percent``,
+    ``__system__gpu``, ``__system__gpu_memory_percent``, ``__system__gpu_power_watts``,
+    ``__system__gpu_temp`` nicely in the explorers); Aim's own resource tracker keeps the GPU
+    index in the context ``{"gpu": i}``.  Accepts ``system/gpu_0_utilization_percentage``,
+    ``gpu_0_utilization_percentage`` or ``gpu_utilization_percentage`` (GPU index already moved
+    to the context); other names keep their MLflow name after ``__system__``."""
+    if name.startswith(_SYSTEM_PREFIX):
+        return name, {}
+    rest = name[len(_MLFLOW_SYSTEM_PREFIX):] if name.startswith(_MLFLOW_SYSTEM_PREFIX) else name
+    ctx: dict = {}
+    m = _GPU_INDEXED.match(rest)
+    if m:
+        ctx = {"gpu": int(m.group("gpu"))}
+        rest = f"gpu_{m.group('what')}"
+    return _SYSTEM_PREFIX + _SYSTEM_NAMES.get(rest, rest), ctx
+
+
+def system_metric_name(name: str) -> str:
+    """The Aim system-metric name for an MLflow system metric name; see :func:`system_metric`
+    (which also returns the GPU-index context for names that still carry it)."""
+    return system_metric(name)[0]
+
+
+def read_metric(repo, run_hash: str, name: str, context: dict | None = None) -> dict | None:
+    """Read a metric back through Aim's public SDK (a fresh ``aim.Repo``): a dict of
+    ``steps``, ``values``, ``timestamps`` (seconds), ``epochs`` (lists, ordered by step), or
+    ``None`` when the run or metric is not visible."""
+    from aim import Repo
+    from aim.storage.context import Context
+
+    path = repo.root_path if hasattr(repo, "root_path") else os.fspath(repo)
+    run = Repo(path).get_run(run_hash)
+    if run is None:
+        return None
+    metric = run.get_metric(name, Context(dict(context or {})))
+    if metric is None:
+        return None
+    steps, (values, epochs, timestamps) = metric.data.numpy()
+    return {
+        "steps": steps.tolist(),
+        "values": values.tolist(),
+        "timestamps": timestamps.tolist(),
+        "epochs": [None if e != e else int(e) for e in epochs.tolist()],
+    }
