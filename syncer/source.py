@@ -153,7 +153,7 @@ def local_path(uri: str) -> Path | None:
     """The file or folder a local store lives in (a file store folder or a sqlite file)."""
     p = urlparse(uri)
     if p.scheme in ("", "file"):
-        from mlflow.utils.uri import local_file_uri_to_path
+        from mlflow.utils.file_utils import local_file_uri_to_path
 
         return Path(local_file_uri_to_path(uri) if p.scheme == "file" else uri).expanduser()
     if p.scheme == "sqlite":
@@ -254,6 +254,7 @@ class ClientSource(Source):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         try:
             self.client = MlflowClient(tracking_uri=uri)
         except Exception as e:  # bad URI, out-of-date database schema, missing driver
@@ -494,6 +495,29 @@ class FileStoreSource(Source):
     @staticmethod
     def metric_changed(run: RunRecord, key: str, cursor: dict | None) -> bool:
         return cursor is None or cursor.get("offset", 0) != run.metric_marks.get(key)
+
+    def _artifact_dir(self, run: RunRecord) -> Path | None:
+        """The run's local artifact folder. A store copied from another machine (rsync of
+        mlruns/) records artifact paths that no longer exist: fall back to <run>/artifacts."""
+        recorded = local_path(run.artifact_uri) if run.artifact_uri and is_local_store(run.artifact_uri) else None
+        if recorded is not None and recorded.is_dir():
+            return recorded
+        beside = self._experiment_dir(Experiment(run.experiment_id, "")) / run.run_id / "artifacts"
+        if beside.is_dir() or recorded is not None:
+            return beside
+        return None  # a remote artifact store (s3:, gs:, ...): ask MLflow
+
+    def list_artifacts(self, run: RunRecord) -> list[ArtifactFile]:
+        root = self._artifact_dir(run)
+        if root is None:
+            return super().list_artifacts(run)
+        return [ArtifactFile(rel, size) for rel, size, _ in _tree_stats(root)]
+
+    def fetch_artifact(self, run: RunRecord, path: str, dst_dir: str) -> str:
+        root = self._artifact_dir(run)
+        if root is None:
+            return super().fetch_artifact(run, path, dst_dir)
+        return str(root / path)
 
     def read_metric(self, run, key, cursor):
         path = self._experiment_dir(Experiment(run.experiment_id, "")) / run.run_id / "metrics" / key

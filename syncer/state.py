@@ -19,7 +19,6 @@ CREATE TABLE IF NOT EXISTS runs (
     experiment TEXT,
     fingerprint TEXT,
     status TEXT,
-    points INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     updated_at REAL,
     PRIMARY KEY (source, run_id)
@@ -54,7 +53,6 @@ class RunState:
     aim_hash: str
     fingerprint: str | None
     status: str | None
-    points: int
     error: str | None
 
 
@@ -75,7 +73,7 @@ class State:
     # -- reads --------------------------------------------------------------------------------
     def run(self, run_id: str) -> RunState | None:
         row = self.db.execute(
-            "SELECT aim_hash, fingerprint, status, points, error FROM runs WHERE source=? AND run_id=?",
+            "SELECT aim_hash, fingerprint, status, error FROM runs WHERE source=? AND run_id=?",
             (self.source, run_id),
         ).fetchone()
         return RunState(*row) if row else None
@@ -112,19 +110,12 @@ class State:
         )
 
     def save_cursor(self, run_id: str, key: str, cursor: dict, new_points: int) -> None:
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.execute(
-                """INSERT INTO metrics (source, run_id, key, cursor, points) VALUES (?,?,?,?,?)
-                   ON CONFLICT(source, run_id, key) DO UPDATE SET cursor=excluded.cursor,
-                     points=metrics.points + excluded.points""",
-                (self.source, run_id, key, json.dumps(cursor), new_points),
-            )
-            if new_points:
-                self.db.execute(
-                    "UPDATE runs SET points = points + ? WHERE source=? AND run_id=?",
-                    (new_points, self.source, run_id),
-                )
+        self.db.execute(
+            """INSERT INTO metrics (source, run_id, key, cursor, points) VALUES (?,?,?,?,?)
+               ON CONFLICT(source, run_id, key) DO UPDATE SET cursor=excluded.cursor,
+                 points=metrics.points + excluded.points""",
+            (self.source, run_id, key, json.dumps(cursor), new_points),
+        )
 
     def save_artifact(self, run_id: str, path: str, size: int | None, kind: str | None) -> None:
         self.db.execute(
@@ -147,9 +138,11 @@ class State:
         rounds = {s: (t, ok, json.loads(summ or "{}")) for s, t, ok, summ in
                   self.db.execute("SELECT source, finished_at, ok, summary FROM rounds")}
         rows = self.db.execute(
-            """SELECT source, experiment, COUNT(*), COALESCE(SUM(points),0),
-                      GROUP_CONCAT(CASE WHEN error IS NOT NULL THEN run_id || ': ' || error END, '\n')
-               FROM runs GROUP BY source, experiment ORDER BY source, experiment"""
+            """SELECT r.source, r.experiment, COUNT(*), COALESCE(SUM(m.points), 0),
+                      GROUP_CONCAT(CASE WHEN r.error IS NOT NULL THEN r.run_id || ': ' || r.error END, '\n')
+               FROM runs r LEFT JOIN (SELECT source, run_id, SUM(points) AS points FROM metrics
+                                      GROUP BY source, run_id) m USING (source, run_id)
+               GROUP BY r.source, r.experiment ORDER BY r.source, r.experiment"""
         )
         for source, exp, n, points, errors in rows:
             yield {

@@ -1,0 +1,194 @@
+"""`syncer` commands: parse, validate, print. No sync logic lives here."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .config import ENV, Config, configure_logging, parse_size
+from .mapping import RulesFileError
+
+log = logging.getLogger("syncer")
+
+
+class SyncerError(click.ClickException):
+    """A one-line error, exit code 2, no traceback."""
+
+    exit_code = 2
+
+
+class SizeType(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
+def _common(f):
+    """Options shared by `backfill` and `sync`; each also read from its environment variable."""
+    opts = [
+        click.option("--mlflow-tracking-uri", "tracking_uri", envvar=ENV["tracking_uri"], show_envvar=True,
+                     help="MLflow store: a folder (mlruns), file:, sqlite:///…, postgresql://…, http(s)://…"),
+        click.option("--aim-repo", envvar=ENV["aim_repo"], show_envvar=True, required=True,
+                     type=click.Path(file_okay=False, path_type=Path),
+                     help="Aim repo (its root or its .aim folder); created when missing."),
+        click.option("--experiment", "experiments", multiple=True, envvar=ENV["experiments"], show_envvar=True,
+                     help="Only this MLflow experiment (name or id). Repeatable; env: space-separated."),
+        click.option("--exclude-artifacts", multiple=True, envvar=ENV["exclude_artifacts"], show_envvar=True,
+                     metavar="GLOB", help="Skip artifacts whose path or file name matches. Repeatable."),
+        click.option("--no-artifacts", is_flag=True, envvar=ENV["no_artifacts"], show_envvar=True,
+                     help="Do not convert or list artifacts."),
+        click.option("--max-artifact-size", "max_artifact_bytes", type=SizeType(), default="10MB", show_default=True,
+                     envvar=ENV["max_artifact_size"], show_envvar=True,
+                     help="Larger artifacts are listed, not copied."),
+        click.option("--context-map", type=click.Path(dir_okay=False, path_type=Path), envvar=ENV["context_map"],
+                     show_envvar=True, help="TOML rules (regex with named groups) tried before the defaults."),
+        click.option("--no-context-map", is_flag=True, envvar=ENV["no_context_map"], show_envvar=True,
+                     help="Keep MLflow metric keys as Aim names, with empty contexts."),
+        click.option("--no-tag-labels", is_flag=True, envvar=ENV["no_tag_labels"], show_envvar=True,
+                     help="Do not add MLflow tags as key=value labels in Aim's Tags column."),
+        click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path), envvar=ENV["state"],
+                     show_envvar=True, help="Cursor database [default: <aim-repo>/.aim/mlflow-syncer/state.sqlite]."),
+        click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+                     default="info", show_default=True, envvar=ENV["log_level"], show_envvar=True),
+        click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+                     envvar=ENV["log_format"], show_envvar=True, help="One line per event, on stderr."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _config(kw: dict, **extra) -> Config:
+    configure_logging(kw.pop("log_level"), kw.pop("log_format"))
+    if not kw.get("tracking_uri"):
+        raise SyncerError("no MLflow tracking URI: pass --mlflow-tracking-uri or set MLFLOW_TRACKING_URI")
+    if kw.get("context_map") and not kw["context_map"].is_file():
+        raise SyncerError(f"context-map file {kw['context_map']} does not exist")
+    experiments = tuple(x for e in kw.pop("experiments") for x in e.split())
+    return Config(
+        tracking_uri=kw.pop("tracking_uri"),
+        aim_repo=kw.pop("aim_repo"),
+        state_path=kw.pop("state_path"),
+        experiments=experiments,
+        exclude_artifacts=tuple(kw.pop("exclude_artifacts")),
+        artifacts=not kw.pop("no_artifacts"),
+        max_artifact_bytes=kw.pop("max_artifact_bytes"),
+        context_map=kw.pop("context_map"),
+        context_mapping=not kw.pop("no_context_map"),
+        tag_labels=not kw.pop("no_tag_labels"),
+        **kw,
+        **extra,
+    )
+
+
+def _one_line_errors(f):
+    """Known failures become one-line errors with exit code 2."""
+
+    @functools.wraps(f)
+    def wrapper(*a, **kw):
+        from .sink import SinkError
+        from .source import SourceError
+
+        try:
+            return f(*a, **kw)
+        except (SourceError, RulesFileError) as e:
+            raise SyncerError(str(e)) from None
+        except SinkError as e:
+            raise SyncerError(str(e)) from None
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="syncer")
+def cli():
+    """Sync MLflow experiments into an Aim repo: faithfully and incrementally."""
+
+
+@cli.command()
+@_common
+@_one_line_errors
+def backfill(**kw):
+    """Convert a whole MLflow store into an Aim repo, once.
+
+    Safe to repeat and to kill: a second run writes only what is new."""
+    from .runner import open_everything
+
+    cfg = _config(kw)
+    with open_everything(cfg, strict_experiments=True, must_exist=True, progress=_progress_bar) as syncer:
+        stats = syncer.round()
+    click.echo(f"backfill: {stats.summary()}")
+    if stats.errors:
+        click.echo(f"backfill: {len(stats.errors)} run(s) had errors; see the warnings above", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@_common
+@click.option("--interval", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              envvar=ENV["interval"], show_envvar=True, help="Seconds between rounds.")
+@click.option("--no-watch", is_flag=True, envvar=ENV["no_watch"], show_envvar=True,
+              help="Do not start a round on file events (local stores); poll only.")
+@click.option("--health-file", type=click.Path(dir_okay=False, path_type=Path), envvar=ENV["health_file"],
+              show_envvar=True, help="Touched after each good round (Docker HEALTHCHECK, systemd).")
+@_one_line_errors
+def sync(interval, no_watch, health_file, **kw):
+    """Convert what exists, then keep following the MLflow store until stopped (SIGINT/SIGTERM)."""
+    from .daemon import run_daemon
+
+    cfg = _config(kw, interval=interval, watch=not no_watch, health_file=health_file)
+    sys.exit(run_daemon(cfg))
+
+
+@cli.command()
+@click.option("--aim-repo", envvar=ENV["aim_repo"], show_envvar=True, required=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Aim repo (its root or its .aim folder).")
+@click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path), envvar=ENV["state"],
+              show_envvar=True, help="Cursor database [default: <aim-repo>/.aim/mlflow-syncer/state.sqlite].")
+def status(aim_repo, state_path):
+    """Per experiment: runs and points synced, the last round, runs in error."""
+    from .state import State
+
+    cfg = Config(tracking_uri="", aim_repo=aim_repo, state_path=state_path)
+    if not cfg.state_path.exists():
+        raise SyncerError(f"no sync state at {cfg.state_path}: nothing was synced into {cfg.aim_repo} yet")
+    st = State(cfg.state_path, source="")
+    try:
+        rounds = st.last_rounds()
+        rows = list(st.report())
+    finally:
+        st.close()
+    for source, (t, ok, summary) in sorted(rounds.items()):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+        click.echo(f"source {source}: last round {when} ({'ok' if ok else 'with errors'}, "
+                   f"{summary.get('points', 0)} new points in {summary.get('seconds', 0):.1f} s)")
+    width = max([len(str(r["experiment"])) for r in rows] + [10])
+    click.echo(f"{'experiment':<{width}}  {'runs':>6}  {'points':>10}  errors")
+    for r in rows:
+        click.echo(f"{str(r['experiment']):<{width}}  {r['runs']:>6}  {r['points']:>10}  {len(r['errors'])}")
+        for e in r["errors"]:
+            click.echo(f"    ! {e}")
+
+
+def _progress_bar(items):
+    if not sys.stderr.isatty():
+        yield from items
+        return
+    with click.progressbar(items, label="syncing runs", file=sys.stderr, show_pos=True) as bar:
+        yield from bar
+
+
+def main() -> None:
+    cli(prog_name="syncer")

@@ -1,0 +1,199 @@
+"""`syncer sync`: scheduling, file events, signals, retries. Knows nothing about metric keys.
+
+One apscheduler interval job runs the rounds (never two at once; missed runs coalesced). On a
+local store a watchdog observer pulls the job's next run forward to "shortly" after a change
+(debounced), so new points reach Aim in about a second instead of a whole interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from .config import Config
+from .pipeline import Stopped, Syncer
+from .runner import open_everything
+from .sink import SinkError
+from .source import SourceError, SourceUnavailable, local_path
+
+log = logging.getLogger("syncer.daemon")
+
+DEBOUNCE_S = 0.2  # wait this long after a file event: MLflow writes a batch as several files
+MAX_BACKOFF_S = 60.0
+JOB_ID = "round"
+
+
+class _Kick(FileSystemEventHandler):
+    def __init__(self, daemon: "Daemon", only: Path | None):
+        self.daemon = daemon
+        self.only = only  # for sqlite: the database file (and its -wal/-journal)
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        if self.only is not None and not str(event.src_path).startswith(str(self.only)):
+            return
+        self.daemon.kick()
+
+
+class Daemon:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.stopping = threading.Event()
+        self.fatal: str | None = None
+        self._syncer_cm = None
+        self.syncer: Syncer | None = None
+        self._failures = 0
+        self._dirty = threading.Event()
+        self._running = threading.Lock()
+        self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+        self.observer: Observer | None = None
+        self._watched: Path | None = None
+
+    # -- rounds ------------------------------------------------------------------------------
+    def _open(self) -> Syncer:
+        if self.syncer is None:
+            cm = open_everything(self.cfg, strict_experiments=False, must_exist=False)
+            self.syncer = cm.__enter__()
+            self._syncer_cm = cm
+            if self.stopping.is_set():
+                self.syncer.stop.set()
+        return self.syncer
+
+    def _close(self) -> None:
+        if self._syncer_cm is not None:
+            self._syncer_cm.__exit__(None, None, None)
+        self._syncer_cm = self.syncer = None
+
+    def round(self) -> None:
+        if self.stopping.is_set():
+            return
+        with self._running:
+            self._dirty.clear()
+            try:
+                syncer = self._open()
+                stats = syncer.round()
+            except Stopped:
+                log.info("round cut short: stopping")
+                return
+            except SourceUnavailable as e:
+                self._retry_later(str(e))
+                return
+            except SinkError as e:
+                self._die(str(e))
+                return
+            except SourceError as e:
+                # a server answering garbage during a restart looks like this too: keep trying
+                self._retry_later(str(e))
+                return
+            except Exception as e:  # a bug or an unexpected failure: log it, keep the daemon alive
+                log.error("round failed: %s: %s", type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
+                self._retry_later(None)
+                return
+            if self._failures:
+                log.info("MLflow is reachable again; catching up")
+            self._failures = 0
+            lvl = logging.INFO if (stats.runs_written or stats.errors) else logging.DEBUG
+            log.log(lvl, "round: %s", stats.summary(), extra={"event": "round", "round": stats.as_dict()})
+            if self.cfg.health_file and not stats.errors:
+                self.cfg.health_file.parent.mkdir(parents=True, exist_ok=True)
+                self.cfg.health_file.touch()
+            self._ensure_watch()
+        if self._dirty.is_set():  # changes arrived while we were busy
+            self.kick()
+
+    def _retry_later(self, message: str | None) -> None:
+        self._failures += 1
+        delay = min(MAX_BACKOFF_S, 2.0 ** (self._failures - 1))  # 1, 2, 4, ... 60 s
+        if message:
+            log.warning("%s; retrying in %.0f s", message, delay)
+        if self.syncer is not None and self._failures > 1:
+            self._close()  # reconnect from scratch next time
+        self._reschedule(delay)
+
+    def _die(self, message: str) -> None:
+        self.fatal = message
+        log.error(message)
+        self.stopping.set()
+
+    def _reschedule(self, delay: float) -> None:
+        try:
+            self.scheduler.modify_job(JOB_ID, next_run_time=datetime.now() + timedelta(seconds=delay))
+        except Exception:  # the scheduler is shutting down
+            pass
+
+    def kick(self) -> None:
+        """Something changed on disk: run a round shortly (coalesced with others)."""
+        self._dirty.set()
+        if not self._running.locked():
+            self._reschedule(DEBOUNCE_S)
+
+    # -- file events -------------------------------------------------------------------------
+    def _ensure_watch(self) -> None:
+        if not self.cfg.watch or self.observer is not None:
+            return
+        path = local_path(self.cfg.tracking_uri)
+        if path is None or not path.exists():
+            return
+        path = path.resolve()
+        watch_dir, only = (path, None) if path.is_dir() else (path.parent, path)
+        self.observer = Observer()
+        self.observer.schedule(_Kick(self, only), str(watch_dir), recursive=path.is_dir())
+        self.observer.daemon = True
+        self.observer.start()
+        self._watched = watch_dir
+        log.info("watching %s for changes", path)
+
+    # -- life cycle --------------------------------------------------------------------------
+    def run(self) -> int:
+        # bad input fails now, with a one-line error; a store or server that is not there
+        # *yet* (a sidecar starting first) is waited for
+        try:
+            self._open()
+        except SourceUnavailable as e:
+            log.warning("%s", e)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        log.info("syncing %s -> %s every %.3g s", self._describe(), self.cfg.aim_repo, self.cfg.interval)
+        self.scheduler.add_job(self.round, "interval", seconds=self.cfg.interval, id=JOB_ID,
+                               next_run_time=datetime.now())
+        self.scheduler.start()
+        while not self.stopping.wait(0.5):
+            pass
+        return self.shutdown()
+
+    def _describe(self) -> str:
+        from .source import redact
+
+        return redact(self.cfg.tracking_uri)
+
+    def _on_signal(self, signum, _frame) -> None:
+        log.info("received %s: finishing the current round and stopping", signal.Signals(signum).name)
+        self.stopping.set()
+        if self.syncer is not None:
+            self.syncer.stop.set()
+
+    def shutdown(self) -> int:
+        t0 = time.monotonic()
+        if self.syncer is not None:
+            self.syncer.stop.set()
+        if self.observer is not None:
+            self.observer.stop()
+        self.scheduler.shutdown(wait=True)  # the round in flight stops at its next safe point
+        if self.observer is not None:
+            self.observer.join(timeout=2)
+        self._close()  # state is committed per chunk; nothing stays open
+        log.info("stopped in %.1f s", time.monotonic() - t0)
+        return 2 if self.fatal else 0
+
+
+def run_daemon(cfg: Config) -> int:
+    return Daemon(cfg).run()

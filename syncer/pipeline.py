@@ -1,0 +1,287 @@
+"""One sync round: list what changed -> read only the delta -> map -> write -> commit cursors.
+
+Used by `syncer backfill` (one round) and the `syncer sync` daemon (a round every N seconds
+and on file events). Knows nothing about how MLflow is read or Aim is written.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from . import mapping
+from .mapping import ContextMapper
+from .sink import RunMeta, RunSink, aim_run_hash, artifact_kind, set_experiment_meta
+from .source import BrokenRun, Experiment, RunReadError, RunRecord, Source, SourceError
+from .state import State
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_ARTIFACT_BYTES = 10 * 1024 * 1024
+
+
+@dataclass
+class Options:
+    experiments: tuple[str, ...] = ()  # names or ids; empty = all
+    artifacts: bool = True
+    exclude_artifacts: tuple[str, ...] = ()
+    max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
+    mapper: ContextMapper = field(default_factory=ContextMapper)
+    tag_labels: bool = True
+    # backfill: an --experiment that matches nothing is an error; sync: it may appear later
+    strict_experiments: bool = True
+
+
+@dataclass
+class RoundStats:
+    experiments: int = 0
+    runs: int = 0  # runs seen
+    runs_written: int = 0
+    points: int = 0
+    artifacts: int = 0
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        line = (f"{self.experiments} experiments, {self.runs} runs ({self.runs_written} updated), "
+                f"{self.points} points, {self.artifacts} artifacts in {self.seconds:.1f} s")
+        if self.errors:
+            line += f"; {len(self.errors)} run(s) with errors"
+        return line
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("experiments", "runs", "runs_written", "points", "artifacts", "errors", "seconds")}
+
+
+class Stopped(Exception):
+    """The round was cut at a safe point because a stop was requested."""
+
+
+class Syncer:
+    def __init__(self, source: Source, repo, state: State, options: Options,
+                 progress: Callable[[Iterable], Iterable] | None = None):
+        self.source = source
+        self.repo = repo
+        self.state = state
+        self.options = options
+        self.progress = progress
+        self.stop = threading.Event()
+
+    # -- the round ---------------------------------------------------------------------------
+    def round(self) -> RoundStats:
+        t0 = time.monotonic()
+        stats = RoundStats()
+        exps = self._experiments()
+        stats.experiments = len(exps)
+        work: list[tuple[Experiment, RunRecord | BrokenRun]] = []
+        names: dict[str, str] = {}
+        for exp in exps:
+            for run in self.source.runs(exp):
+                work.append((exp, run))
+                if isinstance(run, RunRecord):
+                    names[run.run_id] = run.name
+        stats.runs = len(work)
+        todo = [(e, r) for e, r in work if self._needs_work(r)]
+        iterable = self.progress(todo) if (self.progress and todo) else todo
+        described: set[str] = set()
+        for exp, run in iterable:
+            if self.stop.is_set():
+                raise Stopped()
+            if exp.id not in described:
+                set_experiment_meta(self.repo, exp.name, exp.description)
+                described.add(exp.id)
+            if isinstance(run, BrokenRun):
+                msg = f"run {run.run_id} (experiment {exp.name!r}) cannot be read: {run.error}"
+                log.warning(msg)
+                stats.errors.append(msg)
+                self.state.save_error(run.run_id, aim_run_hash(run.run_id), exp.name, run.error)
+                continue
+            self._sync_run(exp, run, names, stats)
+        stats.seconds = time.monotonic() - t0
+        self.state.save_round(not stats.errors, stats.as_dict())
+        return stats
+
+    def _experiments(self) -> list[Experiment]:
+        exps = self.source.experiments()
+        wanted = self.options.experiments
+        if not wanted:
+            return exps
+        picked, missing = [], []
+        for w in wanted:
+            hits = [e for e in exps if w in (e.id, e.name)]
+            if not hits:
+                missing.append(w)
+            picked.extend(h for h in hits if h not in picked)
+        if missing:
+            msg = "unknown MLflow experiment(s): " + ", ".join(repr(m) for m in missing)
+            if self.options.strict_experiments:
+                raise SourceError(msg + f" (known: {', '.join(repr(e.name) for e in exps[:10])})")
+            log.debug(msg)
+        return picked
+
+    def _needs_work(self, run: RunRecord | BrokenRun) -> bool:
+        if isinstance(run, BrokenRun):
+            prev = self.state.run(run.run_id)
+            return prev is None or prev.error != run.error
+        prev = self.state.run(run.run_id)
+        if prev is None or prev.fingerprint != run.fingerprint or run.running:
+            return True
+        cursors = self.state.cursors(run.run_id)
+        return any(self.source.metric_changed(run, k, cursors.get(k)) for k in run.metric_marks)
+
+    # -- one run -----------------------------------------------------------------------------
+    def _sync_run(self, exp: Experiment, run: RunRecord, names: dict[str, str], stats: RoundStats) -> None:
+        aim_hash = aim_run_hash(run.run_id)
+        prev = self.state.run(run.run_id)
+        cursors = self.state.cursors(run.run_id)
+        errors: list[str] = []
+        meta_changed = prev is None or prev.fingerprint != run.fingerprint
+        artifacts = self._list_artifacts(run, errors) if (
+            self.options.artifacts and (meta_changed or run.running)) else None
+        meta = self._run_meta(exp, run, names, artifacts or [])
+        sink = RunSink(self.repo, aim_hash, exp.name)
+        try:
+            if meta_changed or artifacts is not None:
+                sink.set_info(meta)
+            stats.points += self._sync_metrics(run, sink, cursors, errors)
+            if artifacts:
+                stats.artifacts += self._sync_artifacts(run, sink, artifacts, errors)
+            # times and the active flag last: a run shows as finished only once it has its data
+            sink.set_times(meta)
+        finally:
+            sink.close()
+        error = "; ".join(errors) or None
+        # the fingerprint is committed last: a crash before this re-sends the run's metadata
+        self.state.save_run(run.run_id, aim_hash, exp.name, run.fingerprint, run.status, error)
+        stats.runs_written += 1
+        for e in errors:
+            msg = f"run {run.run_id} ({run.name!r}, experiment {exp.name!r}): {e}"
+            log.warning(msg)
+            stats.errors.append(msg)
+
+    def _sync_metrics(self, run: RunRecord, sink: RunSink, cursors: dict[str, dict], errors: list[str]) -> int:
+        mapper = self.options.mapper.for_run(run.metric_marks)
+        written = 0
+        for key in sorted(run.metric_marks):
+            cursor = cursors.get(key)
+            if not self.source.metric_changed(run, key, cursor):
+                continue
+            try:
+                for chunk, new_cursor in self.source.read_metric(run, key, cursor):
+                    n = 0
+                    if len(chunk):
+                        if chunk.dataset_names is None:
+                            n = sink.write_points(mapper.map(key), chunk.steps, chunk.values, chunk.timestamps)
+                        else:
+                            groups: dict[str | None, list[int]] = defaultdict(list)
+                            for i, ds in enumerate(chunk.dataset_names):
+                                groups[ds].append(i)
+                            for ds, idx in groups.items():
+                                n += sink.write_points(
+                                    mapper.map(key, ds),
+                                    [chunk.steps[i] for i in idx], [chunk.values[i] for i in idx],
+                                    [chunk.timestamps[i] for i in idx],
+                                )
+                        sink.flush()
+                    # committed only now that Aim has the points
+                    self.state.save_cursor(run.run_id, key, new_cursor, n)
+                    written += n
+                    if self.stop.is_set():
+                        raise Stopped()
+            except RunReadError as e:
+                errors.append(str(e))
+        return written
+
+    # -- artifacts ---------------------------------------------------------------------------
+    def _list_artifacts(self, run: RunRecord, errors: list[str]) -> list[dict[str, Any]] | None:
+        try:
+            files = self.source.list_artifacts(run)
+        except Exception as e:  # an unreachable artifact store must not stop the metrics
+            errors.append(f"cannot list artifacts: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            return None
+        out = []
+        for f in files:
+            if any(fnmatch.fnmatch(f.path, g) or fnmatch.fnmatch(f.path.rsplit("/", 1)[-1], g)
+                   for g in self.options.exclude_artifacts):
+                continue
+            kind = artifact_kind(f.path)
+            if kind and f.size is not None and f.size > self.options.max_artifact_bytes:
+                kind = None
+            uri = f"{run.artifact_uri.rstrip('/')}/{f.path}" if run.artifact_uri else f.path
+            out.append({"path": f.path, "size": f.size, "uri": uri, "copied_as": kind})
+        return out
+
+    def _sync_artifacts(self, run: RunRecord, sink: RunSink, artifacts: list[dict], errors: list[str]) -> int:
+        done = self.state.artifacts(run.run_id)
+        n = 0
+        ts = (run.end_time or run.start_time or time.time() * 1000) / 1000.0
+        with tempfile.TemporaryDirectory(prefix="syncer-artifacts-") as tmp:
+            for a in artifacts:
+                kind = a["copied_as"]
+                if kind is None or (a["path"] in done and done[a["path"]] == a["size"]):
+                    continue
+                try:
+                    local = self.source.fetch_artifact(run, a["path"], tmp)
+                    sink.write_artifact(kind, local, a["path"], ts)
+                except Exception as e:
+                    errors.append(f"artifact {a['path']!r} cannot be converted: "
+                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
+                    continue
+                self.state.save_artifact(run.run_id, a["path"], a["size"], kind)
+                n += 1
+        return n
+
+    # -- metadata ----------------------------------------------------------------------------
+    def _run_meta(self, exp: Experiment, run: RunRecord, names: dict[str, str],
+                  artifacts: list[dict]) -> RunMeta:
+        tags = mapping.split_tags(run.tags)
+        parent = run.tags.get(mapping.PARENT_TAG)
+        info = {
+            "run_id": run.run_id,
+            "experiment_id": run.experiment_id,
+            "experiment_name": exp.name,
+            "run_name": run.name,
+            "status": run.status,
+            "lifecycle_stage": run.lifecycle_stage,
+            "start_time": run.start_time,
+            "end_time": run.end_time,
+            "user": run.user,
+            "source": run.tags.get(mapping.SOURCE_TAG),
+            "git_commit": run.tags.get(mapping.GIT_COMMIT_TAG),
+            "parent_run_id": parent,
+            "parent_run_name": names.get(parent) if parent else None,
+            "artifact_uri": run.artifact_uri,
+            "tracking_uri": self.source.describe(),
+            "tags": tags.system_tags,
+        }
+        params: dict[str, Any] = {
+            "hparams": mapping.parse_params(run.params),
+            "mlflow": info,
+            "tags": tags.user_tags,
+        }
+        if run.datasets:
+            params["datasets"] = run.datasets
+        if artifacts:
+            params["artifacts"] = artifacts
+        description = tags.description
+        if parent and names.get(parent):
+            note = f"child of {names[parent]!r}"
+            description = f"{description}\n\n({note})" if description else f"({note})"
+        active = run.running and not run.deleted
+        return RunMeta(
+            experiment=exp.name,
+            name=run.name,
+            description=description,
+            params=params,
+            labels=mapping.tag_labels(tags.user_tags) if self.options.tag_labels else [],
+            archived=run.deleted or exp.lifecycle_stage == "deleted",
+            created_at=(run.start_time or 0) / 1000.0,
+            ended_at=None if (active or run.end_time is None) else run.end_time / 1000.0,
+            active=active,
+        )

@@ -1,0 +1,42 @@
+"""Wiring: a Config becomes a Syncer with its source, Aim repo and state opened."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Callable, Iterable, Iterator
+
+from .config import Config
+from .pipeline import Syncer
+from .sink import open_repo
+from .source import FileStoreSource, local_path, open_source, redact
+from .state import State
+
+log = logging.getLogger("syncer")
+
+
+def source_identity(uri: str) -> str:
+    """The key cursors are stored under: stable across spellings of the same local store."""
+    path = local_path(uri)
+    if path is not None:
+        scheme = "sqlite" if uri.startswith("sqlite:") else "file"
+        return f"{scheme}://{path.expanduser().resolve()}"
+    return redact(uri).rstrip("/")
+
+
+@contextlib.contextmanager
+def open_everything(cfg: Config, *, strict_experiments: bool, must_exist: bool,
+                    progress: Callable[[Iterable], Iterable] | None = None) -> Iterator[Syncer]:
+    options = cfg.options(strict_experiments=strict_experiments)
+    source = open_source(cfg.tracking_uri, must_exist=must_exist)
+    repo, created = open_repo(cfg.aim_repo)
+    if created:
+        log.info("created a new Aim repo at %s", cfg.aim_repo)
+    state = State(cfg.state_path, source_identity(cfg.tracking_uri))
+    try:
+        yield Syncer(source, repo, state, options, progress=progress)
+    finally:
+        state.close()
+        source.close()
+        with contextlib.suppress(Exception):
+            repo.close()

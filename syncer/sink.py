@@ -1,0 +1,169 @@
+"""Everything that writes Aim. Opens (or creates) the Aim run for an MLflow run under a
+deterministic hash, writes metric points with MLflow's timestamps, converts artifacts,
+archives. Aim's internals are touched only through `aim_adapter`."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import aim_adapter
+from .mapping import MappedMetric
+
+log = logging.getLogger(__name__)
+
+
+class SinkError(Exception):
+    """The Aim repo cannot be used (unwritable, not a repo, locked)."""
+
+
+def aim_run_hash(run_id: str) -> str:
+    """The Aim run hash of an MLflow run: the same on every sync, on every machine."""
+    return hashlib.sha256(f"mlflow-run:{run_id}".encode()).hexdigest()[:24]
+
+
+def repo_root(path: str | os.PathLike) -> Path:
+    """`logs/.aim` and `logs` name the same repo."""
+    p = Path(path).expanduser()
+    return p.parent if p.name == ".aim" else p
+
+
+def open_repo(path: str | os.PathLike) -> tuple[Any, bool]:
+    """The Aim repo at `path`, created when missing. Returns (repo, created)."""
+    from aim import Repo
+
+    root = repo_root(path).resolve()
+    created = not (root / ".aim").is_dir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if not os.access(root, os.W_OK) or (not created and not os.access(root / ".aim", os.W_OK)):
+            raise PermissionError(13, "Permission denied")
+        repo = Repo.from_path(str(root), init=created)
+    except PermissionError:
+        raise SinkError(f"the Aim repo {root} is not writable") from None
+    except OSError as e:
+        raise SinkError(f"cannot open the Aim repo {root}: {e.strerror or e}") from None
+    except Exception as e:
+        raise SinkError(f"cannot open the Aim repo {root}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return repo, created
+
+
+def winners(steps: list[int], values: list[float], timestamps: list[int]) -> tuple[list[int], list[float], list[int]]:
+    """One point per step: the later by timestamp wins (on a tie, the later logged)."""
+    best: dict[int, int] = {}
+    for i, (s, t) in enumerate(zip(steps, timestamps)):
+        j = best.get(s)
+        if j is None or t >= timestamps[j]:
+            best[s] = i
+    if len(best) == len(steps):
+        return steps, values, timestamps
+    idx = sorted(best.values())
+    return [steps[i] for i in idx], [values[i] for i in idx], [timestamps[i] for i in idx]
+
+
+IMAGE_EXT = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+TEXT_EXT = {".txt", ".log", ".json", ".jsonl", ".yaml", ".yml", ".md", ".csv", ".tsv", ".py",
+            ".cfg", ".ini", ".toml", ".sh", ".rst", ".xml", ".sql", ".ipynb"}
+AUDIO_EXT = {".wav", ".mp3", ".flac", ".ogg"}
+
+
+def artifact_kind(path: str) -> str | None:
+    ext = os.path.splitext(path)[1].lower()
+    if ext in IMAGE_EXT:
+        return "image"
+    if ext in TEXT_EXT:
+        return "text"
+    if ext in AUDIO_EXT:
+        return "audio"
+    return None
+
+
+def aim_object(kind: str, local_file: str, path: str):
+    """An aim.Image / aim.Text / aim.Audio for a local file."""
+    import aim
+
+    if kind == "image":
+        from PIL import Image as PILImage
+
+        with PILImage.open(local_file) as im:
+            im.load()
+            return aim.Image(im.copy(), caption=path)
+    if kind == "text":
+        with open(local_file, "rb") as f:
+            return aim.Text(f.read().decode("utf-8", "replace"))
+    if kind == "audio":
+        with open(local_file, "rb") as f:
+            return aim.Audio(f.read(), format=os.path.splitext(path)[1].lstrip(".").lower(), caption=path)
+    raise ValueError(kind)
+
+
+@dataclass
+class RunMeta:
+    experiment: str
+    name: str
+    description: str | None
+    params: dict[str, Any]  # everything under run[...] keys: hparams, mlflow, tags, datasets, artifacts
+    labels: list[str]
+    archived: bool
+    created_at: float  # seconds
+    ended_at: float | None
+    active: bool
+
+
+class RunSink:
+    """One Aim run, open for writing."""
+
+    def __init__(self, repo, aim_hash: str, experiment: str):
+        self.hash = aim_hash
+        try:
+            self.writer = aim_adapter.AimRunWriter.open(repo, aim_hash, experiment=experiment)
+        except Exception as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if "lock" in msg.lower():
+                raise SinkError(f"Aim run {aim_hash} is locked by another writer: {msg}") from None
+            raise
+
+    def set_info(self, meta: RunMeta) -> None:
+        self.writer.set_info(
+            name=meta.name, description=meta.description, params=meta.params,
+            labels=meta.labels, archived=meta.archived,
+        )
+
+    def set_times(self, meta: RunMeta) -> None:
+        self.writer.set_times(created_at=meta.created_at, ended_at=meta.ended_at, active=meta.active)
+
+    def flush(self) -> None:
+        """Make what was written durable before the caller commits its cursors."""
+        self.writer.flush()
+
+    def write_points(self, mapped: MappedMetric, steps: list[int], values: list[float], timestamps_ms: list[int]) -> int:
+        """Write points (MLflow timestamps in ms). Returns how many distinct steps were written."""
+        steps, values, timestamps_ms = winners(steps, values, timestamps_ms)
+        name = aim_adapter.system_metric_name(mapped.name) if mapped.system else mapped.name
+        self.writer.write_points(name, mapped.context, steps, values, [t / 1000.0 for t in timestamps_ms])
+        return len(steps)
+
+    def write_artifact(self, kind: str, local_file: str, path: str, timestamp: float) -> None:
+        obj = aim_object(kind, local_file, path)
+        self.writer.write_objects(path, {"kind": kind}, 0, timestamp, obj)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def finite_or_none(x: float | None) -> float | None:
+    return x if x is None or math.isfinite(x) else None
+
+
+def set_experiment_meta(repo, name: str, description: str | None) -> None:
+    if description:
+        try:
+            aim_adapter.set_experiment_description(repo, name, description)
+        except (sqlite3.Error, AttributeError) as e:  # not fatal: the runs carry the data
+            log.warning("could not set the description of Aim experiment %r: %s", name, e)
