@@ -60,6 +60,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 # The Aim versions whose storage layout this module was written against and tested with.
@@ -209,6 +211,85 @@ def _step_key(step: int) -> bytes:
     return b"\xfe" + d + b"\xfe"
 
 
+_key_cache: dict[int, bytes] = {}
+_KEY_CACHE_MAX = 65536  # bounded: ~8 MB; runs' metrics mostly share their steps
+
+
+def _step_keys(steps: list[int]) -> list[bytes]:
+    cache = _key_cache
+    get = cache.get
+    out = []
+    append = out.append
+    for s in steps:
+        k = get(s)
+        if k is None:
+            k = _step_key(s)
+            if len(cache) >= _KEY_CACHE_MAX:
+                cache.clear()
+            cache[s] = k
+        append(k)
+    return out
+
+
+def _encode_column(tag: bytes, arr: np.ndarray) -> list[bytes]:
+    """``[encode(x) for x in arr]`` for float64 (``tag`` = float) or int64 (``tag`` = int)
+    arrays: Aim encodes both as a type byte and 8 little-endian bytes."""
+    n = len(arr)
+    buf = np.empty((n, 9), dtype=np.uint8)
+    buf[:, 0] = tag[0]
+    buf[:, 1:] = arr.astype(arr.dtype.newbyteorder("<"), copy=False).view(np.uint8).reshape(n, 8)
+    b = buf.tobytes()
+    return [b[i : i + 9] for i in range(0, 9 * n, 9)]
+
+
+def _int_list(xs, what: str) -> list[int]:
+    """Python ints from a sequence of ints / numpy ints / integral floats; rejects the rest."""
+    arr = np.asarray(xs)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be a flat sequence")
+    kind = arr.dtype.kind
+    if kind in "iu":
+        return arr.tolist()
+    if kind == "f" and bool(np.all(np.isfinite(arr))) and bool(np.all(arr == np.floor(arr))):
+        return [int(x) for x in arr.tolist()]
+    if kind == "O":
+        return [operator.index(x) for x in xs]
+    raise ValueError(f"{what} must be integers (got {arr.dtype})")
+
+
+_WriteOptimizedContainer = None
+
+
+def _write_optimized_container(path: str):
+    """An ``aim.storage.rockscontainer.RocksContainer`` (write mode) whose RocksDB is opened
+    with a vector memtable (fast bulk inserts, slow memtable reads: we never read through it)
+    and 16 MB write buffers instead of Aim's 1 MB.  Only the in-memory write path differs; the
+    files are plain RocksDB files every Aim reader opens with its own options."""
+    global _WriteOptimizedContainer
+    if _WriteOptimizedContainer is None:
+        import aimrocks
+        from aim.storage.rockscontainer import RocksContainer
+
+        class WriteOptimizedContainer(RocksContainer):
+            @property
+            def _db_opts(self):
+                return self.__dict__["_tuned_db_opts"]
+
+            @_db_opts.setter
+            def _db_opts(self, opts):
+                self.__dict__["_tuned_db_opts"] = {
+                    **opts,
+                    "memtable_factory": aimrocks.VectorMemtableFactory(),
+                    "allow_concurrent_memtable_write": False,
+                    "write_buffer_size": 16 << 20,
+                    "max_write_buffer_number": 2,
+                    "db_write_buffer_size": 32 << 20,
+                }
+
+        _WriteOptimizedContainer = WriteOptimizedContainer
+    return _WriteOptimizedContainer(path, read_only=False)
+
+
 def _check_hash(run_hash: str) -> str:
     if not isinstance(run_hash, str) or not _HASH_RE.match(run_hash):
         raise ValueError(f"invalid Aim run hash {run_hash!r}: use 1-128 of [A-Za-z0-9_.-]")
@@ -253,8 +334,10 @@ class _SeqInfo:
 class AimRunWriter:
     """Writes one Aim run (create or reopen) under a caller-chosen hash.
 
-    Holds the run's lock (``<repo>/.aim/locks/<hash>.softlock``) and its two RocksDB chunks open
-    for writing until :meth:`close`.  Also usable as a context manager.
+    Holds the run's lock (``<repo>/.aim/locks/<hash>.softlock``) and its RocksDB chunks open for
+    writing until :meth:`close`.  Structured-DB changes (name, description, archived, tags,
+    experiment, creation/end time) are collected and committed in one transaction by
+    :meth:`flush` / :meth:`close`.  Also usable as a context manager.
     """
 
     # ---- open / close -----------------------------------------------------------------------
@@ -266,8 +349,9 @@ class AimRunWriter:
     def open(cls, repo, run_hash: str, *, experiment: str | None = None) -> "AimRunWriter":
         """Create the run ``run_hash`` in ``repo`` (an ``aim.Repo`` or a path; created when
         missing), or reopen it.  Reopening keeps the creation time, params, points, tags.
-        ``experiment``: set the run's experiment (created if missing); ``None`` leaves it
-        (``default`` for a new run)."""
+        ``experiment``: the run's experiment (created if missing); ``None`` leaves it as is
+        (``default`` for a new run).  Raises :class:`AimRunLocked` when another writer holds
+        the run (after Aim's 10 s lock timeout)."""
         check_aim_compatibility()
         _check_hash(run_hash)
         repo = _get_repo(repo)
@@ -286,35 +370,34 @@ class AimRunWriter:
                 " (another writer holds it; if none does, `aim runs close --force` it)"
             ) from e
         try:
-            self._open_storage()
+            self._meta_c = repo.request_container("meta", run_hash, read_only=False)
+            self._seqs_c = None  # opened on the first point / object
             self._closed = False
-            self._init_run(experiment)
+            # tree views shaped like aim.sdk.base_run.BaseRun's (RunTracker reads them)
+            self.read_only = False
+            self.meta_tree = self._meta_c.tree().subtree("meta")
+            self.meta_run_tree = self.meta_tree.subtree(("chunks", run_hash))
+            self._series_run_trees = None
+            self._seqs: dict[tuple[int, str], _SeqInfo] = {}
+            self._contexts: set[int] = set()
+            self._tracker = None
+            self._meta_dirty = False  # meta chunk changed: index it on close
+            self._pending: dict[str, Any] = {}  # structured-DB changes, committed by flush/close
+            if not repo.structured_db.find_run(run_hash):
+                self._pending["create"] = True
+            if experiment is not None:
+                self._pending["experiment"] = str(experiment)
+            self._init_meta()
         except BaseException:
             self._release(index=False)
             raise
         return self
 
-    def _open_storage(self) -> None:
-        repo, h = self.repo, self.hash
-        self._meta_c = repo.request_container("meta", h, read_only=False)
-        self._seqs_c = repo.request_container("seqs", h, read_only=False)
-        self._meta_db = self._meta_c.db
-        self._seqs_db = self._seqs_c.db
-        # Tree views shaped like aim.sdk.base_run.BaseRun's (RunTracker uses them).
-        self.read_only = False
-        self.meta_tree = self._meta_c.tree().subtree("meta")
-        self.meta_run_tree = self.meta_tree.subtree(("chunks", h))
-        seqs = self._seqs_c.tree().subtree("seqs")
-        self.series_run_trees = {1: seqs.subtree(("chunks", h)), 2: seqs.subtree(("v2", "chunks", h))}
-        self._seqs: dict[tuple[int, str], _SeqInfo] = {}
-        self._contexts: set[int] = set()
-        self._tracker = None
-        self._props = None
-
-    def _init_run(self, experiment: str | None) -> None:
-        # what aim.sdk.run.BasicRun.__init__ does for a run opened for writing, less end_time
+    def _init_meta(self) -> None:
+        # what aim.sdk.run.BasicRun.__init__ writes for a run opened for writing, less end_time
         # (which it resets to None on every open: we keep what set_times() wrote)
         batch = self._meta_c.batch()
+        n = batch.count()
         try:
             self.meta_run_tree.first_key("attrs")
         except (KeyError, StopIteration):
@@ -322,31 +405,63 @@ class AimRunWriter:
             self._tree_set(batch, ("meta", "attrs"), {})
         if self.meta_run_tree.get("end_time", _MISSING) is _MISSING:
             self._tree_set(batch, ("meta", "chunks", self.hash, "end_time"), None)
+        if batch.count() != n:
+            self._meta_commit(batch)
+
+    def _meta_commit(self, batch) -> None:
         self._meta_c.commit(batch)
-        props = self.props  # creates the structured-DB row (experiment 'default') when missing
-        if experiment is not None and props.experiment != experiment:
-            props.experiment = experiment
+        self._meta_dirty = True
+
+    def _seqs_container(self):
+        """The run's ``seqs`` chunk, opened on first use, with a vector memtable and larger
+        write buffers: we only ever write through this handle (readers open their own, with
+        Aim's options), and RocksDB takes our hash-ordered batches about twice as fast so."""
+        c = self._seqs_c
+        if c is None:
+            from aim.sdk.repo import ContainerConfig
+
+            config = ContainerConfig("seqs", self.hash, False)
+            c = self.repo.container_pool.get(config)
+            if c is None:
+                path = os.path.join(self.repo.path, "seqs", "chunks", self.hash)
+                try:
+                    c = _write_optimized_container(path)
+                except Exception as e:  # e.g. options refused: Aim's own container
+                    log.debug("default RocksDB options for %s: %r", path, e)
+                    c = None
+                if c is not None:
+                    self.repo.container_pool[config] = c
+                else:
+                    c = self.repo.request_container("seqs", self.hash, read_only=False)
+            self._seqs_c = c
+        return c
 
     @property
-    def props(self):
-        """The run's structured-DB record (``aim.storage.structured`` ModelMappedRun)."""
-        if self._props is None:
-            self._props = self.repo.request_props(self.hash, read_only=False)
-        return self._props
+    def series_run_trees(self):
+        if self._series_run_trees is None:
+            seqs = self._seqs_container().tree().subtree("seqs")
+            h = self.hash
+            self._series_run_trees = {1: seqs.subtree(("chunks", h)), 2: seqs.subtree(("v2", "chunks", h))}
+        return self._series_run_trees
 
     def flush(self) -> None:
-        """Make everything written so far durable (RocksDB WAL fsync'ed; the structured DB
-        commits on every change).  Visibility to readers needs :meth:`close`."""
+        """Make everything written so far durable: commit the structured-DB changes, fsync the
+        RocksDB write-ahead logs.  Visibility to readers needs :meth:`close`."""
         self._check_open()
-        self._meta_db.flush_wal(True)
-        self._seqs_db.flush_wal(True)
+        self._commit_props()
+        self._meta_c.db.flush_wal(True)
+        if self._seqs_c is not None:
+            self._seqs_c.db.flush_wal(True)
 
-    def close(self) -> None:
-        """Flush and close the run's storage, index it (so ``Repo.iter_runs``, ``get_run``,
-        ``query_metrics`` and ``aim up`` list it at once), release the lock.  Idempotent."""
+    def close(self, *, index: bool = True) -> None:
+        """Commit, flush and close the run's storage, index it (so ``Repo.iter_runs``,
+        ``get_run``, ``query_metrics`` and ``aim up`` list it at once) and release the lock.
+        Idempotent.  ``index=False`` skips indexing: then call :func:`index_runs` for a batch
+        of closed runs (one index open for all)."""
         if self._closed:
             return
-        self._release(index=True)
+        self._commit_props()
+        self._release(index=index)
 
     def __enter__(self) -> "AimRunWriter":
         return self
@@ -359,18 +474,16 @@ class AimRunWriter:
 
         self._closed = True
         try:
+            dirty = self._meta_dirty
             for name in ("_meta_c", "_seqs_c"):
                 c = self.__dict__.pop(name, None)
                 if c is not None:
                     c.close()  # flush memtable + WAL, drop the progress marker
-            self.__dict__.pop("_meta_db", None)
-            self.__dict__.pop("_seqs_db", None)
             for sub in ("meta", "seqs"):
                 self.repo.container_pool.pop(ContainerConfig(sub, self.hash, False), None)
-            self.meta_tree = self.meta_run_tree = self.series_run_trees = None
+            self.meta_tree = self.meta_run_tree = self._series_run_trees = None
             self._tracker = None
-            self._props = None
-            if index:
+            if index and dirty:
                 index_runs(self.repo, [self.hash])
         finally:
             lock, self._lock = self._lock, None
@@ -390,6 +503,67 @@ class AimRunWriter:
         c.delete_range(p, p + b"\xff", store_batch=batch)
         for k, v in _treeutils.encode_tree(value, strict=strict):
             c.set(p + k, v, store_batch=batch)
+
+    # ---- structured DB (sqlite) -------------------------------------------------------------
+
+    def _commit_props(self) -> None:
+        """Apply the pending structured-DB changes in one transaction (creating the run row,
+        with its experiment, when missing).  The same tables Aim's ModelMappedRun writes."""
+        if not self._pending:
+            return
+        from contextlib import nullcontext
+
+        from aim.storage.structured.sql_engine.models import Experiment as ExperimentModel
+        from aim.storage.structured.sql_engine.models import Run as RunModel
+        from aim.storage.structured.sql_engine.models import Tag as TagModel
+        from sqlalchemy.exc import IntegrityError
+
+        p = self._pending
+        db = self.repo.structured_db
+        for attempt in range(3):
+            session = db.get_session()
+            try:
+                with self.repo._sdb_lock if p.get("create") else nullcontext():
+                    model = session.query(RunModel).filter(RunModel.hash == self.hash).first()
+                    exp_name = p.get("experiment")
+                    if model is None:
+                        model = RunModel(self.hash, p.get("created_at"))
+                        session.add(model)
+                        exp_name = exp_name or "default"
+                    if exp_name is not None and (model.experiment is None or model.experiment.name != exp_name):
+                        exp = session.query(ExperimentModel).filter(ExperimentModel.name == exp_name).first()
+                        if exp is None:
+                            exp = ExperimentModel(exp_name)
+                            session.add(exp)
+                        model.experiment = exp
+                    for attr in ("name", "description", "created_at", "finalized_at"):
+                        if attr in p and getattr(model, attr) != p[attr]:
+                            setattr(model, attr, p[attr])
+                    if "archived" in p and bool(model.is_archived) != p["archived"]:
+                        model.is_archived = p["archived"]
+                    if "labels" in p:
+                        attached = {t.name: t for t in model.tags}
+                        for tag_name in p["labels_remove"]:
+                            if tag_name in attached:
+                                model.tags.remove(attached.pop(tag_name))
+                        for tag_name in p["labels"]:
+                            if tag_name not in attached:
+                                tag = session.query(TagModel).filter(TagModel.name == tag_name).first()
+                                if tag is None:
+                                    tag = TagModel(tag_name)
+                                    session.add(tag)
+                                model.tags.append(tag)
+                                attached[tag_name] = tag
+                    session.commit()
+                break
+            except IntegrityError:  # an experiment / tag created meanwhile by another process
+                session.rollback()
+                if attempt == 2:
+                    raise
+            except BaseException:
+                session.rollback()
+                raise
+        self._pending = {}
 
     # ---- info / times -----------------------------------------------------------------------
 
@@ -411,54 +585,46 @@ class AimRunWriter:
         * ``labels``: Aim run tags; missing ones are added, ones this module added earlier and
           no longer listed are removed, tags added by hand in Aim are left alone;
         * ``archived``: Aim's archived flag (MLflow deleted run -> archived).
-        """
+        Structured-DB fields are committed by :meth:`flush` / :meth:`close`."""
         self._check_open()
-        props = self.props
-        want_name = name if name else f"Run: {self.hash}"
-        if props.name != want_name:
-            props.name = want_name
-        want_desc = description if description else None
-        if props.description != want_desc:
-            props.description = want_desc
-        if bool(props.archived) != bool(archived):
-            props.archived = bool(archived)
-
         labels = list(dict.fromkeys(str(x) for x in labels if str(x)))
-        current = set(props.tags)
-        ours_before = set(self.meta_run_tree.get((_OWN_KEY, "labels"), None) or [])
-        for tag in sorted(ours_before - set(labels)):
-            if tag in current:
-                props.remove_tag(tag)
-        for tag in labels:
-            if tag not in current:
-                props.add_tag(tag)
-
+        ours_before = self.meta_run_tree.get((_OWN_KEY, "labels"), None) or []
+        self._pending.update(
+            name=name if name else f"Run: {self.hash}",
+            description=description if description else None,
+            archived=bool(archived),
+            labels=labels,
+            labels_remove=[t for t in ours_before if t not in set(labels)],
+        )
+        params = dict(params)
         batch = self._meta_c.batch()
-        self._tree_set(batch, ("meta", "chunks", self.hash, "attrs"), dict(params), strict=False)
-        self._tree_set(batch, ("meta", "attrs"), dict(params), strict=False)
-        self._tree_set(batch, ("meta", "chunks", self.hash, _OWN_KEY, "labels"), labels)
-        self._meta_c.commit(batch)
+        if self.meta_run_tree.get("attrs", None) != params or self.meta_tree.get("attrs", None) != params:
+            self._tree_set(batch, ("meta", "chunks", self.hash, "attrs"), params, strict=False)
+            self._tree_set(batch, ("meta", "attrs"), params, strict=False)
+        if list(ours_before) != labels:
+            self._tree_set(batch, ("meta", "chunks", self.hash, _OWN_KEY, "labels"), labels)
+        if batch.count():
+            self._meta_commit(batch)
 
     def set_times(self, *, created_at: float, ended_at: float | None, active: bool) -> None:
         """Creation time (MLflow start), end time (MLflow end) and the active flag, in seconds
         since the epoch.  ``active=True`` stores no end time (Aim: running).  A finished run
         without ``ended_at`` ends at ``created_at`` (Aim needs an end time to call it
-        finished)."""
+        finished).  The creation time is committed by :meth:`flush` / :meth:`close`."""
         self._check_open()
         created_at = float(created_at)
         if active:
             end = None
         else:
             end = float(ended_at) if ended_at is not None else created_at
-        props = self.props
-        model, session = props._model, props._session
-        model.created_at = _utc_naive(created_at)
-        model.finalized_at = _utc_naive(end) if end is not None else None
-        session.add(model)
-        session.commit()
-        batch = self._meta_c.batch()
-        self._tree_set(batch, ("meta", "chunks", self.hash, "end_time"), end)
-        self._meta_c.commit(batch)
+        self._pending.update(
+            created_at=_utc_naive(created_at),
+            finalized_at=_utc_naive(end) if end is not None else None,
+        )
+        if self.meta_run_tree.get("end_time", _MISSING) != end:
+            batch = self._meta_c.batch()
+            self._tree_set(batch, ("meta", "chunks", self.hash, "end_time"), end)
+            self._meta_commit(batch)
 
     # ---- metrics ----------------------------------------------------------------------------
 
@@ -538,42 +704,45 @@ class AimRunWriter:
         info = self._seq_info(ctx_idx, name)
         pv, ps, pe, pt = info.prefixes
 
-        index = operator.index
-        encode = _encode
-        step_key = _step_key
-        batch = self._seqs_c.batch()
+        step_list = _int_list(steps, f"metric {name!r}: steps")
+        for s in (min(step_list), max(step_list)):
+            if not -MAX_ABS_STEP <= s <= MAX_ABS_STEP:
+                raise ValueError(f"metric {name!r}: step {s} is beyond +-2**53, which Aim cannot key exactly")
+        vals = np.asarray(values, dtype=np.float64).reshape(n)
+        times = np.asarray(timestamps, dtype=np.float64).reshape(n)
+        keys = _step_keys(step_list)
+        v_enc = _encode_column(_FLOAT_TAG, vals)
+        s_enc = _encode_column(_INT_TAG, np.asarray(step_list, dtype=np.int64))
+        t_enc = _encode_column(_FLOAT_TAG, times)
+        if epochs is None:
+            e_enc = [_NONE_ENC] * n
+        else:
+            e_enc = [_NONE_ENC if e is None else _encode(operator.index(e)) for e in epochs]
+
+        seqs_c = self._seqs_container()
+        batch = seqs_c.batch()
         put = batch.put
         for col in info.prefixes:
             put(col, _ARRAY_FLAG)  # array flags (TreeArrayView.allocate); idempotent
-        none_enc = _NONE_ENC
-        lo_step = hi_step = None
-        lo_val = hi_val = 0.0
+        for k, v, s, e, t in zip(keys, v_enc, s_enc, e_enc, t_enc):
+            put(pv + k, v)
+            put(ps + k, s)
+            put(pe + k, e)
+            put(pt + k, t)
+
+        st = np.asarray(step_list, dtype=np.int64)
+        lo = n - 1 - int(np.argmin(st[::-1]))  # last occurrence of the smallest step
+        hi = n - 1 - int(np.argmax(st[::-1]))  # last occurrence of the largest step
+        lo_step, lo_val = step_list[lo], float(vals[lo])
+        hi_step, hi_val = step_list[hi], float(vals[hi])
         vmin, vmax = info.min, info.max
-        if epochs is None:
-            epochs_it: Iterable = (None for _ in range(n))
-        else:
-            epochs_it = epochs
-        for s, v, t, e in zip(steps, values, timestamps, epochs_it):
-            s = index(s)
-            if not -MAX_ABS_STEP <= s <= MAX_ABS_STEP:
-                raise ValueError(f"metric {name!r}: step {s} is beyond +-2**53, which Aim cannot key exactly")
-            v = float(v)
-            k = step_key(s)
-            put(pv + k, encode(v))
-            put(ps + k, encode(s))
-            put(pe + k, none_enc if e is None else encode(index(e)))
-            put(pt + k, encode(float(t)))
-            if lo_step is None or s <= lo_step:
-                lo_step, lo_val = s, v
-            if hi_step is None or s >= hi_step:
-                hi_step, hi_val = s, v
-            if v > vmax:
-                vmax = v
-            if v < vmin:
-                vmin = v
+        ok = ~np.isnan(vals)  # Aim's min/max comparisons skip NaN
+        if ok.any():
+            vmax = max(vmax, float(vals[ok].max()))
+            vmin = min(vmin, float(vals[ok].min()))
         # series data first, then its metadata: a crash in between leaves metadata that lags
         # (never metadata pointing at missing points); re-sending the chunk repairs it.
-        self._seqs_db.write(batch)
+        seqs_c.db.write(batch)
 
         mbatch = self._meta_c.batch()
         mset = self._meta_c.set
@@ -581,7 +750,7 @@ class AimRunWriter:
         tprefix = _encode_path(tp)
 
         def meta_put(key: str, value) -> None:
-            mset(tprefix + _E.encode_key(key) + b"\xfe", encode(value), store_batch=mbatch)
+            mset(tprefix + _E.encode_key(key) + b"\xfe", _encode(value), store_batch=mbatch)
 
         if info.new:
             if ctx_idx not in self._contexts:
@@ -607,7 +776,7 @@ class AimRunWriter:
         if vmin < info.min:
             meta_put("min", vmin)
             info.min = vmin
-        self._meta_c.commit(mbatch)
+        self._meta_commit(mbatch)
         info.new = False
 
     # ---- objects ----------------------------------------------------------------------------
@@ -638,6 +807,7 @@ class AimRunWriter:
             raise ValueError(f"Aim sequence {name!r} in context {ctx.to_dict()!r} holds metric values")
         if self._tracker is None:
             self._tracker = RunTracker(self)  # reads `meta_tree`, `meta_run_tree`, ... of self
+        self._meta_dirty = True
         self._tracker._track(
             obj, float(timestamp), name, operator.index(step), None if epoch is None else operator.index(epoch),
             context=ctx.to_dict(),
@@ -655,11 +825,14 @@ _MISSING = _Missing()
 # visibility (the repo index)
 
 
-def index_runs(repo, run_hashes: Iterable[str], *, attempts: int = 8) -> list[str]:
-    """Copy the given runs' meta chunks into the repo index (``<repo>/.aim/meta/index``) with
-    Aim's own indexing code, so that ``Repo.iter_runs``/``get_run``/queries and ``aim up``
-    list them.  Returns the hashes that could not be indexed now (the index is held by another
-    process, e.g. ``aim up``'s indexer, which then indexes them itself within seconds).
+def index_runs(repo, run_hashes: Iterable[str], *, attempts: int = 10) -> list[str]:
+    """Copy the given (closed) runs' meta chunks into the repo index (``<repo>/.aim/meta/index``)
+    with Aim's own indexing code (``RepoIndexManager.index``, what ``aim up``'s indexer and
+    ``aim storage reindex`` run), so that ``Repo.iter_runs`` / ``get_run`` / queries and
+    ``aim up`` list them.  The index DB is opened once for all the hashes.
+
+    Returns the hashes not indexed now: the index is held by another process (``aim up``'s
+    indexer, which then indexes them itself), or a chunk could not be read.
 
     A repo without an index (made by an old Aim) reads every chunk directly: nothing to do
     (creating an index there would hide every other not-yet-indexed run)."""
@@ -667,27 +840,39 @@ def index_runs(repo, run_hashes: Iterable[str], *, attempts: int = 8) -> list[st
     from aim.sdk.index_manager import RepoIndexManager
     from aim.sdk.repo import ContainerConfig
 
+    hashes = list(dict.fromkeys(run_hashes))
     repo = _get_repo(repo)
-    if not os.path.isdir(os.path.join(repo.path, "meta", "index")):
+    if not hashes or not os.path.isdir(os.path.join(repo.path, "meta", "index")):
         return []
     mgr = RepoIndexManager.get_index_manager(repo)
+    index_repo = mgr.repo  # the manager indexes through the Repo it was made for
+    config = ContainerConfig("meta/index", None, True)  # how Repo._get_index_container pools it
+    container = None
+    delay = 0.02
+    for attempt in range(attempts):
+        try:
+            container = index_repo._get_index_container("meta", timeout=0)
+            break
+        except aimrocks.errors.RocksIOError as e:  # the index DB is open in another process
+            if attempt == attempts - 1:
+                log.warning("Aim's run index is busy (%s); `aim up` will index %d run(s) itself", e, len(hashes))
+                return hashes
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
     failed = []
-    for h in run_hashes:
-        delay = 0.05
-        for attempt in range(attempts):
-            try:
-                mgr.index(h)
-                break
-            except aimrocks.errors.RocksIOError as e:  # index DB locked by another process
-                if attempt == attempts - 1:
-                    log.warning("could not index Aim run %s now (%s); `aim up` indexes it itself", h, e)
-                    failed.append(h)
-                else:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 1.0)
-    # drop cached read-only handles on the index: they would not see the new entries
-    for r in {id(repo): repo, id(mgr.repo): mgr.repo}.values():
-        r.container_pool.pop(ContainerConfig("meta", None, True), None)
+    try:
+        for h in hashes:
+            mgr.index(h)  # reuses the pooled container we hold
+            if container.tree().get(("index_cache", h), None) is None:
+                failed.append(h)
+    finally:
+        index_repo.container_pool.pop(config, None)
+        container.close()  # flush and release the index DB at once
+        # drop cached read-only handles on the index: they would not see the new entries
+        for r in {id(repo): repo, id(index_repo): index_repo}.values():
+            r.container_pool.pop(ContainerConfig("meta", None, True), None)
+    if failed:
+        log.warning("could not index Aim run(s) %s", ", ".join(failed))
     return failed
 
 
