@@ -18,9 +18,14 @@ log = logging.getLogger("syncer")
 
 
 class SyncerError(click.ClickException):
-    """A one-line error, exit code 2, no traceback."""
+    """A one-line error, exit code 2, no traceback, no credentials."""
 
     exit_code = 2
+
+    def __init__(self, message: str):
+        from .config import scrub
+
+        super().__init__(scrub(" ".join(str(message).split())))
 
 
 class SizeType(click.ParamType):
@@ -76,7 +81,7 @@ def _config(kw: dict, **extra) -> Config:
         raise SyncerError("no MLflow tracking URI: pass --mlflow-tracking-uri or set MLFLOW_TRACKING_URI")
     if kw.get("context_map") and not kw["context_map"].is_file():
         raise SyncerError(f"context-map file {kw['context_map']} does not exist")
-    experiments = tuple(x for e in kw.pop("experiments") for x in e.split())
+    experiments = tuple(kw.pop("experiments"))
     return Config(
         tracking_uri=kw.pop("tracking_uri"),
         aim_repo=kw.pop("aim_repo"),

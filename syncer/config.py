@@ -126,8 +126,10 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     lvl = getattr(logging, level.upper())
     root.setLevel(lvl)
     # the libraries we drive are chatty at INFO; their warnings still show
-    for noisy in ("mlflow", "alembic", "aim", "apscheduler", "watchdog", "urllib3", "filelock"):
+    for noisy in ("mlflow", "alembic", "aim", "apscheduler", "watchdog", "filelock"):
         logging.getLogger(noisy).setLevel(max(lvl, logging.WARNING))
+    # connection retries are reported once, by us, as "MLflow ... is unreachable"
+    logging.getLogger("urllib3").setLevel(max(lvl, logging.ERROR))
     logging.captureWarnings(True)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)

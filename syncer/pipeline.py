@@ -59,6 +59,25 @@ class RoundStats:
         return {k: getattr(self, k) for k in ("experiments", "runs", "runs_written", "points", "artifacts", "errors", "seconds")}
 
 
+def select_experiments(exps: list[Experiment], options: Options) -> list[Experiment]:
+    """The experiments named by --experiment (names or ids), or all of them."""
+    wanted = options.experiments
+    if not wanted:
+        return exps
+    picked, missing = [], []
+    for w in wanted:
+        hits = [e for e in exps if w in (e.id, e.name)]
+        if not hits:
+            missing.append(w)
+        picked.extend(h for h in hits if h not in picked)
+    if missing:
+        msg = "unknown MLflow experiment(s): " + ", ".join(repr(m) for m in missing)
+        if options.strict_experiments:
+            raise SourceError(msg + f" (known: {', '.join(repr(e.name) for e in exps[:10])})")
+        log.debug(msg)
+    return picked
+
+
 class Stopped(Exception):
     """The round was cut at a safe point because a stop was requested."""
 
@@ -108,22 +127,7 @@ class Syncer:
         return stats
 
     def _experiments(self) -> list[Experiment]:
-        exps = self.source.experiments()
-        wanted = self.options.experiments
-        if not wanted:
-            return exps
-        picked, missing = [], []
-        for w in wanted:
-            hits = [e for e in exps if w in (e.id, e.name)]
-            if not hits:
-                missing.append(w)
-            picked.extend(h for h in hits if h not in picked)
-        if missing:
-            msg = "unknown MLflow experiment(s): " + ", ".join(repr(m) for m in missing)
-            if self.options.strict_experiments:
-                raise SourceError(msg + f" (known: {', '.join(repr(e.name) for e in exps[:10])})")
-            log.debug(msg)
-        return picked
+        return select_experiments(self.source.experiments(), self.options)
 
     def _needs_work(self, run: RunRecord | BrokenRun) -> bool:
         if isinstance(run, BrokenRun):

@@ -7,9 +7,9 @@ import logging
 from typing import Callable, Iterable, Iterator
 
 from .config import Config
-from .pipeline import Syncer
+from .pipeline import Syncer, select_experiments
 from .sink import open_repo
-from .source import FileStoreSource, local_path, open_source, redact
+from .source import local_path, open_source, redact
 from .state import State
 
 log = logging.getLogger("syncer")
@@ -29,6 +29,8 @@ def open_everything(cfg: Config, *, strict_experiments: bool, must_exist: bool,
                     progress: Callable[[Iterable], Iterable] | None = None) -> Iterator[Syncer]:
     options = cfg.options(strict_experiments=strict_experiments)
     source = open_source(cfg.tracking_uri, must_exist=must_exist)
+    if must_exist:  # bad input fails here, before an Aim repo is created for it
+        select_experiments(source.experiments(), options)
     repo, created = open_repo(cfg.aim_repo)
     if created:
         log.info("created a new Aim repo at %s", cfg.aim_repo)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import aim_adapter
 from .mapping import MappedMetric
 
 log = logging.getLogger(__name__)
@@ -120,7 +119,10 @@ class RunSink:
     """One Aim run, open for writing."""
 
     def __init__(self, repo, aim_hash: str, experiment: str):
+        from . import aim_adapter  # imported late: `syncer --help` should not load Aim
+
         self.hash = aim_hash
+        self._system_name = aim_adapter.system_metric_name
         try:
             self.writer = aim_adapter.AimRunWriter.open(repo, aim_hash, experiment=experiment)
         except Exception as e:
@@ -145,7 +147,7 @@ class RunSink:
     def write_points(self, mapped: MappedMetric, steps: list[int], values: list[float], timestamps_ms: list[int]) -> int:
         """Write points (MLflow timestamps in ms). Returns how many distinct steps were written."""
         steps, values, timestamps_ms = winners(steps, values, timestamps_ms)
-        name = aim_adapter.system_metric_name(mapped.name) if mapped.system else mapped.name
+        name = self._system_name(mapped.name) if mapped.system else mapped.name
         self.writer.write_points(name, mapped.context, steps, values, [t / 1000.0 for t in timestamps_ms])
         return len(steps)
 
@@ -163,6 +165,8 @@ def finite_or_none(x: float | None) -> float | None:
 
 def set_experiment_meta(repo, name: str, description: str | None) -> None:
     if description:
+        from . import aim_adapter
+
         try:
             aim_adapter.set_experiment_description(repo, name, description)
         except (sqlite3.Error, AttributeError) as e:  # not fatal: the runs carry the data

@@ -228,17 +228,20 @@ class Source:
 
 
 def _mlflow_error(uri: str, e: Exception) -> SourceError:
-    from mlflow.exceptions import MlflowException
+    """A one-line, credential-free error for a failed MLflow call."""
+    from .config import scrub
 
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if isinstance(e, MlflowException) and getattr(e, "error_code", "") in (
-        "TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR",
-    ) and ("Connection" in msg or "Max retries" in msg or "API request" in msg):
-        return SourceUnavailable(f"MLflow at {redact(uri)} is unreachable: {msg}")
-    name = type(e).__name__
-    if "Connection" in name or "Timeout" in name or "Max retries" in msg or "Connection refused" in msg:
-        return SourceUnavailable(f"MLflow at {redact(uri)} is unreachable: {msg}")
-    return SourceError(f"cannot read MLflow at {redact(uri)}: {msg}")
+    text = scrub(str(e).strip())
+    first = text.splitlines()[0] if text else type(e).__name__
+    unreachable = ("Connection refused", "Max retries exceeded", "Failed to establish", "Name or service not known",
+                   "timed out", "Temporary failure in name resolution", "RemoteDisconnected", "Connection aborted")
+    for marker in unreachable:
+        if marker in text or marker in type(e).__name__:
+            reason = "connection refused" if "refused" in text else marker.lower()
+            return SourceUnavailable(f"MLflow at {redact(uri)} is unreachable ({reason})")
+    if len(first) > 300:
+        first = first[:300] + "…"
+    return SourceError(f"cannot read MLflow at {redact(uri)}: {first}")
 
 
 class ClientSource(Source):

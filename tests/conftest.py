@@ -243,6 +243,7 @@ def read_aim(repo_path: Path | str) -> dict[str, dict]:
             "active": run.active,
             "created_at": run.creation_time,
             "end_time": run.end_time,
+            "objects": sorted(n for n, _c, _r in run.iter_sequence_info_by_type(("aim.image", "aim.text", "aim.audio"))),
             "labels": sorted(t.name if hasattr(t, "name") else str(t) for t in (run.props.tags or [])),
             "run": run,
         }
