@@ -1,0 +1,29 @@
+"""Zero-shot cross-lingual XNLI training runs (fine-tune vs feature-extraction), tracked in MLflow.
+
+``python -m training --help`` for the command line; ``training.run(TrainConfig(...))`` from Python.
+This module imports nothing heavy: torch, transformers and MLflow load when a run starts.
+"""
+
+from .data import LABEL_NAMES, LANGUAGES
+from .tiny_models import TINY_MODEL_NAMES, ensure_tiny_model
+
+TECHNIQUES = ("fine-tune", "feature-extraction")
+
+__all__ = [
+    "LABEL_NAMES",
+    "LANGUAGES",
+    "TECHNIQUES",
+    "TINY_MODEL_NAMES",
+    "RunResult",
+    "TrainConfig",
+    "ensure_tiny_model",
+    "run",
+]
+
+
+def __getattr__(name):
+    if name in ("RunResult", "TrainConfig", "run", "TrainingError", "HubUnavailableError"):
+        from . import experiment
+
+        return getattr(experiment, name)
+    raise AttributeError(name)
