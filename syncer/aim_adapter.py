@@ -185,6 +185,7 @@ from aim.storage import treeutils as _treeutils  # noqa: E402
 from aim.storage.hashing import c_hash as _c_hash  # noqa: E402
 from aim.storage.hashing import hashing as _hashing  # noqa: E402
 from aim.storage.utils import ArrayFlag as _ArrayFlag  # noqa: E402
+from aim.storage.utils import ObjectFlag as _ObjectFlag  # noqa: E402
 
 _encode = _E.encode
 _encode_path = _E.encode_path
@@ -194,6 +195,7 @@ _blake2b = hashlib.blake2b
 _HASH_SALT = _hashing._HASH_UNIFORM_SALT
 _LITTLE = sys.byteorder == "little"
 _ARRAY_FLAG = _encode(_ArrayFlag)
+_OBJECT_FLAG = _encode(_ObjectFlag)
 _FLOAT_TAG = _encode(0.0)[:1]
 _INT_TAG = _encode(0)[:1]
 _NONE_ENC = _encode(None)
@@ -346,12 +348,14 @@ class AimRunWriter:
         raise TypeError("use AimRunWriter.open(repo, run_hash, experiment=...)")
 
     @classmethod
-    def open(cls, repo, run_hash: str, *, experiment: str | None = None) -> "AimRunWriter":
+    def open(
+        cls, repo, run_hash: str, *, experiment: str | None = None, lock_timeout: float = 10
+    ) -> "AimRunWriter":
         """Create the run ``run_hash`` in ``repo`` (an ``aim.Repo`` or a path; created when
         missing), or reopen it.  Reopening keeps the creation time, params, points, tags.
         ``experiment``: the run's experiment (created if missing); ``None`` leaves it as is
         (``default`` for a new run).  Raises :class:`AimRunLocked` when another writer holds
-        the run (after Aim's 10 s lock timeout)."""
+        the run after ``lock_timeout`` seconds (Aim's default: 10)."""
         check_aim_compatibility()
         _check_hash(run_hash)
         repo = _get_repo(repo)
@@ -361,7 +365,7 @@ class AimRunWriter:
         self._closed = True
         self.repo = repo
         self.hash = run_hash
-        self._lock = repo.request_run_lock(run_hash)
+        self._lock = repo.request_run_lock(run_hash, timeout=lock_timeout)
         try:
             self._lock.lock()
         except Exception as e:
@@ -599,8 +603,11 @@ class AimRunWriter:
         params = dict(params)
         batch = self._meta_c.batch()
         if self.meta_run_tree.get("attrs", None) != params or self.meta_tree.get("attrs", None) != params:
-            self._tree_set(batch, ("meta", "chunks", self.hash, "attrs"), params, strict=False)
-            self._tree_set(batch, ("meta", "attrs"), params, strict=False)
+            for path in (("meta", "chunks", self.hash, "attrs"), ("meta", "attrs")):
+                # as Aim leaves it after `run[...] = {}` (on open) and `run[key] = ...`: the
+                # object flag on the root, then the keys
+                self._tree_set(batch, path, params, strict=False)
+                self._meta_c.set(_encode_path(path), _OBJECT_FLAG, store_batch=batch)
         if list(ours_before) != labels:
             self._tree_set(batch, ("meta", "chunks", self.hash, _OWN_KEY, "labels"), labels)
         if batch.count():

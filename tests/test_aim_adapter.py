@@ -1,0 +1,415 @@
+"""syncer.aim_adapter against real Aim (no mocks): every read-back goes through Aim's public SDK
+(a fresh ``aim.Repo``), one test through ``aim up``'s web API."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+
+import aim
+import pytest
+from aim import Repo
+from aim.storage.context import Context
+
+from syncer import aim_adapter as A
+from syncer.aim_adapter import AimRunLocked, AimRunWriter
+
+T0 = 1_700_000_000.0  # a fixed "MLflow" time, far from now
+
+
+def fresh(path) -> Repo:
+    """A new Repo object: no container/handle cached from earlier reads."""
+    return Repo(str(path))
+
+
+def metric(path, run_hash, name, context=None):
+    run = fresh(path).get_run(run_hash)
+    assert run is not None, f"run {run_hash} not visible"
+    m = run.get_metric(name, Context(context or {}))
+    assert m is not None, f"metric {name} {context} not visible"
+    steps, (values, epochs, times) = m.data.numpy()
+    return steps.tolist(), values.tolist(), times.tolist(), epochs.tolist()
+
+
+def same_float(a, b):
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+@pytest.fixture
+def repo_path(tmp_path):
+    return tmp_path / "repo"
+
+
+# ------------------------------------------------------------------------------------------------
+# guard: the internals we rely on
+
+
+def test_guard_aim_version_and_internals():
+    """Fails loudly when Aim's internals this adapter relies on change (see the message)."""
+    A.check_aim_compatibility()
+    lo, hi = A.SUPPORTED_AIM
+    ver = tuple(int(x) for x in aim.__version__.__version__.split(".")[:2]) if hasattr(aim.__version__, "__version__") \
+        else tuple(int(x) for x in aim.__version__.split(".")[:2])
+    assert lo <= ver < hi, f"aim {ver} outside {lo}..{hi}: re-check syncer/aim_adapter.py against Aim's source"
+    # the guard itself must notice a broken internal
+    from aim.storage.hashing import hashing
+
+    saved = hashing._HASH_UNIFORM_SALT
+    A._compat_checked = False
+    try:
+        del hashing._HASH_UNIFORM_SALT
+        with pytest.raises(A.AimInternalsChanged, match="_HASH_UNIFORM_SALT"):
+            A.check_aim_compatibility()
+    finally:
+        hashing._HASH_UNIFORM_SALT = saved
+        A._compat_checked = False
+        A.check_aim_compatibility()
+
+
+def _chunk_items(repo_path, sub, run_hash):
+    from aim.storage.encoding import decode, decode_path
+    from aim.storage.rockscontainer import RocksContainer
+
+    c = RocksContainer(str(repo_path / ".aim" / sub / "chunks" / run_hash), read_only=True)
+    try:
+        return {tuple(decode_path(k)): decode(v) for k, v in c.items()}
+    finally:
+        c.close()
+
+
+def test_guard_storage_layout_equals_aim_run_track(tmp_path):
+    """What we write is byte-for-byte the layout `aim.Run.track` writes (bar the times)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    run = aim.Run(repo=str(a), system_tracking_interval=None, capture_terminal_logs=False)
+    h = run.hash
+    run["hp"] = {"lr": 0.5}
+    ctx = {"subset": "train"}
+    for s, v in [(0, 2.0), (1, 1.5), (2, 1.25)]:
+        run.track(v, name="loss", step=s, epoch=s // 2, context=ctx)
+    run.close()
+
+    w = AimRunWriter.open(b, h)
+    w.set_info(name=None, description=None, params={"hp": {"lr": 0.5}}, labels=[], archived=False)
+    w.write_points("loss", ctx, [0, 1, 2], [2.0, 1.5, 1.25], [T0, T0 + 1, T0 + 2], epochs=[0, 0, 1])
+    w.close()
+
+    def norm(items):
+        return {
+            k: (None if k[-2:-1] == ("time",) else v)
+            for k, v in items.items()
+            if "end_time" not in k and A._OWN_KEY not in k
+        }
+
+    seqs_a, seqs_b = _chunk_items(a, "seqs", h), _chunk_items(b, "seqs", h)
+    assert norm(seqs_a) == norm(seqs_b)
+    times_b = sorted(v for k, v in seqs_b.items() if k[-2:-1] == ("time",))
+    assert times_b == [T0, T0 + 1, T0 + 2]
+    meta_a, meta_b = norm(_chunk_items(a, "meta", h)), norm(_chunk_items(b, "meta", h))
+    assert meta_a == meta_b
+
+
+# ------------------------------------------------------------------------------------------------
+# points
+
+
+def test_points_round_trip_timestamps_nan_inf_huge_steps(repo_path):
+    steps = [10**12, 3, 0, 2, 1, 10**12 - 1]  # not sorted, huge
+    values = [0.5, float("nan"), float("inf"), float("-inf"), -1e-300, 1.7976931348623157e308]
+    times = [T0 + 0.001, T0 + 3.123, T0, T0 + 2.5, T0 + 1.999, T0 + 4.0]
+    epochs = [7, None, 0, 1, None, 7]
+    with AimRunWriter.open(repo_path, "r1", experiment="e") as w:
+        w.write_points("loss", {"subset": "train"}, steps, values, times, epochs)
+    got_steps, got_vals, got_times, got_epochs = metric(repo_path, "r1", "loss", {"subset": "train"})
+    order = sorted(range(len(steps)), key=steps.__getitem__)
+    assert got_steps == [steps[i] for i in order]
+    assert all(same_float(g, values[i]) for g, i in zip(got_vals, order))
+    assert all(abs(g - times[i]) < 1e-6 for g, i in zip(got_times, order))  # ms precision and better
+    assert [None if e != e else int(e) for e in got_epochs] == [epochs[i] for i in order]
+    # the SDK helper agrees
+    d = A.read_metric(repo_path, "r1", "loss", {"subset": "train"})
+    assert d["steps"] == got_steps and d["epochs"] == [epochs[i] for i in order]
+    # sequence metadata the UI uses (last value, last step, min/max) is right
+    run = fresh(repo_path).get_run("r1")
+    info = run.collect_sequence_info("metric")["metric"][0]["values"]
+    assert info["last_step"] == 10**12 and info["last"] == 0.5 and info["first_step"] == 0
+    assert info["max"] == math.inf and info["min"] == -math.inf
+
+
+def test_rewrite_is_idempotent_and_append_works(repo_path):
+    steps = list(range(100))
+    with AimRunWriter.open(repo_path, "r2") as w:
+        w.write_points("acc", {}, steps, [s / 100 for s in steps], [T0 + s for s in steps])
+        w.write_points("acc", {}, steps, [s / 100 for s in steps], [T0 + s for s in steps])  # re-send
+    s, v, t, _ = metric(repo_path, "r2", "acc")
+    assert s == steps and v == [x / 100 for x in steps]
+
+    with AimRunWriter.open(repo_path, "r2") as w:  # a later sync: re-send the tail, then append
+        w.write_points("acc", {}, steps[90:], [x / 100 for x in steps[90:]], [T0 + x for x in steps[90:]])
+        more = list(range(100, 150))
+        w.write_points("acc", {}, more[::-1], [x / 100 for x in more[::-1]], [T0 + x for x in more[::-1]])
+        w.write_points("acc", {}, [5], [42.0], [T0 + 5])  # a changed value overwrites its step
+    s, v, t, _ = metric(repo_path, "r2", "acc")
+    assert s == list(range(150))
+    assert v[5] == 42.0 and v[149] == 1.49
+    assert t == [T0 + x for x in range(150)]
+    # sampled reads (the UI's) end at the true last step
+    m = fresh(repo_path).get_run("r2").get_metric("acc", Context({}))
+    sampled_steps, _ = m.data.sample(10).numpy()
+    assert sampled_steps[-1] == 149
+
+
+def test_many_chunks_keep_one_point_per_step(repo_path):
+    with AimRunWriter.open(repo_path, "r3") as w:
+        for c in range(20):
+            steps = list(range(c * 500, (c + 1) * 500))
+            w.write_points("m", {"subset": "val"}, steps, [float(x) for x in steps], [T0 + x / 1000 for x in steps])
+        w.write_points("m", {"subset": "val"}, list(range(500)), [float(x) for x in range(500)],
+                       [T0 + x / 1000 for x in range(500)])
+    s, v, t, _ = metric(repo_path, "r3", "m", {"subset": "val"})
+    assert s == list(range(10_000)) and v == [float(x) for x in range(10_000)]
+
+
+def test_write_points_validates_input(repo_path):
+    with AimRunWriter.open(repo_path, "r4") as w:
+        with pytest.raises(ValueError, match="lengths differ"):
+            w.write_points("m", {}, [1, 2], [1.0], [T0, T0])
+        with pytest.raises(ValueError, match="integers"):
+            w.write_points("m", {}, [1.5], [1.0], [T0])
+        with pytest.raises(ValueError, match="2\\*\\*53"):
+            w.write_points("m", {}, [2**60], [1.0], [T0])
+        w.write_points("m", {}, [], [], [])  # nothing to do
+        w.write_objects("t", {}, 0, T0, aim.Text("x"))
+        with pytest.raises(ValueError, match="not metric values"):
+            w.write_points("t", {}, [1], [1.0], [T0])
+
+
+# ------------------------------------------------------------------------------------------------
+# run info, times, visibility
+
+
+def test_times_info_and_visibility_after_close(repo_path):
+    with AimRunWriter.open(repo_path, "fin", experiment="exp-a") as w:
+        w.set_info(name="finished run", description="about it", params={"lr": 0.1, "opt": {"name": "adam"}},
+                   labels=["team=nlp", "lang=de"], archived=False)
+        w.set_times(created_at=T0 + 0.123, ended_at=T0 + 3600.456, active=False)
+        w.write_points("x", {}, [0, 1], [1.0, 2.0], [T0 + 1, T0 + 2])
+    with AimRunWriter.open(repo_path, "live", experiment="exp-a") as w:
+        w.set_info(name="running run", description=None, params={}, labels=[], archived=False)
+        w.set_times(created_at=T0 + 60, ended_at=None, active=True)
+        w.write_points("x", {}, [0], [3.0], [T0 + 61])
+
+    repo = fresh(repo_path)
+    assert {r.hash for r in repo.iter_runs()} == {"fin", "live"}
+    found = {(m.run.hash, m.name) for m in repo.query_metrics("metric.name == 'x'", report_mode=0)}
+    assert found == {("fin", "x"), ("live", "x")}
+    assert [r.run.hash for r in repo.query_runs("run.experiment == 'exp-a'", report_mode=0).iter_runs()] == \
+        ["live", "fin"]  # Aim lists runs by creation time, newest first
+
+    fin = repo.get_run("fin")
+    assert abs(fin.creation_time - (T0 + 0.123)) < 1e-3
+    assert abs(fin.created_at.timestamp() - (T0 + 0.123)) < 1e-3 or \
+        abs(fin.created_at.replace(tzinfo=__import__("datetime").timezone.utc).timestamp() - (T0 + 0.123)) < 1e-3
+    assert abs(fin.end_time - (T0 + 3600.456)) < 1e-3
+    assert abs(fin.duration - 3600.333) < 2e-3
+    assert fin.active is False and fin.archived is False
+    assert fin.name == "finished run" and fin.description == "about it" and fin.experiment == "exp-a"
+    assert sorted(fin.props.tags) == ["lang=de", "team=nlp"]
+    assert fin[...] == {"lr": 0.1, "opt": {"name": "adam"}}
+
+    live = repo.get_run("live")
+    assert abs(live.creation_time - (T0 + 60)) < 1e-3
+    assert live.end_time is None and live.active is True
+    assert live.description is None
+
+
+def test_reopen_keeps_created_at_points_and_updates_state(repo_path):
+    with AimRunWriter.open(repo_path, "rr", experiment="e1") as w:
+        w.set_info(name="n", description="d", params={"a": 1}, labels=["k=v1", "x=y"], archived=False)
+        w.set_times(created_at=T0, ended_at=None, active=True)
+        w.write_points("m", {}, [0, 1], [0.0, 1.0], [T0, T0 + 1])
+    # hand-added tag in Aim survives our label updates
+    run = aim.Run("rr", repo=str(repo_path), system_tracking_interval=None, capture_terminal_logs=False)
+    run.add_tag("by-hand")
+    run.close()
+
+    with AimRunWriter.open(repo_path, "rr", experiment="e1") as w:  # no set_times this time
+        w.write_points("m", {}, [2], [2.0], [T0 + 2])
+    run = fresh(repo_path).get_run("rr")
+    assert abs(run.creation_time - T0) < 1e-3
+    assert metric(repo_path, "rr", "m")[0] == [0, 1, 2]
+    assert run[...] == {"a": 1}
+
+    # MLflow: run finished, deleted (-> archived), a tag value changed
+    with AimRunWriter.open(repo_path, "rr", experiment="e1") as w:
+        w.set_info(name="n2", description=None, params={"a": 2}, labels=["k=v2", "x=y"], archived=True)
+        w.set_times(created_at=T0, ended_at=T0 + 10, active=False)
+    run = fresh(repo_path).get_run("rr")
+    assert run.archived is True and run.name == "n2" and run.description is None
+    assert sorted(run.props.tags) == ["by-hand", "k=v2", "x=y"]
+    assert run.active is False and abs(run.end_time - (T0 + 10)) < 1e-3
+    assert abs(run.creation_time - T0) < 1e-3
+    assert run[...] == {"a": 2}
+
+    with AimRunWriter.open(repo_path, "rr") as w:  # restored in MLflow -> unarchived
+        w.set_info(name="n2", description=None, params={"a": 2}, labels=["k=v2", "x=y"], archived=False)
+    assert fresh(repo_path).get_run("rr").archived is False
+    assert fresh(repo_path).get_run("rr").experiment == "e1"
+
+
+def test_second_writer_is_refused_with_a_clear_error(repo_path):
+    w = AimRunWriter.open(repo_path, "locked")
+    try:
+        with pytest.raises(AimRunLocked, match="locked"):
+            AimRunWriter.open(repo_path, "locked", lock_timeout=0.2)
+    finally:
+        w.close()
+    AimRunWriter.open(repo_path, "locked").close()  # free again
+
+
+def test_objects_with_chosen_step_and_time(repo_path):
+    import numpy as np
+
+    with AimRunWriter.open(repo_path, "obj") as w:
+        w.write_objects("notes", {"kind": "text"}, 3, T0 + 5.5, aim.Text("hello"))
+        w.write_objects("pics", {"kind": "image"}, 0, T0 + 7.25, aim.Image(np.zeros((4, 4, 3), dtype=np.uint8)))
+        w.write_objects("notes", {"kind": "text"}, 3, T0 + 6.5, aim.Text("hello again"))  # same step: overwrite
+        w.write_points("loss", {}, [0], [1.0], [T0])
+    run = fresh(repo_path).get_run("obj")
+    texts = run.get_text_sequence("notes", Context({"kind": "text"}))
+    steps, (vals, _, times) = texts.data.numpy()
+    assert steps.tolist() == [3] and vals[0].data == "hello again" and times.tolist() == [T0 + 6.5]
+    images = run.get_image_sequence("pics", Context({"kind": "image"}))
+    steps, (vals, _, times) = images.data.numpy()
+    assert steps.tolist() == [0] and times.tolist() == [T0 + 7.25]
+    assert [m.name for m in run.metrics()] == ["loss"]
+
+
+def test_experiment_description_and_system_metric_names(repo_path):
+    with AimRunWriter.open(repo_path, "r", experiment="xnli") as w:
+        w.write_points(A.system_metric_name("system/cpu_utilization_percentage"), {}, [0], [12.5], [T0])
+    A.set_experiment_description(repo_path, "xnli", "cross-lingual NLI")
+    A.set_experiment_description(repo_path, "new-exp", "made here")
+    exps = {e.name: e.description for e in fresh(repo_path).structured_db.experiments()}
+    assert exps["xnli"] == "cross-lingual NLI" and exps["new-exp"] == "made here"
+    assert [m.name for m in fresh(repo_path).get_run("r").metrics()] == ["__system__cpu"]
+
+    assert A.system_metric_name("system/cpu_utilization_percentage") == "__system__cpu"
+    assert A.system_metric_name("cpu_utilization_percentage") == "__system__cpu"
+    assert A.system_metric_name("system_memory_usage_percentage") == "__system__memory_percent"
+    assert A.system_metric_name("disk_usage_percentage") == "__system__disk_percent"
+    assert A.system_metric("system/gpu_1_utilization_percentage") == ("__system__gpu", {"gpu": 1})
+    assert A.system_metric("gpu_0_power_usage_watts") == ("__system__gpu_power_watts", {"gpu": 0})
+    assert A.system_metric_name("gpu_memory_usage_percentage") == "__system__gpu_memory_percent"
+    assert A.system_metric_name("system/network_receive_megabytes") == "__system__network_receive_megabytes"
+    assert A.system_metric_name("__system__cpu") == "__system__cpu"
+    assert A.derive_run_hash("abc") == A.derive_run_hash("abc") and len(A.derive_run_hash("abc")) == 24
+
+
+def test_index_runs_batches_and_close_without_index(repo_path):
+    hashes = []
+    for i in range(3):
+        w = AimRunWriter.open(repo_path, f"b{i}")
+        w.write_points("m", {}, [i], [float(i)], [T0 + i])
+        w.close(index=False)
+        hashes.append(w.hash)
+    assert fresh(repo_path).get_run("b0") is None  # not indexed yet: Aim does not list it
+    assert A.index_runs(repo_path, hashes) == []
+    assert {r.hash for r in fresh(repo_path).iter_runs()} == set(hashes)
+
+
+# ------------------------------------------------------------------------------------------------
+# aim up's web API
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, data: bytes | None = None) -> bytes:
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.read()
+
+
+def _stream_top_keys(data: bytes) -> list:
+    """Top-level keys, in order, of Aim's streamed (length-prefixed, encoded tree) responses."""
+    from aim.storage.encoding import decode_path
+
+    keys, i = [], 0
+    while i < len(data):
+        (kl,) = struct.unpack_from("I", data, i)
+        k = data[i + 4 : i + 4 + kl]
+        i += 4 + kl
+        (vl,) = struct.unpack_from("I", data, i)
+        i += 4 + vl
+        path = decode_path(k)
+        if path and path[0] not in keys:
+            keys.append(path[0])
+    return keys
+
+
+@pytest.mark.slow
+def test_web_api_of_aim_up_shows_times_active_order_and_values(repo_path):
+    with AimRunWriter.open(repo_path, "older", experiment="web") as w:
+        w.set_info(name="older", description=None, params={"p": 1}, labels=["a=b"], archived=False)
+        w.set_times(created_at=T0, ended_at=T0 + 90.5, active=False)
+        w.write_points("loss", {"subset": "train"}, [2, 0, 1], [0.5, float("nan"), 1.5], [T0 + 2, T0, T0 + 1])
+    with AimRunWriter.open(repo_path, "newer", experiment="web") as w:
+        w.set_info(name="newer", description=None, params={}, labels=[], archived=False)
+        w.set_times(created_at=T0 + 1000, ended_at=None, active=True)
+        w.write_points("loss", {"subset": "train"}, [0], [9.0], [T0 + 1001])
+
+    port = _free_port()
+    exe = os.path.join(os.path.dirname(sys.executable), "aim")
+    cmd = [exe] if os.path.exists(exe) else [sys.executable, "-c", "from aim.cli.cli import cli_entry_point as m; m()"]
+    proc = subprocess.Popen(
+        cmd + ["up", "--repo", str(repo_path), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.time() + 45
+        while True:
+            try:
+                info = json.loads(_get(f"{base}/runs/older/info/"))
+                break
+            except Exception:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.3)
+        props = info["props"]
+        assert abs(props["creation_time"] - T0) < 1e-3
+        assert abs(props["end_time"] - (T0 + 90.5)) < 1e-3
+        assert props["active"] is False and props["archived"] is False
+        assert props["experiment"]["name"] == "web" and [t["name"] for t in props["tags"]] == ["a=b"]
+        assert info["params"] == {"p": 1}
+
+        live = json.loads(_get(f"{base}/runs/newer/info/"))["props"]
+        assert abs(live["creation_time"] - (T0 + 1000)) < 1e-3
+        assert live["end_time"] is None and live["active"] is True
+
+        # the runs table: newest creation time first
+        order = [k for k in _stream_top_keys(_get(f"{base}/runs/search/run/?q=&report_progress=false"))
+                 if k in ("older", "newer")]
+        assert order == ["newer", "older"]
+
+        batch = json.loads(_get(f"{base}/runs/older/metric/get-batch/",
+                                json.dumps([{"name": "loss", "context": {"subset": "train"}}]).encode()))
+        assert batch[0]["iters"] == [0, 1, 2] and batch[0]["values"] == [None, 1.5, 0.5]  # NaN -> null
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
