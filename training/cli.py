@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-source", choices=("auto", "local", "hub"), default="auto",
                    help="auto (default): the shipped data set when every model is a tiny local one, "
                    "else XNLI from the hub")
+    p.add_argument("--save-model", action="store_true",
+                   help="also save each trained model into <output-dir>/<technique>/<model>/model")
     p.add_argument("--quiet", action="store_true", help="print only errors")
     return p
 
@@ -74,9 +76,10 @@ def main(argv=None) -> int:
 
     needs_hub = args.data_source == "hub" or any(m not in TINY_MODEL_NAMES for m in args.model_names)
     if needs_hub and not os.environ.get("HF_HUB_OFFLINE"):
-        from .experiment import hub_reachable  # light: the heavy imports in it are lazy
+        from . import experiment  # light: its heavy imports are lazy
 
-        if not hub_reachable():
+        if not experiment.hub_reachable():
+            experiment.HUB_UNREACHABLE = True
             # Before transformers/datasets are imported: they then use their caches only and fail
             # at once on what is not cached, instead of retrying for a minute.
             os.environ["HF_HUB_OFFLINE"] = "1"
@@ -99,6 +102,7 @@ def main(argv=None) -> int:
         tracking_uri=args.tracking_uri,
         system_metrics=args.system_metrics,
         data_source=args.data_source,
+        save_model=args.save_model,
         verbose=not args.quiet,
     )
     try:

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -58,6 +59,7 @@ class TrainConfig:
     # to gain from threads, and on a busy machine threads make them many times slower), else torch's default
     cpu_threads: int | None = None
     eval_batch_size: int = 32
+    save_model: bool = False  # save the trained model (and tokenizer) into <output_dir>/<technique>/<model>/model
     sample_predictions_per_language: int = 5
     verbose: bool = True
 
@@ -89,14 +91,45 @@ def resolve_tracking_uri(tracking_uri: str | None, output_dir: Path) -> str:
     return tracking_uri
 
 
-def configure_mlflow(tracking_uri: str) -> str:
+@contextmanager
+def tracking_uri_set_to(tracking_uri: str):
+    """Point MLflow at ``tracking_uri`` for the duration, then put back what was there before
+    (``mlflow.set_tracking_uri`` changes process-wide state and the MLFLOW_TRACKING_URI variable)."""
     import mlflow
 
     if is_file_store(tracking_uri):
         # MLflow 3 refuses the (maintenance-mode) file store unless told otherwise.
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     mlflow.set_tracking_uri(tracking_uri)
-    return tracking_uri
+    try:
+        yield tracking_uri
+    finally:
+        mlflow.set_tracking_uri(previous)  # None: unset again
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
+def get_or_create_experiment(name: str) -> str:
+    """The id of experiment ``name``, created if need be (without making it the process's active one)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name)
+        except MlflowException:  # created meanwhile by a process running beside this one
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage != "active":
+        raise TrainingError(f"the MLflow experiment {name!r} is deleted; restore it or delete it for good first")
+    return experiment.experiment_id
 
 
 def experiment_name(technique: str) -> str:
@@ -106,13 +139,22 @@ def experiment_name(technique: str) -> str:
 # --------------------------------------------------------------------------- hub access
 
 
+# Set by the command line when its quick check found the hub unreachable (it then switched the
+# Hugging Face libraries to offline mode, so that they fail at once instead of retrying).
+HUB_UNREACHABLE = False
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     """A quick TCP check of the hub endpoint (so that an offline machine fails fast, not after retries)."""
     import socket
 
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True  # a proxy decides; let the libraries try
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    endpoint = urlparse(hub_endpoint())
     host = endpoint.hostname or "huggingface.co"
     port = endpoint.port or (443 if endpoint.scheme != "http" else 80)
     try:
@@ -146,9 +188,11 @@ def _from_hub(what: str, fn, *args, **kwargs):
     except Exception as exc:
         if not _is_hub_error(exc):
             raise
-        raise HubUnavailableError(
-            f"cannot get {what} from the Hugging Face hub ({type(exc).__name__}: {_one_line(exc)}); {OFFLINE_HINT}"
-        ) from exc
+        if HUB_UNREACHABLE:
+            detail = f"{hub_endpoint()} cannot be reached from here, and it is not in the local cache"
+        else:
+            detail = f"{type(exc).__name__}: {_one_line(exc)}"
+        raise HubUnavailableError(f"cannot get {what} from the Hugging Face hub ({detail}); {OFFLINE_HINT}") from exc
 
 
 # --------------------------------------------------------------------------- model helpers
@@ -328,15 +372,19 @@ def train_one(cfg: TrainConfig, model_name: str, train_raw, eval_raw: dict) -> R
     trainer.add_callback(_progress_callback(cfg, list(eval_ds)))
 
     exp_name = experiment_name(cfg.technique)
-    experiment = mlflow.set_experiment(exp_name)
+    experiment_id = get_or_create_experiment(exp_name)
     before = parameter_digests(model)
     device = str(trainer.args.device)
     _log(cfg, f"[{cfg.technique}] {model_name}: {len(train_ds)} English pairs, {cfg.num_train_epochs:g} epoch(s), "
               f"evaluating {' '.join(eval_ds)} every {cfg.eval_steps} steps on {device}")
     # The run is opened here so that the artifacts land in the very run the Trainer's MLflowCallback
     # logs to (the callback uses the active run and leaves it open).
-    with mlflow.start_run(run_name=model_name, log_system_metrics=cfg.system_metrics) as run:
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=model_name, log_system_metrics=cfg.system_metrics
+    ) as run:
         trainer.train()
+        if cfg.save_model:
+            trainer.save_model(str(out_dir / "model"))
 
         artifact_dir = out_dir / "artifacts"
         samples, accuracy = {}, {}
@@ -371,7 +419,7 @@ def train_one(cfg: TrainConfig, model_name: str, train_raw, eval_raw: dict) -> R
     result = RunResult(
         model_name=model_name,
         run_id=run.info.run_id,
-        experiment_id=experiment.experiment_id,
+        experiment_id=experiment_id,
         experiment_name=exp_name,
         output_dir=out_dir,
         trainable_parameters=trainable,
@@ -387,11 +435,7 @@ def train_one(cfg: TrainConfig, model_name: str, train_raw, eval_raw: dict) -> R
 def run(cfg: TrainConfig) -> list[RunResult]:
     """Train every model of ``cfg`` with ``cfg.technique``: one MLflow run each."""
     source = validate(cfg)
-    uri = configure_mlflow(resolve_tracking_uri(cfg.tracking_uri, cfg.output_dir))
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    _log(cfg, f"MLflow tracking URI: {uri}")
     _log(cfg, f"data: {'the shipped offline data set' if source == 'local' else 'XNLI from the hub'}")
-
     load_args = (source, cfg.eval_languages, cfg.num_train_samples, cfg.seed)
     if source == "local":
         train_raw, eval_raw = load_xnli(*load_args)
@@ -405,7 +449,11 @@ def run(cfg: TrainConfig) -> list[RunResult]:
             ensure_tiny_model(name)
         else:
             _from_hub(f"the model {name!r}", AutoConfig.from_pretrained, name)
-    return [_with_threads(cfg, name, train_one, cfg, name, train_raw, eval_raw) for name in cfg.model_names]
+
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    with tracking_uri_set_to(resolve_tracking_uri(cfg.tracking_uri, cfg.output_dir)) as uri:
+        _log(cfg, f"MLflow tracking URI: {uri}")
+        return [_with_threads(cfg, name, train_one, cfg, name, train_raw, eval_raw) for name in cfg.model_names]
 
 
 def _with_threads(cfg: TrainConfig, model_name: str, fn, *args):

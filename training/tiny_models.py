@@ -5,8 +5,9 @@ A model is an ordinary Hugging Face model folder (``config.json``, ``model.safet
 exactly like a hub checkpoint, and like a hub checkpoint it has no classification head:
 ``from_pretrained(..., num_labels=3)`` adds a freshly initialised one.
 
-* the tokenizer is a cased WordPiece tokenizer trained with ``tokenizers`` on the shipped corpus
-  (every language of training/data/xnli_tiny);
+* the tokenizer is a cased ``tokenizers`` WordPiece tokenizer (BERT's normalizer and pre-tokenizer)
+  whose vocabulary is learned from the shipped corpus, every language of training/data/xnli_tiny
+  (see ``learn_wordpiece_vocab``);
 * the encoder is a small, randomly initialised ``BertModel`` (seeded, so the build is deterministic).
 
 Models are cached in ``$XNLI_TINY_HOME`` (default ``~/.cache/xnli-tiny``), in a folder whose name
@@ -22,13 +23,15 @@ import json
 import os
 import shutil
 import tempfile
+import threading
+from collections import Counter
 from pathlib import Path
 
 from .data import LOCAL_DATA_DIR
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 BUILD_SEED = 1234
-VOCAB_SIZE = 3000
+VOCAB_SIZE = 4000
 MAX_POSITIONS = 128
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -37,6 +40,7 @@ TINY_MODELS: dict[str, dict] = {
     "tiny-bert-wide": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512),
 }
 TINY_MODEL_NAMES = tuple(TINY_MODELS)
+_BUILD_LOCK = threading.Lock()  # across threads (the build seeds torch's global RNG); processes: the rename
 
 
 def is_tiny(name: str) -> bool:
@@ -75,21 +79,53 @@ def model_dir(name: str, root: Path | None = None) -> Path:
     return (root or cache_root()) / f"{name}-{_fingerprint(name)}"
 
 
+def learn_wordpiece_vocab(texts, normalizer, pre_tokenizer, size: int = VOCAB_SIZE) -> dict[str, int]:
+    """A WordPiece vocabulary learned from ``texts``, deterministically.
+
+    (``tokenizers``' own WordPieceTrainer breaks ties between equally frequent merges in hash-map
+    order, so two builds from the same corpus differ; this one is a pure function of the corpus.)
+    Words are what the tokenizer's own normalizer and pre-tokenizer make of the texts. The vocabulary:
+    the special tokens; every character, word-initial and as a ``##`` continuation (so that no word
+    of the corpus' scripts is ever unknown); then, by falling frequency (ties: alphabetical), whole
+    words and the frequent word endings (``##s``, ``##ung``, ...) that let unseen words share pieces.
+    """
+    words: Counter = Counter()
+    for text in texts:
+        words.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({w[0] for w in words})
+    cont = sorted({"##" + c for w in words for c in w[1:]})
+    pieces: Counter = Counter()
+    for word, n in words.items():
+        if len(word) > 1:
+            pieces[word] += n
+        for k in range(2, min(len(word) - 1, 4) + 1):  # endings of 2-4 characters, leaving a stem
+            pieces["##" + word[-k:]] += n
+    ranked = sorted(pieces.items(), key=lambda item: (-item[1], item[0]))
+    ranked = [p for p, n in ranked if n >= 2 or not p.startswith("##")]
+    vocab = list(SPECIAL_TOKENS) + [t for t in chars + cont if t not in SPECIAL_TOKENS]
+    seen = set(vocab)
+    for piece in ranked:
+        if len(vocab) >= size:
+            break
+        if piece not in seen:
+            vocab.append(piece)
+            seen.add(piece)
+    return {token: i for i, token in enumerate(vocab)}
+
+
 def _build(name: str, dest: Path) -> None:
     import torch
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    # cased, accents kept, CJK characters split one per token (as multilingual BERT does)
-    tok.normalizer = normalizers.BertNormalizer(
+    normalizer = normalizers.BertNormalizer(  # cased, accents kept, CJK split one character a word
         clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False
     )
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS, min_frequency=1, show_progress=False
-    )
-    tok.train_from_iterator(_corpus_texts(), trainer)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok = Tokenizer(models.WordPiece(learn_wordpiece_vocab(_corpus_texts(), normalizer, pre_tokenizer),
+                                     unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -137,16 +173,19 @@ def ensure_tiny_model(name: str, root: Path | None = None) -> Path:
     final = model_dir(name, root)
     if (final / "config.json").is_file():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        _build(name, tmp)
+    with _BUILD_LOCK:
+        if (final / "config.json").is_file():
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
-            os.rename(tmp, final)  # atomic; fails if another process got there first
-        except OSError:
-            if not (final / "config.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            _build(name, tmp)
+            try:
+                os.rename(tmp, final)  # atomic; fails if another process got there first
+            except OSError:
+                if not (final / "config.json").is_file():
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return final
