@@ -105,7 +105,8 @@ def run_timed(cmd: list[str], log_prefix: Path) -> dict:
 
 
 def one_round(tool: str, i: int, store: Path, args) -> dict:
-    work = OUT / "work" / f"{tool}-{i}"
+    # one work tree per store, so two invocations on different stores cannot collide
+    work = OUT / "work" / store.name / f"{tool}-{i}"
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
