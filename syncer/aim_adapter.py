@@ -464,7 +464,11 @@ class AimRunWriter:
         of closed runs (one index open for all)."""
         if self._closed:
             return
-        self._commit_props()
+        try:
+            self._commit_props()
+        except BaseException:
+            self._release(index=False)  # never list a run whose structured-DB row is missing
+            raise
         self._release(index=index)
 
     def __enter__(self) -> "AimRunWriter":

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -43,9 +45,19 @@ def same_float(a, b):
     return (math.isnan(a) and math.isnan(b)) or a == b
 
 
+@pytest.fixture(scope="module")
+def template_repo(tmp_path_factory):
+    """Creating an Aim repo runs an alembic migration in a subprocess (seconds): do it once."""
+    path = tmp_path_factory.mktemp("template") / "repo"
+    Repo.from_path(str(path), init=True)
+    return path
+
+
 @pytest.fixture
-def repo_path(tmp_path):
-    return tmp_path / "repo"
+def repo_path(tmp_path, template_repo):
+    path = tmp_path / "repo"
+    shutil.copytree(template_repo, path)
+    return path
 
 
 # ------------------------------------------------------------------------------------------------
@@ -56,8 +68,9 @@ def test_guard_aim_version_and_internals():
     """Fails loudly when Aim's internals this adapter relies on change (see the message)."""
     A.check_aim_compatibility()
     lo, hi = A.SUPPORTED_AIM
-    ver = tuple(int(x) for x in aim.__version__.__version__.split(".")[:2]) if hasattr(aim.__version__, "__version__") \
-        else tuple(int(x) for x in aim.__version__.split(".")[:2])
+    from aim.__version__ import __version__ as aim_version
+
+    ver = tuple(int(x) for x in aim_version.split(".")[:2])
     assert lo <= ver < hi, f"aim {ver} outside {lo}..{hi}: re-check syncer/aim_adapter.py against Aim's source"
     # the guard itself must notice a broken internal
     from aim.storage.hashing import hashing
@@ -85,9 +98,11 @@ def _chunk_items(repo_path, sub, run_hash):
         c.close()
 
 
-def test_guard_storage_layout_equals_aim_run_track(tmp_path):
+def test_guard_storage_layout_equals_aim_run_track(tmp_path, template_repo):
     """What we write is byte-for-byte the layout `aim.Run.track` writes (bar the times)."""
     a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(template_repo, a)
+    shutil.copytree(template_repo, b)
     run = aim.Run(repo=str(a), system_tracking_interval=None, capture_terminal_logs=False)
     h = run.hash
     run["hp"] = {"lr": 0.5}
@@ -215,8 +230,7 @@ def test_times_info_and_visibility_after_close(repo_path):
 
     fin = repo.get_run("fin")
     assert abs(fin.creation_time - (T0 + 0.123)) < 1e-3
-    assert abs(fin.created_at.timestamp() - (T0 + 0.123)) < 1e-3 or \
-        abs(fin.created_at.replace(tzinfo=__import__("datetime").timezone.utc).timestamp() - (T0 + 0.123)) < 1e-3
+    assert abs(fin.created_at.replace(tzinfo=datetime.timezone.utc).timestamp() - (T0 + 0.123)) < 1e-3  # naive UTC
     assert abs(fin.end_time - (T0 + 3600.456)) < 1e-3
     assert abs(fin.duration - 3600.333) < 2e-3
     assert fin.active is False and fin.archived is False
