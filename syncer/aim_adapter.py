@@ -20,14 +20,16 @@ Interface (all that the sink uses)::
     w.set_times(created_at=1.7e9, ended_at=None, active=True)         # seconds since epoch
     w.write_points("loss", {"subset": "train"}, steps, values, timestamps, epochs=None)
     w.write_objects("samples", {}, step, timestamp, aim.Text("..."))  # aim.Image / Text / Audio
-    w.flush()    # durable (WAL fsync'ed); not yet guaranteed visible
-    w.close()    # flush + index: visible to Repo.iter_runs / query_metrics / ``aim up``
+    w.flush()    # durable: structured DB committed, RocksDB WAL fsync'ed (not yet listed)
+    w.close()    # flush + index: listed by Repo.iter_runs / query_metrics / ``aim up``
+    # many runs in a row: w.close(index=False) each, then one index_runs(repo, hashes)
 
-    system_metric_name("system/gpu_0_utilization_percentage") -> "__system__gpu"
+    system_metric_name("system/cpu_utilization_percentage") -> "__system__cpu"
     system_metric(name) -> (aim_name, context)     # context carries the GPU index, if any
     set_experiment_description(repo, "exp", "text")
     read_metric(repo, run_hash, name, context) -> dict   # read back through Aim's public SDK
     check_aim_compatibility()                            # raises AimInternalsChanged
+    derive_run_hash(mlflow_run_id) -> 24 hex chars (optional; any [A-Za-z0-9_.-]{1,128} works)
 
 How Aim 3.29 decides what the UI shows (read from its source):
 
@@ -42,6 +44,22 @@ How Aim 3.29 decides what the UI shows (read from its source):
   ``aim up``'s background indexer or ``aim storage reindex``; ``close()`` here calls that same
   indexing code (``RepoIndexManager.index``) for this run, so it is visible at once;
 * the Run page's *System* tab holds every metric whose name starts with ``__system__``.
+
+Caveats (Aim 3.29 behaviour, not worked around here):
+
+* a running run (``end_time`` None) is shown as active but is not in ``/api/runs/active/``
+  (that lists runs with a ``meta/progress/<hash>`` file, which exists only while a writer has
+  the run open; ``aim up`` would mark such a run finished if it saw no heartbeat);
+* while ``aim up`` runs, its indexer thread and ``index_runs`` take turns on the index DB;
+  ``index_runs`` retries, but Aim's indexer thread does not catch the lock error and stops if
+  it loses the race (then only runs we index are re-indexed until ``aim up`` restarts).
+  ``close(index=False)`` + one ``index_runs`` per sync pass keeps the window small;
+* Aim keys steps through a double: steps beyond +-2**53 are refused (they would collide);
+* metric min/max are running aggregates: overwriting a point with a different value does not
+  shrink them (Aim's own tracker behaves the same).
+
+Bookkeeping of ours inside the run's meta tree: ``__mlflow_aim_syncer/labels`` (the tags this
+module added, so later syncs can drop the ones MLflow no longer has).
 
 Not thread-safe: one writer per run, used from one thread.
 """
@@ -99,8 +117,10 @@ def check_aim_compatibility() -> None:
     if _compat_checked:
         return
     problems: list[str] = []
+    if _IMPORT_ERROR is not None:
+        problems.append(f"importing Aim's storage internals failed: {_IMPORT_ERROR!r}")
     try:
-        import aim
+        import aim  # noqa: F401
         from aim.__version__ import __version__ as aim_version
     except Exception as e:  # pragma: no cover - aim missing entirely
         raise AimInternalsChanged(f"cannot import aim: {e}") from e
@@ -134,7 +154,7 @@ def check_aim_compatibility() -> None:
     need(
         "aim.sdk.repo",
         "Repo.request_container", "Repo.request_tree", "Repo.request_props", "Repo.request_run_lock",
-        "Repo.from_path", "Repo.exists", "ContainerConfig",
+        "Repo.from_path", "Repo.exists", "Repo._get_index_container", "ContainerConfig",
     )
     need("aim.sdk.repo_utils", "get_repo")
     need("aim.sdk.index_manager", "RepoIndexManager.get_index_manager", "RepoIndexManager.index")
@@ -148,8 +168,13 @@ def check_aim_compatibility() -> None:
          "RocksContainer.batch", "RocksContainer.commit", "RocksContainer.close", "RocksContainer.db")
     need("aim.storage.hashing.hashing", "hash_auto", "_HASH_UNIFORM_SALT")
     need("aim.storage.hashing.c_hash", "det_hash")
-    need("aim.storage.structured.sql_engine.models", "Run.created_at", "Run.finalized_at")
+    need(
+        "aim.storage.structured.sql_engine.models",
+        "Run.hash", "Run.name", "Run.description", "Run.is_archived", "Run.created_at", "Run.finalized_at",
+        "Run.experiment", "Run.tags", "Experiment.name", "Experiment.description", "Tag.name",
+    )
     need("aim.storage.structured.sql_engine.entities", "ModelMappedRun", "ModelMappedExperiment")
+    need("aimrocks", "Options", "VectorMemtableFactory")
     if not problems:
         # functional checks: our fast step-key derivation and value encoding equal Aim's own
         from aim.sdk.tracker import STEP_HASH_FUNCTIONS
@@ -164,7 +189,13 @@ def check_aim_compatibility() -> None:
                     break
             if E.encode(ArrayFlag) != _ARRAY_FLAG:
                 problems.append("Aim's array-flag encoding changed")
-            if E.encode(1.5)[:1] != _FLOAT_TAG or E.encode(3)[:1] != _INT_TAG or E.encode(None) != _NONE_ENC:
+            floats = [1.5, -0.0, math.nan, math.inf, -1e-300, 1.7e9 + 0.001]
+            ints = [0, -1, 2**53, -(2**40) + 3]
+            if (
+                _encode_column(_FLOAT_TAG, np.array(floats)) != [E.encode(x) for x in floats]
+                or _encode_column(_INT_TAG, np.array(ints, dtype=np.int64)) != [E.encode(x) for x in ints]
+                or E.encode(None) != _NONE_ENC
+            ):
                 problems.append("Aim's value encoding changed")
         except Exception as e:  # pragma: no cover
             problems.append(f"Aim's hashing/encoding cannot be exercised ({e!r})")
@@ -180,25 +211,30 @@ def check_aim_compatibility() -> None:
 # ----------------------------------------------------------------------------------------------
 # low-level encoding (mirrors aim.sdk.tracker.RunTracker + aim.storage.encoding byte for byte)
 
-from aim.storage import encoding as _E  # noqa: E402
-from aim.storage import treeutils as _treeutils  # noqa: E402
-from aim.storage.hashing import c_hash as _c_hash  # noqa: E402
-from aim.storage.hashing import hashing as _hashing  # noqa: E402
-from aim.storage.utils import ArrayFlag as _ArrayFlag  # noqa: E402
-from aim.storage.utils import ObjectFlag as _ObjectFlag  # noqa: E402
+try:
+    from aim.storage import encoding as _E
+    from aim.storage import treeutils as _treeutils
+    from aim.storage.hashing import c_hash as _c_hash
+    from aim.storage.hashing import hashing as _hashing
+    from aim.storage.utils import ArrayFlag as _ArrayFlag
+    from aim.storage.utils import ObjectFlag as _ObjectFlag
 
-_encode = _E.encode
-_encode_path = _E.encode_path
-_encode_int64 = _E.encode_int64
-_det_hash = _c_hash.det_hash
+    _encode = _E.encode
+    _encode_path = _E.encode_path
+    _encode_int64 = _E.encode_int64
+    _det_hash = _c_hash.det_hash
+    _HASH_SALT = _hashing._HASH_UNIFORM_SALT
+    _ARRAY_FLAG = _encode(_ArrayFlag)
+    _OBJECT_FLAG = _encode(_ObjectFlag)
+    _FLOAT_TAG = _encode(0.0)[:1]
+    _INT_TAG = _encode(0)[:1]
+    _NONE_ENC = _encode(None)
+    _IMPORT_ERROR: Exception | None = None
+except Exception as _e:  # reported with a clear message by check_aim_compatibility()
+    _IMPORT_ERROR = _e
+
 _blake2b = hashlib.blake2b
-_HASH_SALT = _hashing._HASH_UNIFORM_SALT
 _LITTLE = sys.byteorder == "little"
-_ARRAY_FLAG = _encode(_ArrayFlag)
-_OBJECT_FLAG = _encode(_ObjectFlag)
-_FLOAT_TAG = _encode(0.0)[:1]
-_INT_TAG = _encode(0)[:1]
-_NONE_ENC = _encode(None)
 
 
 def _step_key(step: int) -> bytes:
