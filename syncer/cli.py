@@ -129,11 +129,14 @@ def backfill(**kw):
     """Convert a whole MLflow store into an Aim repo, once.
 
     Safe to repeat and to kill: a second run writes only what is new."""
-    from .runner import open_everything
+    from .runner import open_syncer
 
     cfg = _config(kw)
-    with open_everything(cfg, strict_experiments=True, must_exist=True, progress=_progress_bar) as syncer:
+    syncer = open_syncer(cfg, strict_experiments=True, must_exist=True, progress=_progress_bar)
+    try:
         stats = syncer.round()
+    finally:
+        syncer.close()
     click.echo(f"backfill: {stats.summary()}")
     if stats.errors:
         click.echo(f"backfill: {len(stats.errors)} run(s) had errors; see the warnings above", err=True)

@@ -126,8 +126,10 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     lvl = getattr(logging, level.upper())
     root.setLevel(lvl)
     # the libraries we drive are chatty at INFO; their warnings still show
-    for noisy in ("mlflow", "alembic", "aim", "apscheduler", "watchdog", "filelock"):
+    for noisy in ("mlflow", "alembic", "aim", "watchdog", "filelock"):
         logging.getLogger(noisy).setLevel(max(lvl, logging.WARNING))
+    # "skipped: maximum number of running instances reached" is how we coalesce rounds
+    logging.getLogger("apscheduler").setLevel(max(lvl, logging.ERROR))
     # connection retries are reported once, by us, as "MLflow ... is unreachable"
     logging.getLogger("urllib3").setLevel(max(lvl, logging.ERROR))
     logging.captureWarnings(True)

@@ -20,8 +20,8 @@ from watchdog.observers import Observer
 
 from .config import Config
 from .pipeline import Stopped, Syncer
-from .runner import open_everything
-from .sink import SinkError
+from .runner import open_syncer
+from .sink import SinkError, open_repo
 from .source import SourceError, SourceUnavailable, local_path
 
 log = logging.getLogger("syncer.daemon")
@@ -49,7 +49,6 @@ class Daemon:
         self.cfg = cfg
         self.stopping = threading.Event()
         self.fatal: str | None = None
-        self._syncer_cm = None
         self.syncer: Syncer | None = None
         self._failures = 0
         self._dirty = threading.Event()
@@ -61,17 +60,15 @@ class Daemon:
     # -- rounds ------------------------------------------------------------------------------
     def _open(self) -> Syncer:
         if self.syncer is None:
-            cm = open_everything(self.cfg, strict_experiments=False, must_exist=False)
-            self.syncer = cm.__enter__()
-            self._syncer_cm = cm
+            self.syncer = open_syncer(self.cfg, strict_experiments=False, must_exist=False)
             if self.stopping.is_set():
                 self.syncer.stop.set()
         return self.syncer
 
     def _close(self) -> None:
-        if self._syncer_cm is not None:
-            self._syncer_cm.__exit__(None, None, None)
-        self._syncer_cm = self.syncer = None
+        if self.syncer is not None:
+            self.syncer.close()
+        self.syncer = None
 
     def round(self) -> None:
         if self.stopping.is_set():
@@ -99,7 +96,7 @@ class Daemon:
                 self._retry_later(None)
                 return
             if self._failures:
-                log.info("MLflow is reachable again; catching up")
+                log.info("MLflow store %s is readable; catching up", self._describe())
             self._failures = 0
             lvl = logging.INFO if (stats.runs_written or stats.errors) else logging.DEBUG
             log.log(lvl, "round: %s", stats.summary(), extra={"event": "round", "round": stats.as_dict()})
@@ -112,7 +109,8 @@ class Daemon:
 
     def _retry_later(self, message: str | None) -> None:
         self._failures += 1
-        delay = min(MAX_BACKOFF_S, 2.0 ** (self._failures - 1))  # 1, 2, 4, ... 60 s
+        # 1, 2, 4, ... s, capped at a few intervals (and a minute)
+        delay = min(MAX_BACKOFF_S, max(self.cfg.interval, 1.0) * 3, 2.0 ** (self._failures - 1))
         if message:
             log.warning("%s; retrying in %.0f s", message, delay)
         if self.syncer is not None and self._failures > 1:
@@ -156,6 +154,7 @@ class Daemon:
     def run(self) -> int:
         # bad input fails now, with a one-line error; a store or server that is not there
         # *yet* (a sidecar starting first) is waited for
+        open_repo(self.cfg.aim_repo)  # an unusable Aim repo is fatal at once
         try:
             self._open()
         except SourceUnavailable as e:

@@ -24,6 +24,8 @@ from .state import State
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ARTIFACT_BYTES = 10 * 1024 * 1024
+# a huge run commits its cursors every this many points, so a crash re-sends at most this much
+COMMIT_EVERY_POINTS = 200_000
 
 
 @dataclass
@@ -91,6 +93,14 @@ class Syncer:
         self.options = options
         self.progress = progress
         self.stop = threading.Event()
+
+    def close(self) -> None:
+        self.state.close()
+        self.source.close()
+        try:
+            self.repo.close()
+        except Exception as e:  # closing is best effort; the data is already durable
+            log.debug("closing the Aim repo: %s", e)
 
     # -- the round ---------------------------------------------------------------------------
     def round(self) -> RoundStats:
@@ -172,35 +182,49 @@ class Syncer:
     def _sync_metrics(self, run: RunRecord, sink: RunSink, cursors: dict[str, dict], errors: list[str]) -> int:
         mapper = self.options.mapper.for_run(run.metric_marks)
         written = 0
-        for key in sorted(run.metric_marks):
-            cursor = cursors.get(key)
-            if not self.source.metric_changed(run, key, cursor):
-                continue
-            try:
-                for chunk, new_cursor in self.source.read_metric(run, key, cursor):
-                    n = 0
-                    if len(chunk):
-                        if chunk.dataset_names is None:
-                            n = sink.write_points(mapper.map(key), chunk.steps, chunk.values, chunk.timestamps)
-                        else:
-                            groups: dict[str | None, list[int]] = defaultdict(list)
-                            for i, ds in enumerate(chunk.dataset_names):
-                                groups[ds].append(i)
-                            for ds, idx in groups.items():
-                                n += sink.write_points(
-                                    mapper.map(key, ds),
-                                    [chunk.steps[i] for i in idx], [chunk.values[i] for i in idx],
-                                    [chunk.timestamps[i] for i in idx],
-                                )
-                        sink.flush()
-                    # committed only now that Aim has the points
-                    self.state.save_cursor(run.run_id, key, new_cursor, n)
-                    written += n
-                    if self.stop.is_set():
-                        raise Stopped()
-            except RunReadError as e:
-                errors.append(str(e))
+        pending: list[tuple[str, dict, int]] = []  # cursors waiting for Aim to make their points durable
+        pending_points = 0
+
+        def commit() -> None:
+            nonlocal pending, pending_points
+            if pending:
+                sink.flush()  # durable in Aim first, then the cursors: a crash re-sends, never skips
+                self.state.save_cursors(run.run_id, pending)
+            pending, pending_points = [], 0
+
+        try:
+            for key in sorted(run.metric_marks):
+                cursor = cursors.get(key)
+                if not self.source.metric_changed(run, key, cursor):
+                    continue
+                try:
+                    for chunk, new_cursor in self.source.read_metric(run, key, cursor):
+                        n = self._write_chunk(sink, mapper, chunk) if len(chunk) else 0
+                        pending.append((key, new_cursor, n))
+                        pending_points += len(chunk)
+                        written += n
+                        if pending_points >= COMMIT_EVERY_POINTS:
+                            commit()
+                        if self.stop.is_set():
+                            raise Stopped()
+                except RunReadError as e:
+                    errors.append(str(e))
+        finally:
+            commit()
         return written
+
+    @staticmethod
+    def _write_chunk(sink: RunSink, mapper, chunk) -> int:
+        if chunk.dataset_names is None:
+            return sink.write_points(mapper.map(chunk.key), chunk.steps, chunk.values, chunk.timestamps)
+        groups: dict[str | None, list[int]] = defaultdict(list)  # MLflow 3: points may name a dataset
+        for i, ds in enumerate(chunk.dataset_names):
+            groups[ds].append(i)
+        return sum(
+            sink.write_points(mapper.map(chunk.key, ds), [chunk.steps[i] for i in idx],
+                              [chunk.values[i] for i in idx], [chunk.timestamps[i] for i in idx])
+            for ds, idx in groups.items()
+        )
 
     # -- artifacts ---------------------------------------------------------------------------
     def _list_artifacts(self, run: RunRecord, errors: list[str]) -> list[dict[str, Any]] | None:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 from .config import Config
 from .pipeline import Syncer, select_experiments
@@ -24,9 +23,9 @@ def source_identity(uri: str) -> str:
     return redact(uri).rstrip("/")
 
 
-@contextlib.contextmanager
-def open_everything(cfg: Config, *, strict_experiments: bool, must_exist: bool,
-                    progress: Callable[[Iterable], Iterable] | None = None) -> Iterator[Syncer]:
+def open_syncer(cfg: Config, *, strict_experiments: bool, must_exist: bool,
+                progress: Callable[[Iterable], Iterable] | None = None) -> Syncer:
+    """A Syncer with its source, Aim repo and state open; `Syncer.close()` closes them."""
     options = cfg.options(strict_experiments=strict_experiments)
     source = open_source(cfg.tracking_uri, must_exist=must_exist)
     if must_exist:  # bad input fails here, before an Aim repo is created for it
@@ -35,10 +34,4 @@ def open_everything(cfg: Config, *, strict_experiments: bool, must_exist: bool,
     if created:
         log.info("created a new Aim repo at %s", cfg.aim_repo)
     state = State(cfg.state_path, source_identity(cfg.tracking_uri))
-    try:
-        yield Syncer(source, repo, state, options, progress=progress)
-    finally:
-        state.close()
-        source.close()
-        with contextlib.suppress(Exception):
-            repo.close()
+    return Syncer(source, repo, state, options, progress=progress)

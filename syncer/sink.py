@@ -4,6 +4,7 @@ archives. Aim's internals are touched only through `aim_adapter`."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -43,7 +44,7 @@ def open_repo(path: str | os.PathLike) -> tuple[Any, bool]:
         root.mkdir(parents=True, exist_ok=True)
         if not os.access(root, os.W_OK) or (not created and not os.access(root / ".aim", os.W_OK)):
             raise PermissionError(13, "Permission denied")
-        repo = Repo.from_path(str(root), init=created)
+        repo = Repo.from_path(str(root), init=created or not _schema_ready(root))
     except PermissionError:
         raise SinkError(f"the Aim repo {root} is not writable") from None
     except OSError as e:
@@ -51,6 +52,18 @@ def open_repo(path: str | os.PathLike) -> tuple[Any, bool]:
     except Exception as e:
         raise SinkError(f"cannot open the Aim repo {root}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     return repo, created
+
+
+def _schema_ready(root: Path) -> bool:
+    """Whether Aim's run-metadata DB got its schema. A repo whose creation was cut short (a
+    SIGKILL while Aim's migration ran) has none; opening it with init=True heals it (Aim's
+    init is idempotent, but it runs the migration in a subprocess: seconds, so not always)."""
+    db = root / ".aim" / "run_metadata.sqlite"
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            return con.execute("SELECT version_num FROM alembic_version").fetchone() is not None
+    except sqlite3.Error:
+        return False
 
 
 def winners(steps: list[int], values: list[float], timestamps: list[int]) -> tuple[list[int], list[float], list[int]]:

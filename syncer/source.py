@@ -392,6 +392,8 @@ class FileStoreSource(Source):
         if not self.root.is_dir():
             raise SourceError(f"{self.root} is a file, not an MLflow store folder (for a database use sqlite:///{self.root})")
         if not self._looks_like_store():
+            if not must_exist and not any(self.root.iterdir()):
+                raise SourceUnavailable(f"waiting for MLflow to write its first run into {self.root}")
             raise SourceError(
                 f"{self.root} is not an MLflow file store (no <experiment>/meta.yaml inside)"
             )

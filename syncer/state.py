@@ -62,7 +62,8 @@ class State:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.source = source
         # several syncers (one per experiment set) may share one repo and one state file
-        self.db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
+        # rounds never overlap, but the daemon's rounds run on a scheduler thread
+        self.db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
@@ -109,13 +110,16 @@ class State:
             (self.source, run_id, aim_hash, experiment, error, time.time()),
         )
 
-    def save_cursor(self, run_id: str, key: str, cursor: dict, new_points: int) -> None:
-        self.db.execute(
-            """INSERT INTO metrics (source, run_id, key, cursor, points) VALUES (?,?,?,?,?)
-               ON CONFLICT(source, run_id, key) DO UPDATE SET cursor=excluded.cursor,
-                 points=metrics.points + excluded.points""",
-            (self.source, run_id, key, json.dumps(cursor), new_points),
-        )
+    def save_cursors(self, run_id: str, cursors: list[tuple[str, dict, int]]) -> None:
+        """(key, cursor, points written) for one run, in one transaction."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                """INSERT INTO metrics (source, run_id, key, cursor, points) VALUES (?,?,?,?,?)
+                   ON CONFLICT(source, run_id, key) DO UPDATE SET cursor=excluded.cursor,
+                     points=metrics.points + excluded.points""",
+                [(self.source, run_id, key, json.dumps(cursor), n) for key, cursor, n in cursors],
+            )
 
     def save_artifact(self, run_id: str, path: str, size: int | None, kind: str | None) -> None:
         self.db.execute(

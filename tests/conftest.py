@@ -218,7 +218,7 @@ def read_aim(repo_path: Path | str) -> dict[str, dict]:
     """Every run in the Aim repo, through Aim's SDK, keyed by MLflow run id."""
     from aim import Repo
 
-    repo = Repo.from_path(str(repo_path))
+    repo = Repo(str(repo_path))  # not Repo.from_path: its pooled instance would not see new runs
     out = {}
     for h in repo.list_all_runs():
         run = repo.get_run(h)

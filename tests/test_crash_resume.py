@@ -1,0 +1,86 @@
+"""A backfill SIGKILLed at any moment and run again ends with exactly MLflow's points."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pytest
+
+from conftest import ROOT, T0, client_for, log_points, read_aim, syncer_cmd
+
+RUNS, KEYS, POINTS = 8, 3, 4000  # 96,000 points: a backfill of several seconds
+
+
+def make_store(uri: str) -> dict[str, dict[str, list]]:
+    client = client_for(uri)
+    exp = client.create_experiment("crash")
+    logged = {}
+    for r in range(RUNS):
+        run = client.create_run(exp, run_name=f"run-{r}", start_time=T0 + r)
+        logged[run.info.run_id] = {}
+        for k in range(KEYS):
+            pts = [(s, r + k + s / POINTS, T0 + 10 * s + k) for s in range(POINTS)]
+            log_points(client, run.info.run_id, f"eval_m{k}", pts)
+            logged[run.info.run_id][f"m{k}"] = pts
+        client.set_terminated(run.info.run_id, "FINISHED", end_time=T0 + 10 * POINTS)
+    return logged
+
+
+def committed_cursors(state_db) -> int:
+    try:
+        with sqlite3.connect(state_db, timeout=1) as db:
+            return db.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def start_backfill(store, repo) -> subprocess.Popen:
+    return subprocess.Popen(syncer_cmd("backfill", "--mlflow-tracking-uri", str(store), "--aim-repo", str(repo)),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_then_resume(tmp_path):
+    store, repo = tmp_path / "mlruns", tmp_path / "aim"
+    logged = make_store(str(store))
+    state_db = repo / ".aim" / "mlflow-syncer" / "state.sqlite"
+
+    kills = 0
+    # kill: as soon as the repo exists (mid first run), after some runs committed, and later
+    for wait_for in (0, 2 * KEYS, 5 * KEYS):
+        p = start_backfill(store, repo)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None:
+            if (wait_for == 0 and (repo / ".aim").exists()) or (wait_for and committed_cursors(state_db) >= wait_for):
+                time.sleep(0.05 * kills)  # vary the moment a little
+                break
+            time.sleep(0.01)
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGKILL)
+            kills += 1
+        _out, err = p.communicate()
+        assert p.returncode in (0, -signal.SIGKILL), err  # a resumed backfill must not fail
+    assert kills >= 2, "the backfill finished before it could be killed: make the store bigger"
+    assert committed_cursors(state_db) < RUNS * KEYS  # it really was cut short
+
+    p = start_backfill(store, repo)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+
+    aim = read_aim(repo)
+    assert set(aim) == set(logged)
+    total = 0
+    for run_id, keys in logged.items():
+        run = aim[run_id]
+        assert len(run["metrics"]) == KEYS
+        for k, pts in keys.items():
+            m = run["metrics"][(k, (("subset", "eval"),))]
+            assert m["steps"] == [s for s, _, _ in pts]  # none lost, none doubled
+            assert m["values"] == [v for _, v, _ in pts]
+            assert m["timestamps"] == [ts / 1000 for _, _, ts in pts]
+            total += len(m["steps"])
+    assert total == RUNS * KEYS * POINTS

@@ -1,0 +1,221 @@
+"""`syncer sync` as a real subprocess following a store that a real writer process logs into."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, MlflowServer, free_port, read_aim, run_syncer, store_uri, syncer_cmd
+
+pytestmark = pytest.mark.slow
+WRITER = Path(__file__).parent / "writer.py"
+
+
+class Daemon:
+    def __init__(self, uri: str, repo: Path, *extra: str, interval: float = 2.0, env: dict | None = None):
+        self.args = ["sync", "--mlflow-tracking-uri", uri, "--aim-repo", str(repo), "--interval", str(interval), *extra]
+        self.env = {**os.environ, **(env or {})}
+        self.log = repo.parent / f"syncer-{time.monotonic_ns()}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, ready: bool = True) -> "Daemon":
+        self._f = open(self.log, "w")
+        self.proc = subprocess.Popen(syncer_cmd(*self.args), cwd=ROOT, env=self.env, stdout=self._f, stderr=subprocess.STDOUT)
+        if ready:  # start-up (imports, a new repo's schema) takes seconds on a busy 2-core machine
+            deadline = time.monotonic() + 90
+            while "syncing " not in self.text():
+                assert self.proc.poll() is None and time.monotonic() < deadline, self.text()
+                time.sleep(0.1)
+        return self
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 10.0) -> tuple[int, float]:
+        t0 = time.monotonic()
+        self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=timeout)
+        return rc, time.monotonic() - t0
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_writer(uri: str, experiment: str, seconds: float, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(WRITER), uri, experiment, str(seconds), str(out)],
+                            cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish_writer(p: subprocess.Popen, out: Path) -> dict:
+    stdout, _ = p.communicate(timeout=120)
+    assert p.returncode == 0, stdout
+    return json.loads(out.read_text())
+
+
+def wait_until_synced(repo: Path, logged: dict, timeout: float = 60.0) -> dict:
+    """Poll Aim (through its SDK) until every logged run has all its points and is finished."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            aim = read_aim(repo)
+        except Exception as e:  # the daemon may be mid-write
+            last = e
+            time.sleep(0.5)
+            continue
+        ok = set(logged) <= set(aim) and all(
+            sum(len(m["steps"]) for m in aim[rid]["metrics"].values()) == len(info["points"])
+            and aim[rid]["active"] is False
+            for rid, info in logged.items()
+        )
+        if ok:
+            return aim
+        last = {rid: (aim.get(rid, {}).get("active"), sum(len(m["steps"]) for m in aim.get(rid, {}).get("metrics", {}).values()),
+                      len(info["points"])) for rid, info in logged.items() if rid not in aim or aim[rid]["active"] is not False
+                or sum(len(m["steps"]) for m in aim[rid]["metrics"].values()) != len(info["points"])}
+        time.sleep(0.5)
+    raise AssertionError(f"Aim did not catch up within {timeout} s: {last}")
+
+
+def wait_for(probe, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            got = probe()
+        except Exception:
+            got = None
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"nothing after {timeout} s")
+
+
+def assert_exact(aim: dict, logged: dict) -> None:
+    for rid, info in logged.items():
+        run = aim[rid]
+        assert run["name"] == info["name"]
+        (metric,) = run["metrics"].values()
+        assert metric["steps"] == [s for s, _, _ in info["points"]]  # none lost, none doubled
+        assert metric["values"] == [v for _, v, _ in info["points"]]
+        assert metric["timestamps"] == [ts / 1000 for _, _, ts in info["points"]]
+        assert run["params"]["mlflow"]["status"] == "FINISHED" and run["end_time"] is not None
+
+
+@pytest.mark.parametrize("kind", ["file", "sqlite", "server"])
+def test_follows_a_live_store(kind, tmp_path, request):
+    server = request.getfixturevalue("mlflow_server") if kind == "server" else None
+    uri = store_uri(kind, tmp_path, server)
+    exp = f"live-{kind}-{tmp_path.name}"
+    repo = tmp_path / "aim"
+    health = tmp_path / "health"
+    if kind == "file":
+        (tmp_path / "mlruns").mkdir()  # the daemon may start before the writer creates anything
+    d = Daemon(uri, repo, "--experiment", exp, "--health-file", str(health)).start()
+    try:
+        w = start_writer(uri, exp, 10, tmp_path / "logged.json")
+        long_run = wait_for(lambda: [r for r in read_aim(repo).values() if r["name"] == "long"], timeout=20)
+        assert w.poll() is None, "the writer ended before the syncer saw its running run"
+        assert long_run[0]["active"] is True and long_run[0]["end_time"] is None  # RUNNING in MLflow: active in Aim
+        logged = finish_writer(w, tmp_path / "logged.json")
+        assert len(logged) >= 3  # the long run and short runs that lived between two rounds
+        aim = wait_until_synced(repo, logged)
+        assert_exact(aim, logged)
+        assert health.exists()
+        rc, took = d.stop(signal.SIGTERM)
+        assert rc == 0 and took < 10, d.text()
+        assert "Traceback" not in d.text()
+    finally:
+        d.kill()
+    st = run_syncer("status", "--aim-repo", str(repo))
+    assert st.returncode == 0 and exp in st.stdout, st.stdout + st.stderr
+
+
+def test_sigkill_mid_stream_then_restart(tmp_path):
+    uri = str(tmp_path / "mlruns")
+    repo = tmp_path / "aim"
+    w = start_writer(uri, "kill", 8, tmp_path / "logged.json")
+    time.sleep(1.5)
+    d = Daemon(uri, repo, interval=1).start()
+    time.sleep(4)
+    d.proc.kill()
+    d.proc.wait()
+    time.sleep(1.5)  # the writer goes on while the syncer is down
+    d2 = Daemon(uri, repo, interval=1).start()
+    try:
+        logged = finish_writer(w, tmp_path / "logged.json")
+        aim = wait_until_synced(repo, logged)
+        assert_exact(aim, logged)
+        rc, _ = d2.stop()
+        assert rc == 0, d2.text()
+    finally:
+        d2.kill()
+
+
+def test_survives_a_server_restart(tmp_path):
+    port = free_port()
+    server = MlflowServer(tmp_path / "server", port=port).start()
+    repo = tmp_path / "aim"
+    d = Daemon(server.uri, repo, interval=1).start()
+    w = start_writer(server.uri, "restart", 10, tmp_path / "logged.json")
+    try:
+        time.sleep(3)
+        server.stop()
+        time.sleep(4)  # the writer retries; the syncer warns and backs off
+        server = MlflowServer(tmp_path / "server", port=port).start()
+        logged = finish_writer(w, tmp_path / "logged.json")
+        aim = wait_until_synced(repo, logged, timeout=90)
+        assert_exact(aim, logged)
+        assert "unreachable" in d.text()
+        rc, _ = d.stop()
+        assert rc == 0, d.text()
+    finally:
+        d.kill()
+        server.stop()
+
+
+def test_json_logs_and_redacted_credentials(tmp_path):
+    port = free_port()  # nothing listens there: the daemon warns and keeps retrying
+    d = Daemon(f"http://alice:hunter2@127.0.0.1:{port}", tmp_path / "aim", "--log-format", "json", interval=0.5).start()
+    try:
+        time.sleep(6)
+        rc, took = d.stop(signal.SIGINT)
+        assert rc == 0 and took < 10
+    finally:
+        d.kill()
+    lines = [ln for ln in d.text().splitlines() if ln.strip()]
+    docs = [json.loads(ln) for ln in lines]  # one JSON object per line, nothing else
+    assert any(doc["level"] == "warning" and "unreachable" in doc["message"] for doc in docs)
+    assert "hunter2" not in d.text()
+
+
+def test_store_folder_appears_later(tmp_path):
+    """A sidecar may start before training creates the store: wait, then sync."""
+    uri = str(tmp_path / "mlruns")
+    repo = tmp_path / "aim"
+    d = Daemon(uri, repo, interval=0.5).start()
+    try:
+        time.sleep(3)
+        assert d.proc.poll() is None, d.text()
+        w = start_writer(uri, "late", 2, tmp_path / "logged.json")
+        logged = finish_writer(w, tmp_path / "logged.json")
+        assert_exact(wait_until_synced(repo, logged), logged)
+    finally:
+        d.kill()
+
+
+def test_bad_repo_is_a_one_line_error(tmp_path):
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "mlruns").mkdir()
+    p = subprocess.run(syncer_cmd("sync", "--mlflow-tracking-uri", str(tmp_path / "mlruns"), "--aim-repo",
+                                  str(tmp_path / "afile" / "repo")), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("Error: ") and "Aim repo" in p.stderr
