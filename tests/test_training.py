@@ -55,13 +55,14 @@ def runs(tiny_home, tmp_path_factory):
         # the package must allow MLflow 3's file store by itself
         mp.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
         for technique in TECHNIQUES:
             cfg = TrainConfig(technique=technique, model_names=["tiny-bert"], output_dir=out,
                               save_model=True, verbose=False, **RUN_ARGS)
             [results[technique]] = run(cfg)
         assert os.environ.get("MLFLOW_ALLOW_FILE_STORE") == "true"
-        # the process-wide tracking URI is put back as it was (unset)
-        assert not mlflow.is_tracking_uri_set()
+        # the process-wide tracking URI is put back as it was
+        assert (mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None) == before
     client = mlflow.MlflowClient(tracking_uri=(out / "mlruns").as_uri())
     return out, client, results
 

@@ -4,10 +4,8 @@
 This module imports nothing heavy: torch, transformers and MLflow load when a run starts.
 """
 
-from .data import LABEL_NAMES, LANGUAGES
+from .data import LABEL_NAMES, LANGUAGES, TECHNIQUES
 from .tiny_models import TINY_MODEL_NAMES, ensure_tiny_model
-
-TECHNIQUES = ("fine-tune", "feature-extraction")
 
 __all__ = [
     "LABEL_NAMES",

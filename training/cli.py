@@ -7,10 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from .data import LANGUAGES
+from .data import LANGUAGES, TECHNIQUES
 from .tiny_models import TINY_MODEL_NAMES
-
-TECHNIQUES = ("fine-tune", "feature-extraction")
 
 
 def build_parser() -> argparse.ArgumentParser:

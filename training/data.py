@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+TECHNIQUES = ("fine-tune", "feature-extraction")  # train everything / train only the classification head
 LANGUAGES = ("en", "de", "fr", "es", "ar", "zh")
 # Every language XNLI has; the shipped data set covers LANGUAGES only.
 XNLI_LANGUAGES = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")

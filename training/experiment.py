@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .data import LABEL_NAMES, LANGUAGES, XNLI_LANGUAGES, local_languages, load_xnli
+from .data import LABEL_NAMES, LANGUAGES, TECHNIQUES, XNLI_LANGUAGES, local_languages, load_xnli
 from .tiny_models import TINY_MODEL_NAMES, ensure_tiny_model, is_tiny
 
-TECHNIQUES = ("fine-tune", "feature-extraction")
 OFFLINE_HINT = (
     "for offline runs use the tiny local models and the shipped data: --model-names "
     + " ".join(TINY_MODEL_NAMES)
@@ -58,7 +57,7 @@ class TrainConfig:
     # torch CPU threads while training; None: 1 for the tiny models (their matrices are far too small
     # to gain from threads, and on a busy machine threads make them many times slower), else torch's default
     cpu_threads: int | None = None
-    eval_batch_size: int = 32
+    eval_batch_size: int = 64
     save_model: bool = False  # save the trained model (and tokenizer) into <output_dir>/<technique>/<model>/model
     sample_predictions_per_language: int = 5
     verbose: bool = True
