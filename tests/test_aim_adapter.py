@@ -288,6 +288,29 @@ def test_second_writer_is_refused_with_a_clear_error(repo_path):
     AimRunWriter.open(repo_path, "locked").close()  # free again
 
 
+def test_flush_survives_a_crash_and_the_stale_lock_is_taken_over(repo_path):
+    """A writer process dies after flush() without close(): the next sync reopens the run
+    (Aim frees the dead process's lock), finds the points, re-sends a chunk, closes."""
+    code = f"""
+import os, sys
+sys.path.insert(0, {os.getcwd()!r})
+from syncer.aim_adapter import AimRunWriter
+w = AimRunWriter.open({str(repo_path)!r}, "crash", experiment="e")
+w.set_info(name="c", description=None, params={{}}, labels=["a=b"], archived=False)
+w.set_times(created_at={T0}, ended_at=None, active=True)
+w.write_points("m", {{}}, [0, 1, 2], [0.0, 1.0, 2.0], [{T0}, {T0 + 1}, {T0 + 2}])
+w.flush()
+os._exit(0)  # no close(): as if killed
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    with AimRunWriter.open(repo_path, "crash", experiment="e", lock_timeout=1) as w:
+        w.write_points("m", {}, [2, 3], [2.0, 3.0], [T0 + 2, T0 + 3])  # the re-sent chunk + one more
+    s, v, t, _ = metric(repo_path, "crash", "m")
+    assert s == [0, 1, 2, 3] and t == [T0, T0 + 1, T0 + 2, T0 + 3]
+    run = fresh(repo_path).get_run("crash")
+    assert abs(run.creation_time - T0) < 1e-3 and run.active and run.props.tags == ["a=b"]
+
+
 def test_objects_with_chosen_step_and_time(repo_path):
     import numpy as np
 
