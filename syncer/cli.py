@@ -165,7 +165,9 @@ def sync(interval, no_watch, health_file, **kw):
               type=click.Path(file_okay=False, path_type=Path), help="Aim repo (its root or its .aim folder).")
 @click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path), envvar=ENV["state"],
               show_envvar=True, help="Cursor database [default: <aim-repo>/.aim/mlflow-syncer/state.sqlite].")
-def status(aim_repo, state_path):
+@click.option("--aim", "show_aim", is_flag=True,
+              help="Also read the Aim repo back (Aim's SDK): runs and metrics with their contexts.")
+def status(aim_repo, state_path, show_aim):
     """Per experiment: runs and points synced, the last round, runs in error."""
     from .state import State
 
@@ -178,16 +180,36 @@ def status(aim_repo, state_path):
         rows = list(st.report())
     finally:
         st.close()
-    for source, (t, ok, summary) in sorted(rounds.items()):
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-        click.echo(f"source {source}: last round {when} ({'ok' if ok else 'with errors'}, "
-                   f"{summary.get('points', 0)} new points in {summary.get('seconds', 0):.1f} s)")
     width = max([len(str(r["experiment"])) for r in rows] + [10])
-    click.echo(f"{'experiment':<{width}}  {'runs':>6}  {'points':>10}  errors")
-    for r in rows:
-        click.echo(f"{str(r['experiment']):<{width}}  {r['runs']:>6}  {r['points']:>10}  {len(r['errors'])}")
-        for e in r["errors"]:
-            click.echo(f"    ! {e}")
+    for source in sorted({r["source"] for r in rows} | set(rounds)):
+        line = f"source {source}"
+        if source in rounds:
+            t, ok, summary = rounds[source]
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+            line += (f": last round {when} ({'ok' if ok else 'with errors'}, "
+                     f"{summary.get('points', 0)} new points in {summary.get('seconds', 0):.1f} s)")
+        click.echo(line)
+        click.echo(f"  {'experiment':<{width}}  {'runs':>6}  {'points':>10}  errors")
+        for r in (r for r in rows if r["source"] == source):
+            click.echo(f"  {str(r['experiment']):<{width}}  {r['runs']:>6}  {r['points']:>10}  {len(r['errors'])}")
+            for e in r["errors"]:
+                click.echo(f"      ! {e}")
+    if show_aim:
+        _print_aim_summary(cfg.aim_repo)
+
+
+def _print_aim_summary(repo: Path) -> None:
+    from .sink import summarize_repo
+
+    click.echo(f"\nin Aim ({repo}):")
+    for exp in summarize_repo(repo):
+        click.echo(f"  experiment {exp['experiment']}: {len(exp['runs'])} runs ({', '.join(sorted(exp['runs']))}), "
+                   f"{exp['points']} points")
+        for name, contexts in sorted(exp["metrics"].items()):
+            ctxs = sorted(contexts)
+            shown = ", ".join("{" + ", ".join(f"{k}: {v}" for k, v in c) + "}" if c else "{}" for c in ctxs[:8])
+            more = f", ... ({len(ctxs)} contexts)" if len(ctxs) > 8 else ""
+            click.echo(f"    {name:<28} {shown}{more}")
 
 
 def _progress_bar(items):

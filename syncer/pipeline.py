@@ -156,16 +156,21 @@ class Syncer:
         cursors = self.state.cursors(run.run_id)
         errors: list[str] = []
         meta_changed = prev is None or prev.fingerprint != run.fingerprint
+        metrics_changed = any(self.source.metric_changed(run, k, cursors.get(k)) for k in run.metric_marks)
+        # artifacts are listed when a run is new or changed, and each round while it runs
         artifacts = self._list_artifacts(run, errors) if (
             self.options.artifacts and (meta_changed or run.running)) else None
+        done = self.state.artifacts(run.run_id) if artifacts else {}
+        new_artifacts = [a for a in artifacts or [] if a["path"] not in done or done[a["path"]] != a["size"]]
+        if not (meta_changed or metrics_changed or new_artifacts or errors):
+            return  # a running run with nothing new: Aim is not touched
         meta = self._run_meta(exp, run, names, artifacts or [])
         sink = RunSink(self.repo, aim_hash, exp.name)
         try:
-            if meta_changed or artifacts is not None:
+            if meta_changed or new_artifacts:
                 sink.set_info(meta)
             stats.points += self._sync_metrics(run, sink, cursors, errors)
-            if artifacts:
-                stats.artifacts += self._sync_artifacts(run, sink, artifacts, errors)
+            stats.artifacts += self._sync_artifacts(run, sink, new_artifacts, errors)
             # times and the active flag last: a run shows as finished only once it has its data
             sink.set_times(meta)
         finally:
@@ -199,7 +204,10 @@ class Syncer:
                     continue
                 try:
                     for chunk, new_cursor in self.source.read_metric(run, key, cursor):
-                        n = self._write_chunk(sink, mapper, chunk) if len(chunk) else 0
+                        n, skipped = self._write_chunk(sink, mapper, chunk) if len(chunk) else (0, 0)
+                        if skipped:
+                            errors.append(f"metric {key!r}: skipped {skipped} point(s) with a step beyond "
+                                          f"+-2**53, which Aim cannot store exactly")
                         pending.append((key, new_cursor, n))
                         pending_points += len(chunk)
                         written += n
@@ -214,17 +222,19 @@ class Syncer:
         return written
 
     @staticmethod
-    def _write_chunk(sink: RunSink, mapper, chunk) -> int:
+    def _write_chunk(sink: RunSink, mapper, chunk) -> tuple[int, int]:
+        """(points written, points skipped) for one chunk of one MLflow key."""
         if chunk.dataset_names is None:
             return sink.write_points(mapper.map(chunk.key), chunk.steps, chunk.values, chunk.timestamps)
         groups: dict[str | None, list[int]] = defaultdict(list)  # MLflow 3: points may name a dataset
         for i, ds in enumerate(chunk.dataset_names):
             groups[ds].append(i)
-        return sum(
-            sink.write_points(mapper.map(chunk.key, ds), [chunk.steps[i] for i in idx],
-                              [chunk.values[i] for i in idx], [chunk.timestamps[i] for i in idx])
-            for ds, idx in groups.items()
-        )
+        written = skipped = 0
+        for ds, idx in groups.items():
+            w, s = sink.write_points(mapper.map(chunk.key, ds), [chunk.steps[i] for i in idx],
+                                     [chunk.values[i] for i in idx], [chunk.timestamps[i] for i in idx])
+            written, skipped = written + w, skipped + s
+        return written, skipped
 
     # -- artifacts ---------------------------------------------------------------------------
     def _list_artifacts(self, run: RunRecord, errors: list[str]) -> list[dict[str, Any]] | None:
@@ -246,23 +256,22 @@ class Syncer:
         return out
 
     def _sync_artifacts(self, run: RunRecord, sink: RunSink, artifacts: list[dict], errors: list[str]) -> int:
-        done = self.state.artifacts(run.run_id)
+        """Convert the new or changed artifacts that Aim can show; remember every one listed."""
         n = 0
         ts = (run.end_time or run.start_time or time.time() * 1000) / 1000.0
         with tempfile.TemporaryDirectory(prefix="syncer-artifacts-") as tmp:
             for a in artifacts:
                 kind = a["copied_as"]
-                if kind is None or (a["path"] in done and done[a["path"]] == a["size"]):
-                    continue
-                try:
-                    local = self.source.fetch_artifact(run, a["path"], tmp)
-                    sink.write_artifact(kind, local, a["path"], ts)
-                except Exception as e:
-                    errors.append(f"artifact {a['path']!r} cannot be converted: "
-                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
-                    continue
+                if kind is not None:
+                    try:
+                        local = self.source.fetch_artifact(run, a["path"], tmp)
+                        sink.write_artifact(kind, local, a["path"], ts)
+                    except Exception as e:
+                        errors.append(f"artifact {a['path']!r} cannot be converted: "
+                                      f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
+                        continue
+                    n += 1
                 self.state.save_artifact(run.run_id, a["path"], a["size"], kind)
-                n += 1
         return n
 
     # -- metadata ----------------------------------------------------------------------------

@@ -54,6 +54,9 @@ def open_repo(path: str | os.PathLike) -> tuple[Any, bool]:
     return repo, created
 
 
+MAX_STEP = 2**53  # Aim keys points by a hash of the step as a double: larger steps collide
+
+
 def _schema_ready(root: Path) -> bool:
     """Whether Aim's run-metadata DB got its schema. A repo whose creation was cut short (a
     SIGKILL while Aim's migration ran) has none; opening it with init=True heals it (Aim's
@@ -157,12 +160,21 @@ class RunSink:
         """Make what was written durable before the caller commits its cursors."""
         self.writer.flush()
 
-    def write_points(self, mapped: MappedMetric, steps: list[int], values: list[float], timestamps_ms: list[int]) -> int:
-        """Write points (MLflow timestamps in ms). Returns how many distinct steps were written."""
+    def write_points(self, mapped: MappedMetric, steps: list[int], values: list[float],
+                     timestamps_ms: list[int]) -> tuple[int, int]:
+        """Write points (MLflow timestamps in ms). Returns (distinct steps written, points
+        skipped because Aim cannot key their step: beyond +-2**53)."""
+        skipped = 0
+        if any(not -MAX_STEP <= st <= MAX_STEP for st in steps):
+            keep = [i for i, st in enumerate(steps) if -MAX_STEP <= st <= MAX_STEP]
+            skipped = len(steps) - len(keep)
+            steps, values, timestamps_ms = ([xs[i] for i in keep] for xs in (steps, values, timestamps_ms))
+            if not steps:
+                return 0, skipped
         steps, values, timestamps_ms = winners(steps, values, timestamps_ms)
         name = self._system_name(mapped.name) if mapped.system else mapped.name
         self.writer.write_points(name, mapped.context, steps, values, [t / 1000.0 for t in timestamps_ms])
-        return len(steps)
+        return len(steps), skipped
 
     def write_artifact(self, kind: str, local_file: str, path: str, timestamp: float) -> None:
         obj = aim_object(kind, local_file, path)
@@ -184,3 +196,24 @@ def set_experiment_meta(repo, name: str, description: str | None) -> None:
             aim_adapter.set_experiment_description(repo, name, description)
         except (sqlite3.Error, AttributeError) as e:  # not fatal: the runs carry the data
             log.warning("could not set the description of Aim experiment %r: %s", name, e)
+
+
+def summarize_repo(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """What landed, read back through Aim's public SDK: per experiment, its runs and, per metric
+    name, the contexts it has (e.g. accuracy by lang)."""
+    from aim import Repo
+
+    repo = Repo(str(repo_root(path)))
+    exps: dict[str, dict[str, Any]] = {}
+    try:
+        for run in repo.iter_runs():
+            exp = exps.setdefault(run.experiment or "(none)", {"experiment": run.experiment or "(none)",
+                                                               "runs": [], "metrics": {}, "points": 0})
+            exp["runs"].append(run.name)
+            for m in run.metrics():
+                exp["metrics"].setdefault(m.name, set()).add(tuple(sorted(m.context.to_dict().items())))
+                steps, _ = m.data.numpy()
+                exp["points"] += len(steps)
+    finally:
+        repo.close()
+    return sorted(exps.values(), key=lambda e: e["experiment"])

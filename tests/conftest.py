@@ -245,8 +245,8 @@ def read_aim(repo_path: Path | str) -> dict[str, dict]:
             "end_time": run.end_time,
             "objects": sorted(n for n, _c, _r in run.iter_sequence_info_by_type(("aim.image", "aim.text", "aim.audio"))),
             "labels": sorted(t.name if hasattr(t, "name") else str(t) for t in (run.props.tags or [])),
-            "run": run,
         }
+    repo.close()  # open read-only handles would hide what a writer adds later
     return out
 
 
