@@ -23,6 +23,7 @@ Interface (all that the sink uses)::
     w.flush()    # durable: structured DB committed, RocksDB WAL fsync'ed (not yet listed)
     w.close()    # flush + index: listed by Repo.iter_runs / query_metrics / ``aim up``
     # many runs in a row: w.close(index=False) each, then one index_runs(repo, hashes)
+    index_missing(repo) -> [hashes indexed]   # self-healing; once when a backfill / daemon starts
 
     system_metric_name("system/cpu_utilization_percentage") -> "__system__cpu"
     system_metric(name) -> (aim_name, context)     # context carries the GPU index, if any
@@ -42,7 +43,13 @@ How Aim 3.29 decides what the UI shows (read from its source):
 * a run is listed by ``Repo.iter_runs`` / ``get_run`` / queries / ``aim up`` only once its meta
   chunk has been copied into the repo index (``meta/index``).  Aim itself indexes only from
   ``aim up``'s background indexer or ``aim storage reindex``; ``close()`` here calls that same
-  indexing code (``RepoIndexManager.index``) for this run, so it is visible at once;
+  indexing code (``RepoIndexManager.index``) for this run, so it is visible at once (to
+  ``aim up`` too, running or not).  Indexing records a stamp of the chunk's files
+  (``index_cache/<hash>``).  A writer killed after writing but before indexing leaves the
+  run unlisted (or listed as it was): ``close()`` therefore also indexes when it wrote nothing
+  but the index's stamp differs from the chunk as it found it, and ``index_missing(repo)``
+  repairs every such run at once (when a process starts: runs closed with ``index=False``
+  whose batch ``index_runs`` never came are seen by nobody else);
 * the Run page's *System* tab holds every metric whose name starts with ``__system__``.
 
 Caveats (Aim 3.29 behaviour, not worked around here):
@@ -157,7 +164,8 @@ def check_aim_compatibility() -> None:
         "Repo.from_path", "Repo.exists", "Repo._get_index_container", "ContainerConfig",
     )
     need("aim.sdk.repo_utils", "get_repo")
-    need("aim.sdk.index_manager", "RepoIndexManager.get_index_manager", "RepoIndexManager.index")
+    need("aim.sdk.index_manager", "RepoIndexManager.get_index_manager", "RepoIndexManager.index",
+         "RepoIndexManager._get_run_checksum")
     need("aim.sdk.tracker", "RunTracker._track", "STEP_HASH_FUNCTIONS")
     need("aim.sdk.sequence", "SequenceV2Data.numpy")
     need("aim.storage.context", "Context")
@@ -399,6 +407,7 @@ class AimRunWriter:
             raise NotImplementedError("remote (aim://) repos are not supported; write to a local repo")
         self = object.__new__(cls)
         self._closed = True
+        self._stamp_at_open = None
         self.repo = repo
         self.hash = run_hash
         self._lock = repo.request_run_lock(run_hash, timeout=lock_timeout)
@@ -410,6 +419,9 @@ class AimRunWriter:
                 " (another writer holds it; if none does, `aim runs close --force` it)"
             ) from e
         try:
+            # Aim's freshness stamp of the chunk as the last writer left it, taken before we open
+            # it (opening changes its files): close() compares it with the index's stamp
+            self._stamp_at_open = _chunk_stamp(repo, run_hash)
             self._meta_c = repo.request_container("meta", run_hash, read_only=False)
             self._seqs_c = None  # opened on the first point / object
             self._closed = False
@@ -497,7 +509,9 @@ class AimRunWriter:
         """Commit, flush and close the run's storage, index it (so ``Repo.iter_runs``,
         ``get_run``, ``query_metrics`` and ``aim up`` list it at once) and release the lock.
         Idempotent.  ``index=False`` skips indexing: then call :func:`index_runs` for a batch
-        of closed runs (one index open for all)."""
+        of closed runs (one index open for all).  A session that wrote nothing still indexes
+        when the index does not hold the run as this session found it (an earlier writer was
+        killed before indexing): a read-only look-up of the index, a few ms."""
         if self._closed:
             return
         try:
@@ -527,6 +541,11 @@ class AimRunWriter:
                 self.repo.container_pool.pop(ContainerConfig(sub, self.hash, False), None)
             self.meta_tree = self.meta_run_tree = self._series_run_trees = None
             self._tracker = None
+            if index and not dirty:
+                # nothing written now, but an earlier writer (killed, or closed with
+                # index=False and never indexed) may have left the index without this run or
+                # with an older state of it: the index's stamp then differs from the chunk's
+                dirty = self._stamp_at_open is None or _index_stamps(self.repo, [self.hash]).get(self.hash) != self._stamp_at_open
             if index and dirty:
                 index_runs(self.repo, [self.hash])
         finally:
@@ -921,6 +940,98 @@ def index_runs(repo, run_hashes: Iterable[str], *, attempts: int = 10) -> list[s
     if failed:
         log.warning("could not index Aim run(s) %s", ", ".join(failed))
     return failed
+
+
+def _chunk_stamp(repo, run_hash: str) -> str | None:
+    """Aim's freshness stamp of a run's meta chunk (md5 over its files' paths, mtimes and sizes:
+    ``RepoIndexManager._get_run_checksum``), what indexing stores as ``index_cache/<hash>``;
+    ``None`` when the chunk does not exist.  Stats the chunk's files, reads none."""
+    from aim.sdk.index_manager import RepoIndexManager
+
+    if not os.path.isdir(os.path.join(repo.path, "meta", "chunks", run_hash)):
+        return None
+    return RepoIndexManager.get_index_manager(repo)._get_run_checksum(run_hash)
+
+
+def _open_index_for_reading(repo):
+    """A private read-only handle on the run index (no lock taken, nothing written: not Aim's
+    read path, which may rewrite the index's WAL); ``None`` when the repo has no index."""
+    from aim.storage.rockscontainer import RocksContainer
+
+    path = os.path.join(repo.path, "meta", "index")
+    if not os.path.isdir(path):
+        return None
+    return RocksContainer(path, read_only=True, skip_read_optimization=True)
+
+
+def _index_stamps(repo, run_hashes: Iterable[str] | None = None) -> dict[str, str]:
+    """``index_cache`` of the run index: run hash -> the chunk stamp it was indexed at (all
+    runs, or only ``run_hashes``: point lookups).  Empty when the index cannot be read."""
+    try:
+        c = _open_index_for_reading(repo)
+    except Exception as e:  # e.g. files swapped by a concurrent compaction: treat as unknown
+        log.debug("cannot read Aim's run index: %r", e)
+        return {}
+    if c is None:
+        return {}
+    try:
+        tree = c.tree()
+        if run_hashes is None:
+            return {h: v for h, v in tree.subtree("index_cache").items()}
+        out = {}
+        for h in run_hashes:
+            v = tree.get(("index_cache", h), None)
+            if v is not None:
+                out[h] = v
+        return out
+    finally:
+        c.close()
+
+
+def index_missing(repo, *, stale: bool = True) -> list[str]:
+    """Index every run that has a meta chunk but that Aim's index lacks (``get_run`` returns
+    ``None`` for it), or (``stale=True``) whose index entry is older than its chunk; returns
+    the hashes indexed.  Self-healing after a writer was killed between writing a run and
+    indexing it (e.g. runs closed with ``index=False`` whose batch ``index_runs`` never came).
+    Call it once when a backfill or the sync daemon starts.
+
+    Cost when all is well: one listing of ``meta/chunks``, one read-only pass over the index's
+    ``index_cache`` keys and, with ``stale``, a ``stat`` of each chunk's files (what Aim's own
+    indexer does every 5 s); no chunk is opened.  Runs it indexes cost what ``index_runs`` does.
+    Runs being written right now by someone else may show as stale: indexing them is harmless
+    (``aim up`` does the same)."""
+    repo = _get_repo(repo)
+    chunks = os.path.join(repo.path, "meta", "chunks")
+    if not os.path.isdir(os.path.join(repo.path, "meta", "index")) or not os.path.isdir(chunks):
+        return []
+    with os.scandir(chunks) as it:
+        hashes = sorted(e.name for e in it if e.is_dir())
+    if not hashes:
+        return []
+    stamps = None
+    for attempt in range(3):
+        try:
+            c = _open_index_for_reading(repo)
+            try:
+                tree = c.tree()
+                stamps = {h: v for h, v in tree.subtree("index_cache").items()}
+                listed = set(tree.subtree(("meta", "chunks")).keys())
+            finally:
+                c.close()
+            break
+        except Exception as e:
+            if attempt == 2:
+                raise
+            log.debug("reading Aim's run index: %r; retrying", e)
+            time.sleep(0.2)
+    todo = [h for h in hashes if h not in listed or h not in stamps]
+    if stale:
+        todo += [h for h in hashes if h in listed and h in stamps and stamps[h] != _chunk_stamp(repo, h)]
+    if not todo:
+        return []
+    log.info("indexing %d Aim run(s) missing from (or outdated in) the run index", len(todo))
+    failed = set(index_runs(repo, todo))
+    return [h for h in todo if h not in failed]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -362,6 +362,78 @@ def test_index_runs_batches_and_close_without_index(repo_path):
     assert {r.hash for r in fresh(repo_path).iter_runs()} == set(hashes)
 
 
+_KILLED_WRITER = """
+import os, sys
+sys.path.insert(0, {cwd!r})
+from syncer.aim_adapter import AimRunWriter
+repo = {repo!r}
+w = AimRunWriter.open(repo, "closed_not_indexed", experiment="e")
+w.set_info(name="c", description=None, params={{"p": 1}}, labels=["a=b"], archived=False)
+w.write_points("m", {{}}, [0, 1], [0.0, 1.0], [{t0}, {t0} + 1])
+w.set_times(created_at={t0}, ended_at={t0} + 2, active=False)
+w.close(index=False)  # killed after the chunk was closed, before the index was updated
+w = AimRunWriter.open(repo, "stale", experiment="e")
+w.write_points("m", {{}}, [1], [1.0], [{t0} + 1])
+w.close(index=False)  # indexed earlier with step 0 only; killed before re-indexing
+w = AimRunWriter.open(repo, "open_at_kill", experiment="e")
+w.set_info(name="o", description=None, params={{"p": 1}}, labels=[], archived=False)
+w.write_points("m", {{}}, [0], [0.0], [{t0}])
+w.flush()
+os._exit(0)  # killed with the run open
+"""
+
+
+def test_reopening_a_run_a_killed_writer_left_unindexed_indexes_it_without_changes(repo_path):
+    """A writer killed between writing and indexing; the next sync has nothing to re-send for
+    the run (its cursors were committed after flush), so it writes nothing: close() must still
+    index the run (and refresh a stale index entry), or it stays invisible for good."""
+    with AimRunWriter.open(repo_path, "stale", experiment="e") as w:
+        w.set_info(name="s", description=None, params={"p": 1}, labels=[], archived=False)
+        w.write_points("m", {}, [0], [0.0], [T0])
+    code = _KILLED_WRITER.format(cwd=os.getcwd(), repo=str(repo_path), t0=T0)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    repo = fresh(repo_path)
+    assert repo.get_run("closed_not_indexed") is None and repo.get_run("open_at_kill") is None
+    assert repo.get_run("stale").collect_sequence_info("metric")["metric"][0]["values"]["last_step"] == 0
+
+    for h, name in (("closed_not_indexed", "c"), ("stale", "s"), ("open_at_kill", "o")):
+        w = AimRunWriter.open(repo_path, h, experiment="e", lock_timeout=1)
+        # the next sync re-sends the metadata (unchanged) and has no points left to send
+        w.set_info(name=name, description=None, params={"p": 1}, labels=["a=b"] if h == "closed_not_indexed" else [],
+                   archived=False)
+        assert not w._meta_dirty  # nothing was written
+        w.close()
+    repo = fresh(repo_path)
+    assert {r.hash for r in repo.iter_runs()} == {"closed_not_indexed", "stale", "open_at_kill"}
+    assert repo.get_run("stale").collect_sequence_info("metric")["metric"][0]["values"]["last_step"] == 1
+    assert repo.get_run("closed_not_indexed").active is False
+    assert metric(repo_path, "open_at_kill", "m")[0] == [0]
+
+
+def test_index_missing_heals_unindexed_and_stale_runs_and_is_a_no_op_when_all_is_well(repo_path):
+    with AimRunWriter.open(repo_path, "ok") as w:
+        w.write_points("m", {}, [0], [0.0], [T0])
+    with AimRunWriter.open(repo_path, "stale") as w:
+        w.write_points("m", {}, [0], [0.0], [T0])
+    for h in ("never1", "never2"):  # e.g. worker processes' runs; the parent was killed before index_runs
+        w = AimRunWriter.open(repo_path, h)
+        w.write_points("m", {}, [0], [0.0], [T0])
+        w.close(index=False)
+    w = AimRunWriter.open(repo_path, "stale")
+    w.write_points("m", {}, [1], [1.0], [T0 + 1])
+    w.close(index=False)
+    assert {r.hash for r in fresh(repo_path).iter_runs()} == {"ok", "stale"}
+
+    assert sorted(A.index_missing(repo_path)) == ["never1", "never2", "stale"]
+    repo = fresh(repo_path)
+    assert {r.hash for r in repo.iter_runs()} == {"ok", "stale", "never1", "never2"}
+    assert repo.get_run("stale").collect_sequence_info("metric")["metric"][0]["values"]["last_step"] == 1
+    # all is well now: nothing to do, and reading the runs back (Aim's readers) changes nothing
+    assert A.index_missing(repo_path) == []
+    assert metric(repo_path, "never1", "m")[0] == [0]
+    assert A.index_missing(Repo.from_path(str(repo_path))) == []
+
+
 # ------------------------------------------------------------------------------------------------
 # aim up's web API
 
@@ -443,6 +515,7 @@ def test_web_api_of_aim_up_shows_times_active_order_and_values(repo_path):
         batch = json.loads(_get(f"{base}/runs/older/metric/get-batch/",
                                 json.dumps([{"name": "loss", "context": {"subset": "train"}}]).encode()))
         assert batch[0]["iters"] == [0, 1, 2] and batch[0]["values"] == [None, 1.5, 0.5]  # NaN -> null
+
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
