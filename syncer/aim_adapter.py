@@ -24,6 +24,7 @@ Interface (all that the sink uses)::
     w.close()    # flush + index: listed by Repo.iter_runs / query_metrics / ``aim up``
     # many runs in a row: w.close(index=False) each, then one index_runs(repo, hashes)
     index_missing(repo) -> [hashes indexed]   # self-healing; once when a backfill / daemon starts
+    fresh_repo(path) -> aim.Repo              # in-process reads of what was just written
 
     system_metric_name("system/cpu_utilization_percentage") -> "__system__cpu"
     system_metric(name) -> (aim_name, context)     # context carries the GPU index, if any
@@ -50,6 +51,11 @@ How Aim 3.29 decides what the UI shows (read from its source):
   but the index's stamp differs from the chunk as it found it, and ``index_missing(repo)``
   repairs every such run at once (when a process starts: runs closed with ``index=False``
   whose batch ``index_runs`` never came are seen by nobody else);
+* ``Run.metrics()`` / ``Repo.query_metrics(q)`` / ``query_runs(q)`` add ``run.archived ==
+  False`` to every query that does not mention ``run.archived``: an archived run (MLflow
+  deleted) lists no metrics there, as with Aim's own SDK.  Its Run page shows them
+  (``collect_sequence_info``); read them with ``iter_metrics_info()`` + ``get_metric()`` or a
+  query with ``run.archived == True``;
 * the Run page's *System* tab holds every metric whose name starts with ``__system__``.
 
 Caveats (Aim 3.29 behaviour, not worked around here):
@@ -63,7 +69,10 @@ Caveats (Aim 3.29 behaviour, not worked around here):
   ``close(index=False)`` + one ``index_runs`` per sync pass keeps the window small;
 * Aim keys steps through a double: steps beyond +-2**53 are refused (they would collide);
 * metric min/max are running aggregates: overwriting a point with a different value does not
-  shrink them (Aim's own tracker behaves the same).
+  shrink them (Aim's own tracker behaves the same);
+* in one process, ``Repo.list_all_runs()`` is cached for 0.5 s per repo path, even across new
+  ``Repo`` objects: read with ``fresh_repo(path)`` right after writing (``get_run`` /
+  ``iter_runs`` are not cached).
 
 Bookkeeping of ours inside the run's meta tree: ``__mlflow_aim_syncer/labels`` (the tags this
 module added, so later syncs can drop the ones MLflow no longer has).
@@ -166,6 +175,7 @@ def check_aim_compatibility() -> None:
     need("aim.sdk.repo_utils", "get_repo")
     need("aim.sdk.index_manager", "RepoIndexManager.get_index_manager", "RepoIndexManager.index",
          "RepoIndexManager._get_run_checksum")
+    need("aim.sdk.repo", "Repo._all_run_hashes.cache_clear")
     need("aim.sdk.tracker", "RunTracker._track", "STEP_HASH_FUNCTIONS")
     need("aim.sdk.sequence", "SequenceV2Data.numpy")
     need("aim.storage.context", "Context")
@@ -1032,6 +1042,27 @@ def index_missing(repo, *, stale: bool = True) -> list[str]:
     log.info("indexing %d Aim run(s) missing from (or outdated in) the run index", len(todo))
     failed = set(index_runs(repo, todo))
     return [h for h in todo if h not in failed]
+
+
+def fresh_repo(path) -> Any:
+    """A new ``aim.Repo`` for reading what was written a moment ago in this same process.
+
+    ``Repo.list_all_runs()`` (``_all_run_hashes``) is cached for 0.5 s per repo *path* (a
+    ``ttl_cache`` keyed by the Repo object, which hashes and compares by path), so even a new
+    ``Repo(path)`` may list the runs of half a second ago; this drops that cache.  Other
+    processes (``aim up``) are not affected.  Close the returned Repo when done."""
+    from aim import Repo
+
+    Repo._all_run_hashes.cache_clear()
+    return Repo(_root_path(path))
+
+
+def _root_path(path) -> str:
+    """The repo root for ``aim.Repo``: ``path`` may be an ``aim.Repo``, its root or its ``.aim``."""
+    if hasattr(path, "root_path"):
+        return path.root_path
+    p = os.fspath(path)
+    return os.path.dirname(p.rstrip(os.sep)) if os.path.basename(p.rstrip(os.sep)) == ".aim" else p
 
 
 # ----------------------------------------------------------------------------------------------

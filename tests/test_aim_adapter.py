@@ -14,6 +14,8 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 
 import aim
@@ -362,6 +364,37 @@ def test_index_runs_batches_and_close_without_index(repo_path):
     assert {r.hash for r in fresh(repo_path).iter_runs()} == set(hashes)
 
 
+def test_archived_run_keeps_its_metrics_like_an_archived_aim_run(repo_path, template_repo, tmp_path):
+    """An archived run (MLflow deleted; archived set BEFORE the points, as the syncer does) has
+    its metrics.  `Run.metrics()` lists none for it, but that is Aim's own default query
+    (`run.archived == False` is added to every query without `run.archived`): a run archived
+    through Aim's SDK behaves the same.  The Run page (`collect_sequence_info`) and explicit
+    reads show them; see the aim up test for the web API."""
+    with AimRunWriter.open(repo_path, "arch", experiment="e") as w:
+        w.set_info(name="gone", description=None, params={"x": 1}, labels=[], archived=True)
+        w.write_points("loss", {}, [0], [1.0], [T0])
+        w.set_times(created_at=T0, ended_at=T0 + 1, active=False)
+    run = fresh(repo_path).get_run("arch")
+    assert run.archived is True
+    assert [(n, c.to_dict()) for n, c, _ in run.iter_metrics_info()] == [("loss", {})]
+    assert run.collect_sequence_info("metric")["metric"][0]["name"] == "loss"
+    assert metric(repo_path, "arch", "loss")[0] == [0]
+    assert [m.name for m in fresh(repo_path).query_metrics("run.archived == True", report_mode=0)] == ["loss"]
+
+    # the same with Aim's own SDK: metrics() is empty for an archived run
+    native = tmp_path / "native"
+    shutil.copytree(template_repo, native)
+    r = aim.Run(repo=str(native), system_tracking_interval=None, capture_terminal_logs=False)
+    r.track(1.0, name="loss", step=0)
+    r.archived = True
+    h = r.hash
+    r.close()
+    A.index_runs(native, [h])
+    native_run = fresh(native).get_run(h)
+    assert list(native_run.metrics()) == [] == list(run.metrics())
+    assert [n for n, _c, _r in native_run.iter_metrics_info()] == ["loss"]
+
+
 _KILLED_WRITER = """
 import os, sys
 sys.path.insert(0, {cwd!r})
@@ -434,6 +467,20 @@ def test_index_missing_heals_unindexed_and_stale_runs_and_is_a_no_op_when_all_is
     assert A.index_missing(Repo.from_path(str(repo_path))) == []
 
 
+def test_fresh_repo_lists_runs_written_a_moment_ago_in_the_same_process(repo_path):
+    """`Repo.list_all_runs()` is cached for 0.5 s per repo *path* (a ttl_cache keyed by the Repo,
+    which hashes by path), so even a new `Repo(path)` can list the runs of half a second ago;
+    `fresh_repo(path)` drops that cache.  Only in-process readers are affected."""
+    with AimRunWriter.open(repo_path, "first") as w:
+        w.write_points("m", {}, [0], [0.0], [T0])
+    assert A.fresh_repo(repo_path).list_all_runs() == ["first"]
+    with AimRunWriter.open(repo_path, "second") as w:
+        w.write_points("m", {}, [0], [0.0], [T0])
+    repo = A.fresh_repo(repo_path)
+    assert sorted(repo.list_all_runs()) == ["first", "second"]
+    assert repo.get_run("second") is not None
+
+
 # ------------------------------------------------------------------------------------------------
 # aim up's web API
 
@@ -468,7 +515,7 @@ def _stream_top_keys(data: bytes) -> list:
 
 
 @pytest.mark.slow
-def test_web_api_of_aim_up_shows_times_active_order_and_values(repo_path):
+def test_web_api_of_aim_up_shows_times_active_order_values_and_what_a_live_writer_adds(repo_path):
     with AimRunWriter.open(repo_path, "older", experiment="web") as w:
         w.set_info(name="older", description=None, params={"p": 1}, labels=["a=b"], archived=False)
         w.set_times(created_at=T0, ended_at=T0 + 90.5, active=False)
@@ -516,6 +563,50 @@ def test_web_api_of_aim_up_shows_times_active_order_and_values(repo_path):
                                 json.dumps([{"name": "loss", "context": {"subset": "train"}}]).encode()))
         assert batch[0]["iters"] == [0, 1, 2] and batch[0]["values"] == [None, 1.5, 0.5]  # NaN -> null
 
+        # a long-lived writer (the sync daemon: one pooled Repo) next to a running `aim up`:
+        # what it writes after aim up started shows in aim up's web API, without a restart
+        daemon_repo = Repo.from_path(str(repo_path))
+
+        def soon(check, what):
+            deadline = time.time() + 15
+            while True:
+                try:
+                    if check():
+                        return
+                except urllib.error.HTTPError:  # 404 while not visible yet
+                    pass
+                assert time.time() < deadline, f"aim up does not show {what}"
+                time.sleep(0.2)
+
+        def iters(run_hash):
+            return json.loads(_get(f"{base}/runs/{run_hash}/metric/get-batch/",
+                                   json.dumps([{"name": "loss", "context": {}}]).encode()))[0]["iters"]
+
+        def searched(q=""):
+            return _stream_top_keys(_get(f"{base}/runs/search/run/?q={urllib.parse.quote(q)}&report_progress=false"))
+
+        with AimRunWriter.open(daemon_repo, "later", experiment="web") as w:
+            w.set_info(name="later", description=None, params={"p": 2}, labels=[], archived=False)
+            w.set_times(created_at=T0 + 2000, ended_at=None, active=True)
+            w.write_points("loss", {}, [0], [3.0], [T0 + 2001])
+        soon(lambda: json.loads(_get(f"{base}/runs/later/info/"))["params"] == {"p": 2}, "a new run's info")
+        soon(lambda: "later" in searched(), "a new run in the runs table")
+        assert iters("later") == [0]
+        with AimRunWriter.open(daemon_repo, "later", experiment="web") as w:  # a later round: new points
+            w.write_points("loss", {}, [1, 2], [2.0, 1.0], [T0 + 2002, T0 + 2003])
+        soon(lambda: iters("later") == [0, 1, 2], "new points of a run it has shown")
+
+        # an archived run (MLflow deleted): its Run page lists and plots its metrics; the runs
+        # table shows it only when asked for archived runs (Aim's default query hides them)
+        with AimRunWriter.open(daemon_repo, "archived", experiment="web") as w:
+            w.set_info(name="archived", description=None, params={}, labels=[], archived=True)
+            w.write_points("loss", {}, [0], [4.0], [T0 + 3001])
+            w.set_times(created_at=T0 + 3000, ended_at=T0 + 3002, active=False)
+        soon(lambda: json.loads(_get(f"{base}/runs/archived/info/?sequence=metric"))["props"]["archived"], "an archived run")
+        traces = json.loads(_get(f"{base}/runs/archived/info/?sequence=metric"))["traces"]["metric"]
+        assert [(t["name"], t["context"]) for t in traces] == [("loss", {})]
+        assert iters("archived") == [0]
+        assert "archived" not in searched() and "archived" in searched("run.archived == True")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
