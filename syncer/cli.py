@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -124,17 +125,21 @@ def cli():
 
 @cli.command()
 @_common
+@click.option("--workers", type=click.IntRange(min=1), default=min(4, os.cpu_count() or 1), show_default=True,
+              envvar=ENV["workers"], show_envvar=True,
+              help="Processes writing runs in parallel (used for 8 runs or more).")
 @_one_line_errors
-def backfill(**kw):
+def backfill(workers, **kw):
     """Convert a whole MLflow store into an Aim repo, once.
 
     Safe to repeat and to kill: a second run writes only what is new."""
-    from .runner import open_syncer
+    from .runner import backfill_round, open_syncer
 
+    os.environ["_SYNCER_LOG_LEVEL"], os.environ["_SYNCER_LOG_FORMAT"] = kw["log_level"], kw["log_format"]
     cfg = _config(kw)
     syncer = open_syncer(cfg, strict_experiments=True, must_exist=True, progress=_progress_bar)
     try:
-        stats = syncer.round()
+        stats = backfill_round(cfg, syncer, workers)
     finally:
         syncer.close()
     click.echo(f"backfill: {stats.summary()}")
@@ -180,15 +185,13 @@ def status(aim_repo, state_path, show_aim):
         rows = list(st.report())
     finally:
         st.close()
+    for key, (t, ok, summary) in sorted(rounds.items()):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+        click.echo(f"last round of {key}: {when} ({'ok' if ok else 'with errors'}, "
+                   f"{summary.get('points', 0)} new points in {summary.get('seconds', 0):.1f} s)")
     width = max([len(str(r["experiment"])) for r in rows] + [10])
-    for source in sorted({r["source"] for r in rows} | set(rounds)):
-        line = f"source {source}"
-        if source in rounds:
-            t, ok, summary = rounds[source]
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-            line += (f": last round {when} ({'ok' if ok else 'with errors'}, "
-                     f"{summary.get('points', 0)} new points in {summary.get('seconds', 0):.1f} s)")
-        click.echo(line)
+    for source in sorted({r["source"] for r in rows}):
+        click.echo(f"source {source}")
         click.echo(f"  {'experiment':<{width}}  {'runs':>6}  {'points':>10}  errors")
         for r in (r for r in rows if r["source"] == source):
             click.echo(f"  {str(r['experiment']):<{width}}  {r['runs']:>6}  {r['points']:>10}  {len(r['errors'])}")

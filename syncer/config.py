@@ -32,6 +32,7 @@ ENV = {
     "interval": "SYNCER_INTERVAL",
     "no_watch": "SYNCER_NO_WATCH",
     "health_file": "SYNCER_HEALTH_FILE",
+    "workers": "SYNCER_WORKERS",
 }
 
 STATE_FILE = Path(".aim") / "mlflow-syncer" / "state.sqlite"

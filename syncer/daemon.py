@@ -60,7 +60,7 @@ class Daemon:
     # -- rounds ------------------------------------------------------------------------------
     def _open(self) -> Syncer:
         if self.syncer is None:
-            self.syncer = open_syncer(self.cfg, strict_experiments=False, must_exist=False)
+            self.syncer = open_syncer(self.cfg, strict_experiments=False, must_exist=False, progress=self._beat)
             if self.stopping.is_set():
                 self.syncer.stop.set()
         return self.syncer
@@ -100,12 +100,23 @@ class Daemon:
             self._failures = 0
             lvl = logging.INFO if (stats.runs_written or stats.errors) else logging.DEBUG
             log.log(lvl, "round: %s", stats.summary(), extra={"event": "round", "round": stats.as_dict()})
-            if self.cfg.health_file and not stats.errors:
-                self.cfg.health_file.parent.mkdir(parents=True, exist_ok=True)
-                self.cfg.health_file.touch()
+            if not stats.errors:
+                self._touch_health()
             self._ensure_watch()
         if self._dirty.is_set():  # changes arrived while we were busy
             self.kick()
+
+    def _beat(self, runs):
+        """Runs of a round, touching the health file after each: a first round that backfills a
+        large server takes long, and is healthy while it makes progress."""
+        for run in runs:
+            yield run
+            self._touch_health()
+
+    def _touch_health(self) -> None:
+        if self.cfg.health_file:
+            self.cfg.health_file.parent.mkdir(parents=True, exist_ok=True)
+            self.cfg.health_file.touch()
 
     def _retry_later(self, message: str | None) -> None:
         self._failures += 1

@@ -80,6 +80,14 @@ def select_experiments(exps: list[Experiment], options: Options) -> list[Experim
     return picked
 
 
+@dataclass
+class Plan:
+    experiments: list[Experiment]
+    runs: int
+    names: dict[str, str]  # run id -> run name (parents of nested runs)
+    todo: list[tuple[Experiment, RunRecord | BrokenRun]]
+
+
 class Stopped(Exception):
     """The round was cut at a safe point because a stop was requested."""
 
@@ -93,6 +101,10 @@ class Syncer:
         self.options = options
         self.progress = progress
         self.stop = threading.Event()
+        # worker processes leave indexing to their parent, which indexes all runs at once
+        self.index_on_close = True
+        self.unindexed: list[str] = []
+        self._described: set[str] = set()
 
     def close(self) -> None:
         self.state.close()
@@ -105,9 +117,18 @@ class Syncer:
     # -- the round ---------------------------------------------------------------------------
     def round(self) -> RoundStats:
         t0 = time.monotonic()
-        stats = RoundStats()
+        plan = self.plan()
+        stats = RoundStats(experiments=len(plan.experiments), runs=plan.runs)
+        iterable = self.progress(plan.todo) if (self.progress and plan.todo) else plan.todo
+        for exp, run in iterable:
+            if self.stop.is_set():
+                raise Stopped()
+            self.sync_one(exp, run, plan.names, stats)
+        return self.finish(stats, t0)
+
+    def plan(self) -> "Plan":
+        """List every run of the chosen experiments and pick those with something new."""
         exps = self._experiments()
-        stats.experiments = len(exps)
         work: list[tuple[Experiment, RunRecord | BrokenRun]] = []
         names: dict[str, str] = {}
         for exp in exps:
@@ -115,25 +136,25 @@ class Syncer:
                 work.append((exp, run))
                 if isinstance(run, RunRecord):
                     names[run.run_id] = run.name
-        stats.runs = len(work)
         todo = [(e, r) for e, r in work if self._needs_work(r)]
-        iterable = self.progress(todo) if (self.progress and todo) else todo
-        described: set[str] = set()
-        for exp, run in iterable:
-            if self.stop.is_set():
-                raise Stopped()
-            if exp.id not in described:
-                set_experiment_meta(self.repo, exp.name, exp.description)
-                described.add(exp.id)
-            if isinstance(run, BrokenRun):
-                msg = f"run {run.run_id} (experiment {exp.name!r}) cannot be read: {run.error}"
-                log.warning(msg)
-                stats.errors.append(msg)
-                self.state.save_error(run.run_id, aim_run_hash(run.run_id), exp.name, run.error)
-                continue
-            self._sync_run(exp, run, names, stats)
+        return Plan(exps, len(work), names, todo)
+
+    def sync_one(self, exp: Experiment, run: RunRecord | BrokenRun, names: dict[str, str], stats: RoundStats) -> None:
+        if exp.id not in self._described:
+            set_experiment_meta(self.repo, exp.name, exp.description)
+            self._described.add(exp.id)
+        if isinstance(run, BrokenRun):
+            msg = f"run {run.run_id} (experiment {exp.name!r}) cannot be read: {run.error}"
+            log.warning(msg)
+            stats.errors.append(msg)
+            self.state.save_error(run.run_id, aim_run_hash(run.run_id), exp.name, run.error)
+            return
+        self._sync_run(exp, run, names, stats)
+
+    def finish(self, stats: RoundStats, t0: float) -> RoundStats:
         stats.seconds = time.monotonic() - t0
         self.state.save_round(not stats.errors, stats.as_dict())
+        self._described.clear()  # experiment descriptions may change between rounds
         return stats
 
     def _experiments(self) -> list[Experiment]:
@@ -174,7 +195,9 @@ class Syncer:
             # times and the active flag last: a run shows as finished only once it has its data
             sink.set_times(meta)
         finally:
-            sink.close()
+            sink.close(index=self.index_on_close)
+            if not self.index_on_close:
+                self.unindexed.append(aim_hash)
         error = "; ".join(errors) or None
         # the fingerprint is committed last: a crash before this re-sends the run's metadata
         self.state.save_run(run.run_id, aim_hash, exp.name, run.fingerprint, run.status, error)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Callable, Iterable
 
 from .config import Config
-from .pipeline import Syncer, select_experiments
-from .sink import open_repo
+from .pipeline import RoundStats, Syncer, select_experiments
+from .sink import index_runs, open_repo
 from .source import local_path, open_source, redact
 from .state import State
 
@@ -33,5 +36,87 @@ def open_syncer(cfg: Config, *, strict_experiments: bool, must_exist: bool,
     repo, created = open_repo(cfg.aim_repo)
     if created:
         log.info("created a new Aim repo at %s", cfg.aim_repo)
-    state = State(cfg.state_path, source_identity(cfg.tracking_uri))
+    state = State(cfg.state_path, source_identity(cfg.tracking_uri), cfg.experiments)
     return Syncer(source, repo, state, options, progress=progress)
+
+
+# ---------------------------------------------------------------------------------------------
+# backfill with worker processes: Aim allows one writer per run, so runs are spread over
+# processes; each commits its own cursors (sqlite WAL); the parent indexes every run once.
+
+PARALLEL_MIN_RUNS = 8  # below this, starting worker processes costs more than it saves
+
+_worker: Syncer | None = None
+
+
+def _worker_init(cfg: Config) -> None:
+    global _worker
+    _die_with_parent()
+    configure_logging_from_parent()
+    _worker = open_syncer(cfg, strict_experiments=False, must_exist=True)
+    _worker.index_on_close = False
+
+
+def _worker_sync(exp, run, names) -> tuple[RoundStats, list[str]]:
+    assert _worker is not None
+    stats = RoundStats()
+    _worker.unindexed.clear()
+    _worker.sync_one(exp, run, names, stats)
+    return stats, list(_worker.unindexed)
+
+
+def _die_with_parent() -> None:
+    """A SIGKILLed backfill must not leave workers behind holding Aim run locks: exit as soon
+    as the parent is gone (its cursors are committed per run, so nothing is lost)."""
+    import os
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def configure_logging_from_parent() -> None:
+    import os
+
+    from .config import configure_logging
+
+    configure_logging(os.environ.get("_SYNCER_LOG_LEVEL", "info"), os.environ.get("_SYNCER_LOG_FORMAT", "text"))
+
+
+def backfill_round(cfg: Config, syncer: Syncer, workers: int) -> RoundStats:
+    """One round over the whole store, spread over `workers` processes when it is worth it."""
+    t0 = time.monotonic()
+    plan = syncer.plan()
+    if workers <= 1 or len(plan.todo) < PARALLEL_MIN_RUNS:
+        stats = RoundStats(experiments=len(plan.experiments), runs=plan.runs)
+        items = syncer.progress(plan.todo) if (syncer.progress and plan.todo) else plan.todo
+        for exp, run in items:
+            syncer.sync_one(exp, run, plan.names, stats)
+        return syncer.finish(stats, t0)
+
+    stats = RoundStats(experiments=len(plan.experiments), runs=plan.runs)
+    unindexed: list[str] = []
+    # big runs first, so no worker is left with one long run at the end
+    todo = sorted(plan.todo, key=lambda er: -sum(v for v in getattr(er[1], "metric_marks", {}).values()
+                                                   if isinstance(v, int)))
+    ctx = multiprocessing.get_context("spawn")  # no fork of open RocksDB/sqlite handles
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(cfg,)) as pool:
+        futures = [pool.submit(_worker_sync, exp, run, plan.names) for exp, run in todo]
+        done = as_completed(futures)
+        for fut in (syncer.progress(done) if syncer.progress else done):
+            part, hashes = fut.result()
+            stats.runs_written += part.runs_written
+            stats.points += part.points
+            stats.artifacts += part.artifacts
+            stats.errors.extend(part.errors)
+            unindexed.extend(hashes)
+    missed = index_runs(syncer.repo, unindexed)
+    if missed:
+        stats.errors.append(f"{len(missed)} Aim run(s) could not be indexed now; `aim up` indexes them itself")
+    return syncer.finish(stats, t0)

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,24 +35,34 @@ def repo_root(path: str | os.PathLike) -> Path:
     return p.parent if p.name == ".aim" else p
 
 
-def open_repo(path: str | os.PathLike) -> tuple[Any, bool]:
-    """The Aim repo at `path`, created when missing. Returns (repo, created)."""
+def open_repo(path: str | os.PathLike, attempts: int = 20) -> tuple[Any, bool]:
+    """The Aim repo at `path`, created when missing. Returns (repo, created).
+
+    Several syncers may start at once on one new repo (one per experiment set): Aim's index is
+    a RocksDB that one process at a time may hold while creating it, so a lock is retried."""
     from aim import Repo
 
     root = repo_root(path).resolve()
     created = not (root / ".aim").is_dir()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        if not os.access(root, os.W_OK) or (not created and not os.access(root / ".aim", os.W_OK)):
-            raise PermissionError(13, "Permission denied")
-        repo = Repo.from_path(str(root), init=created or not _schema_ready(root))
-    except PermissionError:
-        raise SinkError(f"the Aim repo {root} is not writable") from None
-    except OSError as e:
-        raise SinkError(f"cannot open the Aim repo {root}: {e.strerror or e}") from None
-    except Exception as e:
-        raise SinkError(f"cannot open the Aim repo {root}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    return repo, created
+    delay = 0.1
+    for attempt in range(attempts):
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            if not os.access(root, os.W_OK) or (not created and not os.access(root / ".aim", os.W_OK)):
+                raise PermissionError(13, "Permission denied")
+            return Repo.from_path(str(root), init=created or not _schema_ready(root)), created
+        except PermissionError:
+            raise SinkError(f"the Aim repo {root} is not writable") from None
+        except OSError as e:
+            raise SinkError(f"cannot open the Aim repo {root}: {e.strerror or e}") from None
+        except Exception as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if "lock" in msg.lower() and attempt < attempts - 1:
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            raise SinkError(f"cannot open the Aim repo {root}: {msg}") from None
+    raise AssertionError("unreachable")
 
 
 MAX_STEP = 2**53  # Aim keys points by a hash of the step as a double: larger steps collide
@@ -180,8 +191,16 @@ class RunSink:
         obj = aim_object(kind, local_file, path)
         self.writer.write_objects(path, {"kind": kind}, 0, timestamp, obj)
 
-    def close(self) -> None:
-        self.writer.close()
+    def close(self, index: bool = True) -> None:
+        """Close the run; with index=False it stays invisible until `index_runs` is called."""
+        self.writer.close(index=index)
+
+
+def index_runs(repo, hashes: list[str]) -> list[str]:
+    """Make closed runs visible to Aim's queries and UI at once; returns those not indexed."""
+    from . import aim_adapter
+
+    return aim_adapter.index_runs(repo, hashes)
 
 
 def finite_or_none(x: float | None) -> float | None:

@@ -57,10 +57,12 @@ class RunState:
 
 
 class State:
-    def __init__(self, path: str | Path, source: str):
+    def __init__(self, path: str | Path, source: str, experiments: tuple[str, ...] = ()):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.source = source
+        # syncers that split one server by experiment share its cursors but not their rounds
+        self.round_key = source + (f" [experiments: {' '.join(experiments)}]" if experiments else "")
         # several syncers (one per experiment set) may share one repo and one state file
         # rounds never overlap, but the daemon's rounds run on a scheduler thread
         self.db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None, check_same_thread=False)
@@ -133,14 +135,12 @@ class State:
             """INSERT INTO rounds (source, finished_at, ok, summary) VALUES (?,?,?,?)
                ON CONFLICT(source) DO UPDATE SET finished_at=excluded.finished_at, ok=excluded.ok,
                  summary=excluded.summary""",
-            (self.source, time.time(), int(ok), json.dumps(summary)),
+            (self.round_key, time.time(), int(ok), json.dumps(summary)),
         )
 
     # -- status report ------------------------------------------------------------------------
     def report(self) -> Iterator[dict[str, Any]]:
-        """Per source and experiment: runs, points, runs in error; and the last round."""
-        rounds = {s: (t, ok, json.loads(summ or "{}")) for s, t, ok, summ in
-                  self.db.execute("SELECT source, finished_at, ok, summary FROM rounds")}
+        """Per source and experiment: runs, points, runs in error."""
         rows = self.db.execute(
             """SELECT r.source, r.experiment, COUNT(*), COALESCE(SUM(m.points), 0),
                       GROUP_CONCAT(CASE WHEN r.error IS NOT NULL THEN r.run_id || ': ' || r.error END, '\n')
@@ -155,7 +155,6 @@ class State:
                 "runs": n,
                 "points": points,
                 "errors": errors.split("\n") if errors else [],
-                "last_round": rounds.get(source),
             }
 
     def last_rounds(self) -> dict[str, tuple[float, bool, dict]]:

@@ -38,6 +38,21 @@ def committed_cursors(state_db) -> int:
         return 0
 
 
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        return []
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def start_backfill(store, repo) -> subprocess.Popen:
     return subprocess.Popen(syncer_cmd("backfill", "--mlflow-tracking-uri", str(store), "--aim-repo", str(repo)),
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -60,8 +75,14 @@ def test_sigkill_at_any_moment_then_resume(tmp_path):
                 break
             time.sleep(0.01)
         if p.poll() is None:
+            workers = children(p.pid)
             os.kill(p.pid, signal.SIGKILL)
             kills += 1
+            # worker processes die with their parent: none left holding Aim run locks
+            deadline = time.monotonic() + 10
+            while any(alive(w) for w in workers) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not any(alive(w) for w in workers), f"orphaned workers {workers}"
         _out, err = p.communicate()
         assert p.returncode in (0, -signal.SIGKILL), err  # a resumed backfill must not fail
     assert kills >= 2, "the backfill finished before it could be killed: make the store bigger"

@@ -219,3 +219,24 @@ def test_bad_repo_is_a_one_line_error(tmp_path):
                                   str(tmp_path / "afile" / "repo")), cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith("Error: ") and "Aim repo" in p.stderr
+
+
+def test_two_syncers_split_one_store_into_one_new_repo(tmp_path):
+    """One syncer per experiment set, started together on a repo that does not exist yet."""
+    uri = str(tmp_path / "mlruns")
+    repo = tmp_path / "aim"
+    wa = start_writer(uri, "set-a", 3, tmp_path / "a.json")
+    wb = start_writer(uri, "set-b", 3, tmp_path / "b.json")
+    logged = {**finish_writer(wa, tmp_path / "a.json"), **finish_writer(wb, tmp_path / "b.json")}
+    da = Daemon(uri, repo, "--experiment", "set-a", interval=1).start(ready=False)
+    db = Daemon(uri, repo, "--experiment", "set-b", interval=1).start(ready=False)
+    try:
+        assert_exact(wait_until_synced(repo, logged, timeout=90), logged)
+        for d in (da, db):
+            rc, _ = d.stop()
+            assert rc == 0, d.text()
+    finally:
+        da.kill()
+        db.kill()
+    st = run_syncer("status", "--aim-repo", str(repo))
+    assert "[experiments: set-a]" in st.stdout and "[experiments: set-b]" in st.stdout, st.stdout
