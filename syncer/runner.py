@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 
 from .config import Config
 from .pipeline import RoundStats, Syncer, select_experiments
-from .sink import index_runs, open_repo
+from .sink import heal_index, index_runs, open_repo
 from .source import local_path, open_source, redact
 from .state import State
 
@@ -36,6 +36,8 @@ def open_syncer(cfg: Config, *, strict_experiments: bool, must_exist: bool,
     repo, created = open_repo(cfg.aim_repo)
     if created:
         log.info("created a new Aim repo at %s", cfg.aim_repo)
+    elif healed := heal_index(repo):
+        log.info("made %d Aim run(s) visible that an interrupted sync had left unindexed", len(healed))
     state = State(cfg.state_path, source_identity(cfg.tracking_uri), cfg.experiments)
     return Syncer(source, repo, state, options, progress=progress)
 

@@ -196,6 +196,13 @@ class RunSink:
         self.writer.close(index=index)
 
 
+def heal_index(repo) -> list[str]:
+    """Index runs that a killed writer left invisible to Aim's queries and UI (once, at start)."""
+    from . import aim_adapter
+
+    return aim_adapter.index_missing(repo)
+
+
 def index_runs(repo, hashes: list[str]) -> list[str]:
     """Make closed runs visible to Aim's queries and UI at once; returns those not indexed."""
     from . import aim_adapter
