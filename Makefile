@@ -33,7 +33,20 @@ demo: $(LOGS)/.trained
 	@echo
 	@echo "Look at them in Aim's UI:   $(VENV)/bin/aim up --repo $(LOGS)    (then open http://127.0.0.1:43800)"
 
-test: install
+# Chromium for the screenshot tests in tests/test_ui.py: installed with apt-get when missing and we are
+# root; otherwise a note, and those tests skip (the web API tests in that file still run).
+.PHONY: ui-deps
+ui-deps:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium for tests/test_ui.py"; \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver) >/dev/null \
+			|| echo "note: could not install chromium; the Chromium tests in tests/test_ui.py will skip"; \
+	else \
+		echo "note: chromium is not installed (as root: apt-get install chromium chromium-driver); the Chromium tests in tests/test_ui.py will skip"; \
+	fi
+
+test: install ui-deps
 	$(PY) -m pytest -q
 
 clean:
