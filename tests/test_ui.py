@@ -419,7 +419,8 @@ def write_crafted(uri: str, between) -> dict:
         if name == "sweep-fold-1":
             t["mlflow.parentRunId"] = runs["sweep"]["run_id"]
         rid = client.create_run(exp_id, run_name=name, start_time=start, tags=t).info.run_id
-        client.log_batch(rid, params=[Param("learning_rate", "5e-05"), Param("_name_or_path", "bert-base-multilingual-cased")])
+        client.log_batch(rid, params=[Param("learning_rate", "5e-05"),
+                                      Param("_name_or_path", "bert-base-multilingual-cased")])
         acc = [(s, 0.3 + s / 50, start + 60_000 * s + 17) for s in range(10)]
         loss = [(s, 1.1 - s / 20, start + 60_000 * s + 18) for s in range(10)]
         log_points(client, rid, "eval_de_accuracy", acc[:5])
@@ -439,24 +440,28 @@ def write_crafted(uri: str, between) -> dict:
     return {"experiment_id": exp_id, "runs": runs}
 
 
-def wait_rounds(log: Path, proc: subprocess.Popen, n: int = 2, timeout: float = 180) -> None:
-    """Until `syncer sync` has ended n more rounds (its JSON log's "round" events, written at the end of
-    every round at debug level): the last of them started after everything written before this call.
-    (The health file cannot tell: it is also touched after each run within a round.)"""
-    def rounds() -> int:
-        count = 0
-        for line in log.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                count += json.loads(line).get("event") == "round"
-        return count
+def round_events(log: Path) -> list[dict]:
+    """The "round" events of `syncer sync --log-format json --log-level debug`: one at the end of every round."""
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            doc = json.loads(line)
+            if doc.get("event") == "round":
+                out.append(doc["round"])
+    return out
 
-    want, deadline = rounds() + n, time.monotonic() + timeout
-    while rounds() < want:
+
+def wait_rounds(log: Path, proc: subprocess.Popen, n: int = 2, timeout: float = 180) -> list[dict]:
+    """Until `syncer sync` has ended n more rounds: the last of them started after everything written
+    before this call. (The health file cannot tell: it is also touched after each run within a round.)"""
+    want, deadline = len(round_events(log)) + n, time.monotonic() + timeout
+    while len(rounds := round_events(log)) < want:
         if proc.poll() is not None:
             raise AssertionError(f"syncer sync exited with {proc.returncode}")
         if time.monotonic() > deadline:
             raise AssertionError(f"syncer sync did not end {n} rounds within {timeout} s")
         time.sleep(0.1)
+    return rounds
 
 
 @pytest.fixture(scope="module")
@@ -469,12 +474,12 @@ def crafted(tmp_path_factory):
                                        "--interval", "1", "--health-file", str(health),
                                        "--log-format", "json", "--log-level", "debug"),
                             cwd=ROOT, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
-    problem = None
+    problem, phase1 = None, []
     try:
         def between():
-            nonlocal problem
+            nonlocal problem, phase1
             try:
-                wait_rounds(log, proc)
+                phase1 = wait_rounds(log, proc)
             except AssertionError as e:
                 problem = f"phase 1: {e}"
 
@@ -497,7 +502,7 @@ def crafted(tmp_path_factory):
     backfilled = d / "backfilled"
     run_syncer("backfill", "--mlflow-tracking-uri", str(store), "--aim-repo", str(backfilled), check=True)
     return {**logged, "store": store, "live": live, "backfilled": backfilled, "sync_rc": rc,
-            "sync_log": log, "problem": problem}
+            "sync_log": log, "problem": problem, "phase1_rounds": phase1, "rounds": round_events(log)}
 
 
 @pytest.fixture(scope="module")
@@ -599,6 +604,10 @@ def comparable(info: dict) -> dict:
 def test_live_sync_and_backfill_show_the_same(crafted, crafted_web, tmp_path):
     assert crafted["problem"] is None, f"{crafted['problem']}\n{crafted['sync_log'].read_text()[-3000:]}"
     assert crafted["sync_rc"] == 0, crafted["sync_log"].read_text()[-3000:]
+    # live, every point was sent once: half of them while all runs were RUNNING, the rest later
+    assert sum(r["points"] for r in crafted["phase1_rounds"]) == len(CRAFTED) * 2 * 5
+    assert sum(r["points"] for r in crafted["rounds"]) == len(CRAFTED) * 2 * 10
+    assert not [r["errors"] for r in crafted["rounds"] if r["errors"]]
     back = crafted_web
     everything = "run.archived == True or run.archived == False"
     with aim_up(crafted["live"], tmp_path / "aim-up-live.log") as live:
@@ -629,7 +638,7 @@ def test_runs_table_shows_mlflow_dates_and_durations_in_chromium(crafted, crafte
     for row in table:
         r = runs[row["run"]]
         start = datetime.fromtimestamp(r["start"] / 1000, timezone.utc)
-        assert row["date"] == start.strftime("%H:%M:%S · %d %b, %y"), row  # MLflow's start, e.g. "22:13:20 · 14 Nov, 23"
+        assert row["date"] == start.strftime("%H:%M:%S · %d %b, %y"), row  # MLflow's start: "22:13:20 · 14 Nov, 23"
         if r["shown"]:
             assert row["duration"] == r["shown"], row
         assert row["experiment"] == EXP
