@@ -20,7 +20,7 @@ from watchdog.observers import Observer
 
 from .config import Config
 from .pipeline import Stopped, Syncer
-from .runner import open_syncer
+from .runner import heal, open_syncer
 from .sink import SinkError, open_repo
 from .source import SourceError, SourceUnavailable, local_path
 
@@ -61,6 +61,7 @@ class Daemon:
     def _open(self) -> Syncer:
         if self.syncer is None:
             self.syncer = open_syncer(self.cfg, strict_experiments=False, must_exist=False, progress=self._beat)
+            heal(self.syncer)
             if self.stopping.is_set():
                 self.syncer.stop.set()
         return self.syncer

@@ -306,6 +306,8 @@ class Syncer:
             "run_id": run.run_id,
             "experiment_id": run.experiment_id,
             "experiment_name": exp.name,
+            # Aim experiments have a description but no tags: MLflow's experiment tags live here
+            "experiment_tags": {k: v for k, v in exp.tags.items() if not k.startswith("mlflow.")},
             "run_name": run.name,
             "status": run.status,
             "lifecycle_stage": run.lifecycle_stage,

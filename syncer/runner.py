@@ -26,6 +26,14 @@ def source_identity(uri: str) -> str:
     return redact(uri).rstrip("/")
 
 
+def heal(syncer: Syncer) -> None:
+    """Once per process that writes (the backfill's parent, the daemon; not the workers): make
+    visible the runs an interrupted sync left out of Aim's run index."""
+    healed = heal_index(syncer.repo)
+    if healed:
+        log.info("made %d Aim run(s) visible that an interrupted sync had left unindexed", len(healed))
+
+
 def open_syncer(cfg: Config, *, strict_experiments: bool, must_exist: bool,
                 progress: Callable[[Iterable], Iterable] | None = None) -> Syncer:
     """A Syncer with its source, Aim repo and state open; `Syncer.close()` closes them."""
@@ -36,8 +44,6 @@ def open_syncer(cfg: Config, *, strict_experiments: bool, must_exist: bool,
     repo, created = open_repo(cfg.aim_repo)
     if created:
         log.info("created a new Aim repo at %s", cfg.aim_repo)
-    elif healed := heal_index(repo):
-        log.info("made %d Aim run(s) visible that an interrupted sync had left unindexed", len(healed))
     state = State(cfg.state_path, source_identity(cfg.tracking_uri), cfg.experiments)
     return Syncer(source, repo, state, options, progress=progress)
 
@@ -94,6 +100,7 @@ def configure_logging_from_parent() -> None:
 def backfill_round(cfg: Config, syncer: Syncer, workers: int) -> RoundStats:
     """One round over the whole store, spread over `workers` processes when it is worth it."""
     t0 = time.monotonic()
+    heal(syncer)
     plan = syncer.plan()
     if workers <= 1 or len(plan.todo) < PARALLEL_MIN_RUNS:
         stats = RoundStats(experiments=len(plan.experiments), runs=plan.runs)

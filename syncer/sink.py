@@ -235,8 +235,9 @@ def summarize_repo(path: str | os.PathLike) -> list[dict[str, Any]]:
         for run in repo.iter_runs():
             exp = exps.setdefault(run.experiment or "(none)", {"experiment": run.experiment or "(none)",
                                                                "runs": [], "metrics": {}, "points": 0})
-            exp["runs"].append(run.name)
-            for m in run.metrics():
+            exp["runs"].append(run.name + (" (archived)" if run.archived else ""))
+            for name, context, _ in run.iter_metrics_info():  # run.metrics() skips archived runs
+                m = run.get_metric(name, context)
                 exp["metrics"].setdefault(m.name, set()).add(tuple(sorted(m.context.to_dict().items())))
                 steps, _ = m.data.numpy()
                 exp["points"] += len(steps)

@@ -216,15 +216,17 @@ def run_syncer(*args: str, env: dict | None = None, timeout: float = 300, check:
 
 def read_aim(repo_path: Path | str) -> dict[str, dict]:
     """Every run in the Aim repo, through Aim's SDK, keyed by MLflow run id."""
-    from aim import Repo
+    from syncer.aim_adapter import fresh_repo
 
-    repo = Repo(str(repo_path))  # not Repo.from_path: its pooled instance would not see new runs
+    repo = fresh_repo(repo_path)  # Aim caches a repo's run list per path for 0.5 s
     out = {}
     for h in repo.list_all_runs():
         run = repo.get_run(h)
         mlflow_info = run.get("mlflow") or {}
         metrics = {}
-        for m in run.metrics():
+        # not run.metrics(): Aim's queries leave out archived runs unless asked for them
+        for name, context, _ in run.iter_metrics_info():
+            m = run.get_metric(name, context)
             ctx = m.context.to_dict()
             steps, (values, _epochs, timestamps) = m.data.numpy()
             metrics[(m.name, tuple(sorted(ctx.items())))] = {

@@ -57,6 +57,7 @@ def test_backfill_fidelity(any_store, tmp_path, aim_repo):
     assert ml["run_id"] == runs["finished"]["run_id"] and ml["status"] == "FINISHED"
     assert ml["start_time"] == T0 and ml["end_time"] == T0 + 3_600_000 and ml["user"] == "ann"
     assert ml["experiment_id"] == logged["experiment_id"] and ml["artifact_uri"]
+    assert ml["experiment_tags"] == {"team": "nlp"}
     assert fin["params"]["tags"] == {"team": "nlp", "stage": "final"}
     assert fin["labels"] == ["stage=final", "team=nlp"]
 
