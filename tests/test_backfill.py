@@ -299,3 +299,33 @@ def test_broken_runs_warn_and_the_rest_converts(tmp_path, aim_repo):
     assert {a["path"]: a["copied_as"] for a in fin["params"]["artifacts"]}["predictions.txt"] == "text"
     st = run_syncer("status", "--aim-repo", str(aim_repo))
     assert st.returncode == 0 and runs["failed"]["run_id"] in st.stdout, st.stdout
+
+
+def test_restored_run_is_unarchived_and_custom_state_path(tmp_path, aim_repo):
+    uri = str(tmp_path / "mlruns")
+    logged = populate(uri, tmp_path)
+    deleted = logged["runs"]["deleted"]["run_id"]
+    state = tmp_path / "elsewhere" / "state.sqlite"
+    backfill(uri, aim_repo, "--state", str(state))
+    assert state.exists() and not (aim_repo / ".aim" / "mlflow-syncer").exists()
+    assert read_aim(aim_repo)[deleted]["archived"] is True
+    client_for(uri).restore_run(deleted)
+    out = backfill(uri, aim_repo, "--state", str(state))
+    assert "1 updated" in out and " 0 points" in out, out  # only the restored run, nothing re-sent
+    assert read_aim(aim_repo)[deleted]["archived"] is False
+
+
+def test_steps_aim_cannot_key_are_skipped_with_a_warning(tmp_path, aim_repo):
+    from mlflow.entities import Metric
+
+    uri = str(tmp_path / "mlruns")
+    c = client_for(uri)
+    run = c.create_run(c.create_experiment("huge"), run_name="r", start_time=T0)
+    c.log_batch(run.info.run_id, metrics=[Metric("m", 1.0, T0, 2**53), Metric("m", 2.0, T0 + 1, 2**60),
+                                          Metric("m", 3.0, T0 + 2, -(2**62))])
+    c.set_terminated(run.info.run_id, end_time=T0 + 3)
+    p = run_syncer("backfill", "--mlflow-tracking-uri", uri, "--aim-repo", str(aim_repo))
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "skipped 2 point(s)" in p.stderr and "'m'" in p.stderr
+    (r,) = read_aim(aim_repo).values()
+    assert metric(r, "m")["steps"] == [2**53] and metric(r, "m")["values"] == [1.0]
