@@ -20,9 +20,14 @@ Interface (all that the sink uses)::
     w.set_times(created_at=1.7e9, ended_at=None, active=True)         # seconds since epoch
     w.write_points("loss", {"subset": "train"}, steps, values, timestamps, epochs=None)
     w.write_objects("samples", {}, step, timestamp, aim.Text("..."))  # aim.Image / Text / Audio
-    w.flush()    # durable: structured DB committed, RocksDB WAL fsync'ed (not yet listed)
+    w.flush()    # durable: structured DB committed, RocksDB WAL fsync'ed; new points of
+                 # sequences the index lists are readable by other processes from here on
     w.close()    # flush + index: listed by Repo.iter_runs / query_metrics / ``aim up``
     # many runs in a row: w.close(index=False) each, then one index_runs(repo, hashes)
+    # a writer kept open across syncs (a running run, the sync daemon):
+    w.index_due(max_age=5.0) -> bool          # new run / metadata / sequence: now; else <= 5 s
+    index_writers([w, ...])                   # flush + index while open (one index pass)
+    close_writers([w, ...])                   # close all, one index pass for those that need it
     index_missing(repo) -> [hashes indexed]   # self-healing; once when a backfill / daemon starts
     fresh_repo(path) -> aim.Repo              # in-process reads of what was just written
 
@@ -58,6 +63,24 @@ How Aim 3.29 decides what the UI shows (read from its source):
   query with ``run.archived == True``;
 * the Run page's *System* tab holds every metric whose name starts with ``__system__``.
 
+Keeping a writer open (what ``syncer sync`` does for a RUNNING MLflow run, so a round with a
+few new points neither reopens three RocksDB databases nor re-indexes):
+
+* readers in other processes open the ``seqs`` chunk read-only, which replays the writer's
+  WAL: new points of a sequence already in the index are visible right after :meth:`flush`
+  (tested with a reader subprocess).  What only the index holds (the run itself, params, end
+  time, the list of sequences, each sequence's last value / step / min / max shown in the
+  tables) is refreshed by ``index_writers`` when ``index_due()`` says so;
+* the run's lock (``locks/<hash>.softlock``) and its ``meta/progress/<hash>`` marker stay
+  while it is open: another writer (a second syncer for the same run, ``aim.Run(hash)``, the
+  ``aim`` CLI's run commands) cannot write that run meanwhile and gets :class:`AimRunLocked`
+  after its timeout; ``aim up`` lists the run under ``/api/runs/active/`` meanwhile;
+* a SIGKILLed holder leaves the lock and an index that lags the chunk: Aim takes a lock over
+  when its recorded pid (same machine) is dead, and :func:`_drop_own_stale_lock` when it names
+  this very pid but predates this process (containers restarted with the same pid);
+  ``index_missing`` at start-up re-indexes the run.  A lock left by another machine id (e.g. a
+  *recreated* container with a new MAC address) is not taken over: ``aim runs close --force``.
+
 Caveats (Aim 3.29 behaviour, not worked around here):
 
 * a running run (``end_time`` None) is shown as active but is not in ``/api/runs/active/``
@@ -77,7 +100,9 @@ Caveats (Aim 3.29 behaviour, not worked around here):
 Bookkeeping of ours inside the run's meta tree: ``__mlflow_aim_syncer/labels`` (the tags this
 module added, so later syncs can drop the ones MLflow no longer has).
 
-Not thread-safe: one writer per run, used from one thread.
+Not thread-safe: one writer per run, used from one thread at a time (a writer kept open
+across syncs may be used by another thread once the first is done with it, e.g. closed by
+the main thread after the scheduler thread stopped).
 """
 
 from __future__ import annotations
@@ -103,6 +128,10 @@ SUPPORTED_AIM = ((3, 29), (3, 30))  # [3.29, 3.30)
 
 # Steps are hashed by Aim through a C double: integers beyond 2**53 would collide.
 MAX_ABS_STEP = 2**53
+
+# A writer kept open flushes its seqs memtable to an SST file after this many points, so the WAL
+# that every reader's read-only open replays stays short (~1.5 MB).
+MEMTABLE_FLUSH_POINTS = 5000
 
 _HASH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _SYSTEM_PREFIX = "__system__"  # aim.ext.resource.configs.AIM_RESOURCE_METRIC_PREFIX
@@ -173,6 +202,8 @@ def check_aim_compatibility() -> None:
         "Repo.from_path", "Repo.exists", "Repo._get_index_container", "ContainerConfig",
     )
     need("aim.sdk.repo_utils", "get_repo")
+    need("aim.sdk.lock_manager", "LockManager.softlock_fname", "LockManager.machine_id", "SFRunLock")
+    need("filelock", "SoftFileLock.lock_file", "SoftFileLock.timeout", "SoftFileLock.is_thread_local")
     need("aim.sdk.index_manager", "RepoIndexManager.get_index_manager", "RepoIndexManager.index",
          "RepoIndexManager._get_run_checksum")
     need("aim.sdk.repo", "Repo._all_run_hashes.cache_clear")
@@ -420,7 +451,8 @@ class AimRunWriter:
         self._stamp_at_open = None
         self.repo = repo
         self.hash = run_hash
-        self._lock = repo.request_run_lock(run_hash, timeout=lock_timeout)
+        _drop_own_stale_lock(repo, run_hash)
+        self._lock = _thread_free(repo.request_run_lock(run_hash, timeout=lock_timeout))
         try:
             self._lock.lock()
         except Exception as e:
@@ -443,10 +475,21 @@ class AimRunWriter:
             self._seqs: dict[tuple[int, str], _SeqInfo] = {}
             self._contexts: set[int] = set()
             self._tracker = None
-            self._meta_dirty = False  # meta chunk changed: index it on close
+            # what the run index (``meta/index``) lacks; see index_due() / index()
+            self._meta_dirty = False  # the meta chunk changed since the run was last indexed
+            # ... in a way readers of the index notice at once: the run, its metadata (params,
+            # end time) or its list of sequences (a new metric name / context, objects)
+            self._index_urgent = self._stamp_at_open is None
+            self._stale_checked = False  # whether the index was compared with the chunk as found
+            self._indexed_open = False  # indexed while open: the stamp changes again on close
+            self._last_index = time.monotonic()
+            self._wal_dirty = {"meta": False, "seqs": False}  # written since the last flush()
+            self._seqs_unflushed = 0  # points written since the seqs memtable was last flushed
+            self._props_committed: dict[str, Any] = {}  # structured-DB values as last committed
             self._pending: dict[str, Any] = {}  # structured-DB changes, committed by flush/close
             if not repo.structured_db.find_run(run_hash):
                 self._pending["create"] = True
+                self._index_urgent = True
             if experiment is not None:
                 self._pending["experiment"] = str(experiment)
             self._init_meta()
@@ -468,11 +511,17 @@ class AimRunWriter:
         if self.meta_run_tree.get("end_time", _MISSING) is _MISSING:
             self._tree_set(batch, ("meta", "chunks", self.hash, "end_time"), None)
         if batch.count() != n:
-            self._meta_commit(batch)
+            self._meta_commit(batch, urgent=True)
 
-    def _meta_commit(self, batch) -> None:
+    def _meta_commit(self, batch, *, urgent: bool = False) -> None:
+        """Commit a batch to the meta chunk.  ``urgent``: the change must reach the run index
+        soon (see :meth:`index_due`); otherwise it is per-sequence bookkeeping (last value,
+        last step, min, max) that may lag a few seconds."""
         self._meta_c.commit(batch)
         self._meta_dirty = True
+        self._wal_dirty["meta"] = True
+        if urgent:
+            self._index_urgent = True
 
     def _seqs_container(self):
         """The run's ``seqs`` chunk, opened on first use, with a vector memtable and larger
@@ -508,28 +557,74 @@ class AimRunWriter:
 
     def flush(self) -> None:
         """Make everything written so far durable: commit the structured-DB changes, fsync the
-        RocksDB write-ahead logs.  Visibility to readers needs :meth:`close`."""
+        RocksDB write-ahead logs (only of the chunks written since the last flush: a flush with
+        nothing new costs nothing).
+
+        Points of a sequence the run index already lists are then visible to readers in other
+        processes (``aim up``, a new ``aim.Repo``): they open the ``seqs`` chunk read-only,
+        which replays this writer's WAL.  What lives in the index (the run itself, its params,
+        end time, its list of sequences, their last value / step) needs :meth:`index` or
+        :meth:`close`."""
         self._check_open()
         self._commit_props()
-        self._meta_c.db.flush_wal(True)
-        if self._seqs_c is not None:
-            self._seqs_c.db.flush_wal(True)
+        for name, attr in (("meta", "_meta_c"), ("seqs", "_seqs_c")):
+            c = self.__dict__.get(attr)
+            if c is not None and self._wal_dirty[name]:
+                c.db.flush_wal(True)
+                self._wal_dirty[name] = False
+        if self._seqs_unflushed >= MEMTABLE_FLUSH_POINTS and self._seqs_c is not None:
+            # every reader's read-only open replays the WAL: keep it short for a writer that
+            # stays open (the memtable goes to an SST file, a new WAL starts)
+            self._seqs_c.db.flush()
+            self._seqs_unflushed = 0
 
-    def close(self, *, index: bool = True) -> None:
+    # ---- the run index while open -----------------------------------------------------------
+
+    def index_due(self, max_age: float = 5.0) -> bool:
+        """Whether the run index should be refreshed now for this (open) run: at once when the
+        run is not in the index (or the index holds an older state than the chunk this writer
+        found: a killed writer), or when the run's metadata or list of sequences changed; at
+        most every ``max_age`` seconds when only points of known sequences were added (their
+        last value / step in Aim's tables lag that much; the points themselves are readable
+        right after :meth:`flush`)."""
+        self._check_open()
+        if not self._stale_checked:
+            self._stale_checked = True
+            if not self._index_urgent and not self._indexed_open:
+                found = _index_stamps(self.repo, [self.hash]).get(self.hash)
+                if found != self._stamp_at_open:
+                    self._index_urgent = True
+        if self._index_urgent:
+            return True
+        return self._meta_dirty and time.monotonic() - self._last_index >= max_age
+
+    def index(self) -> bool:
+        """Flush and copy the run, as it is now, into the run index while keeping it open for
+        writing (what ``aim up``'s indexer does for runs being written).  Returns whether it was
+        indexed (``False``: the index is held by another process; try again later)."""
+        return not index_writers([self])
+
+    def _indexed(self) -> None:
+        self._meta_dirty = self._index_urgent = False
+        self._stale_checked = self._indexed_open = True
+        self._last_index = time.monotonic()
+
+    def close(self, *, index: bool = True) -> bool:
         """Commit, flush and close the run's storage, index it (so ``Repo.iter_runs``,
         ``get_run``, ``query_metrics`` and ``aim up`` list it at once) and release the lock.
         Idempotent.  ``index=False`` skips indexing: then call :func:`index_runs` for a batch
-        of closed runs (one index open for all).  A session that wrote nothing still indexes
-        when the index does not hold the run as this session found it (an earlier writer was
-        killed before indexing): a read-only look-up of the index, a few ms."""
+        of closed runs (one index open for all), or use :func:`close_writers`.  A session that
+        wrote nothing still indexes when the index does not hold the run as this session found
+        it (an earlier writer was killed before indexing): a read-only look-up of the index, a
+        few ms.  Returns whether the run (still) needs indexing."""
         if self._closed:
-            return
+            return False
         try:
             self._commit_props()
         except BaseException:
             self._release(index=False)  # never list a run whose structured-DB row is missing
             raise
-        self._release(index=index)
+        return self._release(index=index)
 
     def __enter__(self) -> "AimRunWriter":
         return self
@@ -537,12 +632,14 @@ class AimRunWriter:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _release(self, *, index: bool) -> None:
+    def _release(self, *, index: bool, check_stale: bool = False) -> bool:
         from aim.sdk.repo import ContainerConfig
 
         self._closed = True
         try:
-            dirty = self._meta_dirty
+            # indexed while open: closing flushes the memtables, so the chunk's files (and the
+            # index's freshness stamp of them) change once more
+            dirty = self._meta_dirty or self._index_urgent or self._indexed_open
             for name in ("_meta_c", "_seqs_c"):
                 c = self.__dict__.pop(name, None)
                 if c is not None:
@@ -551,13 +648,14 @@ class AimRunWriter:
                 self.repo.container_pool.pop(ContainerConfig(sub, self.hash, False), None)
             self.meta_tree = self.meta_run_tree = self._series_run_trees = None
             self._tracker = None
-            if index and not dirty:
+            if not dirty and not self._stale_checked and (index or check_stale):
                 # nothing written now, but an earlier writer (killed, or closed with
                 # index=False and never indexed) may have left the index without this run or
                 # with an older state of it: the index's stamp then differs from the chunk's
                 dirty = self._stamp_at_open is None or _index_stamps(self.repo, [self.hash]).get(self.hash) != self._stamp_at_open
             if index and dirty:
-                index_runs(self.repo, [self.hash])
+                dirty = bool(index_runs(self.repo, [self.hash]))
+            return dirty
         finally:
             lock, self._lock = self._lock, None
             if lock is not None:
@@ -636,6 +734,7 @@ class AimRunWriter:
             except BaseException:
                 session.rollback()
                 raise
+        self._props_committed.update((k, p[k]) for k in ("created_at", "finalized_at") if k in p)
         self._pending = {}
 
     # ---- info / times -----------------------------------------------------------------------
@@ -680,7 +779,7 @@ class AimRunWriter:
         if list(ours_before) != labels:
             self._tree_set(batch, ("meta", "chunks", self.hash, _OWN_KEY, "labels"), labels)
         if batch.count():
-            self._meta_commit(batch)
+            self._meta_commit(batch, urgent=True)
 
     def set_times(self, *, created_at: float, ended_at: float | None, active: bool) -> None:
         """Creation time (MLflow start), end time (MLflow end) and the active flag, in seconds
@@ -693,14 +792,13 @@ class AimRunWriter:
             end = None
         else:
             end = float(ended_at) if ended_at is not None else created_at
-        self._pending.update(
-            created_at=_utc_naive(created_at),
-            finalized_at=_utc_naive(end) if end is not None else None,
-        )
+        times = {"created_at": _utc_naive(created_at), "finalized_at": _utc_naive(end) if end is not None else None}
+        if any(self._props_committed.get(k, _MISSING) != v for k, v in times.items()):
+            self._pending.update(times)  # a writer kept open commits them once, not every sync
         if self.meta_run_tree.get("end_time", _MISSING) != end:
             batch = self._meta_c.batch()
             self._tree_set(batch, ("meta", "chunks", self.hash, "end_time"), end)
-            self._meta_commit(batch)
+            self._meta_commit(batch, urgent=True)
 
     # ---- metrics ----------------------------------------------------------------------------
 
@@ -819,6 +917,8 @@ class AimRunWriter:
         # series data first, then its metadata: a crash in between leaves metadata that lags
         # (never metadata pointing at missing points); re-sending the chunk repairs it.
         seqs_c.db.write(batch)
+        self._wal_dirty["seqs"] = True
+        self._seqs_unflushed += n
 
         mbatch = self._meta_c.batch()
         mset = self._meta_c.set
@@ -852,7 +952,9 @@ class AimRunWriter:
         if vmin < info.min:
             meta_put("min", vmin)
             info.min = vmin
-        self._meta_commit(mbatch)
+        # a new sequence must reach the index soon (readers find sequences there); new points
+        # of a known one are read from the seqs chunk, only its last value / step lag
+        self._meta_commit(mbatch, urgent=info.new)
         info.new = False
 
     # ---- objects ----------------------------------------------------------------------------
@@ -883,7 +985,9 @@ class AimRunWriter:
             raise ValueError(f"Aim sequence {name!r} in context {ctx.to_dict()!r} holds metric values")
         if self._tracker is None:
             self._tracker = RunTracker(self)  # reads `meta_tree`, `meta_run_tree`, ... of self
-        self._meta_dirty = True
+        # RunTracker writes both chunks itself; a new object sequence must reach the index
+        self._meta_dirty = self._index_urgent = True
+        self._wal_dirty["meta"] = self._wal_dirty["seqs"] = True
         self._tracker._track(
             obj, float(timestamp), name, operator.index(step), None if epoch is None else operator.index(epoch),
             context=ctx.to_dict(),
@@ -950,6 +1054,100 @@ def index_runs(repo, run_hashes: Iterable[str], *, attempts: int = 10) -> list[s
     if failed:
         log.warning("could not index Aim run(s) %s", ", ".join(failed))
     return failed
+
+
+def index_writers(writers: Iterable["AimRunWriter"]) -> list["AimRunWriter"]:
+    """Flush the given open writers (of one repo) and copy their runs, as they are now, into
+    the run index in one pass (one open of the index DB), keeping them open for writing.
+    Returns the writers not indexed now (the index is busy: try again later)."""
+    writers = [w for w in writers if not w._closed]
+    if not writers:
+        return []
+    for w in writers:
+        w.flush()  # the indexer reads the chunk through its own read-only handle: WAL on disk
+    failed = set(index_runs(writers[0].repo, [w.hash for w in writers]))
+    for w in writers:
+        if w.hash not in failed:
+            w._indexed()
+    return [w for w in writers if w.hash in failed]
+
+
+def close_writers(writers: Iterable["AimRunWriter"], *, index: bool = True) -> list[str]:
+    """Close several writers (of one repo), then index those that need it in one pass: what a
+    long-lived syncer does when it stops.  Every writer is closed even if one fails (the first
+    error is raised after).  Returns the hashes not indexed (``index=False``: all that need it)."""
+    todo, error = [], None
+    repo = None
+    for w in list(writers):
+        repo = w.repo
+        try:
+            w._commit_props()
+        except BaseException as e:
+            w._release(index=False)
+            error = error or e
+            continue
+        try:
+            if w._release(index=False, check_stale=index):
+                todo.append(w.hash)
+        except BaseException as e:
+            error = error or e
+    missed = index_runs(repo, todo) if (index and todo) else todo
+    if error is not None:
+        raise error
+    return missed
+
+
+def _thread_free(run_lock):
+    """Aim's run lock with a ``filelock.SoftFileLock`` that any thread may release.
+
+    Aim makes it with filelock's default ``thread_local=True``: a release from another thread
+    than the one that locked is a silent no-op, and the lock file stays (held for good as far
+    as this process is concerned).  A writer kept open between the daemon's rounds may be
+    opened on one scheduler worker thread and closed on another, or on the main thread."""
+    sf = getattr(run_lock, "_sf_lock", None)
+    if sf is not None and sf.is_thread_local():
+        from filelock import SoftFileLock
+
+        run_lock._sf_lock = SoftFileLock(sf.lock_file, timeout=sf.timeout, thread_local=False)
+    return run_lock
+
+
+def _drop_own_stale_lock(repo, run_hash: str) -> None:
+    """Remove a run lock that an earlier process with *this* process's id left behind.
+
+    Aim frees a run lock whose writer died only when the recorded pid is not alive; a
+    container restarted after a SIGKILL often gets the same pid (e.g. 7 under ``init: true``),
+    so the dead writer's lock would look held by us.  A lock file naming this machine and this
+    pid but written before this process started cannot be ours: it is stale."""
+    from aim.sdk.lock_manager import LockManager
+
+    path = os.path.join(repo.path, "locks", LockManager.softlock_fname(run_hash))
+    try:
+        with open(path) as fh:
+            machine, pid, *_ = fh.read().split("-")
+        if int(machine) != LockManager.machine_id or int(pid) != os.getpid():
+            return
+        if os.stat(path).st_mtime >= _process_started():
+            return  # taken by this process (another writer object in it): a real conflict
+        log.info("removing a stale lock of Aim run %s left by an earlier process with this pid", run_hash)
+        os.unlink(path)
+    except (OSError, ValueError):
+        return
+
+
+_started: float | None = None
+
+
+def _process_started() -> float:
+    global _started
+    if _started is None:
+        try:
+            import psutil
+
+            _started = psutil.Process().create_time()
+        except Exception:  # pragma: no cover - no psutil: never take a lock over
+            _started = -math.inf
+    return _started
 
 
 def _chunk_stamp(repo, run_hash: str) -> str | None:

@@ -482,6 +482,125 @@ def test_fresh_repo_lists_runs_written_a_moment_ago_in_the_same_process(repo_pat
 
 
 # ------------------------------------------------------------------------------------------------
+# a writer kept open between syncs (the sync daemon, a RUNNING run)
+
+_OTHER_PROCESS_READER = """
+import json, sys
+from aim import Repo
+from aim.storage.context import Context
+repo = Repo(sys.argv[1])
+run = repo.get_run(sys.argv[2])
+out = None
+if run is not None:
+    m = run.get_metric("m", Context({}))
+    info = {t["name"]: t["values"]["last_step"] for t in run.collect_sequence_info("metric")["metric"]}
+    out = {"steps": None if m is None else m.data.numpy()[0].tolist(), "last_step": info, "params": run[...],
+           "active": run.active}
+repo.close()
+print(json.dumps(out))
+"""
+
+
+def _read_elsewhere(repo_path, run_hash):
+    p = subprocess.run([sys.executable, "-c", _OTHER_PROCESS_READER, str(repo_path), run_hash],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_open_writer_new_points_readable_elsewhere_after_flush_without_reindexing(repo_path):
+    """Points of a sequence the index lists: readable by another process right after flush()
+    (its read-only open replays the WAL); the index's bookkeeping (last step) and metadata only
+    after index_writers(); index_due() says when that is needed."""
+    w = AimRunWriter.open(repo_path, "open", experiment="e")
+    try:
+        assert w.index_due()  # a new run: due at once
+        w.set_info(name="o", description=None, params={"p": 1}, labels=[], archived=False)
+        w.set_times(created_at=T0, ended_at=None, active=True)
+        w.write_points("m", {}, [0, 1], [0.0, 1.0], [T0, T0 + 1])
+        assert A.index_writers([w]) == []
+        assert not w.index_due(max_age=3600)
+        assert _read_elsewhere(repo_path, "open") == {"steps": [0, 1], "last_step": {"m": 1}, "params": {"p": 1},
+                                                       "active": True}
+        for step in (2, 3):
+            w.write_points("m", {}, [step], [float(step)], [T0 + step])
+            w.flush()
+            assert not w.index_due(max_age=3600)  # points only: the index may lag
+            got = _read_elsewhere(repo_path, "open")
+            assert got["steps"] == list(range(step + 1)) and got["last_step"] == {"m": 1}
+        assert w.index_due(max_age=0)  # ... but not longer than max_age
+        w.flush()
+        w.set_times(created_at=T0, ended_at=None, active=True)  # unchanged: nothing to commit or index
+        assert not w._pending and not w._wal_dirty["meta"] and not w.index_due(max_age=3600)
+        w.set_info(name="o", description=None, params={"p": 2}, labels=[], archived=False)  # metadata: due now
+        assert w.index_due(max_age=3600)
+        w.index()
+        assert _read_elsewhere(repo_path, "open") == {"steps": [0, 1, 2, 3], "last_step": {"m": 3},
+                                                       "params": {"p": 2}, "active": True}
+        w.write_points("n", {}, [0], [0.0], [T0])  # a new sequence: due now
+        assert w.index_due(max_age=3600)
+    finally:
+        assert A.close_writers([w]) == []
+    assert A.index_missing(repo_path) == []  # closing re-indexed it as closed
+    assert metric(repo_path, "open", "n")[0] == [0]
+
+
+def test_open_writer_found_stale_in_the_index_is_due_at_once(repo_path):
+    """A writer killed with the run open left the index behind its chunk: the next writer's
+    index_due() says so at once, even when it writes nothing new."""
+    with AimRunWriter.open(repo_path, "k") as w:
+        w.write_points("m", {}, [0], [0.0], [T0])
+    w = AimRunWriter.open(repo_path, "k")
+    w.write_points("m", {}, [1], [1.0], [T0 + 1])
+    w.close(index=False)  # as if killed before indexing
+    w = AimRunWriter.open(repo_path, "k")
+    try:
+        assert w.index_due(max_age=3600)
+        assert w.index()
+        assert not w.index_due(max_age=3600)
+    finally:
+        w.close()
+    assert _read_elsewhere(repo_path, "k")["last_step"] == {"m": 1}
+
+
+def test_writer_closed_on_another_thread_releases_its_lock(repo_path):
+    """The daemon opens a run's writer on a scheduler thread and may close it on another (or on
+    the main thread at shutdown): the run lock must really be released."""
+    import threading
+
+    box = {}
+    t = threading.Thread(target=lambda: box.setdefault("w", AimRunWriter.open(repo_path, "t")))
+    t.start()
+    t.join()
+    w = box["w"]
+    w.write_points("m", {}, [0], [0.0], [T0])
+    w.close()
+    assert not (repo_path / ".aim" / "locks" / "t.softlock").exists()
+    AimRunWriter.open(repo_path, "t", lock_timeout=0.2).close()
+
+
+def test_lock_left_by_an_earlier_process_with_our_pid_is_taken_over(repo_path):
+    """A container restarted after a SIGKILL often gets the same pid: Aim sees the dead writer's
+    lock as held by a live process (us). A lock naming this pid written before this process
+    started is stale; one written since is a real conflict."""
+    from aim.sdk.lock_manager import LockManager
+
+    with AimRunWriter.open(repo_path, "pid") as w:
+        w.write_points("m", {}, [0], [0.0], [T0])
+    lock = repo_path / ".aim" / "locks" / "pid.softlock"
+    lock.write_text(f"{LockManager.machine_id}-{os.getpid()}-{time.time() - 10**6}")
+    os.utime(lock, (time.time() - 10**6, time.time() - 10**6))  # before this process started
+    with AimRunWriter.open(repo_path, "pid", lock_timeout=0.2) as w:
+        w.write_points("m", {}, [1], [1.0], [T0 + 1])
+    assert metric(repo_path, "pid", "m")[0] == [0, 1]
+
+    lock.write_text(f"{LockManager.machine_id}-{os.getpid()}-{time.time()}")  # written since we started
+    with pytest.raises(AimRunLocked):
+        AimRunWriter.open(repo_path, "pid", lock_timeout=0.2)
+    lock.unlink()
+
+
+# ------------------------------------------------------------------------------------------------
 # aim up's web API
 
 
