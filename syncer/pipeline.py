@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 
 from . import mapping
 from .mapping import ContextMapper
-from .sink import RunMeta, RunSink, aim_run_hash, artifact_kind, set_experiment_meta
+from .sink import RunMeta, RunSink, aim_run_hash, artifact_kind, close_sinks, refresh_index, set_experiment_meta
 from .source import BrokenRun, Experiment, RunReadError, RunRecord, Source, SourceError
 from .state import State
 
@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_ARTIFACT_BYTES = 10 * 1024 * 1024
 # a huge run commits its cursors every this many points, so a crash re-sends at most this much
 COMMIT_EVERY_POINTS = 200_000
+# a RUNNING run's Aim writer kept open between rounds refreshes its run-index entry at most this
+# often when only points were added (its last value / step in Aim's tables lag this much; the
+# points themselves are readable after each round's flush); a new run, changed metadata or a new
+# metric is indexed in the round that wrote it
+INDEX_MAX_AGE_S = 5.0
 
 
 @dataclass
@@ -86,6 +91,7 @@ class Plan:
     runs: int
     names: dict[str, str]  # run id -> run name (parents of nested runs)
     todo: list[tuple[Experiment, RunRecord | BrokenRun]]
+    active: set[str] = field(default_factory=set)  # Aim hashes of the runs listed RUNNING (not deleted)
 
 
 class Stopped(Exception):
@@ -105,14 +111,35 @@ class Syncer:
         self.index_on_close = True
         self.unindexed: list[str] = []
         self._described: set[str] = set()
+        # round() (the sync daemon, round after round) keeps the Aim writer of a RUNNING run open
+        # until the run ends, is deleted, fails, is no longer listed, or close(); sync_one() alone
+        # (backfill) opens and closes. Not thread-safe: rounds and close() one at a time.
+        self.keep_running_open = True
+        self.index_max_age = INDEX_MAX_AGE_S
+        self._kept: dict[str, RunSink] = {}  # Aim hash -> sink kept open between rounds
 
     def close(self) -> None:
-        self.state.close()
-        self.source.close()
         try:
-            self.repo.close()
-        except Exception as e:  # closing is best effort; the data is already durable
-            log.debug("closing the Aim repo: %s", e)
+            self.close_open_runs()
+        except Exception as e:  # their points and cursors are durable; heal_index at start indexes
+            log.warning("closing the Aim runs kept open: %s", e)
+        finally:
+            self.state.close()
+            self.source.close()
+            try:
+                self.repo.close()
+            except Exception as e:  # closing is best effort; the data is already durable
+                log.debug("closing the Aim repo: %s", e)
+
+    def close_open_runs(self) -> int:
+        """Close (and index) every Aim run kept open between rounds; returns how many."""
+        sinks, self._kept = list(self._kept.values()), {}
+        if sinks:
+            missed = close_sinks(sinks)
+            log.info("closed %d Aim run(s) kept open between rounds", len(sinks))
+            if missed:
+                log.warning("%d Aim run(s) could not be indexed now; `aim up` or the next start does", len(missed))
+        return len(sinks)
 
     # -- the round ---------------------------------------------------------------------------
     def round(self) -> RoundStats:
@@ -123,23 +150,43 @@ class Syncer:
         for exp, run in iterable:
             if self.stop.is_set():
                 raise Stopped()
-            self.sync_one(exp, run, plan.names, stats)
+            self.sync_one(exp, run, plan.names, stats, keep_open=self.keep_running_open)
+        self._settle_open_runs(plan.active)
         return self.finish(stats, t0)
+
+    def _settle_open_runs(self, active: set[str]) -> None:
+        """After a round: close the kept writers of runs no longer listed as running (deleted
+        for good, moved out of the chosen experiments), refresh the index entries that are due."""
+        gone = [h for h in self._kept if h not in active]
+        if gone:
+            missed = close_sinks([self._kept.pop(h) for h in gone])
+            if missed:
+                log.warning("%d Aim run(s) could not be indexed now; `aim up` or the next start does", len(missed))
+        if self._kept:
+            busy = refresh_index(list(self._kept.values()), self.index_max_age)
+            if busy:
+                log.debug("Aim's run index is busy; %d open run(s) indexed next round", len(busy))
 
     def plan(self) -> "Plan":
         """List every run of the chosen experiments and pick those with something new."""
         exps = self._experiments()
         work: list[tuple[Experiment, RunRecord | BrokenRun]] = []
         names: dict[str, str] = {}
+        active: set[str] = set()
         for exp in exps:
             for run in self.source.runs(exp):
                 work.append((exp, run))
                 if isinstance(run, RunRecord):
                     names[run.run_id] = run.name
+                    if run.running and not run.deleted:
+                        active.add(aim_run_hash(run.run_id))
         todo = [(e, r) for e, r in work if self._needs_work(r)]
-        return Plan(exps, len(work), names, todo)
+        return Plan(exps, len(work), names, todo, active)
 
-    def sync_one(self, exp: Experiment, run: RunRecord | BrokenRun, names: dict[str, str], stats: RoundStats) -> None:
+    def sync_one(self, exp: Experiment, run: RunRecord | BrokenRun, names: dict[str, str], stats: RoundStats,
+                 keep_open: bool = False) -> None:
+        """Sync one run. `keep_open`: a RUNNING run's Aim writer stays open for the next round
+        (Syncer.round() only: it closes what it keeps)."""
         if exp.id not in self._described:
             set_experiment_meta(self.repo, exp.name, exp.description)
             self._described.add(exp.id)
@@ -148,8 +195,14 @@ class Syncer:
             log.warning(msg)
             stats.errors.append(msg)
             self.state.save_error(run.run_id, aim_run_hash(run.run_id), exp.name, run.error)
+            self._close_kept(aim_run_hash(run.run_id))
             return
-        self._sync_run(exp, run, names, stats)
+        self._sync_run(exp, run, names, stats, keep_open)
+
+    def _close_kept(self, aim_hash: str) -> None:
+        sink = self._kept.pop(aim_hash, None)
+        if sink is not None:
+            sink.close(index=self.index_on_close)
 
     def finish(self, stats: RoundStats, t0: float) -> RoundStats:
         stats.seconds = time.monotonic() - t0
@@ -171,7 +224,8 @@ class Syncer:
         return any(self.source.metric_changed(run, k, cursors.get(k)) for k in run.metric_marks)
 
     # -- one run -----------------------------------------------------------------------------
-    def _sync_run(self, exp: Experiment, run: RunRecord, names: dict[str, str], stats: RoundStats) -> None:
+    def _sync_run(self, exp: Experiment, run: RunRecord, names: dict[str, str], stats: RoundStats,
+                  keep_open: bool = False) -> None:
         aim_hash = aim_run_hash(run.run_id)
         prev = self.state.run(run.run_id)
         cursors = self.state.cursors(run.run_id)
@@ -186,7 +240,8 @@ class Syncer:
         if not (meta_changed or metrics_changed or new_artifacts or errors):
             return  # a running run with nothing new: Aim is not touched
         meta = self._run_meta(exp, run, names, artifacts or [])
-        sink = RunSink(self.repo, aim_hash, exp.name)
+        sink = self._kept.pop(aim_hash, None) or RunSink(self.repo, aim_hash, exp.name)
+        keep = False
         try:
             if meta_changed or new_artifacts:
                 sink.set_info(meta)
@@ -194,10 +249,18 @@ class Syncer:
             stats.artifacts += self._sync_artifacts(run, sink, new_artifacts, errors)
             # times and the active flag last: a run shows as finished only once it has its data
             sink.set_times(meta)
+            if keep_open and meta.active and not errors:
+                # stays open for the next round: durable now (points readable by other processes
+                # at once); the run index is refreshed when due, after the round
+                sink.flush()
+                keep = True
         finally:
-            sink.close(index=self.index_on_close)
-            if not self.index_on_close:
-                self.unindexed.append(aim_hash)
+            if keep:
+                self._kept[aim_hash] = sink
+            else:
+                sink.close(index=self.index_on_close)
+                if not self.index_on_close:
+                    self.unindexed.append(aim_hash)
         error = "; ".join(errors) or None
         # the fingerprint is committed last: a crash before this re-sends the run's metadata
         self.state.save_run(run.run_id, aim_hash, exp.name, run.fingerprint, run.status, error)

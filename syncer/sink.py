@@ -195,6 +195,29 @@ class RunSink:
         """Close the run; with index=False it stays invisible until `index_runs` is called."""
         self.writer.close(index=index)
 
+    # a sink kept open between rounds (the daemon, for a RUNNING run): its points are readable
+    # by other processes after each flush; the run index is refreshed by `refresh_index`
+    def index_due(self, max_age: float) -> bool:
+        return self.writer.index_due(max_age)
+
+
+def refresh_index(sinks: list[RunSink], max_age: float) -> list[str]:
+    """Refresh the run-index entry of the open sinks that need it (a new run, changed metadata or
+    a new sequence: now; only new points: at most every `max_age` s), in one pass over the index.
+    Returns the hashes that could not be indexed now (the index is busy; retried later)."""
+    from . import aim_adapter
+
+    due = [s.writer for s in sinks if s.index_due(max_age)]
+    return [w.hash for w in aim_adapter.index_writers(due)] if due else []
+
+
+def close_sinks(sinks: list[RunSink]) -> list[str]:
+    """Close several open sinks, indexing those that need it in one pass (every sink is closed
+    even when one fails). Returns the hashes not indexed now (`aim up` or the next start does)."""
+    from . import aim_adapter
+
+    return aim_adapter.close_writers([s.writer for s in sinks]) if sinks else []
+
 
 def heal_index(repo) -> list[str]:
     """Index runs that a killed writer left invisible to Aim's queries and UI (once, at start)."""

@@ -240,3 +240,137 @@ def test_two_syncers_split_one_store_into_one_new_repo(tmp_path):
         db.kill()
     st = run_syncer("status", "--aim-repo", str(repo))
     assert "[experiments: set-a]" in st.stdout and "[experiments: set-b]" in st.stdout, st.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# a RUNNING run's Aim writer stays open between the daemon's rounds
+
+READER = r"""
+import json, sys
+from aim import Repo
+from aim.storage.context import Context
+repo = Repo(sys.argv[1])  # a fresh process: nothing cached, what `aim up` or a notebook sees
+run = repo.get_run(sys.argv[2])
+out = {"listed": run is not None}
+if run is not None:
+    out["active"] = run.active
+    out["end_time"] = run.end_time
+    out["metrics"] = {}
+    for name, ctx, _ in run.iter_metrics_info():
+        steps, _vals = run.get_metric(name, ctx).data.numpy()
+        out["metrics"][name] = steps.tolist()
+    out["last_step"] = {t["name"]: t["values"]["last_step"] for t in run.collect_sequence_info("metric")["metric"]}
+repo.close()
+print(json.dumps(out))
+"""
+
+
+def read_in_other_process(repo: Path, run_hash: str) -> dict:
+    p = subprocess.run([sys.executable, "-c", READER, str(repo), run_hash], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_running_run_writer_is_kept_open_between_rounds_and_closed_when_it_ends(tmp_path, monkeypatch):
+    """In-process rounds (what the daemon runs): the writer of a RUNNING run is opened once; a
+    round with one new point neither reopens it nor re-indexes, yet another process reads the
+    point right after the round; a new metric is indexed in its round, points-only changes at
+    most every `index_max_age`; the run ending in MLflow closes the writer (finished in Aim)."""
+    from conftest import T0, client_for, log_points
+    from syncer import aim_adapter
+    from syncer.config import Config
+    from syncer.runner import open_syncer
+    from syncer.sink import aim_run_hash
+
+    uri, repo = str(tmp_path / "mlruns"), tmp_path / "aim"
+    client = client_for(uri)
+    run_id = client.create_run(client.create_experiment("keep"), run_name="r", start_time=T0).info.run_id
+    log_points(client, run_id, "loss", [(s, float(s), T0 + s) for s in range(100)])
+    h = aim_run_hash(run_id)
+
+    opens, indexed = [], []
+    real_open, real_index = aim_adapter.AimRunWriter.open.__func__, aim_adapter.index_runs
+    monkeypatch.setattr(aim_adapter.AimRunWriter, "open",
+                        classmethod(lambda cls, *a, **kw: opens.append(a[1]) or real_open(cls, *a, **kw)))
+    monkeypatch.setattr(aim_adapter, "index_runs", lambda r, hs, **kw: indexed.append(list(hs)) or real_index(r, hs, **kw))
+
+    syncer = open_syncer(Config(tracking_uri=uri, aim_repo=repo), strict_experiments=False, must_exist=True)
+    syncer.index_max_age = 3600.0  # points-only re-indexing off until asked for below
+    try:
+        assert syncer.round().points == 100
+        assert opens == [h] and indexed == [[h]]  # a new run: indexed in its first round
+        got = read_in_other_process(repo, h)
+        assert got["metrics"] == {"loss": list(range(100))} and got["active"] is True
+
+        for step in (100, 101, 102):
+            log_points(client, run_id, "loss", [(step, float(step), T0 + step)])
+            assert syncer.round().points == 1
+            assert opens == [h] and indexed == [[h]]  # neither reopened nor re-indexed
+            got = read_in_other_process(repo, h)
+            assert got["metrics"]["loss"] == list(range(step + 1))  # readable at once, in another process
+            assert got["last_step"] == {"loss": 99}  # the index's bookkeeping lags (until index_max_age)
+        assert os.path.exists(repo / ".aim" / "locks" / f"{h}.softlock")  # held between rounds
+
+        log_points(client, run_id, "acc", [(0, 0.5, T0 + 200)])  # a new metric: indexed in its round
+        assert syncer.round().points == 1
+        assert opens == [h] and indexed == [[h], [h]]
+        assert read_in_other_process(repo, h)["metrics"] == {"loss": list(range(103)), "acc": [0]}
+
+        syncer.index_max_age = 0.0  # points only, but the index entry is due
+        log_points(client, run_id, "loss", [(103, 103.0, T0 + 300)])
+        assert syncer.round().points == 1
+        assert opens == [h] and len(indexed) == 3
+        assert read_in_other_process(repo, h)["last_step"] == {"loss": 103, "acc": 0}
+        assert syncer.round().points == 0 and len(indexed) == 3  # nothing new: nothing to index
+
+        client.set_terminated(run_id, "FINISHED", end_time=T0 + 400)  # the run ends: writer closed
+        syncer.round()
+        assert not syncer._kept and not os.path.exists(repo / ".aim" / "locks" / f"{h}.softlock")
+        got = read_in_other_process(repo, h)
+        assert got["active"] is False and got["end_time"] == (T0 + 400) / 1000
+        assert got["metrics"] == {"loss": list(range(104)), "acc": [0]}
+        assert aim_adapter.index_missing(repo) == []  # the index holds the run as closed
+    finally:
+        syncer.close()
+
+
+def test_sigterm_closes_the_writers_kept_open(tmp_path):
+    """A daemon holding a RUNNING run's writer open stops on SIGTERM within 10 s (exit 0), closing
+    it: the lock is free, the index up to date, every point there; a later daemon sees the run
+    end and Aim shows it finished."""
+    from conftest import T0, client_for, log_points
+    from syncer import aim_adapter
+    from syncer.sink import aim_run_hash
+
+    uri, repo = str(tmp_path / "mlruns"), tmp_path / "aim"
+    client = client_for(uri)
+    run_id = client.create_run(client.create_experiment("stop"), run_name="r", start_time=T0).info.run_id
+    log_points(client, run_id, "loss", [(s, float(s), T0 + s) for s in range(50)])
+    h = aim_run_hash(run_id)
+    lock = repo / ".aim" / "locks" / f"{h}.softlock"
+    d = Daemon(uri, repo, interval=0.5).start()
+    try:
+        wait_for(lambda: read_in_other_process(repo, h).get("metrics") == {"loss": list(range(50))}, timeout=60)
+        log_points(client, run_id, "loss", [(50, 50.0, T0 + 50)])
+        wait_for(lambda: read_in_other_process(repo, h).get("metrics", {}).get("loss") == list(range(51)), timeout=30)
+        assert lock.exists()  # the running run stays open between rounds
+        rc, took = d.stop(signal.SIGTERM)
+        assert rc == 0 and took < 10, d.text()
+        assert "closed 1 Aim run(s) kept open" in d.text() and "Traceback" not in d.text()
+    finally:
+        d.kill()
+    assert not lock.exists()
+    assert aim_adapter.index_missing(repo) == []  # nothing left for the next start to heal
+    got = read_in_other_process(repo, h)
+    assert got["active"] is True and got["last_step"] == {"loss": 50}  # still RUNNING in MLflow
+    aim_adapter.AimRunWriter.open(repo, h, lock_timeout=0.5).close()  # free for other writers
+
+    client.set_terminated(run_id, "FINISHED", end_time=T0 + 100)
+    d2 = Daemon(uri, repo, interval=0.5).start()
+    try:
+        wait_for(lambda: read_in_other_process(repo, h).get("active") is False, timeout=60)
+        rc, _ = d2.stop()
+        assert rc == 0, d2.text()
+    finally:
+        d2.kill()
+    assert read_in_other_process(repo, h)["end_time"] == (T0 + 100) / 1000
