@@ -3,6 +3,12 @@
 One apscheduler interval job runs the rounds (never two at once; missed runs coalesced). On a
 local store a watchdog observer pulls the job's next run forward to "shortly" after a change
 (debounced), so new points reach Aim in about a second instead of a whole interval.
+
+Between rounds the Syncer keeps the Aim writer of each RUNNING run open (see `Syncer.round`), so
+a round with a few new points only writes and flushes them. Those writers are used by one round
+at a time (apscheduler's worker threads, never two rounds at once) and closed by the Syncer when
+their run ends, or by `shutdown()` on the main thread once the scheduler has stopped (no round
+runs any more): each run's lock is released and its index entry brought up to date.
 """
 
 from __future__ import annotations
@@ -201,7 +207,9 @@ class Daemon:
         self.scheduler.shutdown(wait=True)  # the round in flight stops at its next safe point
         if self.observer is not None:
             self.observer.join(timeout=2)
-        self._close()  # state is committed per chunk; nothing stays open
+        # after the scheduler stopped, so no round uses them: close the Aim runs kept open (lock
+        # freed, index up to date); state is committed per chunk
+        self._close()
         log.info("stopped in %.1f s", time.monotonic() - t0)
         return 2 if self.fatal else 0
 

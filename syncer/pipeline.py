@@ -31,6 +31,11 @@ COMMIT_EVERY_POINTS = 200_000
 # points themselves are readable after each round's flush); a new run, changed metadata or a new
 # metric is indexed in the round that wrote it
 INDEX_MAX_AGE_S = 5.0
+# ... and is closed after this long without new data (MLflow keeps crashed runs RUNNING for good:
+# their writers must not stay open, holding locks, file handles and memory), and beyond this
+# many open writers the least recently written are closed
+KEEP_OPEN_IDLE_S = 60.0
+KEEP_OPEN_MAX = 32
 
 
 @dataclass
@@ -116,7 +121,10 @@ class Syncer:
         # (backfill) opens and closes. Not thread-safe: rounds and close() one at a time.
         self.keep_running_open = True
         self.index_max_age = INDEX_MAX_AGE_S
+        self.keep_open_idle = KEEP_OPEN_IDLE_S
+        self.keep_open_max = KEEP_OPEN_MAX
         self._kept: dict[str, RunSink] = {}  # Aim hash -> sink kept open between rounds
+        self._last_write: dict[str, float] = {}  # Aim hash -> when its kept sink last wrote (monotonic)
 
     def close(self) -> None:
         try:
@@ -134,6 +142,7 @@ class Syncer:
     def close_open_runs(self) -> int:
         """Close (and index) every Aim run kept open between rounds; returns how many."""
         sinks, self._kept = list(self._kept.values()), {}
+        self._last_write.clear()
         if sinks:
             missed = close_sinks(sinks)
             log.info("closed %d Aim run(s) kept open between rounds", len(sinks))
@@ -156,12 +165,12 @@ class Syncer:
 
     def _settle_open_runs(self, active: set[str]) -> None:
         """After a round: close the kept writers of runs no longer listed as running (deleted
-        for good, moved out of the chosen experiments), refresh the index entries that are due."""
-        gone = [h for h in self._kept if h not in active]
-        if gone:
-            missed = close_sinks([self._kept.pop(h) for h in gone])
-            if missed:
-                log.warning("%d Aim run(s) could not be indexed now; `aim up` or the next start does", len(missed))
+        for good, moved out of the chosen experiments), idle for a while, or beyond the most
+        kept open; refresh the index entries that are due."""
+        now = time.monotonic()
+        self._close_kept_many([h for h in self._kept
+                               if h not in active or now - self._last_write.get(h, now) > self.keep_open_idle])
+        self._close_kept_many(self._over_cap())
         if self._kept:
             busy = refresh_index(list(self._kept.values()), self.index_max_age)
             if busy:
@@ -199,8 +208,24 @@ class Syncer:
             return
         self._sync_run(exp, run, names, stats, keep_open)
 
+    def _over_cap(self) -> list[str]:
+        """The least recently written kept sinks beyond `keep_open_max`."""
+        by_age = sorted(self._kept, key=lambda h: self._last_write.get(h, 0.0))
+        return by_age[:max(0, len(by_age) - self.keep_open_max)]
+
+    def _close_kept_many(self, hashes: list[str]) -> None:
+        if not hashes:
+            return
+        sinks = [self._kept.pop(h) for h in hashes]
+        for h in hashes:
+            self._last_write.pop(h, None)
+        missed = close_sinks(sinks)
+        if missed:
+            log.warning("%d Aim run(s) could not be indexed now; `aim up` or the next start does", len(missed))
+
     def _close_kept(self, aim_hash: str) -> None:
         sink = self._kept.pop(aim_hash, None)
+        self._last_write.pop(aim_hash, None)
         if sink is not None:
             sink.close(index=self.index_on_close)
 
@@ -257,7 +282,9 @@ class Syncer:
         finally:
             if keep:
                 self._kept[aim_hash] = sink
+                self._last_write[aim_hash] = time.monotonic()
             else:
+                self._last_write.pop(aim_hash, None)
                 sink.close(index=self.index_on_close)
                 if not self.index_on_close:
                     self.unindexed.append(aim_hash)
@@ -269,6 +296,8 @@ class Syncer:
             msg = f"run {run.run_id} ({run.name!r}, experiment {exp.name!r}): {e}"
             log.warning(msg)
             stats.errors.append(msg)
+        if keep:
+            self._close_kept_many(self._over_cap())  # e.g. a first round over many RUNNING runs
 
     def _sync_metrics(self, run: RunRecord, sink: RunSink, cursors: dict[str, dict], errors: list[str]) -> int:
         mapper = self.options.mapper.for_run(run.metric_marks)

@@ -374,3 +374,41 @@ def test_sigterm_closes_the_writers_kept_open(tmp_path):
     finally:
         d2.kill()
     assert read_in_other_process(repo, h)["end_time"] == (T0 + 100) / 1000
+
+
+def test_kept_writers_are_bounded_and_idle_ones_closed(tmp_path):
+    """MLflow leaves crashed runs RUNNING for good: the daemon keeps at most `keep_open_max`
+    writers open (the least recently written are closed) and closes those idle for
+    `keep_open_idle` s; a closed one is simply reopened when its run gets new points."""
+    from conftest import T0, client_for, log_points
+    from syncer import aim_adapter
+    from syncer.config import Config
+    from syncer.runner import open_syncer
+    from syncer.sink import aim_run_hash
+
+    uri, repo = str(tmp_path / "mlruns"), tmp_path / "aim"
+    client = client_for(uri)
+    exp = client.create_experiment("many")
+    runs = [client.create_run(exp, run_name=f"r{i}", start_time=T0 + i).info.run_id for i in range(3)]
+    for i, r in enumerate(runs):
+        log_points(client, r, "loss", [(0, float(i), T0)])
+    hashes = [aim_run_hash(r) for r in runs]
+    syncer = open_syncer(Config(tracking_uri=uri, aim_repo=repo), strict_experiments=False, must_exist=True)
+    syncer.keep_open_max = 2
+    try:
+        assert syncer.round().points == 3
+        assert len(syncer._kept) == 2  # the cap holds during the round, not only after it
+        closed = next(h for h in hashes if h not in syncer._kept)
+        assert not (repo / ".aim" / "locks" / f"{closed}.softlock").exists()
+        log_points(client, runs[hashes.index(closed)], "loss", [(1, 1.0, T0 + 1)])
+        assert syncer.round().points == 1 and closed in syncer._kept and len(syncer._kept) == 2
+        syncer.keep_open_idle = 0.0
+        time.sleep(0.01)
+        assert syncer.round().points == 0 and not syncer._kept  # idle: closed, and indexed as closed
+        assert not list((repo / ".aim" / "locks").glob("*.softlock"))
+        assert aim_adapter.index_missing(repo) == []
+        aim = read_aim(repo)
+        assert sorted(len(r["metrics"][("loss", ())]["steps"]) for r in aim.values()) == [1, 1, 2]
+        assert all(r["active"] for r in aim.values())
+    finally:
+        syncer.close()
