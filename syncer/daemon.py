@@ -7,8 +7,9 @@ local store a watchdog observer pulls the job's next run forward to "shortly" af
 Between rounds the Syncer keeps the Aim writer of each RUNNING run open (see `Syncer.round`), so
 a round with a few new points only writes and flushes them. Those writers are used by one round
 at a time (apscheduler's worker threads, never two rounds at once) and closed by the Syncer when
-their run ends, or by `shutdown()` on the main thread once the scheduler has stopped (no round
-runs any more): each run's lock is released and its index entry brought up to date.
+their run ends, or by `shutdown()` on the main thread once the round in flight has ended (it
+holds the round lock meanwhile, so no round starts): each run's lock is released and its index
+entry brought up to date.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ class Daemon:
         if self.stopping.is_set():
             return
         with self._running:
+            if self.stopping.is_set():  # checked again under the lock shutdown() takes
+                return
             self._dirty.clear()
             try:
                 syncer = self._open()
@@ -141,6 +144,8 @@ class Daemon:
         self.stopping.set()
 
     def _reschedule(self, delay: float) -> None:
+        if self.stopping.is_set():
+            return  # shutting down: nothing more to schedule
         try:
             self.scheduler.modify_job(JOB_ID, next_run_time=datetime.now() + timedelta(seconds=delay))
         except Exception:  # the scheduler is shutting down
@@ -204,12 +209,15 @@ class Daemon:
             self.syncer.stop.set()
         if self.observer is not None:
             self.observer.stop()
-        self.scheduler.shutdown(wait=True)  # the round in flight stops at its next safe point
-        if self.observer is not None:
-            self.observer.join(timeout=2)
-        # after the scheduler stopped, so no round uses them: close the Aim runs kept open (lock
-        # freed, index up to date); state is committed per chunk
-        self._close()
+        # no new rounds. Not wait=True: apscheduler would wait for the round in flight while
+        # holding its job-store lock, which that round needs to reschedule itself (a deadlock)
+        self.scheduler.shutdown(wait=False)
+        with self._running:  # the round in flight stops at its next safe point; none starts after
+            if self.observer is not None:
+                self.observer.join(timeout=2)
+            # no round uses them now: close the Aim runs kept open (lock freed, index up to
+            # date); state is committed per chunk
+            self._close()
         log.info("stopped in %.1f s", time.monotonic() - t0)
         return 2 if self.fatal else 0
 
