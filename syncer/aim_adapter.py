@@ -83,9 +83,9 @@ few new points neither reopens three RocksDB databases nor re-indexes):
 
 Caveats (Aim 3.29 behaviour, not worked around here):
 
-* a running run (``end_time`` None) is shown as active but is not in ``/api/runs/active/``
-  (that lists runs with a ``meta/progress/<hash>`` file, which exists only while a writer has
-  the run open; ``aim up`` would mark such a run finished if it saw no heartbeat);
+* a running run (``end_time`` None) is shown as active but is in ``/api/runs/active/`` only
+  while a writer holds it open (that lists runs with a ``meta/progress/<hash>`` file; ``aim
+  up`` would mark such a run finished if it saw no heartbeat);
 * while ``aim up`` runs, its indexer thread and ``index_runs`` take turns on the index DB;
   ``index_runs`` retries, but Aim's indexer thread does not catch the lock error and stops if
   it loses the race (then only runs we index are re-indexed until ``aim up`` restarts).
