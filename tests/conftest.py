@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -42,6 +43,18 @@ def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = N
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
+def stop_group(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM a process started with start_new_session=True and its children; SIGKILL them
+    if they are still there after `timeout` seconds."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 class MlflowServer:
     def __init__(self, workdir: Path, port: int | None = None):
         self.workdir = workdir
@@ -62,13 +75,8 @@ class MlflowServer:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, 15)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait()
+        if self.proc:
+            stop_group(self.proc, 10)
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, T0, client_for, free_port, log_points, read_aim, run_syncer, syncer_cmd, wait_http
+from conftest import (ROOT, T0, client_for, free_port, log_points, read_aim, run_syncer, stop_group, syncer_cmd,
+                      wait_http)
 
 pytestmark = pytest.mark.slow
 
@@ -73,13 +74,7 @@ class AimWeb:
             raise
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)
 
     def get(self, path: str, data: bytes | None = None) -> bytes:
         req = urllib.request.Request(self.base + path, data=data,
@@ -246,13 +241,7 @@ class Chrome:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._stack.close()
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
