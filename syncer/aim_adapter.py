@@ -36,7 +36,6 @@ Interface (all that the sink uses)::
     set_experiment_description(repo, "exp", "text")
     read_metric(repo, run_hash, name, context) -> dict   # read back through Aim's public SDK
     check_aim_compatibility()                            # raises AimInternalsChanged
-    derive_run_hash(mlflow_run_id) -> 24 hex chars (optional; any [A-Za-z0-9_.-]{1,128} works)
 
 How Aim 3.29 decides what the UI shows (read from its source):
 
@@ -381,11 +380,6 @@ def _check_hash(run_hash: str) -> str:
     if not isinstance(run_hash, str) or not _HASH_RE.match(run_hash):
         raise ValueError(f"invalid Aim run hash {run_hash!r}: use 1-128 of [A-Za-z0-9_.-]")
     return run_hash
-
-
-def derive_run_hash(mlflow_run_id: str) -> str:
-    """A deterministic 24-hex-character Aim run hash (Aim's own length) for an MLflow run id."""
-    return hashlib.sha256(f"mlflow-run:{mlflow_run_id}".encode()).hexdigest()[:24]
 
 
 def _utc_naive(ts: float) -> _dt.datetime:

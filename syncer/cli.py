@@ -77,7 +77,7 @@ def _common(f):
 
 
 def _config(kw: dict, **extra) -> Config:
-    configure_logging(kw.pop("log_level"), kw.pop("log_format"))
+    configure_logging(kw["log_level"], kw["log_format"])
     if not kw.get("tracking_uri"):
         raise SyncerError("no MLflow tracking URI: pass --mlflow-tracking-uri or set MLFLOW_TRACKING_URI")
     if kw.get("context_map") and not kw["context_map"].is_file():
@@ -135,7 +135,6 @@ def backfill(workers, **kw):
     Safe to repeat and to kill: a second run writes only what is new."""
     from .runner import backfill_round, open_syncer
 
-    os.environ["_SYNCER_LOG_LEVEL"], os.environ["_SYNCER_LOG_FORMAT"] = kw["log_level"], kw["log_format"]
     cfg = _config(kw)
     syncer = open_syncer(cfg, strict_experiments=True, must_exist=True, progress=_progress_bar)
     try:

@@ -8,7 +8,7 @@ import re
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .mapping import ContextMapper, load_rules
@@ -53,7 +53,8 @@ class Config:
     interval: float = 10.0
     watch: bool = True
     health_file: Path | None = None
-    extra: dict = field(default_factory=dict)
+    log_level: str = "info"
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         self.aim_repo = repo_root(self.aim_repo)

@@ -62,7 +62,6 @@ class Daemon:
         self._running = threading.Lock()
         self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
         self.observer: Observer | None = None
-        self._watched: Path | None = None
 
     # -- rounds ------------------------------------------------------------------------------
     def _open(self) -> Syncer:
@@ -170,7 +169,6 @@ class Daemon:
         self.observer.schedule(_Kick(self, only), str(watch_dir), recursive=path.is_dir())
         self.observer.daemon = True
         self.observer.start()
-        self._watched = watch_dir
         log.info("watching %s for changes", path)
 
     # -- life cycle --------------------------------------------------------------------------

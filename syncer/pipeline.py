@@ -141,14 +141,11 @@ class Syncer:
 
     def close_open_runs(self) -> int:
         """Close (and index) every Aim run kept open between rounds; returns how many."""
-        sinks, self._kept = list(self._kept.values()), {}
-        self._last_write.clear()
-        if sinks:
-            missed = close_sinks(sinks)
-            log.info("closed %d Aim run(s) kept open between rounds", len(sinks))
-            if missed:
-                log.warning("%d Aim run(s) could not be indexed now; `aim up` or the next start does", len(missed))
-        return len(sinks)
+        n = len(self._kept)
+        self._close_kept(list(self._kept))
+        if n:
+            log.info("closed %d Aim run(s) kept open between rounds", n)
+        return n
 
     # -- the round ---------------------------------------------------------------------------
     def round(self) -> RoundStats:
@@ -168,9 +165,9 @@ class Syncer:
         for good, moved out of the chosen experiments), idle for a while, or beyond the most
         kept open; refresh the index entries that are due."""
         now = time.monotonic()
-        self._close_kept_many([h for h in self._kept
+        self._close_kept([h for h in self._kept
                                if h not in active or now - self._last_write.get(h, now) > self.keep_open_idle])
-        self._close_kept_many(self._over_cap())
+        self._close_kept(self._over_cap())
         if self._kept:
             busy = refresh_index(list(self._kept.values()), self.index_max_age)
             if busy:
@@ -204,7 +201,7 @@ class Syncer:
             log.warning(msg)
             stats.errors.append(msg)
             self.state.save_error(run.run_id, aim_run_hash(run.run_id), exp.name, run.error)
-            self._close_kept(aim_run_hash(run.run_id))
+            self._close_kept([aim_run_hash(run.run_id)])
             return
         self._sync_run(exp, run, names, stats, keep_open)
 
@@ -213,21 +210,16 @@ class Syncer:
         by_age = sorted(self._kept, key=lambda h: self._last_write.get(h, 0.0))
         return by_age[:max(0, len(by_age) - self.keep_open_max)]
 
-    def _close_kept_many(self, hashes: list[str]) -> None:
-        if not hashes:
-            return
-        sinks = [self._kept.pop(h) for h in hashes]
+    def _close_kept(self, hashes: list[str]) -> None:
+        """Close (indexing in one pass) the kept sinks of these runs; others are ignored."""
+        sinks = [self._kept.pop(h) for h in hashes if h in self._kept]
         for h in hashes:
             self._last_write.pop(h, None)
+        if not sinks:
+            return
         missed = close_sinks(sinks)
         if missed:
             log.warning("%d Aim run(s) could not be indexed now; `aim up` or the next start does", len(missed))
-
-    def _close_kept(self, aim_hash: str) -> None:
-        sink = self._kept.pop(aim_hash, None)
-        self._last_write.pop(aim_hash, None)
-        if sink is not None:
-            sink.close(index=self.index_on_close)
 
     def finish(self, stats: RoundStats, t0: float) -> RoundStats:
         stats.seconds = time.monotonic() - t0
@@ -297,7 +289,7 @@ class Syncer:
             log.warning(msg)
             stats.errors.append(msg)
         if keep:
-            self._close_kept_many(self._over_cap())  # e.g. a first round over many RUNNING runs
+            self._close_kept(self._over_cap())  # e.g. a first round over many RUNNING runs
 
     def _sync_metrics(self, run: RunRecord, sink: RunSink, cursors: dict[str, dict], errors: list[str]) -> int:
         mapper = self.options.mapper.for_run(run.metric_marks)

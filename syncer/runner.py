@@ -8,7 +8,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Callable, Iterable
 
-from .config import Config
+from .config import Config, configure_logging
 from .pipeline import RoundStats, Syncer, select_experiments
 from .sink import heal_index, index_runs, open_repo
 from .source import local_path, open_source, redact
@@ -60,7 +60,7 @@ _worker: Syncer | None = None
 def _worker_init(cfg: Config) -> None:
     global _worker
     _die_with_parent()
-    configure_logging_from_parent()
+    configure_logging(cfg.log_level, cfg.log_format)
     _worker = open_syncer(cfg, strict_experiments=False, must_exist=True)
     _worker.index_on_close = False
 
@@ -87,14 +87,6 @@ def _die_with_parent() -> None:
         os._exit(3)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def configure_logging_from_parent() -> None:
-    import os
-
-    from .config import configure_logging
-
-    configure_logging(os.environ.get("_SYNCER_LOG_LEVEL", "info"), os.environ.get("_SYNCER_LOG_FORMAT", "text"))
 
 
 def backfill_round(cfg: Config, syncer: Syncer, workers: int) -> RoundStats:

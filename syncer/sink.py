@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import math
 import os
 import sqlite3
 import time
@@ -231,10 +230,6 @@ def index_runs(repo, hashes: list[str]) -> list[str]:
     from . import aim_adapter
 
     return aim_adapter.index_runs(repo, hashes)
-
-
-def finite_or_none(x: float | None) -> float | None:
-    return x if x is None or math.isfinite(x) else None
 
 
 def set_experiment_meta(repo, name: str, description: str | None) -> None:

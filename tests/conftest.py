@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -258,6 +259,28 @@ def read_aim(repo_path: Path | str) -> dict[str, dict]:
         }
     repo.close()  # open read-only handles would hide what a writer adds later
     return out
+
+
+def aim_stream_records(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(encoded key, encoded value) records of a streamed `aim up` web-API response
+    (aim/web/api/runs/utils.py collect_streamable_data: (length, key, length, value)*)."""
+    records, i = [], 0
+    while i < len(data):
+        (kl,) = struct.unpack_from("I", data, i)
+        key = data[i + 4:i + 4 + kl]
+        i += 4 + kl
+        (vl,) = struct.unpack_from("I", data, i)
+        records.append((key, data[i + 4:i + 4 + vl]))
+        i += 4 + vl
+    return records
+
+
+def decode_aim_stream(data: bytes) -> dict:
+    """A streamed `aim up` response as one tree, decoded with Aim's own decoder."""
+    from aim.storage.treeutils import decode_tree
+
+    records = aim_stream_records(data)
+    return decode_tree(iter(records)) if records else {}
 
 
 def same_float(a: float, b: float) -> bool:

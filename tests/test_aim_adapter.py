@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -23,8 +22,11 @@ import pytest
 from aim import Repo
 from aim.storage.context import Context
 
+from conftest import aim_stream_records
+
 from syncer import aim_adapter as A
 from syncer.aim_adapter import AimRunLocked, AimRunWriter
+from syncer.sink import aim_run_hash
 
 T0 = 1_700_000_000.0  # a fixed "MLflow" time, far from now
 
@@ -349,7 +351,9 @@ def test_experiment_description_and_system_metric_names(repo_path):
     assert A.system_metric_name("gpu_memory_usage_percentage") == "__system__gpu_memory_percent"
     assert A.system_metric_name("system/network_receive_megabytes") == "__system__network_receive_megabytes"
     assert A.system_metric_name("__system__cpu") == "__system__cpu"
-    assert A.derive_run_hash("abc") == A.derive_run_hash("abc") and len(A.derive_run_hash("abc")) == 24
+    # the run hash the syncer derives from an MLflow run id is one the writer accepts
+    assert aim_run_hash("abc") == aim_run_hash("abc") and len(aim_run_hash("abc")) == 24
+    assert A._check_hash(aim_run_hash("abc")) == aim_run_hash("abc")
 
 
 def test_index_runs_batches_and_close_without_index(repo_path):
@@ -620,13 +624,8 @@ def _stream_top_keys(data: bytes) -> list:
     """Top-level keys, in order, of Aim's streamed (length-prefixed, encoded tree) responses."""
     from aim.storage.encoding import decode_path
 
-    keys, i = [], 0
-    while i < len(data):
-        (kl,) = struct.unpack_from("I", data, i)
-        k = data[i + 4 : i + 4 + kl]
-        i += 4 + kl
-        (vl,) = struct.unpack_from("I", data, i)
-        i += 4 + vl
+    keys = []
+    for k, _value in aim_stream_records(data):
         path = decode_path(k)
         if path and path[0] not in keys:
             keys.append(path[0])

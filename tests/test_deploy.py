@@ -14,7 +14,6 @@ import re
 import shlex
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, free_port, wait_http
+from conftest import ROOT, decode_aim_stream, free_port, wait_http
 
 DEPLOY = ROOT / "deploy"
 SYSTEMD = DEPLOY / "systemd"
@@ -585,22 +584,6 @@ def _get(url: str, data: bytes | None = None, headers: dict | None = None) -> by
         return r.read()
 
 
-def decode_stream(data: bytes) -> dict:
-    """Aim's streamed responses: (key length, key, value length, value) records of an encoded
-    tree; decoded with Aim's own decoder."""
-    from aim.storage.treeutils import decode_tree
-
-    pairs, i = [], 0
-    while i < len(data):
-        (n,) = struct.unpack_from("I", data, i)
-        key = data[i + 4 : i + 4 + n]
-        i += 4 + n
-        (n,) = struct.unpack_from("I", data, i)
-        pairs.append((key, data[i + 4 : i + 4 + n]))
-        i += 4 + n
-    return decode_tree(iter(pairs))
-
-
 def _local(value: str, data: Path) -> str:
     return str(data) + value[len("/data"):] if value.startswith("/data") else value
 
@@ -699,7 +682,7 @@ def test_compose_processes_on_localhost_runs_logged_to_mlflow_show_up_in_aim(tmp
         api = f"http://127.0.0.1:{aim_port}/api"
 
         def runs_by_mlflow_id():
-            tree = decode_stream(_get(f"{api}/runs/search/run/?q=&report_progress=false"))
+            tree = decode_aim_stream(_get(f"{api}/runs/search/run/?q=&report_progress=false"))
             found = {}
             for h, r in tree.items():
                 mid = ((r.get("params") or {}).get("mlflow") or {}).get("run_id")

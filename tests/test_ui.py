@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -39,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import (ROOT, T0, client_for, free_port, log_points, read_aim, run_syncer, stop_group, syncer_cmd,
-                      wait_http)
+from conftest import (ROOT, T0, client_for, decode_aim_stream, free_port, log_points, read_aim, run_syncer,
+                      stop_group, syncer_cmd, wait_http)
 
 pytestmark = pytest.mark.slow
 
@@ -87,19 +86,8 @@ class AimWeb:
 
     def stream(self, kind: str, q: str, **params) -> dict:
         """/api/runs/search/<kind>/: {run hash: run}, in the order Aim streams them (= the UI's order)."""
-        from aim.storage.treeutils import decode_tree
-
         qs = urllib.parse.urlencode({"q": q, "report_progress": "false", **params})
-        data = self.get(f"/api/runs/search/{kind}/?{qs}")
-        pairs, i = [], 0
-        while i < len(data):  # aim/web/api/runs/utils.py collect_streamable_data: (len, key, len, value)*
-            (kl,) = struct.unpack_from("I", data, i)
-            key = data[i + 4:i + 4 + kl]
-            i += 4 + kl
-            (vl,) = struct.unpack_from("I", data, i)
-            pairs.append((key, data[i + 4:i + 4 + vl]))
-            i += 4 + vl
-        return decode_tree(iter(pairs)) if pairs else {}
+        return decode_aim_stream(self.get(f"/api/runs/search/{kind}/?{qs}"))
 
     def runs(self, q: str = "") -> dict:
         return self.stream("run", q)
