@@ -143,7 +143,7 @@ def backfill(workers, **kw):
         syncer.close()
     click.echo(f"backfill: {stats.summary()}")
     if stats.errors:
-        click.echo(f"backfill: {len(stats.errors)} run(s) had errors; see the warnings above", err=True)
+        log.warning("backfill: %d run(s) had errors; see the warnings above", len(stats.errors))
         sys.exit(1)
 
 

@@ -3,6 +3,7 @@ through Aim's own SDK."""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -286,9 +287,10 @@ def test_broken_runs_warn_and_the_rest_converts(tmp_path, aim_repo):
         f.write("garbage line here\n")
         f.write(f"{T0 + 999_999} 0.001 999\n")  # a good line after the garbage still arrives
     (exp_dir / runs["finished"]["run_id"] / "artifacts" / "plots" / "confusion_de.png").write_bytes(b"not a png")
-    p = run_syncer("backfill", "--mlflow-tracking-uri", str(store), "--aim-repo", str(aim_repo))
+    p = run_syncer("backfill", "--mlflow-tracking-uri", str(store), "--aim-repo", str(aim_repo), "--log-format", "json")
     assert p.returncode == 1, (p.stdout, p.stderr)
     assert "Traceback" not in p.stderr
+    assert all(json.loads(line) for line in p.stderr.splitlines() if line.strip())  # one JSON object a line
     assert runs["failed"]["run_id"] in p.stderr and "cannot be read" in p.stderr
     assert "malformed line" in p.stderr and "'loss'" in p.stderr
     assert "confusion_de.png" in p.stderr
