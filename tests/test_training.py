@@ -1,12 +1,17 @@
 """training/: offline XNLI runs through the real code paths (Trainer + transformers' MLflow
-integration), checked from MLflow itself; the shipped data set; the tiny-model builder; and the
-real-mode (hub) path up to where it would need the network."""
+integration), checked from MLflow itself; sweeps (a grid, one run each, finished ones skipped);
+checkpoints and a run killed after its first one, resumed into the same MLflow run; system
+metrics; the shipped data set; the tiny-model builder; and the real-mode (hub) path up to where it
+would need the network."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -256,6 +261,242 @@ def test_runs_are_repeatable(runs, tmp_path):
     assert again.accuracy == results["feature-extraction"].accuracy
 
 
+# --------------------------------------------------------------------------- sweeps, checkpoints, resume
+
+
+def test_the_grid_names_its_runs_and_keeps_ids_stable():
+    from training.experiment import TrainConfig, config_id, plan, sweep_id
+
+    cfg = TrainConfig(technique="fine-tune", model_names=["tiny-bert", "tiny-bert-wide"],
+                      learning_rate=[1e-3, 3e-4], batch_size=16, seed=[1, 2, 1])
+    specs = plan(cfg)
+    assert [s.run_name for s in specs] == [
+        f"{m}-lr{lr}-bs16-s{s}" for m in ("tiny-bert", "tiny-bert-wide") for lr in ("0.001", "0.0003") for s in (1, 2)]
+    assert [(s.model_name, s.learning_rate, s.batch_size, s.seed) for s in specs[:2]] == [
+        ("tiny-bert", 1e-3, 16, 1), ("tiny-bert", 1e-3, 16, 2)]
+    # one configuration per model: the runs are named after the model, as before sweeps existed
+    single = TrainConfig(technique="fine-tune", model_names=["tiny-bert", "tiny-bert-wide"], learning_rate=1e-3)
+    assert [s.run_name for s in plan(single)] == ["tiny-bert", "tiny-bert-wide"]
+    # a configuration's id does not depend on the sweep it is part of; a sweep's id is its grid's
+    smaller = TrainConfig(technique="fine-tune", model_names=["tiny-bert"], learning_rate=[1e-3], batch_size=[16],
+                          seed=[1, 2])
+    assert config_id(smaller, plan(smaller)[1], "local") == config_id(cfg, specs[1], "local")
+    assert config_id(cfg, specs[0], "local") != config_id(cfg, specs[1], "local")
+    assert sweep_id(cfg, "local") == sweep_id(TrainConfig(**{**cfg.__dict__}), "local") != sweep_id(smaller, "local")
+    other = TrainConfig(**{**smaller.__dict__, "technique": "feature-extraction"})
+    assert config_id(other, plan(other)[0], "local") != config_id(smaller, plan(smaller)[0], "local")
+
+
+# 2 learning rates x 2 batch sizes of one tiny model: 48 English pairs, 2 epochs (24 or 12 steps), evaluated
+# in two languages every 3 steps (a few seconds a run).
+SWEEP_ARGS = ["--model-names", "tiny-bert", "--learning-rate", "1e-3", "3e-3", "--batch-size", "4", "8",
+              "--num-train-samples", "48", "--num-train-epochs", "2", "--eval-steps", "3",
+              "--eval-datasets-names", "en", "de"]
+SWEEP_NAMES = {f"tiny-bert-lr{lr}-bs{bs}-s73": (lr, bs) for lr in ("0.001", "0.003") for bs in (4, 8)}
+SYSTEM_KEYS = ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes")
+TRAINER_KEYS = ("loss", "grad_norm", "learning_rate", "eval_en_accuracy", "eval_en_loss", "eval_de_accuracy",
+                "eval_de_loss")
+
+
+def _main(argv) -> tuple[int, str]:
+    """`python -m training ...` in this process; (exit code, stderr)."""
+    from training.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, err.getvalue()
+
+
+def _runs_by_name(client, technique="fine-tune") -> dict:
+    exp = client.get_experiment_by_name(f"xnli_{technique}")
+    return {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+
+
+def _history(client, run_id, key):
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+@pytest.fixture(scope="module")
+def sweep(tiny_home, tmp_path_factory):
+    """The 2x2 sweep through the command line, with system metrics (the default), then the same command
+    again."""
+    import mlflow
+
+    out = tmp_path_factory.mktemp("sweep")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # MLflow's 10 s would outlast these runs
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        first = _main(["fine-tune", *SWEEP_ARGS, "--output-dir", str(out)])
+        client = mlflow.MlflowClient(tracking_uri=(out / "mlruns").as_uri())
+        before = _runs_by_name(client)
+        again = _main(["fine-tune", *SWEEP_ARGS, "--output-dir", str(out)])
+    return dict(out=out, client=client, first=first, again=again, runs=before)
+
+
+@pytest.mark.slow
+def test_a_sweep_trains_its_grid_one_named_tagged_run_each(sweep):
+    from training.experiment import TrainConfig, sweep_id
+
+    client, runs = sweep["client"], sweep["runs"]
+    code, err = sweep["first"]
+    assert code == 0, err
+    assert set(runs) == set(SWEEP_NAMES)
+    expected_sweep = sweep_id(TrainConfig(technique="fine-tune", model_names=["tiny-bert"], learning_rate=[1e-3, 3e-3],
+                                          batch_size=[4, 8], num_train_samples=48, num_train_epochs=2, eval_steps=3,
+                                          eval_languages=["en", "de"]), "local")
+    for name, run in runs.items():
+        lr, bs = SWEEP_NAMES[name]
+        p, tags = run.data.params, run.data.tags
+        assert run.info.status == "FINISHED"
+        assert p["learning_rate"] == lr and p["per_device_train_batch_size"] == str(bs) and p["seed"] == "73"
+        assert p["run_name"] == name and p["model_name"] == "tiny-bert" and p["hidden_size"] == "64"
+        assert p["save_strategy"] == "no" and p["eval_languages"] == "en de"
+        assert tags["technique"] == "fine-tune" and tags["sweep_id"] == expected_sweep
+        steps = 48 // bs * 2
+        assert [s for s, _ in _history(client, run.info.run_id, "loss")] == list(range(3, steps + 1, 3))
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
+            "confusion_matrix_en.png", "confusion_matrix_de.png", "sample_predictions.txt"}
+    assert len({r.data.tags["config_id"] for r in runs.values()}) == 4
+    # the learning rate matters: the two rates give different losses for the same batches
+    assert (_history(client, runs["tiny-bert-lr0.001-bs8-s73"].info.run_id, "loss")[-1]
+            != _history(client, runs["tiny-bert-lr0.003-bs8-s73"].info.run_id, "loss")[-1])
+
+    # a progress line per run: n/N, the run's name, the time left (known after the first run)
+    progress = re.findall(r"^\[(\d)/4\] (\S+) \(fine-tune\): training; (.*)$", err, re.M)
+    assert [int(n) for n, _, _ in progress] == [1, 2, 3, 4]
+    assert {name for _, name, _ in progress} == set(SWEEP_NAMES)
+    assert all(re.fullmatch(r"about \d+ s left", left) for _, _, left in progress[1:]), progress
+
+
+@pytest.mark.slow
+def test_running_a_sweep_again_trains_nothing(sweep):
+    client, runs = sweep["client"], sweep["runs"]
+    code, err = sweep["again"]
+    assert code == 0, err
+    now = _runs_by_name(client)
+    assert {n: r.info.run_id for n, r in now.items()} == {n: r.info.run_id for n, r in runs.items()}
+    for name, run in now.items():
+        assert run.info.end_time == runs[name].info.end_time
+        assert run.data.metrics == runs[name].data.metrics
+        assert f"] {name} (fine-tune): already FINISHED in run {run.info.run_id}; skipped" in err
+    assert "training;" not in err
+
+
+@pytest.mark.slow
+def test_system_metrics_are_logged_by_default(sweep):
+    client = sweep["client"]
+    for run in sweep["runs"].values():
+        for key in SYSTEM_KEYS:
+            assert key in run.data.metrics, (run.info.run_name, sorted(run.data.metrics))
+        cpu = client.get_metric_history(run.info.run_id, SYSTEM_KEYS[0])
+        assert cpu and all(0 <= m.value <= 100 for m in cpu)
+
+
+# Run in a child process: the sweep's lr 1e-3, batch 8 configuration with checkpoints, killed hard (as by
+# the OOM killer or a lost node) at the first evaluation after its first checkpoint, once that evaluation's
+# first language reached MLflow: the store then holds steps 3 and 6 of the loss, step 3 only of
+# eval_de_*, and checkpoint-3.
+CRASH = """
+import json, os, signal, sys
+import mlflow
+from transformers import TrainerCallback
+from training.experiment import TrainConfig, run
+
+class KillAfterFirstCheckpoint(TrainerCallback):
+    saved = 0
+    def on_save(self, args, state, control, **kwargs):
+        self.saved += 1
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.saved:
+            mlflow.flush_async_logging()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+run(TrainConfig(callbacks=[KillAfterFirstCheckpoint()], **json.loads(sys.argv[1])))
+print("not killed")
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_last_checkpoint_into_the_same_run(sweep, tiny_home, tmp_path):
+    import mlflow
+
+    out = tmp_path / "logs"
+    cfg = dict(technique="fine-tune", model_names=["tiny-bert"], learning_rate=1e-3, batch_size=8,
+               num_train_samples=48, num_train_epochs=2, eval_steps=3, eval_languages=["en", "de"],
+               output_dir=str(out), save_strategy="steps", system_metrics=False, verbose=False)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XNLI_TINY_HOME": str(tiny_home), "MLFLOW_ALLOW_FILE_STORE": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, "-c", CRASH, json.dumps(cfg)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr[-3000:]
+
+    client = mlflow.MlflowClient(tracking_uri=(out / "mlruns").as_uri())
+    [(name, killed)] = _runs_by_name(client).items()
+    rid, exp_id = killed.info.run_id, killed.info.experiment_id
+    assert name == "tiny-bert" and killed.info.status == "RUNNING"  # nobody closed it
+    assert [s for s, _ in _history(client, rid, "loss")] == [3, 6]
+    assert [s for s, _ in _history(client, rid, "eval_de_loss")] == [3]
+    checkpoints = {m.name: m for m in client.search_logged_models([exp_id])}
+    assert set(checkpoints) == {"checkpoint-3"}
+    assert checkpoints["checkpoint-3"].source_run_id == rid and checkpoints["checkpoint-3"].status.name == "READY"
+
+    code, err = _main(["fine-tune", "--resume", rid, "--output-dir", str(out), "--no-system-metrics", "--quiet"])
+    assert code == 0, err
+
+    [(name, resumed)] = _runs_by_name(client).items()  # still one run: the same one, finished
+    assert resumed.info.run_id == rid and resumed.info.status == "FINISHED"
+    # the curves continue: each step once, no gap, no repeat ...
+    for key in TRAINER_KEYS:
+        assert [s for s, _ in _history(client, rid, key)] == [3, 6, 9, 12], key
+    # ... and they are the very curves of the same configuration trained without interruption (the
+    # sweep's): weights, optimizer, schedule and data order came back from checkpoint-3
+    reference = sweep["runs"]["tiny-bert-lr0.001-bs8-s73"].info.run_id
+    for key in TRAINER_KEYS:
+        assert _history(client, rid, key) == _history(sweep["client"], reference, key), key
+    assert {m.name for m in client.search_logged_models([exp_id]) if m.source_run_id == rid} == {
+        f"checkpoint-{s}" for s in (3, 6, 9, 12)}
+    assert {a.path for a in client.list_artifacts(rid)} == {
+        "confusion_matrix_en.png", "confusion_matrix_de.png", "sample_predictions.txt"}
+    # system metrics were off for both attempts
+    assert not [k for k in resumed.data.metrics if k.startswith("system/")]
+
+    # a finished run has nothing to resume
+    code, err = _main(["fine-tune", "--resume", rid, "--output-dir", str(out), "--quiet"])
+    assert code == 2 and err.count("\n") == 1 and "is FINISHED: nothing to resume" in err
+
+
+@pytest.mark.slow
+def test_resume_refuses_what_it_cannot_continue_in_one_line(sweep, tmp_path):
+    out, client = sweep["out"], sweep["client"]
+    run = sweep["runs"]["tiny-bert-lr0.003-bs4-s73"]
+    # a copy of a sweep run, left RUNNING without any checkpoint (trained with --save-strategy no)
+    tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
+    copy = client.create_run(run.info.experiment_id, run_name="copy", tags=tags).info.run_id
+    from mlflow.entities import Param
+
+    client.log_batch(copy, params=[Param(k, v) for k, v in run.data.params.items()])
+    cases = [
+        (["fine-tune", "--resume", copy], "has no checkpoint in MLflow"),
+        (["feature-extraction", "--resume", copy], f"is a fine-tune run: python -m training fine-tune --resume {copy}"),
+        (["fine-tune", "--resume", "0123456789abcdef"], "there is no run '0123456789abcdef'"),
+        (["fine-tune", "--resume", copy, "--learning-rate", "1e-3"], "drop --learning-rate"),
+        (["fine-tune", "--learning-rate", "1e-3"], "--model-names is required"),
+        (["fine-tune", "--model-names", "tiny-bert", "--learning-rate", "1e-3", "0"], "must be positive"),
+    ]
+    for argv, message in cases:
+        code, err = _main([*argv, "--output-dir", str(out), "--quiet"])
+        assert code == 2, (argv, err)
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, (argv, err)
+    code, err = _main(["fine-tune", "--resume", "x", "--output-dir", str(tmp_path / "nothing-here"), "--quiet"])
+    assert code == 2 and "there is no MLflow store at" in err
+    assert not (tmp_path / "nothing-here").exists()
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own errors: one line too
+        _main(["fine-tune", "--model-names", "tiny-bert", "--batch-size", "eight"])
+    assert exit_info.value.code == 2
+    assert len(_runs_by_name(client)) == 5  # nothing trained
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -296,6 +537,6 @@ def test_help_lists_the_flags():
     assert proc.returncode == 0
     for flag in ("--model-names", "--eval-datasets-names", "--output-dir", "--batch-size", "--num-train-samples",
                  "--num-train-epochs", "--eval-steps", "--learning-rate", "--seed", "--tracking-uri",
-                 "--system-metrics"):
+                 "--system-metrics", "--no-system-metrics", "--save-strategy", "--resume"):
         assert flag in proc.stdout, flag
     assert "fine-tune" in proc.stdout and "feature-extraction" in proc.stdout
