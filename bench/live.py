@@ -581,13 +581,15 @@ def round_ours_main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     from mlflow import MlflowClient
 
-    from syncer.config import Config, configure_logging
+    from syncer.config import Config
+    from syncer.logs import configure_logging
     from syncer.runner import open_syncer
 
     configure_logging("warning")
     client = MlflowClient(tracking_uri=a.store)
     t = time.perf_counter()
-    s = open_syncer(Config(tracking_uri=a.store, aim_repo=Path(a.repo)), strict_experiments=False, must_exist=True)
+    s = open_syncer(Config(tracking_uri=a.store, aim_repo=Path(a.repo)), strict_experiments=False, must_exist=True,
+                    keep_open=True)
     open_s = time.perf_counter() - t
     t = time.perf_counter()
     warm = s.round()

@@ -12,21 +12,21 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import ENV, Config, configure_logging, parse_size
-from .mapping import RulesFileError
+from .config import ENV, Config, parse_size
+from .errors import SyncerError
+from .logs import configure_logging
+from .redact import redact
 
 log = logging.getLogger("syncer")
 
 
-class SyncerError(click.ClickException):
+class CliError(click.ClickException):
     """A one-line error, exit code 2, no traceback, no credentials."""
 
     exit_code = 2
 
     def __init__(self, message: str):
-        from .config import scrub
-
-        super().__init__(scrub(" ".join(str(message).split())))
+        super().__init__(redact(" ".join(str(message).split())))
 
 
 class SizeType(click.ParamType):
@@ -79,9 +79,9 @@ def _common(f):
 def _config(kw: dict, **extra) -> Config:
     configure_logging(kw["log_level"], kw["log_format"])
     if not kw.get("tracking_uri"):
-        raise SyncerError("no MLflow tracking URI: pass --mlflow-tracking-uri or set MLFLOW_TRACKING_URI")
+        raise CliError("no MLflow tracking URI: pass --mlflow-tracking-uri or set MLFLOW_TRACKING_URI")
     if kw.get("context_map") and not kw["context_map"].is_file():
-        raise SyncerError(f"context-map file {kw['context_map']} does not exist")
+        raise CliError(f"context-map file {kw['context_map']} does not exist")
     experiments = tuple(kw.pop("experiments"))
     return Config(
         tracking_uri=kw.pop("tracking_uri"),
@@ -100,19 +100,14 @@ def _config(kw: dict, **extra) -> Config:
 
 
 def _one_line_errors(f):
-    """Known failures become one-line errors with exit code 2."""
+    """Known failures (syncer.errors) become one-line errors with exit code 2."""
 
     @functools.wraps(f)
     def wrapper(*a, **kw):
-        from .sink import SinkError
-        from .source import SourceError
-
         try:
             return f(*a, **kw)
-        except (SourceError, RulesFileError) as e:
-            raise SyncerError(str(e)) from None
-        except SinkError as e:
-            raise SyncerError(str(e)) from None
+        except SyncerError as e:
+            raise CliError(str(e)) from None
 
     return wrapper
 
@@ -133,12 +128,14 @@ def backfill(workers, **kw):
     """Convert a whole MLflow store into an Aim repo, once.
 
     Safe to repeat and to kill: a second run writes only what is new."""
-    from .runner import backfill_round, open_syncer
+    from .rounds import run_round
+    from .runner import heal, open_syncer
 
     cfg = _config(kw)
     syncer = open_syncer(cfg, strict_experiments=True, must_exist=True, progress=_progress_bar)
     try:
-        stats = backfill_round(cfg, syncer, workers)
+        heal(syncer)
+        stats = run_round(syncer, workers=workers, cfg=cfg)
     finally:
         syncer.close()
     click.echo(f"backfill: {stats.summary()}")
@@ -176,9 +173,9 @@ def status(aim_repo, state_path, show_aim):
     from .state import State
 
     cfg = Config(tracking_uri="", aim_repo=aim_repo, state_path=state_path)
-    if not cfg.state_path.exists():
-        raise SyncerError(f"no sync state at {cfg.state_path}: nothing was synced into {cfg.aim_repo} yet")
-    st = State(cfg.state_path, source="")
+    if not cfg.state_file.exists():
+        raise CliError(f"no sync state at {cfg.state_path}: nothing was synced into {cfg.aim_repo} yet")
+    st = State(cfg.state_file, source="")
     try:
         rounds = st.last_rounds()
         rows = list(st.report())

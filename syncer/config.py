@@ -1,19 +1,11 @@
-"""One settings object from flags and environment, and process-wide logging."""
+"""One settings object from flags and environment. A leaf: it imports nothing of the pipeline."""
 
 from __future__ import annotations
 
-import json
-import logging
+import os
 import re
-import sys
-import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-from .mapping import ContextMapper, load_rules
-from .pipeline import DEFAULT_MAX_ARTIFACT_BYTES, Options
-from .sink import repo_root
 
 # Every flag can also come from the environment; the CLI documents these in --help.
 ENV = {
@@ -36,6 +28,13 @@ ENV = {
 }
 
 STATE_FILE = Path(".aim") / "mlflow-syncer" / "state.sqlite"
+DEFAULT_MAX_ARTIFACT_BYTES = 10 * 1024 * 1024
+
+
+def repo_root(path: str | os.PathLike[str]) -> Path:
+    """`logs/.aim` and `logs` name the same Aim repo: its root."""
+    p = Path(path).expanduser()
+    return p.parent if p.name == ".aim" else p
 
 
 @dataclass
@@ -61,17 +60,10 @@ class Config:
         if self.state_path is None:
             self.state_path = self.aim_repo / STATE_FILE
 
-    def options(self, *, strict_experiments: bool) -> Options:
-        rules = load_rules(self.context_map) if (self.context_map and self.context_mapping) else []
-        return Options(
-            experiments=self.experiments,
-            artifacts=self.artifacts,
-            exclude_artifacts=self.exclude_artifacts,
-            max_artifact_bytes=self.max_artifact_bytes,
-            mapper=ContextMapper(rules, enabled=self.context_mapping),
-            tag_labels=self.tag_labels,
-            strict_experiments=strict_experiments,
-        )
+    @property
+    def state_file(self) -> Path:
+        assert self.state_path is not None  # set by __post_init__
+        return self.state_path
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.I)
@@ -85,56 +77,3 @@ def parse_size(text: str) -> int:
     n = float(m.group(1))
     unit = (m.group(2) or "b").lower()[0]
     return int(n * {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit])
-
-
-# ---------------------------------------------------------------------------------------------
-# logging: one line per event on stderr, credentials never printed
-
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@", re.I)
-
-
-def scrub(text: str) -> str:
-    return _CREDENTIALS.sub(lambda m: f"{m.group('scheme')}{m.group('user')}:***@", text)
-
-
-class _TextFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
-        msg = scrub(record.getMessage())
-        if record.exc_info and record.levelno <= logging.DEBUG:
-            msg += " | " + scrub(self.formatException(record.exc_info)).replace("\n", " | ")
-        return f"{ts} {record.levelname:<7} {record.name}: {msg}"
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        doc = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": scrub(record.getMessage()),
-        }
-        for k in ("event", "round"):
-            if hasattr(record, k):
-                doc[k] = getattr(record, k)
-        return json.dumps(doc, default=str)
-
-
-def configure_logging(level: str = "info", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    lvl = getattr(logging, level.upper())
-    root.setLevel(lvl)
-    # the libraries we drive are chatty at INFO; their warnings still show
-    for noisy in ("mlflow", "alembic", "aim", "watchdog", "filelock"):
-        logging.getLogger(noisy).setLevel(max(lvl, logging.WARNING))
-    # "skipped: maximum number of running instances reached" is how we coalesce rounds
-    logging.getLogger("apscheduler").setLevel(max(lvl, logging.ERROR))
-    # connection retries are reported once, by us, as "MLflow ... is unreachable"
-    logging.getLogger("urllib3").setLevel(max(lvl, logging.ERROR))
-    logging.captureWarnings(True)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    logging.getLogger("py.warnings").setLevel(logging.ERROR)

@@ -4,7 +4,7 @@ One apscheduler interval job runs the rounds (never two at once; missed runs coa
 local store a watchdog observer pulls the job's next run forward to "shortly" after a change
 (debounced), so new points reach Aim in about a second instead of a whole interval.
 
-Between rounds the Syncer keeps the Aim writer of each RUNNING run open (see `Syncer.round`), so
+Between rounds the Syncer keeps the Aim writer of each RUNNING run open (`kept_runs.KeptRuns`), so
 a round with a few new points only writes and flushes them. Those writers are used by one round
 at a time (apscheduler's worker threads, never two rounds at once) and closed by the Syncer when
 their run ends, or by `shutdown()` on the main thread once the round in flight has ended (it
@@ -26,15 +26,16 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from .config import Config
+from .errors import Fatal, RetryLater, StoreError, one_line
 from .pipeline import Stopped, Syncer
+from .redact import redact
+from .retry import backoff_delay
 from .runner import heal, open_syncer
-from .sink import SinkError, open_repo
-from .source import SourceError, SourceUnavailable, local_path
+from .sources import local_path
 
 log = logging.getLogger("syncer.daemon")
 
 DEBOUNCE_S = 0.2  # wait this long after a file event: MLflow writes a batch as several files
-MAX_BACKOFF_S = 60.0
 JOB_ID = "round"
 
 
@@ -66,7 +67,8 @@ class Daemon:
     # -- rounds ------------------------------------------------------------------------------
     def _open(self) -> Syncer:
         if self.syncer is None:
-            self.syncer = open_syncer(self.cfg, strict_experiments=False, must_exist=False, progress=self._beat)
+            self.syncer = open_syncer(self.cfg, strict_experiments=False, must_exist=False, keep_open=True,
+                                      progress=self._beat)
             heal(self.syncer)
             if self.stopping.is_set():
                 self.syncer.stop.set()
@@ -90,18 +92,15 @@ class Daemon:
             except Stopped:
                 log.info("round cut short: stopping")
                 return
-            except SourceUnavailable as e:
+            except (RetryLater, StoreError) as e:
+                # a server answering garbage during a restart is a StoreError too: keep trying
                 self._retry_later(str(e))
                 return
-            except SinkError as e:
+            except Fatal as e:  # an unusable Aim repo, changed library internals, bad input
                 self._die(str(e))
                 return
-            except SourceError as e:
-                # a server answering garbage during a restart looks like this too: keep trying
-                self._retry_later(str(e))
-                return
             except Exception as e:  # a bug or an unexpected failure: log it, keep the daemon alive
-                log.error("round failed: %s: %s", type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
+                log.error("round failed: %s: %s", type(e).__name__, one_line(e), exc_info=log.isEnabledFor(logging.DEBUG))
                 self._retry_later(None)
                 return
             if self._failures:
@@ -129,8 +128,7 @@ class Daemon:
 
     def _retry_later(self, message: str | None) -> None:
         self._failures += 1
-        # 1, 2, 4, ... s, capped at a few intervals (and a minute)
-        delay = min(MAX_BACKOFF_S, max(self.cfg.interval, 1.0) * 3, 2.0 ** (self._failures - 1))
+        delay = backoff_delay(self._failures, self.cfg.interval)
         if message:
             log.warning("%s; retrying in %.0f s", message, delay)
         if self.syncer is not None and self._failures > 1:
@@ -175,10 +173,12 @@ class Daemon:
     def run(self) -> int:
         # bad input fails now, with a one-line error; a store or server that is not there
         # *yet* (a sidecar starting first) is waited for
+        from .aim import open_repo
+
         open_repo(self.cfg.aim_repo)  # an unusable Aim repo is fatal at once
         try:
             self._open()
-        except SourceUnavailable as e:
+        except RetryLater as e:
             log.warning("%s", e)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
@@ -191,8 +191,6 @@ class Daemon:
         return self.shutdown()
 
     def _describe(self) -> str:
-        from .source import redact
-
         return redact(self.cfg.tracking_uri)
 
     def _on_signal(self, signum, _frame) -> None:

@@ -225,7 +225,7 @@ def run_syncer(*args: str, env: dict | None = None, timeout: float = 300, check:
 
 def read_aim(repo_path: Path | str) -> dict[str, dict]:
     """Every run in the Aim repo, through Aim's SDK, keyed by MLflow run id."""
-    from syncer.aim_adapter import fresh_repo
+    from syncer.aim import fresh_repo
 
     repo = fresh_repo(repo_path)  # Aim caches a repo's run list per path for 0.5 s
     out = {}

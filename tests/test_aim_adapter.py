@@ -1,4 +1,4 @@
-"""syncer.aim_adapter against real Aim (no mocks): every read-back goes through Aim's public SDK
+"""syncer.aim against real Aim (no mocks): every read-back goes through Aim's public SDK
 (a fresh ``aim.Repo``), one test through ``aim up``'s web API."""
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from aim.storage.context import Context
 
 from conftest import aim_stream_records
 
-from syncer import aim_adapter as A
-from syncer.aim_adapter import AimRunLocked, AimRunWriter
+from syncer import aim as A
+from syncer.aim import AimRunLocked, AimRunWriter, compat
+from syncer.aim import encoding as enc
+from syncer.aim.writer import OWN_KEY
 from syncer.sink import aim_run_hash
 
 T0 = 1_700_000_000.0  # a fixed "MLflow" time, far from now
@@ -43,6 +45,26 @@ def metric(path, run_hash, name, context=None):
     assert m is not None, f"metric {name} {context} not visible"
     steps, (values, epochs, times) = m.data.numpy()
     return steps.tolist(), values.tolist(), times.tolist(), epochs.tolist()
+
+
+def read_metric(repo, run_hash: str, name: str, context: dict | None = None) -> dict | None:
+    """Read a metric back through Aim's public SDK (a fresh ``aim.Repo``): a dict of
+    ``steps``, ``values``, ``timestamps`` (seconds), ``epochs`` (lists, ordered by step), or
+    ``None`` when the run or metric is not visible."""
+    path = repo.root_path if hasattr(repo, "root_path") else os.fspath(repo)
+    run = Repo(path).get_run(run_hash)
+    if run is None:
+        return None
+    m = run.get_metric(name, Context(dict(context or {})))
+    if m is None:
+        return None
+    steps, (values, epochs, timestamps) = m.data.numpy()
+    return {
+        "steps": steps.tolist(),
+        "values": values.tolist(),
+        "timestamps": timestamps.tolist(),
+        "epochs": [None if e != e else int(e) for e in epochs.tolist()],
+    }
 
 
 def same_float(a, b):
@@ -71,24 +93,58 @@ def repo_path(tmp_path, template_repo):
 def test_guard_aim_version_and_internals():
     """Fails loudly when Aim's internals this adapter relies on change (see the message)."""
     A.check_aim_compatibility()
-    lo, hi = A.SUPPORTED_AIM
+    lo, hi = compat.SUPPORTED_AIM
     from aim.__version__ import __version__ as aim_version
 
     ver = tuple(int(x) for x in aim_version.split(".")[:2])
-    assert lo <= ver < hi, f"aim {ver} outside {lo}..{hi}: re-check syncer/aim_adapter.py against Aim's source"
+    assert lo <= ver < hi, f"aim {ver} outside {lo}..{hi}: re-check syncer/aim/ against Aim's source"
     # the guard itself must notice a broken internal
     from aim.storage.hashing import hashing
 
     saved = hashing._HASH_UNIFORM_SALT
-    A._compat_checked = False
+    compat._compat_checked = False
     try:
         del hashing._HASH_UNIFORM_SALT
         with pytest.raises(A.AimInternalsChanged, match="_HASH_UNIFORM_SALT"):
             A.check_aim_compatibility()
     finally:
         hashing._HASH_UNIFORM_SALT = saved
-        A._compat_checked = False
+        compat._compat_checked = False
         A.check_aim_compatibility()
+
+
+def test_encoding_step_keys_columns_and_input_checks():
+    """The pure encoding functions (the guard checks the same against Aim at start-up)."""
+    import numpy as np
+    from aim.sdk.tracker import STEP_HASH_FUNCTIONS
+    from aim.storage.encoding import encode, encode_key, encode_path
+
+    assert enc.step_key(-7) == encode_key(STEP_HASH_FUNCTIONS[2](-7)) + enc.PATH_SENTINEL
+    assert enc.step_keys([0, 1, 0]) == [enc.step_key(0), enc.step_key(1), enc.step_key(0)]
+    assert enc.step_key(0) != enc.step_key(1)
+    path = ("seqs", "v2", "chunks", "h", 3, "loss")
+    assert enc.column_prefix(path, "val") == encode_path((*path, "val"))
+    assert enc.encode_column(enc.FLOAT_TAG, np.array([1.0, -2.5])) == [encode(1.0), encode(-2.5)]
+    assert enc.encode_column(enc.INT_TAG, np.array([3, -4], dtype=np.int64)) == [encode(3), encode(-4)]
+    assert enc.encode_column(enc.FLOAT_TAG, np.array([], dtype=np.float64)) == []
+    assert enc.encode_epochs(None, 2) == [encode(None)] * 2
+    assert enc.encode_epochs([1, None], 2) == [encode(1), encode(None)]
+
+    assert enc.int_list([3, 1], "steps") == [3, 1]
+    assert enc.int_list(np.array([2, 5], dtype=np.uint16), "steps") == [2, 5]
+    assert enc.int_list([1.0, 2.0], "steps") == [1, 2]
+    assert enc.int_list([2**70, 1], "steps") == [2**70, 1]  # beyond int64: Python ints
+    for bad in ([1.5], [math.nan], [[1, 2]], ["1"]):
+        with pytest.raises(ValueError, match="steps"):
+            enc.int_list(bad, "steps")
+    enc.check_steps([0, enc.MAX_ABS_STEP, -enc.MAX_ABS_STEP], "m")
+    with pytest.raises(ValueError, match="2\\*\\*53"):
+        enc.check_steps([1, -enc.MAX_ABS_STEP - 1], "m")
+
+    assert enc.check_hash("a_b.c-1") == "a_b.c-1"
+    for bad in ("", "-x", "a/b", "x" * 129, 5):
+        with pytest.raises(ValueError, match="invalid Aim run hash"):
+            enc.check_hash(bad)
 
 
 def _chunk_items(repo_path, sub, run_hash):
@@ -124,7 +180,7 @@ def test_guard_storage_layout_equals_aim_run_track(tmp_path, template_repo):
         return {
             k: (None if k[-2:-1] == ("time",) else v)
             for k, v in items.items()
-            if "end_time" not in k and A._OWN_KEY not in k
+            if "end_time" not in k and OWN_KEY not in k
         }
 
     seqs_a, seqs_b = _chunk_items(a, "seqs", h), _chunk_items(b, "seqs", h)
@@ -153,7 +209,7 @@ def test_points_round_trip_timestamps_nan_inf_huge_steps(repo_path):
     assert all(abs(g - times[i]) < 1e-6 for g, i in zip(got_times, order))  # ms precision and better
     assert [None if e != e else int(e) for e in got_epochs] == [epochs[i] for i in order]
     # the SDK helper agrees
-    d = A.read_metric(repo_path, "r1", "loss", {"subset": "train"})
+    d = read_metric(repo_path, "r1", "loss", {"subset": "train"})
     assert d["steps"] == got_steps and d["epochs"] == [epochs[i] for i in order]
     # sequence metadata the UI uses (last value, last step, min/max) is right
     run = fresh(repo_path).get_run("r1")
@@ -298,7 +354,7 @@ def test_flush_survives_a_crash_and_the_stale_lock_is_taken_over(repo_path):
     code = f"""
 import os, sys
 sys.path.insert(0, {os.getcwd()!r})
-from syncer.aim_adapter import AimRunWriter
+from syncer.aim import AimRunWriter
 w = AimRunWriter.open({str(repo_path)!r}, "crash", experiment="e")
 w.set_info(name="c", description=None, params={{}}, labels=["a=b"], archived=False)
 w.set_times(created_at={T0}, ended_at=None, active=True)
@@ -334,26 +390,28 @@ def test_objects_with_chosen_step_and_time(repo_path):
 
 
 def test_experiment_description_and_system_metric_names(repo_path):
+    from syncer.mapping import system_metric, system_metric_name
+
     with AimRunWriter.open(repo_path, "r", experiment="xnli") as w:
-        w.write_points(A.system_metric_name("system/cpu_utilization_percentage"), {}, [0], [12.5], [T0])
+        w.write_points(system_metric_name("system/cpu_utilization_percentage"), {}, [0], [12.5], [T0])
     A.set_experiment_description(repo_path, "xnli", "cross-lingual NLI")
     A.set_experiment_description(repo_path, "new-exp", "made here")
     exps = {e.name: e.description for e in fresh(repo_path).structured_db.experiments()}
     assert exps["xnli"] == "cross-lingual NLI" and exps["new-exp"] == "made here"
     assert [m.name for m in fresh(repo_path).get_run("r").metrics()] == ["__system__cpu"]
 
-    assert A.system_metric_name("system/cpu_utilization_percentage") == "__system__cpu"
-    assert A.system_metric_name("cpu_utilization_percentage") == "__system__cpu"
-    assert A.system_metric_name("system_memory_usage_percentage") == "__system__memory_percent"
-    assert A.system_metric_name("disk_usage_percentage") == "__system__disk_percent"
-    assert A.system_metric("system/gpu_1_utilization_percentage") == ("__system__gpu", {"gpu": 1})
-    assert A.system_metric("gpu_0_power_usage_watts") == ("__system__gpu_power_watts", {"gpu": 0})
-    assert A.system_metric_name("gpu_memory_usage_percentage") == "__system__gpu_memory_percent"
-    assert A.system_metric_name("system/network_receive_megabytes") == "__system__network_receive_megabytes"
-    assert A.system_metric_name("__system__cpu") == "__system__cpu"
+    assert system_metric_name("system/cpu_utilization_percentage") == "__system__cpu"
+    assert system_metric_name("cpu_utilization_percentage") == "__system__cpu"
+    assert system_metric_name("system_memory_usage_percentage") == "__system__memory_percent"
+    assert system_metric_name("disk_usage_percentage") == "__system__disk_percent"
+    assert system_metric("system/gpu_1_utilization_percentage") == ("__system__gpu", {"gpu": 1})
+    assert system_metric("gpu_0_power_usage_watts") == ("__system__gpu_power_watts", {"gpu": 0})
+    assert system_metric_name("gpu_memory_usage_percentage") == "__system__gpu_memory_percent"
+    assert system_metric_name("system/network_receive_megabytes") == "__system__network_receive_megabytes"
+    assert system_metric_name("__system__cpu") == "__system__cpu"
     # the run hash the syncer derives from an MLflow run id is one the writer accepts
     assert aim_run_hash("abc") == aim_run_hash("abc") and len(aim_run_hash("abc")) == 24
-    assert A._check_hash(aim_run_hash("abc")) == aim_run_hash("abc")
+    assert enc.check_hash(aim_run_hash("abc")) == aim_run_hash("abc")
 
 
 def test_index_runs_batches_and_close_without_index(repo_path):
@@ -402,7 +460,7 @@ def test_archived_run_keeps_its_metrics_like_an_archived_aim_run(repo_path, temp
 _KILLED_WRITER = """
 import os, sys
 sys.path.insert(0, {cwd!r})
-from syncer.aim_adapter import AimRunWriter
+from syncer.aim import AimRunWriter
 repo = {repo!r}
 w = AimRunWriter.open(repo, "closed_not_indexed", experiment="e")
 w.set_info(name="c", description=None, params={{"p": 1}}, labels=["a=b"], archived=False)
@@ -438,7 +496,7 @@ def test_reopening_a_run_a_killed_writer_left_unindexed_indexes_it_without_chang
         # the next sync re-sends the metadata (unchanged) and has no points left to send
         w.set_info(name=name, description=None, params={"p": 1}, labels=["a=b"] if h == "closed_not_indexed" else [],
                    archived=False)
-        assert not w._meta_dirty  # nothing was written
+        assert not w.freshness.dirty  # nothing was written
         w.close()
     repo = fresh(repo_path)
     assert {r.hash for r in repo.iter_runs()} == {"closed_not_indexed", "stale", "open_at_kill"}
@@ -535,10 +593,10 @@ def test_open_writer_new_points_readable_elsewhere_after_flush_without_reindexin
         assert w.index_due(max_age=0)  # ... but not longer than max_age
         w.flush()
         w.set_times(created_at=T0, ended_at=None, active=True)  # unchanged: nothing to commit or index
-        assert not w._pending and not w._wal_dirty["meta"] and not w.index_due(max_age=3600)
+        assert not w.row.pending and not w.chunks.wal_dirty["meta"] and not w.index_due(max_age=3600)
         w.set_info(name="o", description=None, params={"p": 2}, labels=[], archived=False)  # metadata: due now
         assert w.index_due(max_age=3600)
-        w.index()
+        A.index_writers([w])
         assert _read_elsewhere(repo_path, "open") == {"steps": [0, 1, 2, 3], "last_step": {"m": 3},
                                                        "params": {"p": 2}, "active": True}
         w.write_points("n", {}, [0], [0.0], [T0])  # a new sequence: due now
@@ -560,7 +618,7 @@ def test_open_writer_found_stale_in_the_index_is_due_at_once(repo_path):
     w = AimRunWriter.open(repo_path, "k")
     try:
         assert w.index_due(max_age=3600)
-        assert w.index()
+        assert A.index_writers([w]) == []
         assert not w.index_due(max_age=3600)
     finally:
         w.close()

@@ -277,7 +277,8 @@ def test_running_run_writer_is_kept_open_between_rounds_and_closed_when_it_ends(
     point right after the round; a new metric is indexed in its round, points-only changes at
     most every `index_max_age`; the run ending in MLflow closes the writer (finished in Aim)."""
     from conftest import T0, client_for, log_points
-    from syncer import aim_adapter
+    from syncer import aim
+    from syncer.aim import index as aim_index
     from syncer.config import Config
     from syncer.runner import open_syncer
     from syncer.sink import aim_run_hash
@@ -289,13 +290,20 @@ def test_running_run_writer_is_kept_open_between_rounds_and_closed_when_it_ends(
     h = aim_run_hash(run_id)
 
     opens, indexed = [], []
-    real_open, real_index = aim_adapter.AimRunWriter.open.__func__, aim_adapter.index_runs
-    monkeypatch.setattr(aim_adapter.AimRunWriter, "open",
+    real_open, real_index = aim.AimRunWriter.open.__func__, aim_index.index_runs
+    monkeypatch.setattr(aim.AimRunWriter, "open",
                         classmethod(lambda cls, *a, **kw: opens.append(a[1]) or real_open(cls, *a, **kw)))
-    monkeypatch.setattr(aim_adapter, "index_runs", lambda r, hs, **kw: indexed.append(list(hs)) or real_index(r, hs, **kw))
 
-    syncer = open_syncer(Config(tracking_uri=uri, aim_repo=repo), strict_experiments=False, must_exist=True)
-    syncer.index_max_age = 3600.0  # points-only re-indexing off until asked for below
+    def spy_index(r, hs, **kw):
+        indexed.append(list(hs))
+        return real_index(r, hs, **kw)
+
+    monkeypatch.setattr(aim_index, "index_runs", spy_index)  # calls inside syncer.aim
+    monkeypatch.setattr(aim, "index_runs", spy_index)  # calls through the package
+
+    syncer = open_syncer(Config(tracking_uri=uri, aim_repo=repo), strict_experiments=False, must_exist=True,
+                         keep_open=True)
+    syncer.kept.index_max_age = 3600.0  # points-only re-indexing off until asked for below
     try:
         assert syncer.round().points == 100
         assert opens == [h] and indexed == [[h]]  # a new run: indexed in its first round
@@ -316,7 +324,7 @@ def test_running_run_writer_is_kept_open_between_rounds_and_closed_when_it_ends(
         assert opens == [h] and indexed == [[h], [h]]
         assert read_in_other_process(repo, h)["metrics"] == {"loss": list(range(103)), "acc": [0]}
 
-        syncer.index_max_age = 0.0  # points only, but the index entry is due
+        syncer.kept.index_max_age = 0.0  # points only, but the index entry is due
         log_points(client, run_id, "loss", [(103, 103.0, T0 + 300)])
         assert syncer.round().points == 1
         assert opens == [h] and len(indexed) == 3
@@ -325,11 +333,11 @@ def test_running_run_writer_is_kept_open_between_rounds_and_closed_when_it_ends(
 
         client.set_terminated(run_id, "FINISHED", end_time=T0 + 400)  # the run ends: writer closed
         syncer.round()
-        assert not syncer._kept and not os.path.exists(repo / ".aim" / "locks" / f"{h}.softlock")
+        assert not syncer.kept and not os.path.exists(repo / ".aim" / "locks" / f"{h}.softlock")
         got = read_in_other_process(repo, h)
         assert got["active"] is False and got["end_time"] == (T0 + 400) / 1000
         assert got["metrics"] == {"loss": list(range(104)), "acc": [0]}
-        assert aim_adapter.index_missing(repo) == []  # the index holds the run as closed
+        assert aim.index_missing(repo) == []  # the index holds the run as closed
     finally:
         syncer.close()
 
@@ -339,7 +347,7 @@ def test_sigterm_closes_the_writers_kept_open(tmp_path):
     it: the lock is free, the index up to date, every point there; a later daemon sees the run
     end and Aim shows it finished."""
     from conftest import T0, client_for, log_points
-    from syncer import aim_adapter
+    from syncer.aim import AimRunWriter, index_missing
     from syncer.sink import aim_run_hash
 
     uri, repo = str(tmp_path / "mlruns"), tmp_path / "aim"
@@ -360,10 +368,10 @@ def test_sigterm_closes_the_writers_kept_open(tmp_path):
     finally:
         d.kill()
     assert not lock.exists()
-    assert aim_adapter.index_missing(repo) == []  # nothing left for the next start to heal
+    assert index_missing(repo) == []  # nothing left for the next start to heal
     got = read_in_other_process(repo, h)
     assert got["active"] is True and got["last_step"] == {"loss": 50}  # still RUNNING in MLflow
-    aim_adapter.AimRunWriter.open(repo, h, lock_timeout=0.5).close()  # free for other writers
+    AimRunWriter.open(repo, h, lock_timeout=0.5).close()  # free for other writers
 
     client.set_terminated(run_id, "FINISHED", end_time=T0 + 100)
     d2 = Daemon(uri, repo, interval=0.5).start()
@@ -377,11 +385,11 @@ def test_sigterm_closes_the_writers_kept_open(tmp_path):
 
 
 def test_kept_writers_are_bounded_and_idle_ones_closed(tmp_path):
-    """MLflow leaves crashed runs RUNNING for good: the daemon keeps at most `keep_open_max`
+    """MLflow leaves crashed runs RUNNING for good: the daemon keeps at most `max_open`
     writers open (the least recently written are closed) and closes those idle for
-    `keep_open_idle` s; a closed one is simply reopened when its run gets new points."""
+    `idle_s` s; a closed one is simply reopened when its run gets new points."""
     from conftest import T0, client_for, log_points
-    from syncer import aim_adapter
+    from syncer.aim import index_missing
     from syncer.config import Config
     from syncer.runner import open_syncer
     from syncer.sink import aim_run_hash
@@ -393,20 +401,21 @@ def test_kept_writers_are_bounded_and_idle_ones_closed(tmp_path):
     for i, r in enumerate(runs):
         log_points(client, r, "loss", [(0, float(i), T0)])
     hashes = [aim_run_hash(r) for r in runs]
-    syncer = open_syncer(Config(tracking_uri=uri, aim_repo=repo), strict_experiments=False, must_exist=True)
-    syncer.keep_open_max = 2
+    syncer = open_syncer(Config(tracking_uri=uri, aim_repo=repo), strict_experiments=False, must_exist=True,
+                         keep_open=True)
+    syncer.kept.max_open = 2
     try:
         assert syncer.round().points == 3
-        assert len(syncer._kept) == 2  # the cap holds during the round, not only after it
-        closed = next(h for h in hashes if h not in syncer._kept)
+        assert len(syncer.kept) == 2  # the cap holds during the round, not only after it
+        closed = next(h for h in hashes if h not in syncer.kept)
         assert not (repo / ".aim" / "locks" / f"{closed}.softlock").exists()
         log_points(client, runs[hashes.index(closed)], "loss", [(1, 1.0, T0 + 1)])
-        assert syncer.round().points == 1 and closed in syncer._kept and len(syncer._kept) == 2
-        syncer.keep_open_idle = 0.0
+        assert syncer.round().points == 1 and closed in syncer.kept and len(syncer.kept) == 2
+        syncer.kept.idle_s = 0.0
         time.sleep(0.01)
-        assert syncer.round().points == 0 and not syncer._kept  # idle: closed, and indexed as closed
+        assert syncer.round().points == 0 and not syncer.kept  # idle: closed, and indexed as closed
         assert not list((repo / ".aim" / "locks").glob("*.softlock"))
-        assert aim_adapter.index_missing(repo) == []
+        assert index_missing(repo) == []
         aim = read_aim(repo)
         assert sorted(len(r["metrics"][("loss", ())]["steps"]) for r in aim.values()) == [1, 1, 2]
         assert all(r["active"] for r in aim.values())

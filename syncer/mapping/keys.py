@@ -1,20 +1,15 @@
-"""Pure mapping from MLflow's vocabulary to Aim's. No I/O except reading a rules file.
-
-- metric key  -> (Aim metric name, context dict)          `ContextMapper`
-- param value -> typed Python value                       `parse_param`
-- MLflow tags -> description, labels, user tags            `split_tags`
-"""
+"""Metric keys -> (Aim name, context): the default rules, user rules from a TOML file, and
+MLflow's system metrics as Aim's. Pure, except for reading a rules file."""
 
 from __future__ import annotations
 
-import ast
-import json
-import math
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
+
+from ..errors import BadInput
 
 # ISO 639-1 two-letter language codes. A Hugging Face eval set named after one of these gets
 # a `lang` context, so Aim can group curves by language.
@@ -42,8 +37,19 @@ SUBSET_PREFIXES: tuple[tuple[str, str], ...] = (
 )
 
 SYSTEM_PREFIX = "system/"
+AIM_SYSTEM_PREFIX = "__system__"  # aim.ext.resource.configs.AIM_RESOURCE_METRIC_PREFIX
 # MLflow names per-GPU system metrics `system/gpu_<i>_<what>`; Aim keeps the device in the context.
 _GPU_KEY = re.compile(r"^gpu_(?P<gpu>\d+)_(?P<what>.+)$")
+# MLflow system metric (without `system/` and the GPU index) -> Aim's resource-tracker name
+_SYSTEM_NAMES = {
+    "cpu_utilization_percentage": "cpu",
+    "system_memory_usage_percentage": "memory_percent",
+    "disk_usage_percentage": "disk_percent",
+    "gpu_utilization_percentage": "gpu",
+    "gpu_memory_usage_percentage": "gpu_memory_percent",
+    "gpu_power_usage_watts": "gpu_power_watts",
+    "gpu_temperature_celsius": "gpu_temp",
+}
 _HF_EVAL_LOSS = re.compile(r"^eval_(?P<ds>.+)_loss$")
 
 
@@ -52,6 +58,37 @@ class MappedMetric:
     name: str
     context: dict[str, Any]
     system: bool = False  # an Aim system metric (shown in Aim's System tab)
+
+    @property
+    def aim_name(self) -> str:
+        """The name written to Aim: system metrics get Aim's `__system__` names."""
+        return system_metric_name(self.name) if self.system else self.name
+
+
+def system_metric(name: str) -> tuple[str, dict[str, Any]]:
+    """MLflow system metric -> (Aim system-metric name, context).
+
+    Aim's Run page puts every metric whose name starts with ``__system__`` in its *System* tab
+    (and names ``__system__cpu``, ``__system__memory_percent``, ``__system__disk_percent``,
+    ``__system__gpu``, ``__system__gpu_memory_percent``, ``__system__gpu_power_watts``,
+    ``__system__gpu_temp`` nicely in the explorers); Aim's own resource tracker keeps the GPU
+    index in the context ``{"gpu": i}``.  Accepts ``system/gpu_0_utilization_percentage``,
+    ``gpu_0_utilization_percentage`` or ``gpu_utilization_percentage`` (GPU index already moved
+    to the context); other names keep their MLflow name after ``__system__``."""
+    if name.startswith(AIM_SYSTEM_PREFIX):
+        return name, {}
+    rest = name[len(SYSTEM_PREFIX):] if name.startswith(SYSTEM_PREFIX) else name
+    ctx: dict[str, Any] = {}
+    m = _GPU_KEY.match(rest)
+    if m:
+        ctx = {"gpu": int(m.group("gpu"))}
+        rest = f"gpu_{m.group('what')}"
+    return AIM_SYSTEM_PREFIX + _SYSTEM_NAMES.get(rest, rest), ctx
+
+
+def system_metric_name(name: str) -> str:
+    """The Aim system-metric name for an MLflow system metric name; see :func:`system_metric`."""
+    return system_metric(name)[0]
 
 
 @dataclass(frozen=True)
@@ -77,8 +114,8 @@ class Rule:
         return MappedMetric(name, ctx)
 
 
-class RulesFileError(ValueError):
-    pass
+class RulesFileError(BadInput):
+    """A context-map file that cannot be read or used."""
 
 
 def load_rules(path: str | Path) -> list[Rule]:
@@ -93,6 +130,9 @@ def load_rules(path: str | Path) -> list[Rule]:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise RulesFileError(f"cannot read context-map file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise RulesFileError(f"context-map file {path} is not UTF-8 text (byte {e.start}); "
+                             "save it as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise RulesFileError(f"context-map file {path} is not valid TOML: {e}") from None
     rules = []
@@ -179,97 +219,3 @@ class RunContextMapper:
             if key.startswith(prefix) and len(key) > len(prefix):
                 return MappedMetric(key[len(prefix):], {"subset": subset})
         return MappedMetric(key, {})
-
-
-# ---------------------------------------------------------------------------------------------
-# params
-
-_INT = re.compile(r"[+-]?(0|[1-9][0-9]*)")
-_FLOAT = re.compile(r"[+-]?((0|[1-9][0-9]*)\.[0-9]*|\.[0-9]+|0|[1-9][0-9]*)([eE][+-]?[0-9]+)?")
-_BOOLS = {"True": True, "False": False, "true": True, "false": False}
-_NONES = {"None", "null"}
-_INT64 = 2**63
-
-
-def _json_like(v: Any) -> bool:
-    """Values Aim can store as params: JSON-ish scalars, lists and str-keyed dicts of them."""
-    if v is None or isinstance(v, (bool, str)):
-        return True
-    if isinstance(v, int):
-        return -_INT64 <= v < _INT64
-    if isinstance(v, float):
-        return True
-    if isinstance(v, list):
-        return all(_json_like(x) for x in v)
-    if isinstance(v, dict):
-        return all(isinstance(k, str) and _json_like(x) for k, x in v.items())
-    return False
-
-
-def _tuples_to_lists(v: Any) -> Any:
-    if isinstance(v, tuple | list):
-        return [_tuples_to_lists(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _tuples_to_lists(x) for k, x in v.items()}
-    return v
-
-
-def parse_param(raw: str) -> Any:
-    """MLflow stores params as strings; give Aim the typed value when the string is
-    unambiguously one. Anything else is returned untouched."""
-    if not isinstance(raw, str):
-        return raw
-    if raw in _BOOLS:
-        return _BOOLS[raw]
-    if raw in _NONES:
-        return None
-    if _INT.fullmatch(raw):
-        v = int(raw)
-        return v if -_INT64 <= v < _INT64 else raw
-    if _FLOAT.fullmatch(raw):
-        f = float(raw)
-        return f if math.isfinite(f) else raw
-    if raw[:1] in "[{(" and raw[-1:] in "]})":
-        for loader in (json.loads, ast.literal_eval):
-            try:
-                v = loader(raw)
-            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-                continue
-            if isinstance(v, (list, dict, tuple)):
-                v = _tuples_to_lists(v)
-                if _json_like(v):
-                    return v
-    return raw
-
-
-def parse_params(params: dict[str, str]) -> dict[str, Any]:
-    return {k: parse_param(v) for k, v in params.items()}
-
-
-# ---------------------------------------------------------------------------------------------
-# tags
-
-NOTE_TAG = "mlflow.note.content"
-RUN_NAME_TAG = "mlflow.runName"
-PARENT_TAG = "mlflow.parentRunId"
-USER_TAG = "mlflow.user"
-SOURCE_TAG = "mlflow.source.name"
-GIT_COMMIT_TAG = "mlflow.source.git.commit"
-
-
-@dataclass(frozen=True)
-class TagSplit:
-    description: str | None
-    user_tags: dict[str, str]  # non-`mlflow.*` tags, verbatim
-    system_tags: dict[str, str]  # `mlflow.*` tags
-
-
-def split_tags(tags: dict[str, str]) -> TagSplit:
-    user = {k: v for k, v in tags.items() if not k.startswith("mlflow.")}
-    system = {k: v for k, v in tags.items() if k.startswith("mlflow.")}
-    return TagSplit(tags.get(NOTE_TAG) or None, user, system)
-
-
-def tag_labels(user_tags: dict[str, str]) -> list[str]:
-    """Aim labels for the runs table's Tags column: `key=value` (just `key` when empty)."""
-    return sorted(f"{k}={v}" if v != "" else k for k, v in user_tags.items())

@@ -1,0 +1,204 @@
+"""A run's two RocksDB chunks, open for writing: ``meta/chunks/<hash>`` and ``seqs/chunks/<hash>``.
+
+The meta chunk holds the run's tree (params, end time, contexts, the list of sequences with
+their bookkeeping); the seqs chunk holds the points.  :class:`RunChunks` opens them as
+``aim.sdk.base_run.BaseRun`` does and exposes the same tree views, so Aim's own
+``RunTracker`` can write objects through it.  Opening the meta chunk for writing creates
+``meta/progress/<hash>`` (``aim up`` lists the run under ``/api/runs/active/`` while it exists);
+closing removes it.
+
+Durability: :meth:`RunChunks.flush` fsyncs the write-ahead log of each chunk written since the
+last flush.  Readers in other processes open the seqs chunk read-only, which replays that WAL:
+new points are readable right after a flush.  A chunk kept open long has its memtable flushed to
+an SST file every ``MEMTABLE_FLUSH_POINTS`` points, so the WAL every reader replays stays short.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+from . import encoding as enc
+
+log = logging.getLogger(__name__)
+
+# A writer kept open flushes its seqs memtable to an SST file after this many points, so the WAL
+# that every reader's read-only open replays stays short (~1.5 MB).
+MEMTABLE_FLUSH_POINTS = 5000
+
+_MISSING = object()
+
+
+class RunChunks:
+    """The meta and seqs chunks of one run, open for writing (the seqs chunk on first use).
+
+    ``on_meta_change(urgent=...)`` is told of every commit to the meta chunk (the run index
+    then lags it; see ``index.IndexFreshness``)."""
+
+    read_only = False  # what RunTracker checks, as on aim.sdk.base_run.BaseRun
+
+    def __init__(self, repo: Any, run_hash: str, *, on_meta_change: Callable[..., None]) -> None:
+        self.repo = repo
+        self.hash = run_hash
+        self._on_meta_change = on_meta_change
+        self._seqs: Any = None
+        self._series_run_trees: dict[int, Any] | None = None
+        self._tracker: Any = None
+        self.wal_dirty = {"meta": False, "seqs": False}  # written since the last flush()
+        self._seqs_unflushed = 0  # points written since the seqs memtable was last flushed
+        self.meta: Any = repo.request_container("meta", run_hash, read_only=False)
+        try:
+            # tree views shaped like aim.sdk.base_run.BaseRun's (RunTracker reads them)
+            self.meta_tree: Any = self.meta.tree().subtree("meta")
+            self.meta_run_tree: Any = self.meta_tree.subtree(("chunks", run_hash))
+            self._init_meta()
+        except BaseException:
+            self.close()
+            raise
+
+    def _init_meta(self) -> None:
+        # what aim.sdk.run.BasicRun.__init__ writes for a run opened for writing, less end_time
+        # (which it resets to None on every open: the writer keeps what set_times() wrote)
+        batch = self.meta.batch()
+        n = batch.count()
+        try:
+            self.meta_run_tree.first_key("attrs")
+        except (KeyError, StopIteration):
+            self.tree_set(batch, ("meta", "chunks", self.hash, "attrs"), {})
+            self.tree_set(batch, ("meta", "attrs"), {})
+        if self.meta_run_tree.get("end_time", _MISSING) is _MISSING:
+            self.tree_set(batch, ("meta", "chunks", self.hash, "end_time"), None)
+        if batch.count() != n:
+            self.commit_meta(batch, urgent=True)
+
+    # ---- writing ----------------------------------------------------------------------------
+
+    def tree_set(self, batch: Any, path: tuple, value: Any, strict: bool = True) -> None:
+        """``ContainerTreeView.set(path, value)`` into ``batch`` of the meta chunk."""
+        c = self.meta
+        p = enc.encode_path(path)
+        c.delete_range(p, p + b"\xff", store_batch=batch)
+        for k, v in enc.encode_tree(value, strict=strict):
+            c.set(p + k, v, store_batch=batch)
+
+    def commit_meta(self, batch: Any, *, urgent: bool = False) -> None:
+        """Commit a batch to the meta chunk.  ``urgent``: the change must reach the run index
+        soon; otherwise it is per-sequence bookkeeping (last value, last step, min, max) that
+        may lag a few seconds."""
+        self.meta.commit(batch)
+        self._on_meta_change(urgent=urgent)
+        self.wal_dirty["meta"] = True
+
+    def write_seqs(self, batch: Any, points: int) -> None:
+        """Write a batch of ``points`` points to the seqs chunk."""
+        self.seqs().db.write(batch)
+        self.wal_dirty["seqs"] = True
+        self._seqs_unflushed += points
+
+    def track_object(self, obj: Any, timestamp: float, name: str, step: int, epoch: int | None,
+                     context: Any) -> None:
+        """Track an object (``aim.Image``, ``aim.Text``, ...) with Aim's own ``RunTracker``,
+        which writes both chunks itself; a new object sequence must reach the index soon."""
+        if self._tracker is None:
+            from aim.sdk.tracker import RunTracker
+
+            self._tracker = RunTracker(self)  # type: ignore[arg-type]  # duck-types the Run it reads
+        self._on_meta_change(urgent=True)
+        self.wal_dirty["meta"] = self.wal_dirty["seqs"] = True
+        self._tracker._track(obj, timestamp, name, step, epoch, context=context)
+
+    def seqs(self) -> Any:
+        """The run's ``seqs`` chunk, opened on first use, with a vector memtable and larger
+        write buffers: we only ever write through this handle (readers open their own, with
+        Aim's options), and RocksDB takes our hash-ordered batches about twice as fast so."""
+        c = self._seqs
+        if c is None:
+            from aim.sdk.repo import ContainerConfig
+
+            config = ContainerConfig("seqs", self.hash, False)
+            c = self.repo.container_pool.get(config)
+            if c is None:
+                path = os.path.join(self.repo.path, "seqs", "chunks", self.hash)
+                try:
+                    c = _write_optimized_container(path)
+                except Exception as e:  # noqa: BLE001 - e.g. options refused: Aim's own container
+                    log.debug("default RocksDB options for %s: %r", path, e)
+                    c = None
+                if c is not None:
+                    self.repo.container_pool[config] = c
+                else:
+                    c = self.repo.request_container("seqs", self.hash, read_only=False)
+            self._seqs = c
+        return c
+
+    @property
+    def series_run_trees(self) -> dict[int, Any]:
+        if self._series_run_trees is None:
+            seqs = self.seqs().tree().subtree("seqs")
+            h = self.hash
+            self._series_run_trees = {1: seqs.subtree(("chunks", h)), 2: seqs.subtree(("v2", "chunks", h))}
+        return self._series_run_trees
+
+    # ---- durability -------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """fsync the write-ahead logs of the chunks written since the last flush (nothing new:
+        nothing to do); flush a long seqs memtable to an SST file."""
+        for name, c in (("meta", self.meta), ("seqs", self._seqs)):
+            if c is not None and self.wal_dirty[name]:
+                c.db.flush_wal(True)
+                self.wal_dirty[name] = False
+        if self._seqs_unflushed >= MEMTABLE_FLUSH_POINTS and self._seqs is not None:
+            # every reader's read-only open replays the WAL: keep it short for a writer that
+            # stays open (the memtable goes to an SST file, a new WAL starts)
+            self._seqs.db.flush()
+            self._seqs_unflushed = 0
+
+    def close(self) -> None:
+        """Flush the memtables and WALs, close both chunks, drop the progress marker.
+        Idempotent."""
+        from aim.sdk.repo import ContainerConfig
+
+        for c in (self.meta, self._seqs):
+            if c is not None:
+                c.close()
+        self.meta = self._seqs = None
+        for sub in ("meta", "seqs"):
+            self.repo.container_pool.pop(ContainerConfig(sub, self.hash, False), None)
+        self.meta_tree = self.meta_run_tree = self._series_run_trees = None
+        self._tracker = None
+
+
+_WriteOptimizedContainer: Any = None
+
+
+def _write_optimized_container(path: str) -> Any:
+    """An ``aim.storage.rockscontainer.RocksContainer`` (write mode) whose RocksDB is opened
+    with a vector memtable (fast bulk inserts, slow memtable reads: we never read through it)
+    and 16 MB write buffers instead of Aim's 1 MB.  Only the in-memory write path differs; the
+    files are plain RocksDB files every Aim reader opens with its own options."""
+    global _WriteOptimizedContainer
+    if _WriteOptimizedContainer is None:
+        import aimrocks
+        from aim.storage.rockscontainer import RocksContainer
+
+        class WriteOptimizedContainer(RocksContainer):
+            @property
+            def _db_opts(self) -> Any:
+                return self.__dict__["_tuned_db_opts"]
+
+            @_db_opts.setter
+            def _db_opts(self, opts: Any) -> None:
+                self.__dict__["_tuned_db_opts"] = {
+                    **opts,
+                    "memtable_factory": aimrocks.VectorMemtableFactory(),
+                    "allow_concurrent_memtable_write": False,
+                    "write_buffer_size": 16 << 20,
+                    "max_write_buffer_number": 2,
+                    "db_write_buffer_size": 32 << 20,
+                }
+
+        _WriteOptimizedContainer = WriteOptimizedContainer
+    return _WriteOptimizedContainer(path, read_only=False)

@@ -1,0 +1,293 @@
+"""The run index (``<repo>/.aim/meta/index``): what makes a run visible.
+
+A run is listed by ``Repo.iter_runs`` / ``get_run`` / queries / ``aim up`` only once its meta
+chunk (``meta/chunks/<hash>``) has been copied into the repo index.  Aim itself indexes only from
+``aim up``'s background indexer or ``aim storage reindex``; :func:`index_runs` calls that same
+indexing code (``RepoIndexManager.index``), so a run is visible at once (to ``aim up`` too,
+running or not).  Indexing records a stamp of the chunk's files (``index_cache/<hash>``: md5
+over their paths, mtimes and sizes).
+
+A writer killed after writing but before indexing leaves the run unlisted (or listed as it
+was): a writer's close therefore also indexes when it wrote nothing but the index's stamp
+differs from the chunk as it found it (:class:`IndexFreshness`), and :func:`index_missing`
+repairs every such run at once (when a process starts: runs closed with ``index=False`` whose
+batch ``index_runs`` never came are seen by nobody else).
+
+For a writer kept open, what only the index holds (the run itself, params, end time, the list
+of sequences, each sequence's last value / step / min / max shown in the tables) is refreshed
+by :func:`index_writers` when ``IndexFreshness.due()`` says so; new points of a sequence
+already listed are readable without it.
+
+Caveat (Aim 3.29): while ``aim up`` runs, its indexer thread and ``index_runs`` take turns on the
+index DB; ``index_runs`` retries, but Aim's indexer thread does not catch the lock error and
+stops if it loses the race (then only runs we index are re-indexed until ``aim up`` restarts).
+``close(index=False)`` + one ``index_runs`` per sync pass keeps the window small.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from .repo import get_repo
+
+if TYPE_CHECKING:
+    from .writer import AimRunWriter
+
+log = logging.getLogger(__name__)
+
+# index_runs' retries while another process (aim up's indexer) holds the index DB
+INDEX_ATTEMPTS = 10
+INDEX_FIRST_DELAY = 0.02  # seconds, doubled after each attempt
+INDEX_MAX_DELAY = 0.5
+# index_missing's retries of reading the index (its files swapped by a concurrent compaction)
+READ_ATTEMPTS = 3
+READ_DELAY = 0.2
+
+
+class IndexFreshness:
+    """How the run index's entry for one open run compares with the run's meta chunk.
+
+    Taken when the writer opens the run (before the chunk is opened: opening changes its
+    files).  The index entry lags when the chunk changed since it was last indexed
+    (:meth:`changed`), and must catch up *soon* (``urgent``) when readers of the index would
+    notice: a new run, its metadata (params, end time), its list of sequences; per-sequence
+    bookkeeping (last value / step, min, max) may lag up to ``max_age`` (:meth:`due`)."""
+
+    def __init__(self, repo: Any, run_hash: str, *, new_run: bool) -> None:
+        self._repo = repo
+        self._hash = run_hash
+        # Aim's stamp of the chunk as the last writer left it (None: no chunk yet)
+        self._stamp_at_open = chunk_stamp(repo, run_hash)
+        self.dirty = False  # the meta chunk changed since the run was last indexed
+        self.urgent = new_run or self._stamp_at_open is None  # ... in a way readers notice at once
+        self._compared = False  # whether the index was compared with the chunk as found
+        self._indexed_open = False  # indexed while open: the stamp changes again on close
+        self._last_index = time.monotonic()
+
+    def changed(self, *, urgent: bool = False) -> None:
+        """The meta chunk was written; ``urgent``: the index must catch up soon."""
+        self.dirty = True
+        if urgent:
+            self.urgent = True
+
+    def due(self, max_age: float) -> bool:
+        """Whether the index should be refreshed now: at once when the run is not in it (or it
+        holds an older state than the chunk found at open: a killed writer), or when the change
+        is urgent; at most every ``max_age`` seconds when only points of known sequences were
+        added."""
+        if not self._compared:
+            self._compared = True
+            if not self.urgent and not self._indexed_open and self._index_lags():
+                self.urgent = True
+        if self.urgent:
+            return True
+        return self.dirty and time.monotonic() - self._last_index >= max_age
+
+    def indexed(self) -> None:
+        """The run, as it is now, was copied into the index (the writer stays open)."""
+        self.dirty = self.urgent = False
+        self._compared = self._indexed_open = True
+        self._last_index = time.monotonic()
+
+    def needs_index_on_close(self, *, look: bool) -> bool:
+        """Whether the closed run must be indexed.  Yes when it changed or was indexed while open
+        (closing flushes the memtables: the chunk's files, so its stamp, change once more).
+        With ``look``, also when nothing was written now but an earlier writer (killed, or
+        closed with ``index=False`` and never indexed) left the index without this run or with
+        an older state of it (a read-only look-up of the index, a few ms)."""
+        if self.dirty or self.urgent or self._indexed_open:
+            return True
+        return look and not self._compared and self._index_lags()
+
+    def _index_lags(self) -> bool:
+        """The index's stamp of the run differs from the chunk's as found at open."""
+        if self._stamp_at_open is None:
+            return True
+        return index_stamps(self._repo, [self._hash]).get(self._hash) != self._stamp_at_open
+
+
+def chunk_stamp(repo: Any, run_hash: str) -> str | None:
+    """Aim's freshness stamp of a run's meta chunk (md5 over its files' paths, mtimes and sizes:
+    ``RepoIndexManager._get_run_checksum``), what indexing stores as ``index_cache/<hash>``;
+    ``None`` when the chunk does not exist.  Stats the chunk's files, reads none."""
+    from aim.sdk.index_manager import RepoIndexManager
+
+    if not os.path.isdir(os.path.join(repo.path, "meta", "chunks", run_hash)):
+        return None
+    return RepoIndexManager.get_index_manager(repo)._get_run_checksum(run_hash)
+
+
+def _open_index_for_reading(repo: Any) -> Any:
+    """A private read-only handle on the run index (no lock taken, nothing written: not Aim's
+    read path, which may rewrite the index's WAL); ``None`` when the repo has no index."""
+    from aim.storage.rockscontainer import RocksContainer
+
+    path = os.path.join(repo.path, "meta", "index")
+    if not os.path.isdir(path):
+        return None
+    return RocksContainer(path, read_only=True, skip_read_optimization=True)
+
+
+def index_stamps(repo: Any, run_hashes: Iterable[str]) -> dict[str, str]:
+    """``index_cache`` of the run index for ``run_hashes`` (point lookups): run hash -> the chunk
+    stamp it was indexed at.  Empty when the index cannot be read."""
+    try:
+        c = _open_index_for_reading(repo)
+    except Exception as e:  # noqa: BLE001 - e.g. files swapped by a concurrent compaction: unknown
+        log.debug("cannot read Aim's run index: %r", e)
+        return {}
+    if c is None:
+        return {}
+    try:
+        tree = c.tree()
+        out = {}
+        for h in run_hashes:
+            v = tree.get(("index_cache", h), None)
+            if v is not None:
+                out[h] = v
+        return out
+    finally:
+        c.close()
+
+
+def index_runs(repo: Any, run_hashes: Iterable[str], *, attempts: int = INDEX_ATTEMPTS) -> list[str]:
+    """Copy the given runs' meta chunks into the repo index with Aim's own indexing code
+    (``RepoIndexManager.index``, what ``aim up``'s indexer and ``aim storage reindex`` run),
+    so that ``Repo.iter_runs`` / ``get_run`` / queries and ``aim up`` list them.  The index DB is
+    opened once for all the hashes.
+
+    Returns the hashes not indexed now: the index is held by another process (``aim up``'s
+    indexer, which then indexes them itself), or a chunk could not be read.
+
+    A repo without an index (made by an old Aim) reads every chunk directly: nothing to do
+    (creating an index there would hide every other not-yet-indexed run)."""
+    import aimrocks.errors
+    from aim.sdk.index_manager import RepoIndexManager
+    from aim.sdk.repo import ContainerConfig
+
+    hashes = list(dict.fromkeys(run_hashes))
+    repo = get_repo(repo)
+    if not hashes or not os.path.isdir(os.path.join(repo.path, "meta", "index")):
+        return []
+    mgr = RepoIndexManager.get_index_manager(repo)
+    index_repo = mgr.repo  # the manager indexes through the Repo it was made for
+    config = ContainerConfig("meta/index", None, True)  # how Repo._get_index_container pools it
+    container = None
+    delay = INDEX_FIRST_DELAY
+    for attempt in range(attempts):
+        try:
+            container = index_repo._get_index_container("meta", timeout=0)
+            break
+        except aimrocks.errors.RocksIOError as e:  # the index DB is open in another process
+            if attempt == attempts - 1:
+                log.warning("Aim's run index is busy (%s); `aim up` will index %d run(s) itself", e, len(hashes))
+                return hashes
+            time.sleep(delay)
+            delay = min(delay * 2, INDEX_MAX_DELAY)
+    assert container is not None
+    failed = []
+    try:
+        for h in hashes:
+            mgr.index(h)  # reuses the pooled container we hold
+            if container.tree().get(("index_cache", h), None) is None:
+                failed.append(h)
+    finally:
+        index_repo.container_pool.pop(config, None)
+        container.close()  # flush and release the index DB at once
+        # drop cached read-only handles on the index: they would not see the new entries
+        for r in {id(repo): repo, id(index_repo): index_repo}.values():
+            r.container_pool.pop(ContainerConfig("meta", None, True), None)
+    if failed:
+        log.warning("could not index Aim run(s) %s", ", ".join(failed))
+    return failed
+
+
+def index_writers(writers: Iterable[AimRunWriter]) -> list[AimRunWriter]:
+    """Flush the given open writers (of one repo) and copy their runs, as they are now, into
+    the run index in one pass (one open of the index DB), keeping them open for writing.
+    Returns the writers not indexed now (the index is busy: try again later)."""
+    writers = [w for w in writers if not w.closed]
+    if not writers:
+        return []
+    for w in writers:
+        w.flush()  # the indexer reads the chunk through its own read-only handle: WAL on disk
+    failed = set(index_runs(writers[0].repo, [w.hash for w in writers]))
+    for w in writers:
+        if w.hash not in failed:
+            w.freshness.indexed()
+    return [w for w in writers if w.hash in failed]
+
+
+def close_writers(writers: Iterable[AimRunWriter], *, index: bool = True) -> list[str]:
+    """Close several writers (of one repo), then index those that need it in one pass: what a
+    long-lived syncer does when it stops.  Every writer is closed even if one fails (the first
+    error is raised after).  Returns the hashes not indexed (``index=False``: all that need it)."""
+    todo: list[str] = []
+    error: BaseException | None = None
+    repo = None
+    for w in list(writers):
+        repo = w.repo
+        try:
+            if w.close(index=False, look=index):
+                todo.append(w.hash)
+        except BaseException as e:  # noqa: BLE001 - raised after the others are closed
+            error = error or e
+    missed = index_runs(repo, todo) if (index and todo) else todo
+    if error is not None:
+        raise error
+    return missed
+
+
+def index_missing(repo: Any, *, stale: bool = True) -> list[str]:
+    """Index every run that has a meta chunk but that Aim's index lacks (``get_run`` returns
+    ``None`` for it), or (``stale=True``) whose index entry is older than its chunk; returns
+    the hashes indexed.  Self-healing after a writer was killed between writing a run and
+    indexing it (e.g. runs closed with ``index=False`` whose batch ``index_runs`` never came).
+    Call it once when a backfill or the sync daemon starts.
+
+    Cost when all is well: one listing of ``meta/chunks``, one read-only pass over the index's
+    ``index_cache`` keys and, with ``stale``, a ``stat`` of each chunk's files (what Aim's own
+    indexer does every 5 s); no chunk is opened.  Runs it indexes cost what ``index_runs`` does.
+    Runs being written right now by someone else may show as stale: indexing them is harmless
+    (``aim up`` does the same)."""
+    repo = get_repo(repo)
+    chunks = os.path.join(repo.path, "meta", "chunks")
+    if not os.path.isdir(os.path.join(repo.path, "meta", "index")) or not os.path.isdir(chunks):
+        return []
+    with os.scandir(chunks) as it:
+        hashes = sorted(e.name for e in it if e.is_dir())
+    if not hashes:
+        return []
+    stamps, listed = _read_index(repo)
+    todo = [h for h in hashes if h not in listed or h not in stamps]
+    if stale:
+        todo += [h for h in hashes if h in listed and h in stamps and stamps[h] != chunk_stamp(repo, h)]
+    if not todo:
+        return []
+    log.info("indexing %d Aim run(s) missing from (or outdated in) the run index", len(todo))
+    failed = set(index_runs(repo, todo))
+    return [h for h in todo if h not in failed]
+
+
+def _read_index(repo: Any) -> tuple[dict[str, str], set[str]]:
+    """The whole ``index_cache`` (hash -> stamp) and the hashes whose chunk the index lists."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            c = _open_index_for_reading(repo)
+            try:
+                tree = c.tree()
+                stamps = {h: v for h, v in tree.subtree("index_cache").items()}
+                listed = set(tree.subtree(("meta", "chunks")).keys())
+            finally:
+                c.close()
+            return stamps, listed
+        except Exception as e:
+            if attempt == READ_ATTEMPTS - 1:
+                raise
+            log.debug("reading Aim's run index: %r; retrying", e)
+            time.sleep(READ_DELAY)
+    raise AssertionError("unreachable")

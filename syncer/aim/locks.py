@@ -1,0 +1,95 @@
+"""The run lock: one writer per Aim run (what ``aim.sdk.lock_manager`` gives ``aim.Run``).
+
+A writer holds ``locks/<hash>.softlock`` from open to close.  Another writer (a second syncer
+for the same run, ``aim.Run(hash)``, the ``aim`` CLI's run commands) cannot write that run
+meanwhile and gets :class:`AimRunLocked` after its timeout.
+
+A SIGKILLed holder leaves its lock behind.  Aim takes such a lock over when its recorded pid
+(same machine) is dead; :func:`drop_own_stale_lock` also when it names this very pid but
+predates this process (containers restarted with the same pid).  A lock left by another machine
+id (e.g. a *recreated* container with a new MAC address) is not taken over: ``aim runs close
+--force`` frees it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+from ..errors import RunLocked
+
+log = logging.getLogger(__name__)
+
+
+class AimRunLocked(RunLocked):
+    """Another writer (process) holds the Aim run's lock."""
+
+
+def lock_run(repo: Any, run_hash: str, timeout: float) -> Any:
+    """Take the lock of run ``run_hash`` (an Aim ``RunLock`` that any thread may release);
+    :class:`AimRunLocked` when another writer still holds it after ``timeout`` seconds."""
+    drop_own_stale_lock(repo, run_hash)
+    lock = _thread_free(repo.request_run_lock(run_hash, timeout=timeout))
+    try:
+        lock.lock()
+    except Exception as e:
+        raise AimRunLocked(
+            f"cannot lock Aim run {run_hash} in {repo.path}: {type(e).__name__}: {e}"
+            " (another writer holds it; if none does, `aim runs close --force` it)"
+        ) from e
+    return lock
+
+
+def _thread_free(run_lock: Any) -> Any:
+    """Aim's run lock with a ``filelock.SoftFileLock`` that any thread may release.
+
+    Aim makes it with filelock's default ``thread_local=True``: a release from another thread
+    than the one that locked is a silent no-op, and the lock file stays (held for good as far
+    as this process is concerned).  A writer kept open between the daemon's rounds may be
+    opened on one scheduler worker thread and closed on another, or on the main thread."""
+    sf = getattr(run_lock, "_sf_lock", None)
+    if sf is not None and sf.is_thread_local():
+        from filelock import SoftFileLock
+
+        run_lock._sf_lock = SoftFileLock(sf.lock_file, timeout=sf.timeout, thread_local=False)
+    return run_lock
+
+
+def drop_own_stale_lock(repo: Any, run_hash: str) -> None:
+    """Remove a run lock that an earlier process with *this* process's id left behind.
+
+    Aim frees a run lock whose writer died only when the recorded pid is not alive; a
+    container restarted after a SIGKILL often gets the same pid (e.g. 7 under ``init: true``),
+    so the dead writer's lock would look held by us.  A lock file naming this machine and this
+    pid but written before this process started cannot be ours: it is stale."""
+    from aim.sdk.lock_manager import LockManager
+
+    path = os.path.join(repo.path, "locks", LockManager.softlock_fname(run_hash))
+    try:
+        with open(path) as fh:
+            machine, pid, *_ = fh.read().split("-")
+        if int(machine) != LockManager.machine_id or int(pid) != os.getpid():
+            return
+        if os.stat(path).st_mtime >= _process_started():
+            return  # taken by this process (another writer object in it): a real conflict
+        log.info("removing a stale lock of Aim run %s left by an earlier process with this pid", run_hash)
+        os.unlink(path)
+    except (OSError, ValueError):
+        return
+
+
+_started: float | None = None
+
+
+def _process_started() -> float:
+    global _started
+    if _started is None:
+        try:
+            import psutil
+
+            _started = psutil.Process().create_time()
+        except Exception:  # noqa: BLE001  # pragma: no cover - no psutil: never take a lock over
+            _started = -math.inf
+    return _started

@@ -1,0 +1,97 @@
+"""The Aim repo: open (or create) it for writing, and read it back in this same process.
+
+``logs`` and ``logs/.aim`` name the same repo (``syncer.config.repo_root``).  Creating a repo
+runs Aim's alembic migration of ``run_metadata.sqlite`` (in a subprocess: seconds); a repo whose
+creation was cut short has no schema and is initialised again.
+
+In one process, ``Repo.list_all_runs()`` is cached for 0.5 s per repo path, even across new
+``Repo`` objects: read with :func:`fresh_repo` right after writing (``get_run`` / ``iter_runs``
+are not cached).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import repo_root
+from ..errors import RepoError, one_line
+
+# open_repo's retries while another process holds the new repo's index DB (creating it)
+OPEN_ATTEMPTS = 20
+OPEN_FIRST_DELAY = 0.1  # seconds, doubled after each attempt
+OPEN_MAX_DELAY = 2.0
+
+
+def get_repo(repo: Any) -> Any:
+    """``repo`` itself when it is an ``aim.Repo``, else Aim's pooled ``Repo`` for the path."""
+    from aim.sdk.repo import Repo
+    from aim.sdk.repo_utils import get_repo as aim_get_repo
+
+    if isinstance(repo, Repo):
+        return repo
+    return aim_get_repo(os.fspath(repo))
+
+
+def open_repo(path: str | os.PathLike, attempts: int = OPEN_ATTEMPTS) -> tuple[Any, bool]:
+    """The Aim repo at ``path``, created when missing. Returns ``(repo, created)``; raises
+    ``syncer.errors.RepoError`` (one line) when it cannot be used.
+
+    Several syncers may start at once on one new repo (one per experiment set): Aim's index is
+    a RocksDB that one process at a time may hold while creating it, so that is retried."""
+    import aimrocks.errors
+    import sqlalchemy.exc
+    from aim import Repo
+
+    busy = (aimrocks.errors.RocksIOError, sqlalchemy.exc.OperationalError)  # another process holds it
+    root = repo_root(path).resolve()
+    created = not (root / ".aim").is_dir()
+    delay = OPEN_FIRST_DELAY
+    for attempt in range(attempts):
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            if not os.access(root, os.W_OK) or (not created and not os.access(root / ".aim", os.W_OK)):
+                raise PermissionError(13, "Permission denied")
+            return Repo.from_path(str(root), init=created or not _schema_ready(root)), created
+        except PermissionError:
+            raise RepoError(f"the Aim repo {root} is not writable") from None
+        except OSError as e:
+            raise RepoError(f"cannot open the Aim repo {root}: {e.strerror or e}") from None
+        except busy as e:
+            if attempt == attempts - 1:
+                raise RepoError(f"cannot open the Aim repo {root}: {one_line(e)}") from None
+            time.sleep(delay)
+            delay = min(delay * 2, OPEN_MAX_DELAY)
+        except Exception as e:  # noqa: BLE001 - whatever Aim raised, as one line
+            raise RepoError(f"cannot open the Aim repo {root}: {one_line(e)}") from None
+    raise AssertionError("unreachable")
+
+
+def _schema_ready(root: Path) -> bool:
+    """Whether Aim's run-metadata DB got its schema. A repo whose creation was cut short (a
+    SIGKILL while Aim's migration ran) has none; opening it with init=True heals it (Aim's
+    init is idempotent, but it runs the migration in a subprocess: seconds, so not always)."""
+    db = root / ".aim" / "run_metadata.sqlite"
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            return con.execute("SELECT version_num FROM alembic_version").fetchone() is not None
+    except sqlite3.Error:
+        return False
+
+
+def fresh_repo(path: Any) -> Any:
+    """A new ``aim.Repo`` for reading what was written a moment ago in this same process.
+
+    ``Repo.list_all_runs()`` (``_all_run_hashes``) is cached for 0.5 s per repo *path* (a
+    ``ttl_cache`` keyed by the Repo object, which hashes and compares by path), so even a new
+    ``Repo(path)`` may list the runs of half a second ago; this drops that cache.  Other
+    processes (``aim up``) are not affected.  ``path``: an ``aim.Repo``, its root or its ``.aim``.
+    Close the returned Repo when done."""
+    from aim import Repo
+
+    Repo._all_run_hashes.cache_clear()
+    return Repo(path.root_path if hasattr(path, "root_path") else str(repo_root(path)))

@@ -1,0 +1,147 @@
+"""Aim's structured database (``<repo>/.aim/run_metadata.sqlite``): runs, experiments, tags.
+
+The same tables ``aim.storage.structured.sql_engine.entities.ModelMappedRun`` writes.  What
+the UI takes from here:
+
+* creation time = the ``run.created_at`` column (naive UTC); the runs table is ordered by it
+  (``ORDER BY created_at DESC``), ``creation_time`` in the web API is its timestamp;
+  ``finalized_at`` is only a fallback for the end time (which lives in the meta tree) and is
+  kept equal to it;
+* name, description, experiment (with its description), tags (the Tags column);
+* the archived flag: ``Run.metrics()`` / ``Repo.query_metrics(q)`` / ``query_runs(q)`` add
+  ``run.archived == False`` to every query that does not mention ``run.archived``, so an
+  archived run (MLflow deleted) lists no metrics there, as with Aim's own SDK.  Its Run page
+  shows them (``collect_sequence_info``); read them with ``iter_metrics_info()`` +
+  ``get_metric()`` or a query with ``run.archived == True``.
+
+A writer collects its run's row changes in a :class:`RunRow` and commits them in one
+transaction when it flushes or closes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from contextlib import nullcontext
+from typing import Any
+
+from .repo import get_repo
+
+# commit retries when an experiment / tag was created meanwhile by another process
+COMMIT_ATTEMPTS = 3
+
+_MISSING = object()
+
+
+def utc_naive(ts: float) -> _dt.datetime:
+    """Seconds since the epoch -> naive UTC datetime, as Aim's structured DB stores them."""
+    return _dt.datetime.fromtimestamp(float(ts), tz=_dt.timezone.utc).replace(tzinfo=None)
+
+
+class RunRow:
+    """One run's row in the structured DB: changes collected, then committed in one
+    transaction (creating the row, with its experiment, when missing)."""
+
+    def __init__(self, repo: Any, run_hash: str, *, experiment: str | None) -> None:
+        self._repo = repo
+        self.hash = run_hash
+        self.pending: dict[str, Any] = {}  # changes not committed yet
+        self._committed: dict[str, Any] = {}  # times as last committed
+        if not repo.structured_db.find_run(run_hash):
+            self.pending["create"] = True
+        if experiment is not None:
+            self.pending["experiment"] = str(experiment)
+
+    @property
+    def is_new(self) -> bool:
+        """Whether the row is not in the DB yet (created by the next :meth:`commit`)."""
+        return bool(self.pending.get("create"))
+
+    def set_info(self, *, name: str, description: str | None, archived: bool, labels: list[str],
+                 labels_remove: list[str]) -> None:
+        """The run's name, description, archived flag and tags: ``labels`` are attached when
+        missing, ``labels_remove`` detached when attached (other tags are left alone)."""
+        self.pending.update(name=name, description=description, archived=archived, labels=labels,
+                            labels_remove=labels_remove)
+
+    def set_times(self, created_at: float, ended_at: float | None) -> None:
+        """Creation and end time (seconds); nothing pending when they are as last committed (a
+        writer kept open commits them once, not every sync)."""
+        times = {"created_at": utc_naive(created_at), "finalized_at": utc_naive(ended_at) if ended_at is not None else None}
+        if any(self._committed.get(k, _MISSING) != v for k, v in times.items()):
+            self.pending.update(times)
+
+    def commit(self) -> None:
+        """Apply the pending changes in one transaction; nothing to do: no DB access."""
+        if not self.pending:
+            return
+        from sqlalchemy.exc import IntegrityError
+
+        p = self.pending
+        db = self._repo.structured_db
+        for attempt in range(COMMIT_ATTEMPTS):
+            session = db.get_session()
+            try:
+                with self._repo._sdb_lock if p.get("create") else nullcontext():
+                    self._apply(session, p)
+                    session.commit()
+                break
+            except IntegrityError:  # an experiment / tag created meanwhile by another process
+                session.rollback()
+                if attempt == COMMIT_ATTEMPTS - 1:
+                    raise
+            except BaseException:
+                session.rollback()
+                raise
+        self._committed.update((k, p[k]) for k in ("created_at", "finalized_at") if k in p)
+        self.pending = {}
+
+    def _apply(self, session: Any, p: dict[str, Any]) -> None:
+        from aim.storage.structured.sql_engine.models import (
+            Experiment as ExperimentModel,
+        )
+        from aim.storage.structured.sql_engine.models import Run as RunModel
+        from aim.storage.structured.sql_engine.models import Tag as TagModel
+
+        model = session.query(RunModel).filter(RunModel.hash == self.hash).first()
+        exp_name = p.get("experiment")
+        if model is None:
+            model = RunModel(self.hash, p.get("created_at"))
+            session.add(model)
+            exp_name = exp_name or "default"
+        if exp_name is not None and (model.experiment is None or model.experiment.name != exp_name):
+            exp = session.query(ExperimentModel).filter(ExperimentModel.name == exp_name).first()
+            if exp is None:
+                exp = ExperimentModel(exp_name)
+                session.add(exp)
+            model.experiment = exp
+        for attr in ("name", "description", "created_at", "finalized_at"):
+            if attr in p and getattr(model, attr) != p[attr]:
+                setattr(model, attr, p[attr])
+        if "archived" in p and bool(model.is_archived) != p["archived"]:
+            model.is_archived = p["archived"]
+        if "labels" in p:
+            attached = {t.name: t for t in model.tags}
+            for tag_name in p["labels_remove"]:
+                if tag_name in attached:
+                    model.tags.remove(attached.pop(tag_name))
+            for tag_name in p["labels"]:
+                if tag_name not in attached:
+                    tag = session.query(TagModel).filter(TagModel.name == tag_name).first()
+                    if tag is None:
+                        tag = TagModel(tag_name)
+                        session.add(tag)
+                    model.tags.append(tag)
+                    attached[tag_name] = tag
+
+
+def set_experiment_description(repo: Any, name: str, description: str | None) -> None:
+    """Set the description of Aim experiment ``name`` (created when missing)."""
+    db = get_repo(repo).structured_db
+    exp = next((e for e in db.experiments() if e.name == name), None)
+    if exp is None:
+        try:
+            exp = db.create_experiment(name)
+        except ValueError:  # created meanwhile
+            exp = next(e for e in db.experiments() if e.name == name)
+    if exp.description != description:
+        exp.description = description

@@ -1,0 +1,63 @@
+"""MLflow entities (from MlflowClient or FileStore) -> our records, and artifact access through
+MlflowClient for artifact stores that are not local folders."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .base import ArtifactFile, Experiment, RunRecord
+from .uri import is_local_store, local_path
+
+
+def experiment_from(e: Any) -> Experiment:
+    """An `mlflow.entities.Experiment` as our record."""
+    return Experiment(e.experiment_id, e.name, e.lifecycle_stage, e.tags.get("mlflow.note.content"), dict(e.tags))
+
+
+def datasets_from_inputs(inputs: Any) -> list[dict[str, Any]]:
+    """`mlflow.entities.RunInputs` -> the `datasets` param: name, digest, source, context."""
+    out = []
+    for di in getattr(inputs, "dataset_inputs", None) or []:
+        ds = di.dataset
+        item = {
+            "name": ds.name,
+            "digest": ds.digest,
+            "source_type": ds.source_type,
+            "source": ds.source,
+        }
+        if getattr(ds, "profile", None):
+            item["profile"] = ds.profile
+        for tag in di.tags or []:
+            if tag.key == "mlflow.data.context":
+                item["context"] = tag.value
+        out.append(item)
+    return out
+
+
+def json_number(v: float) -> Any:
+    """JSON-safe stand-in for a float mark (NaN != NaN would always look changed)."""
+    return repr(v) if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def client_list_artifacts(client: Any, run: RunRecord) -> list[ArtifactFile]:
+    """Every file under the run's artifact root, through MlflowClient (any artifact store)."""
+    out: list[ArtifactFile] = []
+    stack: list[str | None] = [None]
+    while stack:
+        for info in client.list_artifacts(run.run_id, stack.pop()):
+            if info.is_dir:
+                stack.append(info.path)
+            else:
+                out.append(ArtifactFile(info.path, info.file_size))
+    return sorted(out, key=lambda a: a.path)
+
+
+def client_fetch_artifact(client: Any, run: RunRecord, path: str, dst_dir: str) -> str:
+    """A local file with the artifact's content: the file itself for a local artifact root,
+    else a download into `dst_dir`."""
+    if run.artifact_uri and is_local_store(run.artifact_uri):
+        local = local_path(run.artifact_uri)
+        if local is not None:
+            return str(local / path)
+    return str(client.download_artifacts(run.run_id, path, dst_dir))
