@@ -120,9 +120,10 @@ def test_params_explorer_shows_the_sweep_in_chromium(sweep_ui, tall_chrome, tmp_
     contexts = [{"subset": "eval", "dataset": lang, "lang": lang} for lang in LANGS]
     url = params_explorer_url(PARAMS, "accuracy", contexts, color=[])
     columns = len(PARAMS) + len(LANGS)
-    chrome.open(web.base + url, f"document.querySelectorAll('.Params__container .Line').length >= {len(grid)} && "
-                                f"document.querySelectorAll('.Params__container .Axis').length == {columns} && "
-                                f"document.querySelectorAll('.Table__cell.run[class*=\"rowKey-\"]').length >= {len(grid)}")
+    ready = (f"document.querySelectorAll('.Params__container .Line').length >= {len(grid)} && "
+             f"document.querySelectorAll('.Params__container .Axis').length == {columns} && "
+             f"document.querySelectorAll('.Table__cell.run[class*=\"rowKey-\"]').length >= {len(grid)}")
+    chrome.open(web.base + url, ready)
     assert chrome.js("document.querySelectorAll('.Params__container .Line').length") == len(grid)  # a line per run
     text = chrome.js("document.querySelector('.Params__container').innerText")
     for p in PARAMS:

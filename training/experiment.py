@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from .data import LABEL_NAMES, LANGUAGES, TECHNIQUES, XNLI_LANGUAGES, local_languages, load_xnli
+from .data import LABEL_NAMES, LANGUAGES, TECHNIQUES, XNLI_LANGUAGES, load_xnli, local_languages
 from .tiny_models import TINY_MODEL_NAMES, ensure_tiny_model, is_tiny
 
 OFFLINE_HINT = (
@@ -893,7 +893,8 @@ def resume_run(cfg: TrainConfig) -> RunResult:
         rcfg, spec = _config_from_run(cfg, run)
         source = validate(rcfg)
         if config_id(rcfg, spec, source) != tags[TAG_CONFIG]:
-            raise TrainingError(f"run {rid}'s params do not match its {TAG_CONFIG} tag; cannot rebuild its configuration")
+            raise TrainingError(f"run {rid}'s params do not match its {TAG_CONFIG} tag; "
+                                "cannot rebuild its configuration")
         out_dir = Path(cfg.output_dir) / cfg.technique / _safe_name(spec.run_name)
         step, checkpoint = _latest_checkpoint(client, run, out_dir / ".resume")
         try:
