@@ -832,16 +832,20 @@ def _latest_checkpoint(client, run, dest: Path) -> tuple[int, Path]:
     from mlflow.entities import LoggedModelStatus
 
     rid = run.info.run_id
-    found = []
+    checkpoints = []
     token = None
     while True:
         page = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{rid}'",
                                            page_token=token)
-        found += [m for m in page if m.status == LoggedModelStatus.READY and re.fullmatch(r"checkpoint-\d+", m.name)]
+        checkpoints += [m for m in page if re.fullmatch(r"checkpoint-\d+", m.name)]
         token = page.token
         if not token:
             break
+    found = [m for m in checkpoints if m.status == LoggedModelStatus.READY]
     if not found:
+        if checkpoints:  # the process stopped while logging its first one
+            raise TrainingError(f"run {rid} has no complete checkpoint in MLflow ({checkpoints[0].name} was "
+                                "interrupted while being logged)")
         raise TrainingError(f"run {rid} has no checkpoint in MLflow (train with --save-strategy steps or epoch "
                             "to be able to resume)")
     last = max(found, key=lambda m: int(m.name.split("-")[1]))
