@@ -43,6 +43,8 @@ Interface (all that the rest of the syncer uses)::
     close_writers([w, ...])                   # close all, one index pass for those that need it
     index_missing(repo) -> [hashes indexed]   # self-healing; once when a backfill / daemon starts
     fresh_repo(path) -> aim.Repo              # in-process reads of what was just written
+    run_hashes(repo) -> {hash, ...}           # every run the repo holds (one folder listing)
+    repo_id(repo) -> str                      # made on first use: tells a re-created repo apart
     set_experiment_description(repo, "exp", "text")
     check_aim_compatibility()                 # raises AimInternalsChanged
 
@@ -54,7 +56,7 @@ from .compat import AimInternalsChanged, check_aim_compatibility
 from .encoding import MAX_ABS_STEP
 from .index import close_writers, index_missing, index_runs, index_writers
 from .locks import AimRunLocked
-from .repo import fresh_repo, open_repo
+from .repo import fresh_repo, open_repo, repo_id, run_hashes
 from .structured import set_experiment_description
 from .writer import AimRunWriter
 
@@ -70,5 +72,7 @@ __all__ = [
     "index_runs",
     "index_writers",
     "open_repo",
+    "repo_id",
+    "run_hashes",
     "set_experiment_description",
 ]

@@ -97,8 +97,7 @@ class RunChunks:
         self.wal_dirty["seqs"] = True
         self._seqs_unflushed += points
 
-    def track_object(self, obj: Any, timestamp: float, name: str, step: int, epoch: int | None,
-                     context: Any) -> None:
+    def track_object(self, obj: Any, timestamp: float, name: str, step: int, epoch: int | None, context: Any) -> None:
         """Track an object (``aim.Image``, ``aim.Text``, ...) with Aim's own ``RunTracker``,
         which writes both chunks itself; a new object sequence must reach the index soon."""
         if self._tracker is None:
@@ -123,7 +122,7 @@ class RunChunks:
                 path = os.path.join(self.repo.path, "seqs", "chunks", self.hash)
                 try:
                     c = _write_optimized_container(path)
-                except Exception as e:  # noqa: BLE001 - e.g. options refused: Aim's own container
+                except Exception as e:  # e.g. options refused: Aim's own container
                     log.debug("default RocksDB options for %s: %r", path, e)
                     c = None
                 if c is not None:

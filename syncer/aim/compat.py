@@ -23,30 +23,74 @@ SUPPORTED_AIM = ((3, 29), (3, 30))  # [3.29, 3.30)
 
 # Every Aim (and aimrocks / filelock) internal in use: module -> dotted attributes.
 INTERNALS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("aimrocks", ("WriteBatch.put", "WriteBatch.delete_range", "DB.write", "DB.flush_wal", "errors.RocksIOError",
-                  "Options", "VectorMemtableFactory")),
-    ("aim.sdk.repo", ("Repo.request_container", "Repo.request_tree", "Repo.request_props", "Repo.request_run_lock",
-                      "Repo.from_path", "Repo.exists", "Repo._get_index_container", "ContainerConfig",
-                      "Repo._all_run_hashes.cache_clear")),
+    (
+        "aimrocks",
+        (
+            "WriteBatch.put",
+            "WriteBatch.delete_range",
+            "DB.write",
+            "DB.flush_wal",
+            "errors.RocksIOError",
+            "Options",
+            "VectorMemtableFactory",
+        ),
+    ),
+    (
+        "aim.sdk.repo",
+        (
+            "Repo.request_container",
+            "Repo.request_tree",
+            "Repo.request_props",
+            "Repo.request_run_lock",
+            "Repo.from_path",
+            "Repo.exists",
+            "Repo._get_index_container",
+            "ContainerConfig",
+            "Repo._all_run_hashes.cache_clear",
+        ),
+    ),
     ("aim.sdk.repo_utils", ("get_repo",)),
     ("aim.sdk.lock_manager", ("LockManager.softlock_fname", "LockManager.machine_id", "SFRunLock")),
     ("filelock", ("SoftFileLock.lock_file", "SoftFileLock.timeout", "SoftFileLock.is_thread_local")),
-    ("aim.sdk.index_manager", ("RepoIndexManager.get_index_manager", "RepoIndexManager.index",
-                               "RepoIndexManager._get_run_checksum")),
+    (
+        "aim.sdk.index_manager",
+        ("RepoIndexManager.get_index_manager", "RepoIndexManager.index", "RepoIndexManager._get_run_checksum"),
+    ),
     ("aim.sdk.tracker", ("RunTracker._track", "STEP_HASH_FUNCTIONS")),
     ("aim.sdk.sequence", ("SequenceV2Data.numpy",)),
     ("aim.storage.context", ("Context",)),
     ("aim.storage.encoding", ("encode", "encode_path", "encode_key", "encode_int64", "decode_path")),
     ("aim.storage.treeutils", ("encode_tree",)),
     ("aim.storage.utils", ("ArrayFlag", "ObjectFlag")),
-    ("aim.storage.rockscontainer", ("RocksContainer.set", "RocksContainer.delete_range", "RocksContainer.batch",
-                                    "RocksContainer.commit", "RocksContainer.close", "RocksContainer.db")),
+    (
+        "aim.storage.rockscontainer",
+        (
+            "RocksContainer.set",
+            "RocksContainer.delete_range",
+            "RocksContainer.batch",
+            "RocksContainer.commit",
+            "RocksContainer.close",
+            "RocksContainer.db",
+        ),
+    ),
     ("aim.storage.hashing.hashing", ("hash_auto", "_HASH_UNIFORM_SALT")),
     ("aim.storage.hashing.c_hash", ("det_hash",)),
-    ("aim.storage.structured.sql_engine.models", (
-        "Run.hash", "Run.name", "Run.description", "Run.is_archived", "Run.created_at", "Run.finalized_at",
-        "Run.experiment", "Run.tags", "Experiment.name", "Experiment.description", "Tag.name",
-    )),
+    (
+        "aim.storage.structured.sql_engine.models",
+        (
+            "Run.hash",
+            "Run.name",
+            "Run.description",
+            "Run.is_archived",
+            "Run.created_at",
+            "Run.finalized_at",
+            "Run.experiment",
+            "Run.tags",
+            "Experiment.name",
+            "Experiment.description",
+            "Tag.name",
+        ),
+    ),
     ("aim.storage.structured.sql_engine.entities", ("ModelMappedRun", "ModelMappedExperiment")),
 )
 
@@ -68,8 +112,9 @@ def check_aim_compatibility() -> None:
     if enc.IMPORT_ERROR is not None:
         problems.append(f"importing Aim's storage internals failed: {enc.IMPORT_ERROR!r}")
     try:
-        import aim  # noqa: F401
         from aim.__version__ import __version__ as aim_version
+
+        import aim  # noqa: F401
     except Exception as e:  # pragma: no cover - aim missing entirely
         raise AimInternalsChanged(f"cannot import aim: {e}") from e
     problems += _version_problems(str(aim_version))
@@ -77,6 +122,7 @@ def check_aim_compatibility() -> None:
         problems += _missing(modname, attrs)
     if not problems:
         problems += _encoding_problems()
+        problems += _image_problems()
     if problems:
         raise AimInternalsChanged(
             "syncer.aim relies on Aim internals that are not as expected:\n  - "
@@ -95,15 +141,17 @@ def _version_problems(aim_version: str) -> list[str]:
     if lo <= ver < hi:
         return []
     return [
-        (f"aim {aim_version} is outside the supported range "
-         f"[{lo[0]}.{lo[1]}, {hi[0]}.{hi[1]}) (pinned in pyproject.toml)")
+        (
+            f"aim {aim_version} is outside the supported range "
+            f"[{lo[0]}.{lo[1]}, {hi[0]}.{hi[1]}) (pinned in pyproject.toml)"
+        )
     ]
 
 
 def _missing(modname: str, attrs: tuple[str, ...]) -> list[str]:
     try:
         mod = __import__(modname, fromlist=["_"])
-    except Exception as e:  # noqa: BLE001 - whatever the import raised is the problem reported
+    except Exception as e:  # whatever the import raised is the problem reported
         return [f"module {modname} cannot be imported ({e})"]
     problems = []
     for a in attrs:
@@ -140,6 +188,23 @@ def _encoding_problems() -> list[str]:
             or E.encode(None) != enc.NONE_ENC
         ):
             problems.append("Aim's value encoding changed")
-    except Exception as e:  # noqa: BLE001  # pragma: no cover - reported as a problem
+    except Exception as e:  # pragma: no cover - reported as a problem
         problems.append(f"Aim's hashing/encoding cannot be exercised ({e!r})")
     return problems
+
+
+def _image_problems() -> list[str]:
+    """`objects.svg_image` fills an aim.Image's storage: the keys must be the ones Aim reads."""
+    try:
+        from PIL import Image as PILImage
+
+        import aim
+
+        storage = aim.Image(PILImage.new("RGB", (2, 1))).storage
+        keys = set(storage.keys())
+        missing = [k for k in ("data", "format", "source", "width", "height") if k not in keys]
+        if missing or not callable(getattr(storage["data"], "load", None)):
+            return [f"aim.Image's storage no longer has {missing or ['data.load']}"]
+    except Exception as e:  # pragma: no cover - reported as a problem
+        return [f"aim.Image cannot be made ({e!r})"]
+    return []

@@ -56,7 +56,7 @@ try:
     FLOAT_TAG: bytes = encode(0.0)[:1]
     INT_TAG: bytes = encode(0)[:1]
     NONE_ENC: bytes = encode(None)
-except Exception as _e:  # noqa: BLE001 - reported with a clear message by check_aim_compatibility()
+except Exception as _e:  # reported with a clear message by check_aim_compatibility()
     IMPORT_ERROR = _e
 
 _blake2b = hashlib.blake2b

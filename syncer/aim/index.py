@@ -37,6 +37,8 @@ from .repo import get_repo
 if TYPE_CHECKING:
     from .writer import AimRunWriter
 
+from ..retry import retrying
+
 log = logging.getLogger(__name__)
 
 # index_runs' retries while another process (aim up's indexer) holds the index DB
@@ -137,7 +139,7 @@ def index_stamps(repo: Any, run_hashes: Iterable[str]) -> dict[str, str]:
     stamp it was indexed at.  Empty when the index cannot be read."""
     try:
         c = _open_index_for_reading(repo)
-    except Exception as e:  # noqa: BLE001 - e.g. files swapped by a concurrent compaction: unknown
+    except Exception as e:  # e.g. files swapped by a concurrent compaction: unknown
         log.debug("cannot read Aim's run index: %r", e)
         return {}
     if c is None:
@@ -176,18 +178,15 @@ def index_runs(repo: Any, run_hashes: Iterable[str], *, attempts: int = INDEX_AT
     mgr = RepoIndexManager.get_index_manager(repo)
     index_repo = mgr.repo  # the manager indexes through the Repo it was made for
     config = ContainerConfig("meta/index", None, True)  # how Repo._get_index_container pools it
-    container = None
-    delay = INDEX_FIRST_DELAY
-    for attempt in range(attempts):
-        try:
-            container = index_repo._get_index_container("meta", timeout=0)
-            break
-        except aimrocks.errors.RocksIOError as e:  # the index DB is open in another process
-            if attempt == attempts - 1:
-                log.warning("Aim's run index is busy (%s); `aim up` will index %d run(s) itself", e, len(hashes))
-                return hashes
-            time.sleep(delay)
-            delay = min(delay * 2, INDEX_MAX_DELAY)
+    try:
+        for tried in retrying(
+            aimrocks.errors.RocksIOError, attempts=attempts, first_wait=INDEX_FIRST_DELAY, max_wait=INDEX_MAX_DELAY
+        ):
+            with tried:  # the index DB may be open in another process (aim up's indexer)
+                container = index_repo._get_index_container("meta", timeout=0)
+    except aimrocks.errors.RocksIOError as e:
+        log.warning("Aim's run index is busy (%s); `aim up` will index %d run(s) itself", e, len(hashes))
+        return hashes
     assert container is not None
     failed = []
     try:
@@ -234,7 +233,7 @@ def close_writers(writers: Iterable[AimRunWriter], *, index: bool = True) -> lis
         try:
             if w.close(index=False, look=index):
                 todo.append(w.hash)
-        except BaseException as e:  # noqa: BLE001 - raised after the others are closed
+        except BaseException as e:  # raised after the others are closed
             error = error or e
     missed = index_runs(repo, todo) if (index and todo) else todo
     if error is not None:
@@ -275,19 +274,20 @@ def index_missing(repo: Any, *, stale: bool = True) -> list[str]:
 
 def _read_index(repo: Any) -> tuple[dict[str, str], set[str]]:
     """The whole ``index_cache`` (hash -> stamp) and the hashes whose chunk the index lists."""
-    for attempt in range(READ_ATTEMPTS):
+
+    def read() -> tuple[dict[str, str], set[str]]:
+        c = _open_index_for_reading(repo)
         try:
-            c = _open_index_for_reading(repo)
-            try:
-                tree = c.tree()
-                stamps = {h: v for h, v in tree.subtree("index_cache").items()}
-                listed = set(tree.subtree(("meta", "chunks")).keys())
-            finally:
-                c.close()
-            return stamps, listed
-        except Exception as e:
-            if attempt == READ_ATTEMPTS - 1:
-                raise
-            log.debug("reading Aim's run index: %r; retrying", e)
-            time.sleep(READ_DELAY)
+            tree = c.tree()
+            return (
+                {h: v for h, v in tree.subtree("index_cache").items()},
+                set(tree.subtree(("meta", "chunks")).keys()),
+            )
+        finally:
+            c.close()
+
+    # files swapped under a read-only handle by a concurrent compaction: read again
+    for tried in retrying(Exception, attempts=READ_ATTEMPTS, first_wait=READ_DELAY, max_wait=READ_DELAY):
+        with tried:
+            return read()
     raise AssertionError("unreachable")

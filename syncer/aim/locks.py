@@ -22,6 +22,8 @@ from ..errors import RunLocked
 
 log = logging.getLogger(__name__)
 
+BREAK_SAFE_TIMEOUT_S = 1.0
+
 
 class AimRunLocked(RunLocked):
     """Another writer (process) holds the Aim run's lock."""
@@ -30,16 +32,60 @@ class AimRunLocked(RunLocked):
 def lock_run(repo: Any, run_hash: str, timeout: float) -> Any:
     """Take the lock of run ``run_hash`` (an Aim ``RunLock`` that any thread may release);
     :class:`AimRunLocked` when another writer still holds it after ``timeout`` seconds."""
+    from aim.sdk.errors import RunLockingError
+    from filelock import Timeout
+
     drop_own_stale_lock(repo, run_hash)
-    lock = _thread_free(repo.request_run_lock(run_hash, timeout=timeout))
+    if held_by_another(repo, run_hash):
+        raise AimRunLocked(
+            f"Aim run {run_hash} in {repo.path} is held by {holder(repo, run_hash)} "
+            "(another syncer or Aim writer; if none is running, `aim runs close --force` it)"
+        )
+    # shorter than filelock's age after which it breaks a lock file it cannot parse (Aim's own
+    # "machine-pid-time" content): waiting longer, we would break the lock of a live writer
+    lock = _thread_free(repo.request_run_lock(run_hash, timeout=min(timeout, BREAK_SAFE_TIMEOUT_S)))
     try:
         lock.lock()
-    except Exception as e:
+    except (RunLockingError, Timeout) as e:
         raise AimRunLocked(
-            f"cannot lock Aim run {run_hash} in {repo.path}: {type(e).__name__}: {e}"
-            " (another writer holds it; if none does, `aim runs close --force` it)"
+            f"Aim run {run_hash} in {repo.path} is held by {holder(repo, run_hash)} "
+            "(another syncer or Aim writer; if none is running, `aim runs close --force` it)"
         ) from e
     return lock
+
+
+def held_by_another(repo: Any, run_hash: str) -> bool:
+    """Whether the run's lock file names a live process of this machine other than this one, or
+    a process of another machine (never taken over, as Aim does). Checked by us before Aim's
+    lock: filelock >= 3.2x treats Aim's lock file content as malformed and breaks it after 2 s,
+    so Aim's own lock alone no longer keeps a second writer out."""
+    import psutil
+    from aim.sdk.lock_manager import LockManager
+
+    path = os.path.join(repo.path, "locks", LockManager.softlock_fname(run_hash))
+    try:
+        with open(path) as fh:
+            machine, pid, *_ = fh.read().split("-")
+        machine_id, pid_n = int(machine), int(pid)
+    except (OSError, ValueError):
+        return False
+    if machine_id != LockManager.machine_id:
+        return True
+    return pid_n != os.getpid() and psutil.pid_exists(pid_n)
+
+
+def holder(repo: Any, run_hash: str) -> str:
+    """Who holds a run's lock, as its lock file says: a process of this machine or another."""
+    from aim.sdk.lock_manager import LockManager
+
+    path = os.path.join(repo.path, "locks", LockManager.softlock_fname(run_hash))
+    try:
+        with open(path) as fh:
+            machine, pid, *_ = fh.read().split("-")
+        where = "this machine" if int(machine) == LockManager.machine_id else f"machine {machine}"
+        return f"process {int(pid)} on {where}"
+    except (OSError, ValueError):
+        return "another writer"
 
 
 def _thread_free(run_lock: Any) -> Any:
@@ -90,6 +136,6 @@ def _process_started() -> float:
             import psutil
 
             _started = psutil.Process().create_time()
-        except Exception:  # noqa: BLE001  # pragma: no cover - no psutil: never take a lock over
+        except Exception:  # pragma: no cover - no psutil: never take a lock over
             _started = -math.inf
     return _started

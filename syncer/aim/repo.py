@@ -14,12 +14,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
 from ..config import repo_root
 from ..errors import RepoError, one_line
+from ..retry import retrying
 
 # open_repo's retries while another process holds the new repo's index DB (creating it)
 OPEN_ATTEMPTS = 20
@@ -45,30 +45,30 @@ def open_repo(path: str | os.PathLike, attempts: int = OPEN_ATTEMPTS) -> tuple[A
     a RocksDB that one process at a time may hold while creating it, so that is retried."""
     import aimrocks.errors
     import sqlalchemy.exc
+
     from aim import Repo
 
     busy = (aimrocks.errors.RocksIOError, sqlalchemy.exc.OperationalError)  # another process holds it
     root = repo_root(path).resolve()
     created = not (root / ".aim").is_dir()
-    delay = OPEN_FIRST_DELAY
-    for attempt in range(attempts):
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            if not os.access(root, os.W_OK) or (not created and not os.access(root / ".aim", os.W_OK)):
-                raise PermissionError(13, "Permission denied")
-            return Repo.from_path(str(root), init=created or not _schema_ready(root)), created
-        except PermissionError:
-            raise RepoError(f"the Aim repo {root} is not writable") from None
-        except OSError as e:
-            raise RepoError(f"cannot open the Aim repo {root}: {e.strerror or e}") from None
-        except busy as e:
-            if attempt == attempts - 1:
-                raise RepoError(f"cannot open the Aim repo {root}: {one_line(e)}") from None
-            time.sleep(delay)
-            delay = min(delay * 2, OPEN_MAX_DELAY)
-        except Exception as e:  # noqa: BLE001 - whatever Aim raised, as one line
-            raise RepoError(f"cannot open the Aim repo {root}: {one_line(e)}") from None
-    raise AssertionError("unreachable")
+
+    def attempt() -> Any:
+        root.mkdir(parents=True, exist_ok=True)
+        if not os.access(root, os.W_OK) or (not created and not os.access(root / ".aim", os.W_OK)):
+            raise PermissionError(13, "Permission denied")
+        return Repo.from_path(str(root), init=created or not _schema_ready(root))
+
+    try:
+        for tried in retrying(busy, attempts=attempts, first_wait=OPEN_FIRST_DELAY, max_wait=OPEN_MAX_DELAY):
+            with tried:
+                repo = attempt()
+        return repo, created
+    except PermissionError:
+        raise RepoError(f"the Aim repo {root} is not writable") from None
+    except OSError as e:
+        raise RepoError(f"cannot open the Aim repo {root}: {e.strerror or e}") from None
+    except Exception as e:  # whatever Aim raised (still busy, or anything else), as one line
+        raise RepoError(f"cannot open the Aim repo {root}: {one_line(e)}") from None
 
 
 def _schema_ready(root: Path) -> bool:
@@ -95,3 +95,43 @@ def fresh_repo(path: Any) -> Any:
 
     Repo._all_run_hashes.cache_clear()
     return Repo(path.root_path if hasattr(path, "root_path") else str(repo_root(path)))
+
+
+def run_hashes(repo: Any) -> set[str]:
+    """The hashes of every run the repo holds (its meta chunks): one folder listing."""
+    chunks = os.path.join(get_repo(repo).path, "meta", "chunks")
+    try:
+        with os.scandir(chunks) as it:
+            return {e.name for e in it if e.is_dir()}
+    except FileNotFoundError:
+        return set()
+
+
+REPO_ID_FILE = "mlflow-syncer.id"
+
+
+def repo_id(repo: Any) -> str:
+    """An id of this Aim repo, made on first use (`.aim/mlflow-syncer.id`): a deleted and
+    re-created repo has a new one, so a sync state can tell it is not the repo it described."""
+    import uuid
+
+    path = os.path.join(get_repo(repo).path, REPO_ID_FILE)
+    try:
+        with open(path) as f:
+            found = f.read().strip()
+        if found:
+            return found
+    except FileNotFoundError:
+        pass
+    new = uuid.uuid4().hex
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(new + "\n")
+    try:
+        os.link(tmp, path)  # the first of several syncers starting at once wins
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+    with open(path) as f:
+        return f.read().strip()

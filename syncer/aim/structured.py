@@ -24,6 +24,7 @@ import datetime as _dt
 from contextlib import nullcontext
 from typing import Any
 
+from ..retry import retrying
 from .repo import get_repo
 
 # commit retries when an experiment / tag was created meanwhile by another process
@@ -56,17 +57,22 @@ class RunRow:
         """Whether the row is not in the DB yet (created by the next :meth:`commit`)."""
         return bool(self.pending.get("create"))
 
-    def set_info(self, *, name: str, description: str | None, archived: bool, labels: list[str],
-                 labels_remove: list[str]) -> None:
+    def set_info(
+        self, *, name: str, description: str | None, archived: bool, labels: list[str], labels_remove: list[str]
+    ) -> None:
         """The run's name, description, archived flag and tags: ``labels`` are attached when
         missing, ``labels_remove`` detached when attached (other tags are left alone)."""
-        self.pending.update(name=name, description=description, archived=archived, labels=labels,
-                            labels_remove=labels_remove)
+        self.pending.update(
+            name=name, description=description, archived=archived, labels=labels, labels_remove=labels_remove
+        )
 
     def set_times(self, created_at: float, ended_at: float | None) -> None:
         """Creation and end time (seconds); nothing pending when they are as last committed (a
         writer kept open commits them once, not every sync)."""
-        times = {"created_at": utc_naive(created_at), "finalized_at": utc_naive(ended_at) if ended_at is not None else None}
+        times = {
+            "created_at": utc_naive(created_at),
+            "finalized_at": utc_naive(ended_at) if ended_at is not None else None,
+        }
         if any(self._committed.get(k, _MISSING) != v for k, v in times.items()):
             self.pending.update(times)
 
@@ -78,20 +84,21 @@ class RunRow:
 
         p = self.pending
         db = self._repo.structured_db
-        for attempt in range(COMMIT_ATTEMPTS):
+
+        def attempt() -> None:
             session = db.get_session()
             try:
                 with self._repo._sdb_lock if p.get("create") else nullcontext():
                     self._apply(session, p)
                     session.commit()
-                break
-            except IntegrityError:  # an experiment / tag created meanwhile by another process
-                session.rollback()
-                if attempt == COMMIT_ATTEMPTS - 1:
-                    raise
             except BaseException:
                 session.rollback()
                 raise
+
+        # an experiment or tag created meanwhile by another process: look again
+        for tried in retrying(IntegrityError, attempts=COMMIT_ATTEMPTS, first_wait=0.0, max_wait=0.0):
+            with tried:
+                attempt()
         self._committed.update((k, p[k]) for k in ("created_at", "finalized_at") if k in p)
         self.pending = {}
 

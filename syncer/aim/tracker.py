@@ -90,8 +90,15 @@ class SequenceTracker:
         except KeyError:
             return f"context #{ctx_idx}"
 
-    def write_points(self, name: str, context: dict | None, steps: Sequence[int], values: Sequence[float],
-                     timestamps: Sequence[float], epochs: Sequence[int | None] | None) -> None:
+    def write_points(
+        self,
+        name: str,
+        context: dict | None,
+        steps: Sequence[int],
+        values: Sequence[float],
+        timestamps: Sequence[float],
+        epochs: Sequence[int | None] | None,
+    ) -> None:
         """One chunk of a metric series: validated, then written in one RocksDB batch."""
         if not isinstance(name, str) or not name:
             raise ValueError("metric name must be a non-empty string")
@@ -114,8 +121,9 @@ class SequenceTracker:
         self._write_series(info, step_list, vals, times, enc.encode_epochs(epochs, n))
         self._write_series_meta(info, ctx, name, step_list, vals)
 
-    def _write_series(self, info: _SeqInfo, steps: list[int], vals: np.ndarray, times: np.ndarray,
-                      e_enc: list[bytes]) -> None:
+    def _write_series(
+        self, info: _SeqInfo, steps: list[int], vals: np.ndarray, times: np.ndarray, e_enc: list[bytes]
+    ) -> None:
         """The points: one batch into the seqs chunk."""
         pv, ps, pe, pt = info.prefixes
         keys = enc.step_keys(steps)
@@ -188,8 +196,9 @@ class SequenceTracker:
         self._chunks.commit_meta(mbatch, urgent=info.new)
         info.new = False
 
-    def write_objects(self, name: str, context: dict | None, step: int, timestamp: float, obj: Any,
-                      epoch: int | None) -> None:
+    def write_objects(
+        self, name: str, context: dict | None, step: int, timestamp: float, obj: Any, epoch: int | None
+    ) -> None:
         """One object at ``step``, through Aim's ``RunTracker``; not into a metric series."""
         from aim.storage.context import Context
 
@@ -200,6 +209,10 @@ class SequenceTracker:
         if dtype in _METRIC_DTYPES:
             raise ValueError(f"Aim sequence {name!r} in context {ctx.to_dict()!r} holds metric values")
         self._chunks.track_object(
-            obj, float(timestamp), name, operator.index(step), None if epoch is None else operator.index(epoch),
+            obj,
+            float(timestamp),
+            name,
+            operator.index(step),
+            None if epoch is None else operator.index(epoch),
             ctx.to_dict(),
         )

@@ -79,9 +79,7 @@ class AimRunWriter:
     # ---- open / flush / close ---------------------------------------------------------------
 
     @classmethod
-    def open(
-        cls, repo: Any, run_hash: str, *, experiment: str | None = None, lock_timeout: float = 10
-    ) -> AimRunWriter:
+    def open(cls, repo: Any, run_hash: str, *, experiment: str | None = None, lock_timeout: float = 10) -> AimRunWriter:
         """Create the run ``run_hash`` in ``repo`` (an ``aim.Repo`` or a path; created when
         missing), or reopen it.  Reopening keeps the creation time, params, points, tags.
         ``experiment``: the run's experiment (created if missing); ``None`` leaves it as is
