@@ -87,7 +87,19 @@ def mlflow_server(tmp_path_factory):
     server.stop()
 
 
-def store_uri(kind: str, tmp_path: Path, server: MlflowServer | None = None) -> str:
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (skipped, with the reason, where none is installed)."""
+    from postgres import Postgres, find_bin
+
+    if find_bin() is None:
+        pytest.skip("PostgreSQL is not installed here (`make test` installs Debian's postgresql as root)")
+    pg = Postgres(free_port()).start()
+    yield pg
+    pg.stop()
+
+
+def store_uri(kind: str, tmp_path: Path, server: MlflowServer | None = None, pg=None) -> str:
     if kind == "file":
         return str(tmp_path / "mlruns")
     if kind == "sqlite":
@@ -95,14 +107,21 @@ def store_uri(kind: str, tmp_path: Path, server: MlflowServer | None = None) -> 
     if kind == "server":
         assert server is not None
         return server.uri
+    if kind == "postgres":
+        assert pg is not None
+        return pg.new_database()
     raise ValueError(kind)
 
 
-@pytest.fixture(params=["file", "sqlite", "server"])
+STORE_KINDS = ["file", "sqlite", "postgres", "server"]
+
+
+@pytest.fixture(params=STORE_KINDS)
 def any_store(request, tmp_path):
     """A tracking URI for each kind of store, empty (the server is shared: use unique names)."""
     server = request.getfixturevalue("mlflow_server") if request.param == "server" else None
-    return request.param, store_uri(request.param, tmp_path, server)
+    pg = request.getfixturevalue("postgres") if request.param == "postgres" else None
+    return request.param, store_uri(request.param, tmp_path, server, pg)
 
 
 def client_for(uri: str):

@@ -6,8 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .cursors import Cursor
+    from .listing import Listing
 
 CHUNK_POINTS = 10_000  # points handed to the sink at a time (bounded memory)
 
@@ -38,6 +43,10 @@ class RunRecord:
     # key -> an opaque mark that changes when the key has new points (file size, latest value)
     metric_marks: dict[str, Any]
     fingerprint: str = ""
+    # False: params, datasets (and for file stores tags) are not read yet; `Source.load_details`
+    details_loaded: bool = True
+    # a digest of the local artifact folder (None: a remote artifact store, compared by listing)
+    artifacts_mark: str | None = None
 
     @property
     def deleted(self) -> bool:
@@ -82,11 +91,39 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+@dataclass
+class LoggedModel:
+    """An MLflow 3 logged model a run produced (`search_logged_models`)."""
+
+    model_id: str
+    name: str
+    run_id: str | None
+    step: int | None
+    status: str | None
+    artifact_location: str | None
+    creation_time: int | None  # ms
+    flavors: list[str] = field(default_factory=list)
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    # (key, value, step, timestamp ms, dataset name, dataset digest, run id that logged it) of the model's metrics
+    metrics: list[tuple[str, float, int, int, str | None, str | None, str | None]] = field(default_factory=list)
+    model_type: str | None = None
+
+
 class Source(ABC):
-    """One MLflow store. Answers: which experiments and runs are there, what changed in a run
-    since these cursors, and the new points of a metric after a cursor."""
+    """One MLflow store. Answers: which experiments and runs are there, which runs may have
+    changed since the last round, and the new points of a metric after a cursor."""
 
     uri: str
+    kind: str = "?"
+    listing: Listing
+    stop: Any = None  # a threading.Event: a long listing stops at its next safe point when set
+
+    def check_stop(self) -> None:
+        if self.stop is not None and self.stop.is_set():
+            from ..errors import Stopped
+
+            raise Stopped()
 
     def describe(self) -> str:
         from ..redact import redact
@@ -97,15 +134,20 @@ class Source(ABC):
     def experiments(self) -> list[Experiment]: ...
 
     @abstractmethod
-    def runs(self, experiment: Experiment) -> Iterator[RunRecord | BrokenRun]: ...
+    def changes(self, experiments: list[Experiment], *, full: bool = False) -> list[RunRecord | BrokenRun]:
+        """The runs of these experiments that may have changed since the last call; every run
+        on a full listing (asked for, the first one, or one every `full_every_s`). Counts what
+        it read in `self.listing.stats`."""
+
+    def note_paths(self, paths: Iterable[str]) -> None:  # noqa: B027 - only local stores have file events
+        """File events named these paths (the daemon's watcher): look there next round."""
 
     @abstractmethod
-    def metric_changed(self, run: RunRecord, key: str, cursor: dict[str, Any] | None) -> bool:
+    def metric_changed(self, run: RunRecord, key: str, cursor: Cursor | None) -> bool:
         """Whether `key` of `run` may have points after `cursor` (None: never read)."""
 
     @abstractmethod
-    def read_metric(self, run: RunRecord, key: str,
-                    cursor: dict[str, Any] | None) -> Iterator[tuple[MetricChunk, dict[str, Any]]]:
+    def read_metric(self, run: RunRecord, key: str, cursor: Cursor | None) -> Iterator[tuple[MetricChunk, Cursor]]:
         """Points of `key` logged after `cursor`, in chunks; each with the cursor after it."""
 
     @abstractmethod
@@ -114,6 +156,13 @@ class Source(ABC):
     @abstractmethod
     def fetch_artifact(self, run: RunRecord, path: str, dst_dir: str) -> str:
         """A local file with the artifact's content (no copy for local artifact stores)."""
+
+    def load_details(self, run: RunRecord) -> None:  # noqa: B027 - sources that list everything at once
+        """Fill in what a cheap listing left out (params, datasets), once; see `details_loaded`."""
+
+    def logged_models(self, run: RunRecord) -> list[LoggedModel]:
+        """The MLflow 3 logged models this run produced ([] where the store has none)."""
+        return []
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass

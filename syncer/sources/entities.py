@@ -3,11 +3,14 @@ MlflowClient for artifact stores that are not local folders."""
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 from .base import ArtifactFile, Experiment, RunRecord
 from .uri import is_local_store, local_path
+
+log = logging.getLogger(__name__)
 
 
 def experiment_from(e: Any) -> Experiment:
@@ -61,3 +64,44 @@ def client_fetch_artifact(client: Any, run: RunRecord, path: str, dst_dir: str) 
         if local is not None:
             return str(local / path)
     return str(client.download_artifacts(run.run_id, path, dst_dir))
+
+
+def artifact_repo_list(run: RunRecord) -> list[ArtifactFile]:
+    """Every file under the run's artifact root, through MLflow's artifact repository for its
+    URI (a local folder, s3:, gs:, ...), without a tracking store."""
+    if run.artifact_uri and is_local_store(run.artifact_uri):
+        from .local_artifacts import list_local_artifacts
+
+        root = local_path(run.artifact_uri)
+        if root is None or not root.is_dir():
+            return []
+        files, warnings = list_local_artifacts(root)
+        for w in warnings:
+            log.warning("run %s: %s", run.run_id, w)
+        return files
+    if not run.artifact_uri:
+        return []
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    repo = get_artifact_repository(run.artifact_uri)
+    out: list[ArtifactFile] = []
+    stack: list[str | None] = [None]
+    while stack:
+        for info in repo.list_artifacts(stack.pop()):
+            if info.is_dir:
+                stack.append(info.path)
+            else:
+                out.append(ArtifactFile(info.path, info.file_size))
+    return sorted(out, key=lambda a: a.path)
+
+
+def artifact_repo_fetch(run: RunRecord, path: str, dst_dir: str) -> str:
+    if run.artifact_uri and is_local_store(run.artifact_uri):
+        local = local_path(run.artifact_uri)
+        if local is not None:
+            return str(local / path)
+    if not run.artifact_uri:
+        raise FileNotFoundError(f"run {run.run_id} has no artifact location")
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    return str(get_artifact_repository(run.artifact_uri).download_artifacts(path, dst_dir))

@@ -1,46 +1,54 @@
 """Local MLflow file stores (`mlruns/` folders, `file:` URIs).
 
-Run metadata, params, tags and inputs are read with MLflow's own `FileStore` code (so stores
-written by MLflow 1.x/2.x read as MLflow reads them), but metric files are tailed from a byte
-offset up to the last complete line: a round never re-reads history."""
+What changed is decided from `stat` first (`file_stat`): a round looks at the experiment
+folders (a new run folder changes its experiment folder), the RUNNING runs that have not gone
+quiet, and the run folders that file events named (`note_paths`); every `full_every_s` it
+stats every run folder, the safety net for changes no event reported. `meta.yaml` is read only
+for a run whose stat digest moved, its params, tags and inputs only when the pipeline needs
+them (`load_details`), with MLflow's own `FileStore` code, so stores written by MLflow 1.x/2.x
+read as MLflow reads them. Metric files are tailed from a byte offset up to the last complete
+line: a round never re-reads history.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import RunUnreadable, StoreError, StoreUnavailable, one_line
 from . import mlflow_compat
-from .base import CHUNK_POINTS, ArtifactFile, BrokenRun, Experiment, MetricChunk, RunRecord, Source, fingerprint
+from .base import ArtifactFile, BrokenRun, Experiment, MetricChunk, RunRecord, Source
+from .cursors import Cursor, FileCursor
 from .entities import client_fetch_artifact, client_list_artifacts, datasets_from_inputs, experiment_from
+from .file_metrics import read_metric_file
+from .file_stat import RunFacts, artifacts_mark, mtime_ns
+from .listing import Listing
 from .uri import is_local_store, local_path
 
 log = logging.getLogger(__name__)
 
-_READ_BYTES = 1 << 20
 _RESERVED = {"tags", "datasets", "traces", "models", "meta.yaml", ".trash"}
 
 
-def parse_metric_line(line: bytes) -> tuple[int, float, int, str | None]:
-    """One line of an MLflow metric file: `timestamp value [step [dataset_name dataset_digest]]`
-    (MLflow 1.x files may lack the step). Raises ValueError on anything else."""
-    parts = line.split()
-    n = len(parts)
-    if n not in (2, 3, 5):
-        raise ValueError(f"{n} fields")
-    ts = int(parts[0])
-    value = float(parts[1])
-    step = int(parts[2]) if n >= 3 else 0
-    ds = parts[3].decode("utf-8", "replace") if n == 5 else None
-    return ts, value, step, ds
+@dataclass
+class _Known:
+    """What the last look at a run folder found."""
+
+    run_dir: Path
+    facts: RunFacts
+    record: RunRecord | BrokenRun
 
 
 class FileStoreSource(Source):
     """A local MLflow file store (`mlruns/`), with metric files tailed from a byte offset."""
 
-    def __init__(self, uri: str, *, must_exist: bool = True):
+    kind = "file"
+
+    def __init__(self, uri: str, *, must_exist: bool = True, full_every_s: float = 60.0):
         self.uri = uri
         root = local_path(uri)
         assert root is not None
@@ -50,7 +58,9 @@ class FileStoreSource(Source):
                 raise StoreError(f"no MLflow store at {self.root}: the folder does not exist")
             raise StoreUnavailable(f"waiting for the MLflow store folder {self.root} to appear")
         if not self.root.is_dir():
-            raise StoreError(f"{self.root} is a file, not an MLflow store folder (for a database use sqlite:///{self.root})")
+            raise StoreError(
+                f"{self.root} is a file, not an MLflow store folder (for a database use sqlite:///{self.root})"
+            )
         if not self._looks_like_store():
             if not must_exist and not any(self.root.iterdir()):
                 raise StoreUnavailable(f"waiting for MLflow to write its first run into {self.root}")
@@ -61,7 +71,13 @@ class FileStoreSource(Source):
         from mlflow.store.tracking.file_store import FileStore
 
         self.store = FileStore(str(self.root))
+        self.internals = mlflow_compat.FileStoreInternals(self.store)
+        self.listing = Listing(full_every_s)
         self._client_obj: Any = None
+        self._known: dict[str, _Known] = {}  # run id -> the last look at its folder
+        self._exp_mtime: dict[str, int | None] = {}  # experiment id -> its folder's mtime then
+        self._hinted_runs: set[str] = set()
+        self._hinted_exps: set[str] = set()
 
     def _looks_like_store(self) -> bool:
         try:
@@ -81,12 +97,31 @@ class FileStoreSource(Source):
             self._client_obj = MlflowClient(tracking_uri=self.root.as_uri())
         return self._client_obj
 
+    # -- file events -------------------------------------------------------------------------
+    def note_paths(self, paths: Iterable[str]) -> None:
+        """File events named these paths: look at their run (or experiment) folders next round."""
+        for p in paths:
+            try:
+                parts = Path(p).resolve().relative_to(self.root).parts
+            except ValueError:
+                continue
+            if parts and parts[0] == ".trash":
+                parts = parts[1:]
+            if len(parts) >= 3 or (len(parts) == 2 and parts[1] not in _RESERVED):
+                self._hinted_runs.add(parts[1])
+                self._hinted_exps.add(parts[0])
+            elif parts:
+                self._hinted_exps.add(parts[0])
+        self.listing.wake(self._hinted_runs)
+
+    # -- experiments and runs ----------------------------------------------------------------
     def experiments(self) -> list[Experiment]:
         from mlflow.entities import ViewType
 
+        self.listing.stats.requests += 1
         try:
             exps = self.store.search_experiments(view_type=ViewType.ALL, max_results=50_000)
-        except Exception as e:
+        except Exception as e:  # whatever MLflow's reader raises, as one line
             raise StoreError(f"cannot read MLflow file store {self.root}: {one_line(e)}") from None
         return [experiment_from(e) for e in exps]
 
@@ -94,64 +129,149 @@ class FileStoreSource(Source):
         live = self.root / experiment_id
         return live if live.is_dir() else self.root / ".trash" / experiment_id
 
-    def runs(self, experiment: Experiment) -> Iterator[RunRecord | BrokenRun]:
-        exp_dir = self._experiment_dir(experiment.id)
+    def changes(self, experiments: list[Experiment], *, full: bool = False) -> list[RunRecord | BrokenRun]:
+        """The runs of these experiments that may have changed since the last round (all of
+        them on a full listing), each stat'ed, `meta.yaml` read only where the stat moved."""
+        full = self.listing.begin(full)
+        runs, exps = self._hinted_runs, self._hinted_exps
+        self._hinted_runs, self._hinted_exps = set(), set()
+        out: list[RunRecord | BrokenRun] = []
+        for exp in experiments:
+            exp_dir = self._experiment_dir(exp.id)
+            mtime = mtime_ns(exp_dir)
+            if full or exp.id in exps or self._exp_mtime.get(exp.id, -1) != mtime:
+                self._exp_mtime[exp.id] = mtime
+                dirs = self._run_dirs(exp_dir)
+            else:
+                dirs = [
+                    k.run_dir
+                    for rid, k in self._known.items()
+                    if k.run_dir.parent == exp_dir and (rid in runs or self._is_live(rid))
+                ]
+            for run_dir in dirs:
+                self.check_stop()
+                if full or run_dir.name not in self._known or run_dir.name in runs or self._is_live(run_dir.name):
+                    rec = self._look(exp, run_dir)
+                    if rec is not None:
+                        out.append(rec)
+        self.listing.note(out)
+        return out
+
+    def _is_live(self, run_id: str) -> bool:
+        """A run worth a stat every round: RUNNING and not gone quiet, or not readable yet."""
+        known = self._known.get(run_id)
+        if known is None:
+            return True
+        rec = known.record
+        return isinstance(rec, RunRecord) and rec.running and not rec.deleted and not self.listing.dormant(run_id)
+
+    def _run_dirs(self, exp_dir: Path) -> list[Path]:
+        self.listing.stats.requests += 1
         try:
             entries = sorted(os.scandir(exp_dir), key=lambda e: e.name)
         except OSError:
-            return
-        for entry in entries:
-            if entry.name in _RESERVED or not entry.is_dir():
-                continue
-            run_dir = Path(entry.path)
-            if not (run_dir / "meta.yaml").exists():
-                continue
-            try:
-                yield self._read_run(experiment, run_dir)
-            except Exception as e:  # corrupt meta.yaml, unreadable files
-                yield BrokenRun(entry.name, experiment.id, f"{type(e).__name__}: {one_line(e)}")
+            return []
+        return [Path(e.path) for e in entries if e.name not in _RESERVED and e.is_dir()]
 
-    def _read_run(self, experiment: Experiment, run_dir: Path) -> RunRecord:
-        stats = []
-        for sub in ("params", "tags", "inputs"):
-            stats.extend(_tree_stats(run_dir / sub))
-        meta = (run_dir / "meta.yaml").stat()
-        store = mlflow_compat.FileStoreInternals(self.store)
-        info = store.run_info(run_dir)
+    def _look(self, exp: Experiment, run_dir: Path) -> RunRecord | BrokenRun | None:
+        """The run in this folder: from the last look when its stat digest did not move."""
+        self.listing.stats.runs_listed += 1
+        try:
+            facts = RunFacts.of(run_dir, experiment=exp)
+        except FileNotFoundError:
+            return None  # no meta.yaml (yet): not a run folder
+        except OSError as e:
+            return BrokenRun(run_dir.name, exp.id, f"{type(e).__name__}: {one_line(e)}")
+        self.listing.stats.requests += facts.stats
+        known = self._known.get(run_dir.name)
+        if known is not None and known.facts.meta == facts.meta:
+            if isinstance(known.record, BrokenRun):
+                return known.record  # still the same unreadable folder: not read again
+            rec = known.record
+            rec.metric_marks = facts.marks
+        else:
+            try:
+                rec = self._read_meta(exp, run_dir, facts)
+            except Exception as e:  # a corrupt meta.yaml, an unreadable file: this run only
+                broken = BrokenRun(run_dir.name, exp.id, f"{type(e).__name__}: {one_line(e)}")
+                self._known[run_dir.name] = _Known(run_dir, facts, broken)
+                return broken
+        rec.artifacts_mark = artifacts_mark(self._artifact_dir(rec))
+        self._known[run_dir.name] = _Known(run_dir, facts, rec)
+        return rec
+
+    def _read_meta(self, exp: Experiment, run_dir: Path, facts: RunFacts) -> RunRecord:
+        self.listing.stats.runs_read += 1
+        self.listing.stats.requests += 1
+        info = self.internals.run_info(run_dir)
         if info is None or not getattr(info, "run_id", None):
             raise RunUnreadable("meta.yaml has no run id")
         if info.run_id != run_dir.name:
             raise RunUnreadable(f"meta.yaml names run {info.run_id}, folder is {run_dir.name}")
-        params = store.params(info)
-        tags = store.tags(info)
-        try:
-            datasets = datasets_from_inputs(store.inputs(info))
-        except Exception as e:  # stores older than MLflow 2.4 have no inputs
-            log.debug("no inputs for run %s: %s", info.run_id, e)
-            datasets = []
-        marks = {rel: size for rel, size, _mtime in _tree_stats(run_dir / "metrics")}
         rec = RunRecord(
             run_id=info.run_id,
-            experiment_id=experiment.id,
-            name=info.run_name or tags.get("mlflow.runName") or info.run_id,
+            experiment_id=exp.id,
+            name=info.run_name or info.run_id,
             status=info.status,
             start_time=info.start_time,
             end_time=info.end_time,
             lifecycle_stage=info.lifecycle_stage,
-            user=info.user_id or tags.get("mlflow.user"),
+            user=info.user_id,
             artifact_uri=info.artifact_uri,
-            params=params,
-            tags=tags,
-            datasets=datasets,
-            metric_marks=marks,
+            params={},
+            tags={},
+            datasets=[],
+            metric_marks=facts.marks,
+            fingerprint=facts.meta,
+            details_loaded=False,
         )
-        rec.fingerprint = fingerprint(meta.st_mtime_ns, meta.st_size, stats, experiment.name,
-                                      experiment.lifecycle_stage)
+        if not info.run_name or not info.user_id:  # stores of MLflow 1.x keep these in tags
+            self._load_tags(rec, info)
+            rec.name = info.run_name or rec.tags.get("mlflow.runName") or info.run_id
+            rec.user = info.user_id or rec.tags.get("mlflow.user")
         return rec
 
-    def metric_changed(self, run: RunRecord, key: str, cursor: dict[str, Any] | None) -> bool:
-        return cursor is None or cursor.get("offset", 0) != run.metric_marks.get(key)
+    def _load_tags(self, run: RunRecord, info: Any) -> None:
+        run.tags = self.internals.tags(info)
+        self.listing.stats.requests += len(run.tags)
 
+    def load_details(self, run: RunRecord) -> None:
+        """Params, tags and inputs of one run (read only when its metadata changed)."""
+        if run.details_loaded:
+            return
+        info = self.internals.run_info(self._experiment_dir(run.experiment_id) / run.run_id)
+        self._load_tags(run, info)
+        run.params = self.internals.params(info)
+        self.listing.stats.requests += len(run.params)
+        try:
+            run.datasets = datasets_from_inputs(self.internals.inputs(info))
+        except Exception as e:  # stores older than MLflow 2.4 have no inputs
+            log.debug("no inputs for run %s: %s", info.run_id, e)
+            run.datasets = []
+        run.details_loaded = True
+
+    # -- metrics -----------------------------------------------------------------------------
+    def metric_changed(self, run: RunRecord, key: str, cursor: Cursor | None) -> bool:
+        return not isinstance(cursor, FileCursor) or cursor.mark != run.metric_marks.get(key)
+
+    def read_metric(self, run: RunRecord, key: str, cursor: Cursor | None) -> Iterator[tuple[MetricChunk, Cursor]]:
+        path = self._experiment_dir(run.experiment_id) / run.run_id / "metrics" / key
+        start = cursor if isinstance(cursor, FileCursor) else FileCursor()
+        self.listing.stats.histories += 1
+        self.listing.stats.requests += 1
+        done = start
+        for chunk, done in read_metric_file(path, key, start, mark=run.metric_marks.get(key)):
+            self.listing.stats.points += len(chunk)
+            yield chunk, done
+        if done.tail and not run.running:
+            log.warning(
+                "run %s metric %r ends in an incomplete line (%d bytes): it is read once completed",
+                run.run_id,
+                key,
+                done.tail,
+            )
+
+    # -- artifacts ---------------------------------------------------------------------------
     def _artifact_dir(self, run: RunRecord) -> Path | None:
         """The run's local artifact folder. A store copied from another machine (rsync of
         mlruns/) records artifact paths that no longer exist: fall back to <run>/artifacts."""
@@ -165,84 +285,24 @@ class FileStoreSource(Source):
 
     def list_artifacts(self, run: RunRecord) -> list[ArtifactFile]:
         root = self._artifact_dir(run)
+        self.listing.stats.requests += 1
         if root is None:
             return client_list_artifacts(self._client(), run)
-        return [ArtifactFile(rel, size) for rel, size, _ in _tree_stats(root)]
+        from .local_artifacts import list_local_artifacts
+
+        files, warnings = list_local_artifacts(root)
+        for w in warnings:
+            log.warning("run %s: %s", run.run_id, w)
+        return files
+
+    def logged_models(self, run: RunRecord) -> list[Any]:
+        from .models import FileStoreModels  # the models' reader keeps a cache: one per source
+
+        models = self.__dict__.setdefault("_logged_models", FileStoreModels(self.store))
+        return models.of(run, self._experiment_dir(run.experiment_id) / run.run_id)
 
     def fetch_artifact(self, run: RunRecord, path: str, dst_dir: str) -> str:
         root = self._artifact_dir(run)
         if root is None:
             return client_fetch_artifact(self._client(), run, path, dst_dir)
         return str(root / path)
-
-    def read_metric(self, run: RunRecord, key: str,
-                    cursor: dict[str, Any] | None) -> Iterator[tuple[MetricChunk, dict[str, Any]]]:
-        path = self._experiment_dir(run.experiment_id) / run.run_id / "metrics" / key
-        offset = (cursor or {}).get("offset", 0)
-        bad = []
-        try:
-            f = open(path, "rb")
-        except OSError as e:
-            raise RunUnreadable(f"metric {key!r}: {e.strerror}") from None
-        with f:
-            size = os.fstat(f.fileno()).st_size
-            if size < offset:  # truncated or replaced: start again, writes are idempotent
-                log.warning("run %s metric %r shrank; re-reading it", run.run_id, key)
-                offset = 0
-            f.seek(offset)
-            chunk = MetricChunk(key, [], [], [])
-            names: list[str | None] = []
-            tail = b""
-            pos = offset
-            while True:
-                block = f.read(_READ_BYTES)
-                if not block:
-                    break
-                data = tail + block
-                cut = data.rfind(b"\n")
-                if cut < 0:
-                    tail = data
-                    continue
-                tail = data[cut + 1:]
-                for line in data[:cut].split(b"\n"):
-                    pos += len(line) + 1
-                    if not line.strip():
-                        continue
-                    try:
-                        ts, value, step, ds = parse_metric_line(line)
-                    except ValueError:
-                        bad.append(line[:60].decode("utf-8", "replace"))
-                        continue
-                    chunk.timestamps.append(ts)
-                    chunk.values.append(value)
-                    chunk.steps.append(step)
-                    names.append(ds)
-                    if len(chunk) >= CHUNK_POINTS:
-                        chunk.dataset_names = names if any(names) else None
-                        yield chunk, {"offset": pos}
-                        chunk, names = MetricChunk(key, [], [], []), []
-            chunk.dataset_names = names if any(names) else None
-            # the bytes after the last newline are a line MLflow is still writing: leave them
-            yield chunk, {"offset": pos}
-        if bad:
-            raise RunUnreadable(f"metric {key!r}: skipped {len(bad)} malformed line(s), first: {bad[0]!r}")
-
-
-def _tree_stats(root: Path) -> list[tuple[str, int, int]]:
-    """(relative posix path, size, mtime_ns) of every file under root; [] if root is missing.
-    Metric and tag names may contain '/', which the file store keeps as sub-folders."""
-    out = []
-    try:
-        stack = [root]
-        while stack:
-            d = stack.pop()
-            for e in os.scandir(d):
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(Path(e.path))
-                else:
-                    st = e.stat()
-                    out.append((Path(e.path).relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
-    except FileNotFoundError:
-        return []
-    out.sort()
-    return out

@@ -58,7 +58,8 @@ def check_mlflow_compatibility() -> None:
 
         raise MlflowInternalsChanged(
             f"the installed MLflow {mlflow.__version__} lacks internals syncer/sources relies on: "
-            + "; ".join(problems) + " (see syncer/sources/mlflow_compat.py)"
+            + "; ".join(problems)
+            + " (see syncer/sources/mlflow_compat.py)"
         )
     _checked = True
 
@@ -125,20 +126,30 @@ class RestInternals:
         """A PagedList of Metric (in MLflow's (timestamp, step, value) order) with `.token`."""
         return self.store.get_metric_history(run_id, key, max_results=max_results, page_token=page_token)
 
-    def bulk_interval(self, run_id: str, key: str, start_step: int, end_step: int,
-                      max_results: int) -> list[tuple[int, int, float]]:
+    def bulk_interval(
+        self, run_id: str, key: str, start_step: int, end_step: int, max_results: int
+    ) -> list[tuple[int, int, float]]:
         """(timestamp, step, value) of the points with start_step <= step <= end_step; the
         server samples them when there are more than max_results."""
         from mlflow.utils.rest_utils import http_request
 
-        resp = http_request(self.store.get_host_creds(), self.BULK_INTERVAL, "GET", raise_on_status=False,
-                            params={"run_ids": run_id, "metric_key": key, "start_step": start_step,
-                                    "end_step": end_step, "max_results": max_results})
+        resp = http_request(
+            self.store.get_host_creds(),
+            self.BULK_INTERVAL,
+            "GET",
+            raise_on_status=False,
+            params={
+                "run_ids": run_id,
+                "metric_key": key,
+                "start_step": start_step,
+                "end_step": end_step,
+                "max_results": max_results,
+            },
+        )
         if resp.status_code == 404:
             raise EndpointMissing(self.BULK_INTERVAL)
         if resp.status_code != 200:
             from mlflow.exceptions import MlflowException
 
             raise MlflowException(f"{self.BULK_INTERVAL} answered {resp.status_code}: {resp.text[:200]}")
-        return [(int(m["timestamp"]), int(m.get("step", 0)), float(m["value"]))
-                for m in resp.json().get("metrics", [])]
+        return [(int(m["timestamp"]), int(m.get("step", 0)), float(m["value"])) for m in resp.json().get("metrics", [])]

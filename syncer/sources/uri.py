@@ -23,7 +23,7 @@ def local_path(uri: str) -> Path | None:
 
         return Path(local_file_uri_to_path(uri) if p.scheme == "file" else uri).expanduser()
     if p.scheme == "sqlite":
-        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+        path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
         return Path(path) if path and path != ":memory:" else None
     return None
 

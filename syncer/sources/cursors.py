@@ -1,0 +1,105 @@
+"""How far a metric of a run has been read: one typed cursor per kind of store, stored as JSON.
+
+- `FileCursor`: a byte offset into the metric file, up to the last complete line. Exact: a
+  file only grows (a file that shrank is read again from the start).
+- `OrderCursor` (SQL databases, MLflow servers): the last point read in MLflow's own order of a
+  history, (timestamp, step, value), and the largest step read. New points are those after
+  that point in that order (logged later) plus those at a step beyond the largest one (a
+  writer whose clock is behind); each point is read once, so counts are exact. A point logged
+  later with both an earlier timestamp and an earlier step than everything read cannot be told
+  from history without re-reading it: it arrives with a full re-read (a fresh state).
+
+Both carry `points`: how many MLflow points lie before the cursor (what `syncer status`
+shows; stored as a number, never summed, so concurrent or repeated syncs cannot inflate it),
+and `mark`: what the store's listing said about the key when it was read (a file size, the
+latest (timestamp, step, value)), so an unchanged key is not read at all.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+# MLflow's SQL stores keep NaN as 0 with is_nan set, and +-inf as +-max float: the value a
+# server orders by
+_FLOAT_MAX = 1.7976931348623157e308
+
+
+def order_value(v: float) -> float:
+    """A float as MLflow's database orders it (NaN as 0, +-inf as +-max float)."""
+    if math.isnan(v):
+        return 0.0
+    if math.isinf(v):
+        return _FLOAT_MAX if v > 0 else -_FLOAT_MAX
+    return v
+
+
+@dataclass(frozen=True)
+class FileCursor:
+    offset: int = 0  # bytes of the metric file consumed (complete lines only)
+    points: int = 0
+    mark: Any = None  # the file size the listing saw
+    tail: int = 0  # bytes after the last complete line when it was read (a line being written)
+    bad: int = 0  # malformed lines before the offset (skipped; the run reports them while they are there)
+    first_bad: str | None = None
+
+    kind = "file"
+
+    @property
+    def error(self) -> str | None:
+        if not self.bad:
+            return None
+        return f"skipped {self.bad} malformed line(s), first: {self.first_bad!r}"
+
+
+@dataclass(frozen=True)
+class OrderCursor:
+    ts: int = -(2**63)  # the last point read, in (timestamp, step, value) order
+    step: int = -(2**63)
+    value: float = -math.inf
+    max_step: int = -(2**63)  # the largest step read
+    points: int = 0
+    mark: Any = None  # the latest (timestamp, step, value) the listing saw
+
+    kind = "order"
+    error = None
+
+    @property
+    def last(self) -> tuple[int, int, float]:
+        return (self.ts, self.step, self.value)
+
+    def after(self, points: list[tuple[int, int, float]]) -> OrderCursor:
+        """The cursor once `points` (timestamp, step, order value), all new, are read too."""
+        if not points:
+            return self
+        last = max([self.last, *points])
+        return OrderCursor(
+            last[0], last[1], last[2], max(self.max_step, *(p[1] for p in points)), self.points + len(points), self.mark
+        )
+
+    def is_new(self, ts: int, step: int, value: float) -> bool:
+        """Whether a point (value in order form) was not read before this cursor."""
+        return (ts, step, value) > self.last or step > self.max_step
+
+
+Cursor = FileCursor | OrderCursor
+_KINDS: dict[str, type[FileCursor] | type[OrderCursor]] = {"file": FileCursor, "order": OrderCursor}
+
+
+def dumps(cursor: Cursor) -> str:
+    return json.dumps({"kind": cursor.kind, **asdict(cursor)}, allow_nan=True)
+
+
+def loads(text: str) -> Cursor | None:
+    """A stored cursor; None for one this version does not know (the metric is read again:
+    writes are idempotent)."""
+    try:
+        doc = json.loads(text)
+        cls = _KINDS[doc.pop("kind")]
+        if isinstance(doc.get("mark"), list):
+            doc["mark"] = tuple(doc["mark"])
+        return cls(**doc)
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,84 @@
+"""What a file store's folders say without reading any file: `stat` only.
+
+A run folder is `<store>/<experiment>/<run>/` with `meta.yaml` and the folders `params/`,
+`tags/`, `inputs/` (one file per param / tag / input), `metrics/` (one append-only file per
+key; keys with "/" are sub-folders) and usually `artifacts/`."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .base import fingerprint
+
+META_PARTS = ("params", "tags", "inputs", "outputs")  # outputs: the logged models (MLflow 3)
+
+
+def tree_stats(root: Path) -> list[tuple[str, int, int]]:
+    """(relative posix path, size, mtime_ns) of every regular file under root, sorted; [] when
+    root is missing. Links are not followed and nothing is opened."""
+    out = []
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = list(os.scandir(d))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            continue  # unreadable: the reader of that part reports it
+        for e in entries:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(Path(e.path))
+            elif stat.S_ISREG(st.st_mode):
+                out.append((Path(e.path).relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+    out.sort()
+    return out
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """One run folder, from stat: whether its metadata moved, how long each metric file is."""
+
+    meta: str  # digest of meta.yaml's and the params/tags/inputs files' sizes and mtimes
+    marks: dict[str, int]  # metric key -> file size
+    stats: int  # how many entries were stat'ed
+
+    @classmethod
+    def of(cls, run_dir: Path, *, experiment: Any) -> RunFacts:
+        meta = (run_dir / "meta.yaml").stat()
+        parts = [tree_stats(run_dir / sub) for sub in META_PARTS]
+        metrics = tree_stats(run_dir / "metrics")
+        digest = fingerprint(meta.st_mtime_ns, meta.st_size, parts, experiment.name, experiment.lifecycle_stage)
+        return cls(digest, {rel: size for rel, size, _ in metrics}, 1 + sum(map(len, parts)) + len(metrics))
+
+
+def artifacts_mark(root: Path | None) -> str | None:
+    """A digest of an artifact folder's files (paths, sizes, mtimes); None when it is not a
+    local folder (a remote artifact store is compared by listing it)."""
+    if root is None or not root.is_dir():
+        return None if root is None else fingerprint([])
+    return fingerprint(tree_stats(root))
+
+
+def mtime_ns(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def local_artifacts_mark(artifact_uri: str | None) -> str | None:
+    """`artifacts_mark` of an artifact root given as a URI: None unless it is a local folder."""
+    from .uri import is_local_store, local_path
+
+    if not artifact_uri or not is_local_store(artifact_uri):
+        return None
+    return artifacts_mark(local_path(artifact_uri))

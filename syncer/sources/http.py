@@ -1,0 +1,259 @@
+"""MLflow tracking servers (http, https, databricks), through MLflow's own REST client.
+
+A round lists only what can have changed: the RUNNING runs (less those that have gone quiet),
+and runs started or ended since the last round, with search filters; every `full_every_s` a
+full listing catches edits, deletions and restores. A key whose latest point moved is read
+from where its cursor stands:
+
+- new points: `get-history-bulk-interval` from the largest step read. Chosen over paging
+  `get-history` from an offset (measured in bench/RESULTS.md, "history options"): the server
+  orders a `get-history` page by timestamp over the key's whole history (and the offset would
+  be a page token MLflow documents as unstable), while the bulk-interval endpoint reads only
+  the index range of the new steps. What it cannot return: points re-logged at a step below
+  the largest one read (a training resumed from an earlier checkpoint): read the database
+  directly (`postgresql://`, `sqlite:///`) where those matter;
+- a first read, a range the server had to sample (more than 2,500 new points), a step beyond
+  what the endpoint accepts (int32), or a server without the endpoint: the whole history, in
+  pages of `get-history`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from . import mlflow_compat
+from .base import (
+    CHUNK_POINTS,
+    ArtifactFile,
+    BrokenRun,
+    Experiment,
+    LoggedModel,
+    MetricChunk,
+    RunRecord,
+    Source,
+    fingerprint,
+)
+from .cursors import Cursor, OrderCursor, order_value
+from .entities import client_fetch_artifact, client_list_artifacts, datasets_from_inputs, experiment_from
+from .listing import Listing
+from .mlflow_errors import mlflow_error
+from .models import Flavors, client_logged_models
+
+log = logging.getLogger(__name__)
+
+PAGE_RUNS = 1000
+PAGE_POINTS = 25_000  # MLflow's MAX_RESULTS_GET_METRIC_HISTORY
+BULK_MAX = 2500  # MLflow's MAX_RESULTS_PER_RUN for get-history-bulk-interval
+_INT32_MAX = 2**31 - 1
+_CLOCK_MARGIN_MS = 5 * 60 * 1000  # start/end times are stamped by the clients' clocks
+_DORMANT_FILTER_MAX = 200  # at most this many quiet runs are named in a NOT IN filter
+
+
+class HttpSource(Source):
+    kind = "http"
+
+    def __init__(self, uri: str, *, full_every_s: float = 60.0):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        mlflow_compat.check_mlflow_compatibility()
+        # keep MLflow's HTTP retries short: the daemon has its own back-off
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        try:
+            self.client = MlflowClient(tracking_uri=uri)
+        except Exception as e:  # a bad URI, a missing driver
+            raise mlflow_error(uri, e) from None
+        self.rest = mlflow_compat.RestInternals(self.client)
+        self.listing = Listing(full_every_s)
+        self._since_ms: int | None = None
+        self._bulk_ok = True
+        self.flavors = Flavors(uri)
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self.listing.stats.requests += 1
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            raise mlflow_error(self.uri, e) from None
+
+    # -- experiments and runs ----------------------------------------------------------------
+    def experiments(self) -> list[Experiment]:
+        from mlflow.entities import ViewType
+
+        exps: list[Any] = []
+        token = None
+        while True:
+            page = self._call(
+                self.client.search_experiments, view_type=ViewType.ALL, max_results=PAGE_RUNS, page_token=token
+            )
+            exps.extend(page)
+            token = page.token
+            if not token:
+                return [experiment_from(e) for e in exps]
+
+    def changes(self, experiments: list[Experiment], *, full: bool = False) -> list[RunRecord | BrokenRun]:
+        from mlflow.entities import ViewType
+
+        full = self.listing.begin(full)
+        by_id = {e.id: e for e in experiments}
+        if not by_id:
+            return []
+        started = int(time.time() * 1000)
+        if full or self._since_ms is None:
+            runs = self._search(list(by_id), "", ViewType.ALL)
+        else:
+            since = self._since_ms - _CLOCK_MARGIN_MS
+            quiet = self.listing.dormant_ids()[:_DORMANT_FILTER_MAX]
+            running = "attributes.status = 'RUNNING'"
+            if quiet:
+                running += " AND attributes.run_id NOT IN (" + ", ".join(f"'{r}'" for r in quiet) + ")"
+            runs = {}
+            for flt in (running, f"attributes.start_time >= {since}", f"attributes.end_time >= {since}"):
+                runs.update(self._search(list(by_id), flt, ViewType.ALL))
+        self._since_ms = started
+        self.listing.stats.runs_listed += len(runs)
+        out: list[RunRecord | BrokenRun] = [
+            self._record(by_id[r.info.experiment_id], r) for r in runs.values() if r.info.experiment_id in by_id
+        ]
+        return self.listing.note(out)
+
+    def _search(self, exp_ids: list[str], flt: str, view: Any) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        token = None
+        while True:
+            page = self._call(
+                self.client.search_runs, exp_ids, flt, run_view_type=view, max_results=PAGE_RUNS, page_token=token
+            )
+            for r in page:
+                found[r.info.run_id] = r
+            self.check_stop()
+            token = page.token
+            if not token:
+                return found
+
+    @staticmethod
+    def _record(experiment: Experiment, r: Any) -> RunRecord:
+        info, data = r.info, r.data
+        marks = {m.key: (m.timestamp, m.step, order_value(m.value)) for m in mlflow_compat.metric_objs(data)}
+        rec = RunRecord(
+            run_id=info.run_id,
+            experiment_id=info.experiment_id,
+            name=info.run_name or data.tags.get("mlflow.runName") or info.run_id,
+            status=info.status,
+            start_time=info.start_time,
+            end_time=info.end_time,
+            lifecycle_stage=info.lifecycle_stage,
+            user=info.user_id or data.tags.get("mlflow.user"),
+            artifact_uri=info.artifact_uri,
+            params=dict(data.params),
+            tags=dict(data.tags),
+            datasets=datasets_from_inputs(r.inputs),
+            metric_marks=marks,
+        )
+        outputs = sorted(o.model_id for o in (getattr(getattr(r, "outputs", None), "model_outputs", None) or []))
+        rec.fingerprint = fingerprint(
+            outputs,
+            rec.name,
+            rec.status,
+            rec.start_time,
+            rec.end_time,
+            rec.lifecycle_stage,
+            rec.params,
+            rec.tags,
+            rec.datasets,
+            experiment.name,
+            experiment.lifecycle_stage,
+        )
+        return rec
+
+    def load_details(self, run: RunRecord) -> None:
+        pass  # a search result carries params, tags and inputs already
+
+    # -- metrics -----------------------------------------------------------------------------
+    def metric_changed(self, run: RunRecord, key: str, cursor: Cursor | None) -> bool:
+        return not isinstance(cursor, OrderCursor) or cursor.mark != run.metric_marks.get(key)
+
+    def read_metric(self, run: RunRecord, key: str, cursor: Cursor | None) -> Iterator[tuple[MetricChunk, Cursor]]:
+        mark = run.metric_marks.get(key)
+        cur = cursor if isinstance(cursor, OrderCursor) else None
+        self.listing.stats.histories += 1
+        before = cur.points if cur is not None else 0
+        points = None
+        if cur is not None and self._bulk_ok and cur.max_step <= _INT32_MAX:
+            points = self._bulk_since(run.run_id, key, max(cur.max_step, -_INT32_MAX - 1))
+        if points is None:  # the whole history, page by page
+            yield from self._whole_history(run, key, cur or OrderCursor(), mark)
+            return
+        start = OrderCursor(cur.ts, cur.step, cur.value, cur.max_step, cur.points, mark)  # type: ignore[union-attr]
+        new = sorted((p for p in points if start.is_new(p[0], p[1], order_value(p[2]))), key=lambda p: p[:2])
+        done = start.after([(ts, step, order_value(v)) for ts, step, v in new])
+        yield MetricChunk(key, [p[1] for p in new], [p[2] for p in new], [p[0] for p in new]), done
+        self.listing.stats.points += done.points - before
+
+    def _bulk_since(self, run_id: str, key: str, start_step: int) -> list[tuple[int, int, float]] | None:
+        """The points at steps >= start_step, or None when the server sampled them (too many)
+        or lacks the endpoint."""
+        self.listing.stats.requests += 1
+        try:
+            got = self.rest.bulk_interval(run_id, key, start_step, _INT32_MAX, BULK_MAX)
+        except mlflow_compat.EndpointMissing:
+            log.info("MLflow at %s has no get-history-bulk-interval endpoint: reading whole histories", self.describe())
+            self._bulk_ok = False
+            return None
+        except Exception as e:
+            raise mlflow_error(self.uri, e) from None
+        self.listing.stats.rows += len(got)
+        return None if len(got) >= BULK_MAX else got
+
+    def _whole_history(
+        self, run: RunRecord, key: str, cur: OrderCursor, mark: Any
+    ) -> Iterator[tuple[MetricChunk, OrderCursor]]:
+        start = OrderCursor(cur.ts, cur.step, cur.value, cur.max_step, cur.points, mark)
+        token = None
+        done = start
+        yielded = False
+        while True:
+            page = self._call(self.rest.history_page, run.run_id, key, PAGE_POINTS, token)
+            self.listing.stats.rows += len(page)
+            new = [m for m in page if start.is_new(m.timestamp, m.step, order_value(m.value))]
+            new.sort(key=lambda m: (m.timestamp, m.step))
+            for i in range(0, len(new), CHUNK_POINTS):
+                part = new[i : i + CHUNK_POINTS]
+                done = done.after([(m.timestamp, m.step, order_value(m.value)) for m in part])
+                names = [getattr(m, "dataset_name", None) or None for m in part]
+                yield (
+                    MetricChunk(
+                        key,
+                        [m.step for m in part],
+                        [m.value for m in part],
+                        [m.timestamp for m in part],
+                        names if any(names) else None,
+                    ),
+                    done,
+                )
+                yielded = True
+            token = page.token
+            if not token:
+                break
+        if not yielded:
+            yield MetricChunk(key, [], [], []), done
+        self.listing.stats.points += done.points - cur.points
+
+    def logged_models(self, run: RunRecord) -> list[LoggedModel]:
+        self.listing.stats.requests += 2
+        return self._call(client_logged_models, self.client, run, self.flavors)
+
+    # -- artifacts ---------------------------------------------------------------------------
+    def list_artifacts(self, run: RunRecord) -> list[ArtifactFile]:
+        self.listing.stats.requests += 1
+        return client_list_artifacts(self.client, run)
+
+    def fetch_artifact(self, run: RunRecord, path: str, dst_dir: str) -> str:
+        return client_fetch_artifact(self.client, run, path, dst_dir)

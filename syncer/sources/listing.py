@@ -1,0 +1,89 @@
+"""What every source remembers between rounds to list only what can have changed: when the last
+full listing was, which RUNNING runs have gone quiet, the names of the runs it has seen; and
+the counters of what a round read (`ReadStats`), so tests and `syncer status` can tell."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .base import BrokenRun, RunRecord
+
+# a RUNNING run whose metadata and metrics have not moved for this long is looked at only by the
+# full listings (MLflow leaves crashed runs RUNNING for good: they must cost nothing); any change
+# seen there, or a file event naming it, wakes it up
+DORMANT_AFTER_S = 120.0
+
+
+@dataclass
+class ReadStats:
+    """What one round read from the store."""
+
+    full: bool = False  # a full listing (every run looked at), not only what can have changed
+    runs_listed: int = 0  # runs whose cheap facts (a stat, a row, a listing entry) were looked at
+    runs_read: int = 0  # runs whose metadata (params, tags, meta.yaml) was read
+    histories: int = 0  # metric histories read (tailed, queried, fetched)
+    points: int = 0  # MLflow points read
+    requests: int = 0  # queries, HTTP requests or files opened
+    rows: int = 0  # rows or listing entries that came back
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Seen:
+    mark: Any
+    changed_at: float
+    running: bool
+
+
+@dataclass
+class Listing:
+    full_every_s: float = 60.0
+    dormant_after_s: float = DORMANT_AFTER_S
+    stats: ReadStats = field(default_factory=ReadStats)
+    names: dict[str, str] = field(default_factory=dict)  # run id -> run name, every run seen
+    _seen: dict[str, _Seen] = field(default_factory=dict)
+    _last_full: float | None = None
+
+    def begin(self, full: bool = False) -> bool:
+        """Start a round's listing; returns whether it is a full one (asked for, the first one,
+        or the last one is `full_every_s` old)."""
+        now = time.monotonic()
+        full = full or self._last_full is None or now - self._last_full >= self.full_every_s
+        if full:
+            self._last_full = now
+        self.stats = ReadStats(full=full)
+        return full
+
+    def dormant(self, run_id: str) -> bool:
+        seen = self._seen.get(run_id)
+        return seen is not None and seen.running and time.monotonic() - seen.changed_at > self.dormant_after_s
+
+    def wake(self, run_ids: Iterable[str]) -> None:
+        """These runs changed (a file event named them): not dormant any more."""
+        now = time.monotonic()
+        for r in run_ids:
+            if r in self._seen:
+                self._seen[r].changed_at = now
+
+    def note(self, records: list[RunRecord | BrokenRun]) -> list[RunRecord | BrokenRun]:
+        """Remember what was listed (names; when each run last moved); returns `records`."""
+        now = time.monotonic()
+        for rec in records:
+            if isinstance(rec, BrokenRun):
+                continue
+            self.names[rec.run_id] = rec.name
+            mark = (rec.fingerprint, sorted(rec.metric_marks.items()))
+            seen = self._seen.get(rec.run_id)
+            if seen is None or seen.mark != mark:
+                self._seen[rec.run_id] = _Seen(mark, now, rec.running and not rec.deleted)
+            else:
+                seen.running = rec.running and not rec.deleted
+        return records
+
+    def dormant_ids(self) -> list[str]:
+        return [r for r in self._seen if self.dormant(r)]

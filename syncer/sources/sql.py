@@ -1,0 +1,351 @@
+"""SQL tracking stores (sqlite, PostgreSQL, MySQL through SQLAlchemy), read directly and
+read-only through MLflow's own table definitions (`sql_schema`), a few queries per round.
+
+What changed is found without reading any history:
+
+- runs: every round, the runs that are RUNNING or started, ended or were deleted since the last
+  round (one query on the `runs` table); every `full_every_s` all runs (restores, edits);
+- for those runs only: their `latest_metrics` rows (a key whose latest point moved has new
+  points), their tags, their param and input counts (MLflow never changes a logged param);
+- new points of a key: keyset pages after the key's `OrderCursor`, served by the metrics
+  primary key (key, timestamp, step, ...) for points logged later, and by the index on
+  (run_uuid, key, step) for points beyond the largest step read (a writer with a clock behind).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import StoreError
+from ..redact import redact
+from .base import (
+    CHUNK_POINTS,
+    ArtifactFile,
+    BrokenRun,
+    Experiment,
+    LoggedModel,
+    MetricChunk,
+    RunRecord,
+    Source,
+    fingerprint,
+)
+from .cursors import Cursor, OrderCursor
+from .entities import artifact_repo_fetch, artifact_repo_list
+from .file_stat import local_artifacts_mark
+from .listing import Listing
+from .mlflow_errors import mlflow_error
+from .models import Flavors, sql_logged_models
+from .sql_schema import open_read_only
+
+log = logging.getLogger(__name__)
+
+_BATCH = 500  # run ids per IN (...) query
+# runs started / ended / deleted up to this long before the last round are looked at again: MLflow
+# clients stamp those times with their own clocks
+_CLOCK_MARGIN_MS = 5 * 60 * 1000
+_RUNNING = ("RUNNING", "SCHEDULED")
+
+
+class SqlSource(Source):
+    kind = "sql"
+
+    def __init__(self, uri: str, *, full_every_s: float = 60.0):
+        self.uri = uri
+        self.engine, self.t = open_read_only(uri)
+        self.listing = Listing(full_every_s)
+        self.flavors = Flavors()
+        self._since_ms: int | None = None  # when the last round started (ms)
+        self._counts: dict[str, int] = {}  # experiment id -> how many runs it had
+        self._ids: set[str] | None = None  # run ids known (None: take them from the next listing)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _rows(self, query: Any) -> list[Any]:
+        self.listing.stats.requests += 1
+        try:
+            with self.engine.connect() as con:
+                rows = list(con.execute(query))
+        except Exception as e:
+            raise mlflow_error(self.uri, e) from None
+        self.listing.stats.rows += len(rows)
+        return rows
+
+    # -- experiments and runs ----------------------------------------------------------------
+    def experiments(self) -> list[Experiment]:
+        from sqlalchemy import select
+
+        e, et = self.t.experiments, self.t.experiment_tags
+        tags: dict[str, dict[str, str]] = {}
+        for exp_id, key, value in self._rows(select(et.c.experiment_id, et.c.key, et.c.value)):
+            tags.setdefault(str(exp_id), {})[key] = value
+        out = []
+        for exp_id, name, stage in self._rows(
+            select(e.c.experiment_id, e.c.name, e.c.lifecycle_stage).order_by(e.c.experiment_id)
+        ):
+            t = tags.get(str(exp_id), {})
+            out.append(Experiment(str(exp_id), name, stage, t.get("mlflow.note.content"), t))
+        return out
+
+    def changes(self, experiments: list[Experiment], *, full: bool = False) -> list[RunRecord | BrokenRun]:
+        """The runs of these experiments that may have changed since the last call (all of
+        them on a full listing)."""
+        from sqlalchemy import and_, or_, select
+
+        r = self.t.runs
+        full = self.listing.begin(full)
+        started = int(time.time() * 1000)
+        by_id = {e.id: e for e in experiments}
+        if not by_id:
+            return []
+        cols = (
+            r.c.run_uuid,
+            r.c.experiment_id,
+            r.c.name,
+            r.c.status,
+            r.c.start_time,
+            r.c.end_time,
+            r.c.lifecycle_stage,
+            r.c.user_id,
+            r.c.artifact_uri,
+        )
+        exp_ids = [int(i) for i in by_id]
+        query = select(*cols).where(r.c.experiment_id.in_(exp_ids))
+        new_ids = self._new_run_ids(exp_ids, full=full)
+        if not full and self._since_ms is not None:
+            since = self._since_ms - _CLOCK_MARGIN_MS
+            query = query.where(
+                or_(
+                    r.c.status.in_(_RUNNING),
+                    r.c.start_time >= since,
+                    r.c.end_time >= since,
+                    and_(r.c.deleted_time.is_not(None), r.c.deleted_time >= since),
+                    r.c.run_uuid.in_(new_ids),
+                )
+            )
+        rows = self._rows(query)
+        if full:
+            self._ids = {row.run_uuid for row in rows} | (self._ids or set())
+        self._since_ms = started
+        wanted = [row for row in rows if full or not self.listing.dormant(row.run_uuid)]
+        self.listing.stats.runs_listed += len(wanted)
+        out: list[RunRecord | BrokenRun] = []
+        for i in range(0, len(wanted), _BATCH):
+            self.check_stop()
+            out.extend(self._records_for(wanted[i : i + _BATCH], by_id))
+        return self.listing.note(out)
+
+    def _new_run_ids(self, exp_ids: list[int], *, full: bool) -> list[str]:
+        """Runs created since the last round whatever start time their client gave them (an
+        import of old runs): found by a count per experiment, then the ids of those that moved."""
+        from sqlalchemy import func, select
+
+        r = self.t.runs
+        counts = {
+            str(e): n
+            for e, n in self._rows(
+                select(r.c.experiment_id, func.count())
+                .where(r.c.experiment_id.in_(exp_ids))
+                .group_by(r.c.experiment_id)
+            )
+        }
+        moved = [int(e) for e, n in counts.items() if self._counts.get(e) != n]
+        self._counts = counts
+        if full or not moved:
+            if full:
+                self._ids = None
+            return []
+        ids = {row[0] for row in self._rows(select(r.c.run_uuid).where(r.c.experiment_id.in_(moved)))}
+        new = sorted(ids - (self._ids or set())) if self._ids is not None else []
+        self._ids = (self._ids or set()) | ids
+        return new
+
+    def _records_for(self, rows: list[Any], by_id: dict[str, Experiment]) -> list[RunRecord]:
+        from sqlalchemy import func, select
+
+        ids = [row.run_uuid for row in rows]
+        lm, tg, pr, inp = self.t.latest_metrics, self.t.tags, self.t.params, self.t.inputs
+        marks: dict[str, dict[str, Any]] = {i: {} for i in ids}
+        for run_id, key, step, ts, value in self._rows(
+            select(lm.c.run_uuid, lm.c.key, lm.c.step, lm.c.timestamp, lm.c.value).where(lm.c.run_uuid.in_(ids))
+        ):
+            marks[run_id][key] = (ts, step, value)
+        tags: dict[str, dict[str, str]] = {i: {} for i in ids}
+        for run_id, key, value in self._rows(select(tg.c.run_uuid, tg.c.key, tg.c.value).where(tg.c.run_uuid.in_(ids))):
+            tags[run_id][key] = value
+        n_params = dict(
+            self._rows(select(pr.c.run_uuid, func.count()).where(pr.c.run_uuid.in_(ids)).group_by(pr.c.run_uuid))
+        )
+        n_inputs = dict(
+            self._rows(
+                select(inp.c.destination_id, func.count())
+                .where(inp.c.destination_type == "RUN", inp.c.destination_id.in_(ids))
+                .group_by(inp.c.destination_id)
+            )
+        )
+        n_outputs = dict(  # MLflow 3 logged models the run produced (a new checkpoint moves it)
+            self._rows(
+                select(inp.c.source_id, func.count())
+                .where(inp.c.source_type == "RUN_OUTPUT", inp.c.source_id.in_(ids))
+                .group_by(inp.c.source_id)
+            )
+        )
+        out = []
+        for row in rows:
+            exp = by_id[str(row.experiment_id)]
+            t = tags[row.run_uuid]
+            rec = RunRecord(
+                run_id=row.run_uuid,
+                experiment_id=str(row.experiment_id),
+                name=row.name or t.get("mlflow.runName") or row.run_uuid,
+                status=row.status,
+                start_time=row.start_time,
+                end_time=row.end_time,
+                lifecycle_stage=row.lifecycle_stage,
+                user=row.user_id or t.get("mlflow.user"),
+                artifact_uri=row.artifact_uri,
+                params={},
+                tags=t,
+                datasets=[],
+                metric_marks=marks[row.run_uuid],
+                details_loaded=False,
+            )
+            rec.fingerprint = fingerprint(
+                rec.name,
+                rec.status,
+                rec.start_time,
+                rec.end_time,
+                rec.lifecycle_stage,
+                t,
+                n_params.get(row.run_uuid, 0),
+                n_inputs.get(row.run_uuid, 0),
+                n_outputs.get(row.run_uuid, 0),
+                exp.name,
+                exp.lifecycle_stage,
+            )
+            rec.artifacts_mark = local_artifacts_mark(rec.artifact_uri)
+            out.append(rec)
+        return out
+
+    def load_details(self, run: RunRecord) -> None:
+        """Params and datasets of one run (read only when its metadata changed)."""
+        from sqlalchemy import and_, select
+
+        if run.details_loaded:
+            return
+        pr, inp, ds, it = self.t.params, self.t.inputs, self.t.datasets, self.t.input_tags
+        run.params = {k: v for k, v in self._rows(select(pr.c.key, pr.c.value).where(pr.c.run_uuid == run.run_id))}
+        rows = self._rows(
+            select(
+                inp.c.input_uuid,
+                ds.c.name,
+                ds.c.digest,
+                ds.c.dataset_source_type,
+                ds.c.dataset_source,
+                ds.c.dataset_profile,
+                it.c.name.label("tag"),
+                it.c.value.label("tag_value"),
+            )
+            .select_from(
+                inp.join(ds, inp.c.source_id == ds.c.dataset_uuid).outerjoin(
+                    it, and_(it.c.input_uuid == inp.c.input_uuid)
+                )
+            )
+            .where(inp.c.destination_type == "RUN", inp.c.destination_id == run.run_id)
+            .order_by(inp.c.input_uuid)
+        )
+        datasets: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            item = datasets.setdefault(
+                row.input_uuid,
+                {
+                    "name": row.name,
+                    "digest": row.digest,
+                    "source_type": row.dataset_source_type,
+                    "source": row.dataset_source,
+                },
+            )
+            if row.dataset_profile:
+                item["profile"] = row.dataset_profile
+            if row.tag == "mlflow.data.context":
+                item["context"] = row.tag_value
+        run.datasets = list(datasets.values())
+        run.details_loaded = True
+        self.listing.stats.runs_read += 1
+
+    # -- metrics -----------------------------------------------------------------------------
+    def metric_changed(self, run: RunRecord, key: str, cursor: Cursor | None) -> bool:
+        return not isinstance(cursor, OrderCursor) or cursor.mark != run.metric_marks.get(key)
+
+    def read_metric(self, run: RunRecord, key: str, cursor: Cursor | None) -> Iterator[tuple[MetricChunk, Cursor]]:
+        from sqlalchemy import select, tuple_
+
+        m = self.t.metrics
+        cur = cursor if isinstance(cursor, OrderCursor) else OrderCursor()
+        cur = OrderCursor(cur.ts, cur.step, cur.value, cur.max_step, cur.points, run.metric_marks.get(key))
+        self.listing.stats.histories += 1
+        cols = (m.c.timestamp, m.c.step, m.c.value, m.c.is_nan)
+        start = cur
+        yielded = False
+        while True:  # points logged after the cursor, in MLflow's order, a page at a time
+            page = self._rows(
+                select(*cols)
+                .where(
+                    m.c.key == key,
+                    m.c.run_uuid == run.run_id,
+                    m.c.timestamp >= cur.ts,
+                    tuple_(m.c.timestamp, m.c.step, m.c.value) > tuple_(cur.ts, cur.step, cur.value),
+                )
+                .order_by(m.c.timestamp, m.c.step, m.c.value)
+                .limit(CHUNK_POINTS)
+            )
+            if page or not yielded:
+                cur = cur.after([(ts, step, value) for ts, step, value, _nan in page])
+                yield _chunk(key, page), cur
+                yielded = True
+            if len(page) < CHUNK_POINTS:
+                break
+        # points at a step beyond every step read, but logged with an earlier timestamp
+        late = self._rows(
+            select(*cols).where(
+                m.c.run_uuid == run.run_id, m.c.key == key, m.c.step > start.max_step, m.c.timestamp < start.ts
+            )
+        )
+        if late:
+            cur = cur.after([(ts, step, value) for ts, step, value, _nan in late])
+            yield _chunk(key, late), cur
+        self.listing.stats.points += cur.points - (cursor.points if isinstance(cursor, OrderCursor) else 0)
+
+    def logged_models(self, run: RunRecord) -> list[LoggedModel]:
+        self.listing.stats.requests += 1
+        try:
+            return sql_logged_models(self.engine, run, self.flavors)
+        except Exception as e:  # whatever the driver raised, classified by type
+            raise mlflow_error(self.uri, e) from None
+
+    # -- artifacts ---------------------------------------------------------------------------
+    def list_artifacts(self, run: RunRecord) -> list[ArtifactFile]:
+        return artifact_repo_list(run)
+
+    def fetch_artifact(self, run: RunRecord, path: str, dst_dir: str) -> str:
+        return artifact_repo_fetch(run, path, dst_dir)
+
+    def describe(self) -> str:
+        return redact(self.uri)
+
+
+def _chunk(key: str, rows: list[Any]) -> MetricChunk:
+    return MetricChunk(key, [r[1] for r in rows], [float("nan") if r[3] else r[2] for r in rows], [r[0] for r in rows])
+
+
+def check_uri(uri: str) -> None:
+    """A one-line error for a SQL URI SQLAlchemy cannot even parse."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(uri)
+    except Exception as e:
+        raise StoreError(f"not a database URI: {redact(uri)} ({e})") from None

@@ -1,0 +1,215 @@
+"""A round costs what is new, on every kind of store (file, sqlite, PostgreSQL, an MLflow
+server): proven with the round's read counters (`RoundStats.read`), never with the clock."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from conftest import T0, STORE_KINDS, client_for, log_points, read_aim, store_uri
+
+from syncer.config import Config
+from syncer.runner import open_syncer
+
+HISTORY = 5_000  # a long history: reading it again would show in the counters
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store(request, tmp_path):
+    server = request.getfixturevalue("mlflow_server") if request.param == "server" else None
+    pg = request.getfixturevalue("postgres") if request.param == "postgres" else None
+    uri = store_uri(request.param, tmp_path, server, pg)
+    client = client_for(uri)
+    location = (tmp_path / "artifacts").as_uri() if not uri.startswith("http") else None
+    exp = client.create_experiment(f"incremental-{request.param}-{tmp_path.name}", artifact_location=location)
+    return request.param, uri, client, exp
+
+
+def _syncer(uri, tmp_path, exp_name, **cfg):
+    return open_syncer(Config(tracking_uri=uri, aim_repo=tmp_path / "aim", experiments=(exp_name,), **cfg),
+                       strict_experiments=False, must_exist=True, keep_open=True)
+
+
+def _finished_run(client, exp, name, n=20, start=T0):
+    run = client.create_run(exp, run_name=name, start_time=start).info.run_id
+    client.log_param(run, "lr", "0.001")
+    client.set_tag(run, "team", "nlp")
+    log_points(client, run, "loss", [(s, 1.0 / (s + 1), start + s) for s in range(n)])
+    client.set_terminated(run, "FINISHED", end_time=start + 10_000)
+    return run
+
+
+def test_unchanged_store_reads_no_metadata_and_no_history(store, tmp_path):
+    kind, uri, client, exp = store
+    name = client.get_experiment(exp).name
+    runs = [_finished_run(client, exp, f"r{i}") for i in range(3)]
+    s = _syncer(uri, tmp_path, name)
+    try:
+        first = s.round()
+        assert first.runs_written == 3 and first.read["histories"] == 3 and first.read["points"] == 60
+        for full in (False, True):  # a quick round, then a full listing: nothing is read again
+            again = s.round(full=full)
+            assert again.read["full"] is full
+            assert again.runs_written == 0 and again.points == 0, again.as_dict()
+            assert again.read["runs_read"] == 0 and again.read["histories"] == 0 and again.read["points"] == 0
+        assert set(read_aim(tmp_path / "aim")) == set(runs)
+    finally:
+        s.close()
+
+
+def test_one_new_point_on_a_long_history_reads_one_point(store, tmp_path):
+    kind, uri, client, exp = store
+    name = client.get_experiment(exp).name
+    run = client.create_run(exp, run_name="long", start_time=T0).info.run_id
+    log_points(client, run, "loss", [(s, float(s), T0 + s) for s in range(HISTORY)])
+    s = _syncer(uri, tmp_path, name)
+    try:
+        assert s.round().points == HISTORY
+        log_points(client, run, "loss", [(HISTORY, 1.0, T0 + HISTORY)])
+        st = s.round()
+        assert st.points == 1 and st.read["points"] == 1 and st.read["histories"] == 1, st.as_dict()
+        assert st.read["runs_read"] == 0  # metadata unchanged: params and tags not read
+        if kind != "file":  # no page of the history: only the rows at the cursor's step and after
+            assert st.read["rows"] < 100, st.as_dict()
+        steps = read_aim(tmp_path / "aim")[run]["metrics"][("loss", ())]["steps"]
+        assert steps == list(range(HISTORY + 1))
+    finally:
+        s.close()
+
+
+def test_backdated_point_arrives(store, tmp_path):
+    """A writer whose clock is behind logs a new step with an earlier timestamp than the last
+    point read: it arrives, with its own timestamp, counted once."""
+    kind, uri, client, exp = store
+    name = client.get_experiment(exp).name
+    run = client.create_run(exp, run_name="skewed", start_time=T0).info.run_id
+    log_points(client, run, "loss", [(s, float(s), T0 + 1000 + s) for s in range(10)])
+    s = _syncer(uri, tmp_path, name)
+    try:
+        s.round()
+        log_points(client, run, "loss", [(10, 10.0, T0 + 5)])  # step 10, timestamp before all others
+        st = s.round()
+        assert st.points == 1 and st.read["points"] == 1, st.as_dict()
+        m = read_aim(tmp_path / "aim")[run]["metrics"][("loss", ())]
+        assert m["steps"] == list(range(11)) and m["timestamps"][-1] == (T0 + 5) / 1000
+        status = s.state.report()
+        assert sum(r["points"] for r in status) == 11  # MLflow's points, each counted once
+    finally:
+        s.close()
+
+
+def test_run_created_and_finished_between_two_rounds_arrives(store, tmp_path):
+    """Found by the quick round: a run started now, and one imported with an old start time
+    (a server's search can only filter by time: that one arrives by the full listing)."""
+    kind, uri, client, exp = store
+    name = client.get_experiment(exp).name
+    _finished_run(client, exp, "old")
+    s = _syncer(uri, tmp_path, name)
+    try:
+        s.round()
+        quick = _finished_run(client, exp, "quick", start=int(time.time() * 1000))
+        imported = _finished_run(client, exp, "imported", start=T0 + 50_000)
+        st = s.round()
+        assert not st.read["full"], st.as_dict()
+        assert st.runs_written == (1 if kind == "server" else 2), st.as_dict()
+        if kind == "server":
+            s.source.listing.full_every_s = 0.0
+            assert s.round().runs_written == 1
+        aim = read_aim(tmp_path / "aim")
+        for run in (quick, imported):
+            assert aim[run]["active"] is False and len(aim[run]["metrics"][("loss", ())]["steps"]) == 20
+    finally:
+        s.close()
+
+
+def test_deleted_restored_and_edited_runs_arrive_by_the_full_listing(store, tmp_path):
+    kind, uri, client, exp = store
+    name = client.get_experiment(exp).name
+    runs = [_finished_run(client, exp, f"r{i}") for i in range(3)]
+    s = _syncer(uri, tmp_path, name)
+    try:
+        s.round()
+        client.delete_run(runs[0])
+        client.set_tag(runs[1], "team", "vision")  # a finished run's tag edited
+        s.round()  # a quick round may or may not see these; the full listing must
+        s.source.listing.full_every_s = 0.0
+        st = s.round()
+        assert st.read["full"] is True
+        aim = read_aim(tmp_path / "aim")
+        assert aim[runs[0]]["archived"] is True and aim[runs[1]]["params"]["tags"] == {"team": "vision"}
+        assert "team=vision" in aim[runs[1]]["labels"]
+        client.restore_run(runs[0])
+        st = s.round()
+        assert read_aim(tmp_path / "aim")[runs[0]]["archived"] is False
+        assert st.read["histories"] == 0  # metadata only: no history read again
+    finally:
+        s.close()
+
+
+def test_crashed_running_runs_cost_nothing_once_quiet(store, tmp_path):
+    """MLflow leaves a crashed run RUNNING for good: once quiet, quick rounds skip it."""
+    kind, uri, client, exp = store
+    name = client.get_experiment(exp).name
+    crashed = client.create_run(exp, run_name="crashed", start_time=T0).info.run_id
+    log_points(client, crashed, "loss", [(0, 1.0, T0)])
+    s = _syncer(uri, tmp_path, name)
+    try:
+        s.round()
+        s.source.listing.dormant_after_s = 0.0
+        st = s.round()
+        assert st.read["runs_listed"] <= 1 and st.read["histories"] == 0
+        st = s.round()
+        assert st.read["runs_read"] == 0 and st.read["histories"] == 0 and st.runs_written == 0
+        if kind != "server":  # the server's RUNNING search still names it (its filter leaves it out)
+            assert st.read["runs_listed"] == 0, st.as_dict()
+        log_points(client, crashed, "loss", [(1, 2.0, T0 + 1)])  # it logs again: seen by the full listing
+        s.source.listing.full_every_s = 0.0
+        assert s.round().points == 1
+    finally:
+        s.close()
+
+
+def test_points_at_an_earlier_step_logged_later_arrive(tmp_path):
+    """A training resumed from an earlier checkpoint logs steps below the latest again, later:
+    the later points win in Aim. (Read where the store keeps MLflow's order: files, SQL.)"""
+    for kind in ("file", "sqlite"):
+        uri = store_uri(kind, tmp_path / kind)
+        (tmp_path / kind).mkdir(exist_ok=True)
+        client = client_for(uri)
+        exp = client.create_experiment("resume", artifact_location=(tmp_path / kind / "a").as_uri())
+        run = client.create_run(exp, run_name="resumed", start_time=T0).info.run_id
+        log_points(client, run, "loss", [(s, 1.0, T0 + s) for s in range(10)])
+        s = open_syncer(Config(tracking_uri=uri, aim_repo=tmp_path / kind / "aim"), strict_experiments=False,
+                        must_exist=True, keep_open=True)
+        try:
+            s.round()
+            # steps 5..10 again, later: 5..9 re-logged, 10 new (the key's latest point moves)
+            log_points(client, run, "loss", [(st, 2.0, T0 + 100 + st) for st in range(5, 11)])
+            assert s.round().read["points"] == 6
+            m = read_aim(tmp_path / kind / "aim")[run]["metrics"][("loss", ())]
+            assert m["steps"] == list(range(11)) and m["values"] == [1.0] * 5 + [2.0] * 6, kind
+        finally:
+            s.close()
+
+
+@pytest.mark.slow
+def test_sigterm_is_honoured_within_10_s_in_the_first_round_of_a_large_store(tmp_path):
+    """The daemon's first round over a store of 120 Trainer-shaped runs (a full listing, then
+    every run written) takes far longer than 10 s here; SIGTERM stops it at a safe point."""
+    import signal
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.gen_store import generate_store
+    from test_sync_daemon import Daemon
+
+    info = generate_store(tmp_path / "mlruns", runs=120, steps=400)
+    d = Daemon(info["tracking_uri"], tmp_path / "aim", interval=60).start()
+    try:
+        time.sleep(1.5)  # into the first round
+        rc, took = d.stop(signal.SIGTERM, timeout=30)
+        assert rc == 0 and took < 10, (rc, took, d.text())
+        assert "round cut short" in d.text(), d.text()  # it was stopped in the middle, not after
+    finally:
+        d.kill()
