@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import click
 
 from . import __version__
 from .config import ENV, Config, parse_size
-from .errors import SyncerError
+from .errors import Stopped, SyncerError
 from .logs import configure_logging
 from .redact import redact
 
@@ -27,6 +28,26 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str):
         super().__init__(redact(" ".join(str(message).split())))
+
+
+class ExperimentName(click.ParamType):
+    """An experiment name or id; from the environment, several: space-separated or a JSON list."""
+
+    name = "NAME"
+
+    def split_envvar_value(self, rv: str) -> list[str]:
+        text = rv.strip()
+        if text.startswith("["):
+            import json
+
+            try:
+                names = json.loads(text)
+            except ValueError as e:
+                raise click.BadParameter(f"{ENV['experiments']} is not a JSON list: {e}") from None
+            if not isinstance(names, list) or not all(isinstance(n, str | int) for n in names):
+                raise click.BadParameter(f"{ENV['experiments']} must be a JSON list of names")
+            return [str(n) for n in names]
+        return text.split()
 
 
 class SizeType(click.ParamType):
@@ -44,32 +65,102 @@ class SizeType(click.ParamType):
 def _common(f):
     """Options shared by `backfill` and `sync`; each also read from its environment variable."""
     opts = [
-        click.option("--mlflow-tracking-uri", "tracking_uri", envvar=ENV["tracking_uri"], show_envvar=True,
-                     help="MLflow store: a folder (mlruns), file:, sqlite:///…, postgresql://…, http(s)://…"),
-        click.option("--aim-repo", envvar=ENV["aim_repo"], show_envvar=True, required=True,
-                     type=click.Path(file_okay=False, path_type=Path),
-                     help="Aim repo (its root or its .aim folder); created when missing."),
-        click.option("--experiment", "experiments", multiple=True, envvar=ENV["experiments"], show_envvar=True,
-                     help="Only this MLflow experiment (name or id). Repeatable; env: space-separated."),
-        click.option("--exclude-artifacts", multiple=True, envvar=ENV["exclude_artifacts"], show_envvar=True,
-                     metavar="GLOB", help="Skip artifacts whose path or file name matches. Repeatable."),
-        click.option("--no-artifacts", is_flag=True, envvar=ENV["no_artifacts"], show_envvar=True,
-                     help="Do not convert or list artifacts."),
-        click.option("--max-artifact-size", "max_artifact_bytes", type=SizeType(), default="10MB", show_default=True,
-                     envvar=ENV["max_artifact_size"], show_envvar=True,
-                     help="Larger artifacts are listed, not copied."),
-        click.option("--context-map", type=click.Path(dir_okay=False, path_type=Path), envvar=ENV["context_map"],
-                     show_envvar=True, help="TOML rules (regex with named groups) tried before the defaults."),
-        click.option("--no-context-map", is_flag=True, envvar=ENV["no_context_map"], show_envvar=True,
-                     help="Keep MLflow metric keys as Aim names, with empty contexts."),
-        click.option("--no-tag-labels", is_flag=True, envvar=ENV["no_tag_labels"], show_envvar=True,
-                     help="Do not add MLflow tags as key=value labels in Aim's Tags column."),
-        click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path), envvar=ENV["state"],
-                     show_envvar=True, help="Cursor database [default: <aim-repo>/.aim/mlflow-syncer/state.sqlite]."),
-        click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-                     default="info", show_default=True, envvar=ENV["log_level"], show_envvar=True),
-        click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-                     envvar=ENV["log_format"], show_envvar=True, help="One line per event, on stderr."),
+        click.option(
+            "--mlflow-tracking-uri",
+            "tracking_uri",
+            envvar=ENV["tracking_uri"],
+            show_envvar=True,
+            help="MLflow store: a folder (mlruns), file:, sqlite:///…, postgresql://…, http(s)://…",
+        ),
+        click.option(
+            "--aim-repo",
+            envvar=ENV["aim_repo"],
+            show_envvar=True,
+            required=True,
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Aim repo (its root or its .aim folder); created when missing.",
+        ),
+        click.option(
+            "--experiment",
+            "experiments",
+            multiple=True,
+            type=ExperimentName(),
+            envvar=ENV["experiments"],
+            show_envvar=True,
+            help="Only this MLflow experiment (name or id). Repeatable; env: space-separated names, or a JSON "
+            'list for names with spaces: \'["xnli fine tune", "other"]\'.',
+        ),
+        click.option(
+            "--exclude-artifacts",
+            multiple=True,
+            envvar=ENV["exclude_artifacts"],
+            show_envvar=True,
+            metavar="GLOB",
+            help="Skip artifacts whose path or file name matches. Repeatable.",
+        ),
+        click.option(
+            "--no-artifacts",
+            is_flag=True,
+            envvar=ENV["no_artifacts"],
+            show_envvar=True,
+            help="Do not convert or list artifacts.",
+        ),
+        click.option(
+            "--max-artifact-size",
+            "max_artifact_bytes",
+            type=SizeType(),
+            default="10MB",
+            show_default=True,
+            envvar=ENV["max_artifact_size"],
+            show_envvar=True,
+            help="Larger artifacts are listed, not copied.",
+        ),
+        click.option(
+            "--context-map",
+            type=click.Path(dir_okay=False, path_type=Path),
+            envvar=ENV["context_map"],
+            show_envvar=True,
+            help="TOML rules (regex with named groups) tried before the defaults.",
+        ),
+        click.option(
+            "--no-context-map",
+            is_flag=True,
+            envvar=ENV["no_context_map"],
+            show_envvar=True,
+            help="Keep MLflow metric keys as Aim names, with empty contexts.",
+        ),
+        click.option(
+            "--no-tag-labels",
+            is_flag=True,
+            envvar=ENV["no_tag_labels"],
+            show_envvar=True,
+            help="Do not add MLflow tags as key=value labels in Aim's Tags column.",
+        ),
+        click.option(
+            "--state",
+            "state_path",
+            type=click.Path(dir_okay=False, path_type=Path),
+            envvar=ENV["state"],
+            show_envvar=True,
+            help="Cursor database [default: <aim-repo>/.aim/mlflow-syncer/state.sqlite].",
+        ),
+        click.option(
+            "--log-level",
+            type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+            default="info",
+            show_default=True,
+            envvar=ENV["log_level"],
+            show_envvar=True,
+        ),
+        click.option(
+            "--log-format",
+            type=click.Choice(["text", "json"]),
+            default="text",
+            show_default=True,
+            envvar=ENV["log_format"],
+            show_envvar=True,
+            help="One line per event, on stderr.",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -120,11 +211,23 @@ def cli():
 
 @cli.command()
 @_common
-@click.option("--workers", type=click.IntRange(min=1), default=min(4, os.cpu_count() or 1), show_default=True,
-              envvar=ENV["workers"], show_envvar=True,
-              help="Processes writing runs in parallel (used for 8 runs or more).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=min(4, os.cpu_count() or 1),
+    show_default=True,
+    envvar=ENV["workers"],
+    show_envvar=True,
+    help="Processes writing runs in parallel (used for 8 runs or more).",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Write nothing: print the runs that would be written and how each MLflow key maps to Aim "
+    "(name, context, the rule that matched, how many runs).",
+)
 @_one_line_errors
-def backfill(workers, **kw):
+def backfill(workers, dry_run, **kw):
     """Convert a whole MLflow store into an Aim repo, once.
 
     Safe to repeat and to kill: a second run writes only what is new."""
@@ -132,42 +235,99 @@ def backfill(workers, **kw):
     from .runner import heal, open_syncer
 
     cfg = _config(kw)
+    if dry_run:
+        from .preview import dry_run as preview
+        from .runner import options_from
+
+        preview(cfg, options_from(cfg, strict_experiments=True), click.echo)
+        return
     syncer = open_syncer(cfg, strict_experiments=True, must_exist=True, progress=_progress_bar)
+    stopped = _stop_on_signals(syncer)
     try:
         heal(syncer)
-        stats = run_round(syncer, workers=workers, cfg=cfg)
+        stats = run_round(syncer, full=True, workers=workers, cfg=cfg)
+    except Stopped:
+        log.warning("backfill stopped at a safe point; run it again to finish (nothing is sent twice)")
+        sys.exit(128 + (stopped[0] if stopped else signal.SIGTERM))
     finally:
         syncer.close()
     click.echo(f"backfill: {stats.summary()}")
-    if stats.errors:
-        log.warning("backfill: %d run(s) had errors; see the warnings above", len(stats.errors))
+    failing = len(stats.errors) + len(stats.still_failing)
+    if failing:
+        log.warning("backfill: %d run(s) had errors; see the warnings above", failing)
         sys.exit(1)
 
 
 @cli.command()
 @_common
-@click.option("--interval", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              envvar=ENV["interval"], show_envvar=True, help="Seconds between rounds.")
-@click.option("--no-watch", is_flag=True, envvar=ENV["no_watch"], show_envvar=True,
-              help="Do not start a round on file events (local stores); poll only.")
-@click.option("--health-file", type=click.Path(dir_okay=False, path_type=Path), envvar=ENV["health_file"],
-              show_envvar=True, help="Touched after each good round (Docker HEALTHCHECK, systemd).")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    envvar=ENV["interval"],
+    show_envvar=True,
+    help="Seconds between rounds.",
+)
+@click.option(
+    "--no-watch",
+    is_flag=True,
+    envvar=ENV["no_watch"],
+    show_envvar=True,
+    help="Do not start a round on file events (local stores); poll only.",
+)
+@click.option(
+    "--health-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=ENV["health_file"],
+    show_envvar=True,
+    help="Touched after each good round (Docker HEALTHCHECK, systemd).",
+)
+@click.option(
+    "--full-scan-interval",
+    type=click.FloatRange(min=1.0),
+    default=60.0,
+    show_default=True,
+    envvar=ENV["full_scan_interval"],
+    show_envvar=True,
+    help="Seconds between full listings of the store (edits of finished runs, deletions); "
+    "other rounds look only at what can have changed.",
+)
 @_one_line_errors
-def sync(interval, no_watch, health_file, **kw):
+def sync(interval, no_watch, health_file, full_scan_interval, **kw):
     """Convert what exists, then keep following the MLflow store until stopped (SIGINT/SIGTERM)."""
     from .daemon import run_daemon
 
-    cfg = _config(kw, interval=interval, watch=not no_watch, health_file=health_file)
+    cfg = _config(
+        kw, interval=interval, watch=not no_watch, health_file=health_file, full_scan_interval=full_scan_interval
+    )
     sys.exit(run_daemon(cfg))
 
 
 @cli.command()
-@click.option("--aim-repo", envvar=ENV["aim_repo"], show_envvar=True, required=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Aim repo (its root or its .aim folder).")
-@click.option("--state", "state_path", type=click.Path(dir_okay=False, path_type=Path), envvar=ENV["state"],
-              show_envvar=True, help="Cursor database [default: <aim-repo>/.aim/mlflow-syncer/state.sqlite].")
-@click.option("--aim", "show_aim", is_flag=True,
-              help="Also read the Aim repo back (Aim's SDK): runs and metrics with their contexts.")
+@click.option(
+    "--aim-repo",
+    envvar=ENV["aim_repo"],
+    show_envvar=True,
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Aim repo (its root or its .aim folder).",
+)
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=ENV["state"],
+    show_envvar=True,
+    help="Cursor database [default: <aim-repo>/.aim/mlflow-syncer/state.sqlite].",
+)
+@click.option(
+    "--aim",
+    "show_aim",
+    is_flag=True,
+    help="Also read the Aim repo back (Aim's SDK): runs and metrics with their contexts.",
+)
+@_one_line_errors
 def status(aim_repo, state_path, show_aim):
     """Per experiment: runs and points synced, the last round, runs in error."""
     from .state import State
@@ -183,8 +343,18 @@ def status(aim_repo, state_path, show_aim):
         st.close()
     for key, (t, ok, summary) in sorted(rounds.items()):
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-        click.echo(f"last round of {key}: {when} ({'ok' if ok else 'with errors'}, "
-                   f"{summary.get('points', 0)} new points in {summary.get('seconds', 0):.1f} s)")
+        click.echo(
+            f"last round of {key}: {when} ({'ok' if ok else 'with errors'}, "
+            f"{summary.get('points', 0)} new points in {summary.get('seconds', 0):.1f} s)"
+        )
+        read = summary.get("read") or {}
+        if read:
+            click.echo(
+                f"  it read: {read.get('runs_listed', 0)} runs listed, {read.get('runs_read', 0)} runs' metadata, "
+                f"{read.get('histories', 0)} histories, {read.get('points', 0)} points, "
+                f"{read.get('requests', 0)} requests/queries/files "
+                f"({'a full listing' if read.get('full') else 'only what could have changed'})"
+            )
     width = max([len(str(r["experiment"])) for r in rows] + [10])
     for source in sorted({r["source"] for r in rows}):
         click.echo(f"source {source}")
@@ -198,17 +368,32 @@ def status(aim_repo, state_path, show_aim):
 
 
 def _print_aim_summary(repo: Path) -> None:
-    from .sink import summarize_repo
+    from .report import summarize_repo
 
     click.echo(f"\nin Aim ({repo}):")
     for exp in summarize_repo(repo):
-        click.echo(f"  experiment {exp['experiment']}: {len(exp['runs'])} runs ({', '.join(sorted(exp['runs']))}), "
-                   f"{exp['points']} points")
+        click.echo(
+            f"  experiment {exp['experiment']}: {len(exp['runs'])} runs ({', '.join(sorted(exp['runs']))}), "
+            f"{exp['points']} points"
+        )
         for name, contexts in sorted(exp["metrics"].items()):
             ctxs = sorted(contexts)
             shown = ", ".join("{" + ", ".join(f"{k}: {v}" for k, v in c) + "}" if c else "{}" for c in ctxs[:8])
             more = f", ... ({len(ctxs)} contexts)" if len(ctxs) > 8 else ""
             click.echo(f"    {name:<28} {shown}{more}")
+
+
+def _stop_on_signals(syncer) -> list[int]:
+    """SIGTERM / SIGINT stop a backfill at its next safe point; returns the signals received."""
+    got: list[int] = []
+
+    def handler(signum, _frame):
+        got.append(signum)
+        syncer.stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+    return got
 
 
 def _progress_bar(items):

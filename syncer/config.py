@@ -25,6 +25,7 @@ ENV = {
     "no_watch": "SYNCER_NO_WATCH",
     "health_file": "SYNCER_HEALTH_FILE",
     "workers": "SYNCER_WORKERS",
+    "full_scan_interval": "SYNCER_FULL_SCAN_INTERVAL",
 }
 
 STATE_FILE = Path(".aim") / "mlflow-syncer" / "state.sqlite"
@@ -50,6 +51,7 @@ class Config:
     context_mapping: bool = True
     tag_labels: bool = True
     interval: float = 10.0
+    full_scan_interval: float = 60.0  # seconds between full listings of the store (edits, deletions)
     watch: bool = True
     health_file: Path | None = None
     log_level: str = "info"

@@ -24,10 +24,11 @@ from pathlib import Path
 from apscheduler.schedulers.background import BackgroundScheduler
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from .config import Config
-from .errors import Fatal, RetryLater, StoreError, one_line
-from .pipeline import Stopped, Syncer
+from .errors import Fatal, RetryLater, Stopped, StoreError, one_line
+from .pipeline import Syncer
 from .redact import redact
 from .retry import backoff_delay
 from .runner import heal, open_syncer
@@ -36,11 +37,14 @@ from .sources import local_path
 log = logging.getLogger("syncer.daemon")
 
 DEBOUNCE_S = 0.2  # wait this long after a file event: MLflow writes a batch as several files
+# ... but a round starts at most this long after the first change, however many events follow (a
+# job logging every 0.1 s would otherwise push it back forever)
+MAX_EVENT_DELAY_S = 1.0
 JOB_ID = "round"
 
 
 class _Kick(FileSystemEventHandler):
-    def __init__(self, daemon: "Daemon", only: Path | None):
+    def __init__(self, daemon: Daemon, only: Path | None):
         self.daemon = daemon
         self.only = only  # for sqlite: the database file (and its -wal/-journal)
 
@@ -49,7 +53,10 @@ class _Kick(FileSystemEventHandler):
             return
         if self.only is not None and not str(event.src_path).startswith(str(self.only)):
             return
-        self.daemon.kick()
+        paths = [str(event.src_path)]
+        if getattr(event, "dest_path", None):
+            paths.append(str(event.dest_path))
+        self.daemon.kick(paths)
 
 
 class Daemon:
@@ -61,14 +68,20 @@ class Daemon:
         self._failures = 0
         self._dirty = threading.Event()
         self._running = threading.Lock()
-        self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
-        self.observer: Observer | None = None
+        self._kick_lock = threading.Lock()
+        self._paths: set[str] = set()  # named by file events since the last round started
+        self._first_kick: float | None = None
+        self.scheduler = BackgroundScheduler(
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+        )
+        self.observer: BaseObserver | None = None
 
     # -- rounds ------------------------------------------------------------------------------
     def _open(self) -> Syncer:
         if self.syncer is None:
-            self.syncer = open_syncer(self.cfg, strict_experiments=False, must_exist=False, keep_open=True,
-                                      progress=self._beat)
+            self.syncer = open_syncer(
+                self.cfg, strict_experiments=False, must_exist=False, keep_open=True, progress=self._beat
+            )
             heal(self.syncer)
             if self.stopping.is_set():
                 self.syncer.stop.set()
@@ -86,8 +99,11 @@ class Daemon:
             if self.stopping.is_set():  # checked again under the lock shutdown() takes
                 return
             self._dirty.clear()
+            with self._kick_lock:
+                paths, self._paths, self._first_kick = self._paths, set(), None
             try:
                 syncer = self._open()
+                syncer.source.note_paths(paths)
                 stats = syncer.round()
             except Stopped:
                 log.info("round cut short: stopping")
@@ -100,7 +116,9 @@ class Daemon:
                 self._die(str(e))
                 return
             except Exception as e:  # a bug or an unexpected failure: log it, keep the daemon alive
-                log.error("round failed: %s: %s", type(e).__name__, one_line(e), exc_info=log.isEnabledFor(logging.DEBUG))
+                log.error(
+                    "round failed: %s: %s", type(e).__name__, one_line(e), exc_info=log.isEnabledFor(logging.DEBUG)
+                )
                 self._retry_later(None)
                 return
             if self._failures:
@@ -148,11 +166,18 @@ class Daemon:
         except Exception:  # the scheduler is shutting down
             pass
 
-    def kick(self) -> None:
-        """Something changed on disk: run a round shortly (coalesced with others)."""
+    def kick(self, paths: list[str] | None = None) -> None:
+        """Something changed on disk (these paths): run a round shortly, coalesced with other
+        changes, and at most MAX_EVENT_DELAY_S after the first of them."""
+        with self._kick_lock:
+            self._paths.update(paths or ())
+            now = time.monotonic()
+            if self._first_kick is None:
+                self._first_kick = now
+            delay = max(0.0, min(DEBOUNCE_S, self._first_kick + MAX_EVENT_DELAY_S - now))
         self._dirty.set()
         if not self._running.locked():
-            self._reschedule(DEBOUNCE_S)
+            self._reschedule(delay)
 
     # -- file events -------------------------------------------------------------------------
     def _ensure_watch(self) -> None:
@@ -183,8 +208,9 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         log.info("syncing %s -> %s every %.3g s", self._describe(), self.cfg.aim_repo, self.cfg.interval)
-        self.scheduler.add_job(self.round, "interval", seconds=self.cfg.interval, id=JOB_ID,
-                               next_run_time=datetime.now())
+        self.scheduler.add_job(
+            self.round, "interval", seconds=self.cfg.interval, id=JOB_ID, next_run_time=datetime.now()
+        )
         self.scheduler.start()
         while not self.stopping.wait(0.5):
             pass

@@ -71,3 +71,7 @@ def one_line(e: BaseException, limit: int = 300) -> str:
     text = str(e).strip()
     first = text.splitlines()[0].strip() if text else type(e).__name__
     return first if len(first) <= limit else first[:limit] + "…"
+
+
+class Stopped(Exception):
+    """A round was cut at a safe point because a stop was asked for (SIGTERM, SIGINT)."""

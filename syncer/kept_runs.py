@@ -52,7 +52,7 @@ class KeptRuns:
         self._sinks[sink.hash] = sink
         self._last_write[sink.hash] = time.monotonic()
         by_age = sorted(self._sinks, key=lambda h: self._last_write.get(h, 0.0))
-        self.close(by_age[:max(0, len(by_age) - self.max_open)])
+        self.close(by_age[: max(0, len(by_age) - self.max_open)])
 
     def settle(self, active: set[str]) -> None:
         """After a round: close the runs no longer listed as running (ended, deleted for good,
@@ -60,8 +60,7 @@ class KeptRuns:
         from .aim import index_writers
 
         now = time.monotonic()
-        self.close([h for h in self._sinks
-                    if h not in active or now - self._last_write.get(h, now) > self.idle_s])
+        self.close([h for h in self._sinks if h not in active or now - self._last_write.get(h, now) > self.idle_s])
         due = [s.writer for s in self._sinks.values() if s.writer.index_due(self.index_max_age)]
         busy = index_writers(due) if due else []
         if busy:

@@ -4,17 +4,23 @@ between failed rounds is `backoff_delay`."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 
-def retrying(on: type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool], *,
-             attempts: int, first_wait: float, max_wait: float) -> Retrying:
+def retrying(
+    on: type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool],
+    *,
+    attempts: int,
+    first_wait: float,
+    max_wait: float,
+) -> Retrying:
     """Up to `attempts` tries, waiting `first_wait`, then twice as long each time up to
     `max_wait` seconds, while the failure is one of `on` (types, or a predicate); the last
     failure is re-raised as it was."""
-    if isinstance(on, type) or isinstance(on, tuple):
+    predicate: Callable[[BaseException], bool]
+    if isinstance(on, (type, tuple)):
         types = on
 
         def predicate(e: BaseException) -> bool:

@@ -12,23 +12,29 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import Any, Iterator
+from typing import Any
 
 from .config import Config
-from .pipeline import Plan, RoundStats, RunWork, Stopped, Syncer
+from .errors import Stopped
+from .pipeline import RoundStats, Syncer
+from .plan import Plan, RunWork
+from .sources.listing import ReadStats
 
 log = logging.getLogger("syncer")
 
 PARALLEL_MIN_RUNS = 8  # below this, starting worker processes costs more than it saves
 
 
-def run_round(syncer: Syncer, *, workers: int = 1, cfg: Config | None = None) -> RoundStats:
-    """One round over the store. `workers` > 1 (and a `cfg` for the workers to open the same
-    store, repo and state with) spreads the runs over processes when there are enough."""
+def run_round(syncer: Syncer, *, full: bool = False, workers: int = 1, cfg: Config | None = None) -> RoundStats:
+    """One round over the store (`full`: every run looked at, as backfill does). `workers` > 1
+    (and a `cfg` for the workers to open the same store, repo and state with) spreads the runs
+    over processes when there are enough."""
     t0 = time.monotonic()
-    plan = syncer.plan()
-    stats = RoundStats(experiments=len(plan.experiments), runs=plan.runs)
+    plan = syncer.plan(full=full)
+    stats = RoundStats(experiments=len(plan.experiments), runs=plan.runs, still_failing=plan.still_failing)
+    syncer.warn_still_failing(plan.still_failing)
     if workers > 1 and cfg is not None and len(plan.todo) >= PARALLEL_MIN_RUNS and syncer.kept is None:
         _in_workers(syncer, plan, stats, workers, cfg)
     else:
@@ -61,7 +67,7 @@ def _in_workers(syncer: Syncer, plan: Plan, stats: RoundStats, workers: int, cfg
 
     try:
         futures = completed({pool.submit(_worker_sync, work, plan.names) for work in todo})
-        for fut in (syncer.progress(futures) if syncer.progress else futures):
+        for fut in syncer.progress(futures) if syncer.progress else futures:
             try:
                 part, hashes = fut.result()
             except Stopped:
@@ -100,7 +106,9 @@ def _worker_sync(work: RunWork, names: dict[str, str]) -> tuple[RoundStats, list
     assert _worker is not None
     stats = RoundStats()
     _worker.unindexed.clear()
+    _worker.source.listing.stats = ReadStats()
     _worker.sync_one(work, names, stats)
+    stats.read = _worker.source.listing.stats.as_dict()
     return stats, list(_worker.unindexed)
 
 

@@ -1,17 +1,29 @@
-"""Cursors, in sqlite: MLflow run -> Aim run hash, per metric how far, per artifact what was
-copied. Written only after the sink has the data, so a crash at any point re-sends (and the
-sink's idempotent writes absorb) at most the last uncommitted piece."""
+"""Cursors, in sqlite: MLflow run -> Aim run hash and what its metadata looked like, per metric
+a typed cursor (`sources.cursors`), per artifact what was copied. Written only after the sink
+has made the data durable, so a crash at any point re-sends (and the sink's idempotent writes
+absorb) at most the last uncommitted piece. Bound to the Aim repo it describes: a state that
+meets another repo (or a deleted and re-created one) starts over."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from .errors import BadInput
+from .sources.cursors import Cursor, FileCursor, dumps, loads
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS runs (
     source TEXT NOT NULL,
     run_id TEXT NOT NULL,
@@ -21,6 +33,9 @@ CREATE TABLE IF NOT EXISTS runs (
     status TEXT,
     error TEXT,
     updated_at REAL,
+    name TEXT,
+    artifacts_mark TEXT,
+    artifacts_checked_at REAL,
     PRIMARY KEY (source, run_id)
 );
 CREATE TABLE IF NOT EXISTS metrics (
@@ -46,6 +61,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     summary TEXT
 );
 """
+_V1_RUN_COLUMNS = ("name TEXT", "artifacts_mark TEXT", "artifacts_checked_at REAL")
 
 
 @dataclass
@@ -54,55 +70,201 @@ class RunState:
     fingerprint: str | None
     status: str | None
     error: str | None
+    artifacts_mark: str | None = None
+    artifacts_checked_at: float | None = None
+
+
+def _damaged(path: Path, e: Exception) -> BadInput:
+    return BadInput(
+        f"the sync state {path} cannot be used ({e}); move it away or delete it and sync again: "
+        "the next sync rebuilds it (writes are idempotent, so nothing is doubled)"
+    )
 
 
 class State:
     def __init__(self, path: str | Path, source: str, experiments: tuple[str, ...] = ()):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.source = source
         # syncers that split one server by experiment share its cursors but not their rounds
         self.round_key = source + (f" [experiments: {' '.join(experiments)}]" if experiments else "")
-        # several syncers (one per experiment set) may share one repo and one state file
-        # rounds never overlap, but the daemon's rounds run on a scheduler thread
-        self.db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BadInput(f"cannot create the folder of the sync state {self.path}: {e.strerror or e}") from None
+        if self.path.is_dir():
+            raise BadInput(f"the sync state {self.path} is a folder; --state names a file")
+        try:
+            # several syncers (one per experiment set) may share one repo and one state file;
+            # rounds never overlap, but the daemon's rounds run on a scheduler thread
+            self.db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise _damaged(self.path, e) from None
+
+    @staticmethod
+    def check(path: Path) -> None:
+        """Raise BadInput when `path` cannot be a sync state (a folder, a damaged database, a
+        place that cannot be written), without creating anything."""
+        if path.is_dir():
+            raise BadInput(f"the sync state {path} is a folder; --state names a file")
+        if path.exists():
+            try:
+                with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
+                    problem = con.execute("PRAGMA quick_check").fetchone()[0]
+                    con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                if problem != "ok":
+                    raise sqlite3.DatabaseError(problem)
+            except sqlite3.DatabaseError as e:
+                raise _damaged(path, e) from None
+            if not os.access(path, os.W_OK):
+                raise BadInput(f"the sync state {path} is not writable")
+            return
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise BadInput(f"the sync state {path} cannot be created: {parent} is not a writable folder")
 
     def close(self) -> None:
         self.db.close()
 
+    def _migrate(self) -> None:
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "runs" in tables and "meta" not in tables:  # written by version 1
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                cols = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
+                for col in _V1_RUN_COLUMNS:
+                    if col.split()[0] not in cols:
+                        self.db.execute(f"ALTER TABLE runs ADD COLUMN {col}")
+                self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+                for src, run_id, key, cursor, points in list(self.db.execute("SELECT * FROM metrics")):
+                    old = json.loads(cursor)
+                    if "offset" in old:  # a file store's byte offset: kept, as a typed cursor
+                        new = FileCursor(int(old["offset"]), int(points), int(old["offset"]))
+                        self.db.execute(
+                            "UPDATE metrics SET cursor=? WHERE source=? AND run_id=? AND key=?",
+                            (dumps(new), src, run_id, key),
+                        )
+                    else:  # an MlflowClient timestamp cursor: read again once (idempotent), counted exactly
+                        self.db.execute("DELETE FROM metrics WHERE source=? AND run_id=? AND key=?", (src, run_id, key))
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        self.db.executescript(SCHEMA)
+        self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        version = int(self._meta("schema") or SCHEMA_VERSION)
+        if version > SCHEMA_VERSION:
+            raise BadInput(
+                f"the sync state {self.path} was written by a newer syncer (schema {version}); "
+                "upgrade the syncer, or delete the state to rebuild it"
+            )
+
+    def _meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    # -- the Aim repo it describes ------------------------------------------------------------
+    def bind(self, repo_id: str) -> bool:
+        """Tie this state to the Aim repo with this id. A state that described another repo (a
+        deleted one, or --state shared by mistake) is emptied: everything is sent again.
+        Returns whether it was."""
+        known = self._meta("repo_id")
+        if known == repo_id:
+            return False
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            reset = known is not None
+            if reset:
+                for table in ("runs", "metrics", "artifacts", "rounds"):
+                    self.db.execute(f"DELETE FROM {table}")
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('repo_id', ?)", (repo_id,))
+        if reset:
+            log.info(
+                "the sync state %s described another Aim repo (or one since deleted): sending everything again",
+                self.path,
+            )
+        return reset
+
     # -- reads --------------------------------------------------------------------------------
     def run(self, run_id: str) -> RunState | None:
         row = self.db.execute(
-            "SELECT aim_hash, fingerprint, status, error FROM runs WHERE source=? AND run_id=?",
+            "SELECT aim_hash, fingerprint, status, error, artifacts_mark, artifacts_checked_at FROM runs "
+            "WHERE source=? AND run_id=?",
             (self.source, run_id),
         ).fetchone()
         return RunState(*row) if row else None
 
-    def cursors(self, run_id: str) -> dict[str, dict]:
-        rows = self.db.execute(
-            "SELECT key, cursor FROM metrics WHERE source=? AND run_id=?", (self.source, run_id)
-        )
-        return {k: json.loads(c) for k, c in rows}
+    def cursors(self, run_id: str) -> dict[str, Cursor]:
+        rows = self.db.execute("SELECT key, cursor FROM metrics WHERE source=? AND run_id=?", (self.source, run_id))
+        out = {}
+        for key, text in rows:
+            cur = loads(text)
+            if cur is not None:
+                out[key] = cur
+        return out
 
     def artifacts(self, run_id: str) -> dict[str, int | None]:
+        rows = self.db.execute("SELECT path, size FROM artifacts WHERE source=? AND run_id=?", (self.source, run_id))
+        return dict(rows)
+
+    def artifact_kinds(self, run_id: str) -> dict[str, str | None]:
+        """path -> what each listed artifact was copied as (None: listed only)."""
+        rows = self.db.execute("SELECT path, kind FROM artifacts WHERE source=? AND run_id=?", (self.source, run_id))
+        return dict(rows)
+
+    def synced_runs(self) -> dict[str, str]:
+        """Aim hash -> MLflow run id of every run this source has an Aim run for."""
         rows = self.db.execute(
-            "SELECT path, size FROM artifacts WHERE source=? AND run_id=?", (self.source, run_id)
+            "SELECT aim_hash, run_id FROM runs WHERE source=? AND fingerprint IS NOT NULL", (self.source,)
         )
         return dict(rows)
 
+    def names(self) -> dict[str, str]:
+        return dict(
+            self.db.execute("SELECT run_id, name FROM runs WHERE source=? AND name IS NOT NULL", (self.source,))
+        )
+
     # -- writes (each a transaction of its own) -----------------------------------------------
-    def save_run(self, run_id: str, aim_hash: str, experiment: str, fingerprint: str | None,
-                 status: str, error: str | None = None) -> None:
+    def save_run(
+        self,
+        run_id: str,
+        aim_hash: str,
+        experiment: str,
+        fingerprint: str | None,
+        status: str,
+        error: str | None = None,
+        *,
+        name: str | None = None,
+        artifacts_mark: str | None = None,
+        artifacts_checked: bool = False,
+    ) -> None:
         self.db.execute(
-            """INSERT INTO runs (source, run_id, aim_hash, experiment, fingerprint, status, error, updated_at)
-               VALUES (?,?,?,?,?,?,?,?)
+            """INSERT INTO runs (source, run_id, aim_hash, experiment, fingerprint, status, error, updated_at, name,
+                                 artifacts_mark, artifacts_checked_at)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?)
                ON CONFLICT(source, run_id) DO UPDATE SET aim_hash=excluded.aim_hash,
                  experiment=excluded.experiment, fingerprint=excluded.fingerprint,
-                 status=excluded.status, error=excluded.error, updated_at=excluded.updated_at""",
-            (self.source, run_id, aim_hash, experiment, fingerprint, status, error, time.time()),
+                 status=excluded.status, error=excluded.error, updated_at=excluded.updated_at,
+                 name=excluded.name,
+                 artifacts_mark=CASE WHEN ? THEN excluded.artifacts_mark ELSE runs.artifacts_mark END,
+                 artifacts_checked_at=CASE WHEN ? THEN excluded.artifacts_checked_at
+                                      ELSE runs.artifacts_checked_at END""",
+            (
+                self.source,
+                run_id,
+                aim_hash,
+                experiment,
+                fingerprint,
+                status,
+                error,
+                time.time(),
+                name,
+                artifacts_mark,
+                time.time() if artifacts_checked else None,
+                artifacts_checked,
+                artifacts_checked,
+            ),
         )
 
     def save_error(self, run_id: str, aim_hash: str, experiment: str, error: str) -> None:
@@ -112,15 +274,15 @@ class State:
             (self.source, run_id, aim_hash, experiment, error, time.time()),
         )
 
-    def save_cursors(self, run_id: str, cursors: list[tuple[str, dict, int]]) -> None:
-        """(key, cursor, points written) for one run, in one transaction."""
+    def save_cursors(self, run_id: str, cursors: list[tuple[str, Cursor]]) -> None:
+        """(key, cursor) for one run, in one transaction. A cursor carries how many MLflow
+        points lie before it: stored as such, never added up."""
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany(
                 """INSERT INTO metrics (source, run_id, key, cursor, points) VALUES (?,?,?,?,?)
-                   ON CONFLICT(source, run_id, key) DO UPDATE SET cursor=excluded.cursor,
-                     points=metrics.points + excluded.points""",
-                [(self.source, run_id, key, json.dumps(cursor), n) for key, cursor, n in cursors],
+                   ON CONFLICT(source, run_id, key) DO UPDATE SET cursor=excluded.cursor, points=excluded.points""",
+                [(self.source, run_id, key, dumps(cursor), cursor.points) for key, cursor in cursors],
             )
 
     def save_artifact(self, run_id: str, path: str, size: int | None, kind: str | None) -> None:
@@ -129,6 +291,16 @@ class State:
                ON CONFLICT(source, run_id, path) DO UPDATE SET size=excluded.size, kind=excluded.kind""",
             (self.source, run_id, path, size, kind),
         )
+
+    def forget(self, run_ids: Iterable[str]) -> None:
+        """Drop what this source knows of these runs (their Aim runs are gone): sent again."""
+        ids = [(self.source, r) for r in run_ids]
+        if not ids:
+            return
+        with self.db:
+            self.db.execute("BEGIN")
+            for table in ("runs", "metrics", "artifacts"):
+                self.db.executemany(f"DELETE FROM {table} WHERE source=? AND run_id=?", ids)
 
     def save_round(self, ok: bool, summary: dict[str, Any]) -> None:
         self.db.execute(
@@ -140,7 +312,7 @@ class State:
 
     # -- status report ------------------------------------------------------------------------
     def report(self) -> Iterator[dict[str, Any]]:
-        """Per source and experiment: runs, points, runs in error."""
+        """Per source and experiment: runs, MLflow points synced, runs in error."""
         rows = self.db.execute(
             """SELECT r.source, r.experiment, COUNT(*), COALESCE(SUM(m.points), 0),
                       GROUP_CONCAT(CASE WHEN r.error IS NOT NULL THEN r.run_id || ': ' || r.error END, '\n')
@@ -157,6 +329,8 @@ class State:
                 "errors": errors.split("\n") if errors else [],
             }
 
-    def last_rounds(self) -> dict[str, tuple[float, bool, dict]]:
-        return {s: (t, bool(ok), json.loads(summ or "{}")) for s, t, ok, summ in
-                self.db.execute("SELECT source, finished_at, ok, summary FROM rounds")}
+    def last_rounds(self) -> dict[str, tuple[float, bool, dict[str, Any]]]:
+        return {
+            s: (t, bool(ok), json.loads(summ or "{}"))
+            for s, t, ok, summ in self.db.execute("SELECT source, finished_at, ok, summary FROM rounds")
+        }

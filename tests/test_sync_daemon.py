@@ -50,8 +50,8 @@ class Daemon:
             self.proc.wait()
 
 
-def start_writer(uri: str, experiment: str, seconds: float, out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(WRITER), uri, experiment, str(seconds), str(out)],
+def start_writer(uri: str, experiment: str, seconds: float, out: Path, every: float = 0.2) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(WRITER), uri, experiment, str(seconds), str(out), str(every)],
                             cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

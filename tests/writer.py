@@ -1,8 +1,8 @@
 """A training-like writer process for the daemon tests (run as a subprocess).
 
-    python tests/writer.py URI EXPERIMENT SECONDS OUT.json
+    python tests/writer.py URI EXPERIMENT SECONDS OUT.json [EVERY]
 
-Logs a long run with a point every 0.2 s and, meanwhile, short runs that start and finish
+Logs a long run with a point every EVERY s (default 0.2) and, meanwhile, short runs that start and finish
 within a second (between two syncer rounds). Writes what it logged to OUT.json at the end.
 Survives the tracking server going away for a while (retries each call).
 """
@@ -30,7 +30,7 @@ def retry(fn, *a, **kw):
             time.sleep(0.2)
 
 
-def main(uri: str, experiment: str, seconds: float, out: str) -> None:
+def main(uri: str, experiment: str, seconds: float, out: str, every: float = 0.2) -> None:
     c = MlflowClient(uri)
     exp = retry(c.create_experiment, experiment)
     logged: dict[str, dict] = {}
@@ -51,11 +51,11 @@ def main(uri: str, experiment: str, seconds: float, out: str) -> None:
             logged[r] = {"name": f"short-{short}", "points": pts}
             short += 1
         step += 1
-        time.sleep(0.2)
+        time.sleep(every)
     retry(c.set_terminated, long_run, "FINISHED")
     with open(out, "w") as f:
         json.dump(logged, f)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4])
+    main(sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], *(float(a) for a in sys.argv[5:6]))

@@ -4,12 +4,17 @@ MLflow's system metrics as Aim's. Pure, except for reading a rules file."""
 from __future__ import annotations
 
 import re
-import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any
+
+import tomllib
 
 from ..errors import BadInput
+
+if TYPE_CHECKING:
+    from .collisions import KeyNames
 
 # ISO 639-1 two-letter language codes. A Hugging Face eval set named after one of these gets
 # a `lang` context, so Aim can group curves by language.
@@ -77,7 +82,7 @@ def system_metric(name: str) -> tuple[str, dict[str, Any]]:
     to the context); other names keep their MLflow name after ``__system__``."""
     if name.startswith(AIM_SYSTEM_PREFIX):
         return name, {}
-    rest = name[len(SYSTEM_PREFIX):] if name.startswith(SYSTEM_PREFIX) else name
+    rest = name[len(SYSTEM_PREFIX) :] if name.startswith(SYSTEM_PREFIX) else name
     ctx: dict[str, Any] = {}
     m = _GPU_KEY.match(rest)
     if m:
@@ -121,18 +126,17 @@ class RulesFileError(BadInput):
 def load_rules(path: str | Path) -> list[Rule]:
     """Read a TOML rules file::
 
-        [[rule]]
-        pattern = '^(?P<lang>[a-z]{2})/(?P<name>.+)$'   # named groups -> context, `name` -> metric
-        context = { task = "xnli" }                       # optional constant context
-        # name = "acc_{lang}"                             # optional name template instead of a group
+    [[rule]]
+    pattern = '^(?P<lang>[a-z]{2})/(?P<name>.+)$'   # named groups -> context, `name` -> metric
+    context = { task = "xnli" }                       # optional constant context
+    # name = "acc_{lang}"                             # optional name template instead of a group
     """
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise RulesFileError(f"cannot read context-map file {path}: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
-        raise RulesFileError(f"context-map file {path} is not UTF-8 text (byte {e.start}); "
-                             "save it as UTF-8") from None
+        raise RulesFileError(f"context-map file {path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise RulesFileError(f"context-map file {path} is not valid TOML: {e}") from None
     rules = []
@@ -148,9 +152,7 @@ def load_rules(path: str | Path) -> list[Rule]:
             raise RulesFileError(f"context-map file {path}: rule {i}: `context` must be a table")
         name = raw.get("name")
         if name is None and "name" not in pattern.groupindex:
-            raise RulesFileError(
-                f"context-map file {path}: rule {i} needs a `name` group in its pattern or a `name`"
-            )
+            raise RulesFileError(f"context-map file {path}: rule {i} needs a `name` group in its pattern or a `name`")
         rules.append(Rule(pattern, name, ctx))
     if not rules:
         raise RulesFileError(f"context-map file {path} has no [[rule]] entries")
@@ -175,7 +177,7 @@ class ContextMapper:
         self.rules = rules or []
         self.enabled = enabled
 
-    def for_run(self, keys: Iterable[str]) -> "RunContextMapper":
+    def for_run(self, keys: Iterable[str]) -> RunContextMapper:
         return RunContextMapper(self, hf_eval_sets(keys) if self.enabled else frozenset())
 
 
@@ -184,6 +186,13 @@ class RunContextMapper:
         self._mapper = mapper
         # longest first: `eval_xnli_de_loss` must pick `xnli_de` over `xnli`
         self._eval_sets = sorted(eval_sets, key=len, reverse=True)
+
+    def map_keys(self, keys: Iterable[str], *, known: set[str]) -> KeyNames:
+        """Every key of the run mapped, two keys never on one Aim name and context
+        (`collisions.resolve`); `known`: the keys synced before."""
+        from .collisions import resolve
+
+        return resolve(self, keys, known=known)
 
     def map(self, key: str, dataset_name: str | None = None) -> MappedMetric:
         if not self._mapper.enabled:
@@ -206,10 +215,10 @@ class RunContextMapper:
                     ctx: dict[str, Any] = {"subset": "eval", "dataset": ds}
                     if ds in ISO_639_1:
                         ctx["lang"] = ds
-                    return MappedMetric(key[len(prefix):], ctx)
+                    return MappedMetric(key[len(prefix) :], ctx)
         # rule 3: MLflow system metrics -> Aim system metrics
         if key.startswith(SYSTEM_PREFIX) and len(key) > len(SYSTEM_PREFIX):
-            rest = key[len(SYSTEM_PREFIX):]
+            rest = key[len(SYSTEM_PREFIX) :]
             m = _GPU_KEY.match(rest)
             if m:
                 return MappedMetric(f"gpu_{m.group('what')}", {"gpu": int(m.group("gpu"))}, True)
@@ -217,5 +226,5 @@ class RunContextMapper:
         # rule 2: subset prefixes
         for prefix, subset in SUBSET_PREFIXES:
             if key.startswith(prefix) and len(key) > len(prefix):
-                return MappedMetric(key[len(prefix):], {"subset": subset})
+                return MappedMetric(key[len(prefix) :], {"subset": subset})
         return MappedMetric(key, {})

@@ -1,0 +1,150 @@
+"""The plan of a round: ask the source what may have changed, compare with the state, and
+decide once, per run, what to do (metadata? which keys? artifacts?). The decisions travel in
+the plan to the pipeline (and to worker processes), so nothing is decided twice."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import StoreError
+from .sink import aim_run_hash
+from .sources import BrokenRun, Experiment, RunRecord, Source
+from .sources.cursors import Cursor
+from .state import RunState, State
+
+log = logging.getLogger(__name__)
+
+# a remote artifact store cannot be compared by stat: on each full listing the finished runs
+# whose listing is oldest are listed again, this many at most
+RELIST_REMOTE_PER_FULL = 20
+
+
+@dataclass
+class RunWork:
+    """One run with something to do, and what."""
+
+    exp: Experiment
+    run: RunRecord | BrokenRun
+    prev: RunState | None = None
+    cursors: dict[str, Cursor] = field(default_factory=dict)
+    meta_changed: bool = False
+    changed_keys: list[str] = field(default_factory=list)
+    list_artifacts: bool = False
+
+    @property
+    def size(self) -> int:
+        """Roughly how much there is to read (big runs go first to the worker processes)."""
+        marks = self.run.metric_marks if isinstance(self.run, RunRecord) else {}
+        return sum(v for k, v in marks.items() if k in self.changed_keys and isinstance(v, int))
+
+
+@dataclass
+class Plan:
+    experiments: list[Experiment]
+    runs: int  # runs the source listed (all of them on a full listing)
+    names: dict[str, str]  # run id -> run name (parents of nested runs)
+    todo: list[RunWork]
+    active: set[str] = field(default_factory=set)  # Aim hashes of the runs listed RUNNING (not deleted)
+    full: bool = False
+    still_failing: list[str] = field(default_factory=list)  # errors of runs unchanged since they failed
+
+
+def select_experiments(exps: list[Experiment], wanted: tuple[str, ...], *, strict: bool) -> list[Experiment]:
+    """The experiments named (names or ids), or all of them. `strict`: one that matches
+    nothing is an error (backfill); else it may appear later (sync)."""
+    if not wanted:
+        return exps
+    picked: list[Experiment] = []
+    missing = []
+    for w in wanted:
+        hits = [e for e in exps if w in (e.id, e.name)]
+        if not hits:
+            missing.append(w)
+        picked.extend(h for h in hits if h not in picked)
+    if missing:
+        msg = "unknown MLflow experiment(s): " + ", ".join(repr(m) for m in missing)
+        if strict:
+            raise StoreError(msg + f" (known: {', '.join(repr(e.name) for e in exps[:10])})")
+        log.debug(msg)
+    return picked
+
+
+class Planner:
+    def __init__(self, source: Source, state: State, *, experiments: tuple[str, ...], strict: bool, artifacts: bool):
+        self.source = source
+        self.state = state
+        self.experiments = experiments
+        self.strict = strict
+        self.artifacts = artifacts
+
+    def plan(self, *, full: bool = False, stop: Any = None, aim_runs: Callable[[], set[str]] | None = None) -> Plan:
+        """`full`: list every run (backfill); `aim_runs`: the hashes of the runs the Aim repo
+        holds, asked for on full listings, to send again the runs removed from it."""
+        exps = select_experiments(self.source.experiments(), self.experiments, strict=self.strict)
+        records = self.source.changes(exps, full=full)
+        full = self.source.listing.stats.full
+        if full and aim_runs is not None:
+            self._forget_removed(aim_runs())
+        by_id = {e.id: e for e in exps}
+        names = {**self.state.names(), **self.source.listing.names}
+        plan = Plan(exps, len(records), names, [], full=full)
+        relist = self._remote_relist_turn(records) if full and self.artifacts else set()
+        for run in records:
+            if stop is not None and stop.is_set():
+                from .errors import Stopped
+
+                raise Stopped()
+            exp = by_id.get(run.experiment_id)
+            if exp is None:
+                continue
+            if isinstance(run, RunRecord) and run.running and not run.deleted:
+                plan.active.add(aim_run_hash(run.run_id))
+            work = self._decide(exp, run, full=full, relist=run.run_id in relist)
+            if work is not None:
+                plan.todo.append(work)
+            else:
+                prev = self.state.run(run.run_id)
+                if prev is not None and prev.error:
+                    plan.still_failing.append(f"run {run.run_id} (experiment {exp.name!r}): {prev.error}")
+        return plan
+
+    def _decide(self, exp: Experiment, run: RunRecord | BrokenRun, *, full: bool, relist: bool) -> RunWork | None:
+        prev = self.state.run(run.run_id)
+        if isinstance(run, BrokenRun):
+            return RunWork(exp, run, prev) if (prev is None or prev.error != run.error) else None
+        meta_changed = prev is None or prev.fingerprint != run.fingerprint
+        cursors = self.state.cursors(run.run_id)
+        changed = [k for k in sorted(run.metric_marks) if self.source.metric_changed(run, k, cursors.get(k))]
+        list_artifacts = self.artifacts and (meta_changed or self._artifacts_moved(run, prev, full=full, relist=relist))
+        if not (meta_changed or changed or list_artifacts):
+            return None
+        return RunWork(exp, run, prev, cursors, meta_changed, changed, list_artifacts)
+
+    @staticmethod
+    def _artifacts_moved(run: RunRecord, prev: RunState | None, *, full: bool, relist: bool) -> bool:
+        """Local artifact folders are compared by their stat digest; a remote artifact store's
+        listing is compared on full listings: RUNNING runs each time, finished runs in turns."""
+        if prev is None:
+            return True
+        if run.artifacts_mark is not None:
+            return run.artifacts_mark != prev.artifacts_mark
+        return full and (run.running or relist)
+
+    def _remote_relist_turn(self, records: list[RunRecord | BrokenRun]) -> set[str]:
+        remote = [r for r in records if isinstance(r, RunRecord) and r.artifacts_mark is None and not r.running]
+        if not remote:
+            return set()
+        last = {
+            r.run_id: (self.state.run(r.run_id) or RunState("", None, None, None)).artifacts_checked_at or 0.0
+            for r in remote
+        }
+        return set(sorted(last, key=lambda r: last[r])[:RELIST_REMOTE_PER_FULL])
+
+    def _forget_removed(self, aim_runs: set[str]) -> None:
+        gone = [run_id for h, run_id in self.state.synced_runs().items() if h not in aim_runs]
+        if gone:
+            log.info("%d run(s) were removed from the Aim repo: sending them again", len(gone))
+            self.state.forget(gone)
