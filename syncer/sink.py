@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import sqlite3
 from typing import Any
 
@@ -33,25 +32,6 @@ def winners(steps: list[int], values: list[float], timestamps: list[int]) -> tup
     return [steps[i] for i in idx], [values[i] for i in idx], [timestamps[i] for i in idx]
 
 
-def aim_object(kind: str, local_file: str, path: str) -> Any:
-    """An aim.Image / aim.Text / aim.Audio for a local file."""
-    import aim
-
-    if kind == "image":
-        from PIL import Image as PILImage
-
-        with PILImage.open(local_file) as im:
-            im.load()
-            return aim.Image(im.copy(), caption=path)
-    if kind == "text":
-        with open(local_file, "rb") as f:
-            return aim.Text(f.read().decode("utf-8", "replace"))
-    if kind == "audio":
-        with open(local_file, "rb") as f:
-            return aim.Audio(f.read(), format=os.path.splitext(path)[1].lstrip(".").lower(), caption=path)
-    raise ValueError(kind)
-
-
 class RunSink:
     """One Aim run, open for writing. Raises syncer.errors.RunLocked when another writer holds it."""
 
@@ -63,8 +43,11 @@ class RunSink:
 
     def set_info(self, meta: RunMeta) -> None:
         self.writer.set_info(
-            name=meta.name, description=meta.description, params=meta.params,
-            labels=meta.labels, archived=meta.archived,
+            name=meta.name,
+            description=meta.description,
+            params=meta.params,
+            labels=meta.labels,
+            archived=meta.archived,
         )
 
     def set_times(self, meta: RunMeta) -> None:
@@ -74,8 +57,9 @@ class RunSink:
         """Make what was written durable before the caller commits its cursors."""
         self.writer.flush()
 
-    def write_points(self, mapped: MappedMetric, steps: list[int], values: list[float],
-                     timestamps_ms: list[int]) -> tuple[int, int]:
+    def write_points(
+        self, mapped: MappedMetric, steps: list[int], values: list[float], timestamps_ms: list[int]
+    ) -> tuple[int, int]:
         """Write points (MLflow timestamps in ms). Returns (distinct steps written, points
         skipped because Aim cannot key their step: beyond +-2**53)."""
         from .aim import MAX_ABS_STEP
@@ -84,16 +68,19 @@ class RunSink:
         if any(not -MAX_ABS_STEP <= st <= MAX_ABS_STEP for st in steps):
             keep = [i for i, st in enumerate(steps) if -MAX_ABS_STEP <= st <= MAX_ABS_STEP]
             skipped = len(steps) - len(keep)
-            steps, values, timestamps_ms = ([xs[i] for i in keep] for xs in (steps, values, timestamps_ms))
+            steps = [steps[i] for i in keep]
+            values = [values[i] for i in keep]
+            timestamps_ms = [timestamps_ms[i] for i in keep]
             if not steps:
                 return 0, skipped
         steps, values, timestamps_ms = winners(steps, values, timestamps_ms)
         self.writer.write_points(mapped.aim_name, mapped.context, steps, values, [t / 1000.0 for t in timestamps_ms])
         return len(steps), skipped
 
-    def write_artifact(self, kind: str, local_file: str, path: str, timestamp: float) -> None:
-        obj = aim_object(kind, local_file, path)
-        self.writer.write_objects(path, {"kind": kind}, 0, timestamp, obj)
+    def write_media(self, name: str, context: dict[str, Any], step: int, timestamp: float, obj: Any) -> None:
+        """One step of a media sequence (an aim.Image / Text / Audio / Figure, or a list of one
+        kind), at `timestamp` (seconds); writing the step again replaces it."""
+        self.writer.write_objects(name, context, step, timestamp, obj)
 
     def close(self, index: bool = True) -> None:
         """Close the run; with index=False it stays invisible until `index_runs` is called."""
@@ -108,27 +95,3 @@ def set_experiment_meta(repo: Any, name: str, description: str | None) -> None:
             set_experiment_description(repo, name, description)
         except (sqlite3.Error, AttributeError) as e:  # not fatal: the runs carry the data
             log.warning("could not set the description of Aim experiment %r: %s", name, e)
-
-
-def summarize_repo(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """What landed, read back through Aim's public SDK: per experiment, its runs and, per metric
-    name, the contexts it has (e.g. accuracy by lang)."""
-    from aim import Repo
-
-    from .config import repo_root
-
-    repo = Repo(str(repo_root(path)))
-    exps: dict[str, dict[str, Any]] = {}
-    try:
-        for run in repo.iter_runs():
-            exp = exps.setdefault(run.experiment or "(none)", {"experiment": run.experiment or "(none)",
-                                                               "runs": [], "metrics": {}, "points": 0})
-            exp["runs"].append(run.name + (" (archived)" if run.archived else ""))
-            for name, context, _ in run.iter_metrics_info():  # run.metrics() skips archived runs
-                m = run.get_metric(name, context)
-                exp["metrics"].setdefault(m.name, set()).add(tuple(sorted(m.context.to_dict().items())))
-                steps, _ = m.data.numpy()
-                exp["points"] += len(steps)
-    finally:
-        repo.close()
-    return sorted(exps.values(), key=lambda e: e["experiment"])

@@ -106,7 +106,7 @@ def test_backfill_fidelity(any_store, tmp_path, aim_repo):
     assert arts["plots/confusion_de.png"]["copied_as"] == "image"
     assert arts["predictions.txt"]["copied_as"] == "text"
     assert all(a["uri"].endswith(p) for p, a in arts.items())
-    assert fin["objects"] == ["plots/confusion_de.png", "predictions.txt"]
+    assert fin["objects"] == ["plots/confusion_de", "predictions"]  # media names pass the mapping, no extension
 
     # dataset inputs
     assert fin["params"]["datasets"] == [{"name": "xnli-en-train", "digest": "abc123", "source_type": "local",
@@ -211,7 +211,7 @@ def test_legacy_file_stores(version, tmp_path, aim_repo):
     assert metric(run, "accuracy", subset="eval", dataset="de", lang="de")["values"][-1] == pytest.approx(0.9)
     assert run["created_at"] == pytest.approx(1_600_000_000, abs=1e-3)
     assert run["end_time"] == pytest.approx(1_600_000_060, abs=1e-3)
-    assert run["objects"] == ["notes.txt"]
+    assert run["objects"] == ["notes"]
 
 
 def test_file_uri_and_mlflow3_metric_lines(tmp_path, aim_repo):

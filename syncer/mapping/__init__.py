@@ -5,6 +5,8 @@
 - MLflow tags -> description, labels, user tags          `tags.split_tags`
 - a run       -> its Aim metadata                       `run_meta.run_meta`
 - artifact    -> Aim object kind                         `artifacts.artifact_kind`
+- artifacts   -> Aim media sequences (step images, ...)    `media.media_of`, `media.targets`
+- logged models -> the `mlflow.logged_models` param, `{model: ...}` series   `models`
 """
 
 from .artifacts import artifact_kind
@@ -24,11 +26,43 @@ from .keys import (
 )
 from .params import parse_param, parse_params
 from .run_meta import RunMeta, run_meta
-from .tags import GIT_COMMIT_TAG, NOTE_TAG, PARENT_TAG, RUN_NAME_TAG, SOURCE_TAG, USER_TAG, TagSplit, split_tags, tag_labels
+from .tags import (
+    GIT_COMMIT_TAG,
+    NOTE_TAG,
+    PARENT_TAG,
+    RUN_NAME_TAG,
+    SOURCE_TAG,
+    USER_TAG,
+    TagSplit,
+    split_tags,
+    tag_labels,
+)
 
 __all__ = [
-    "GIT_COMMIT_TAG", "ISO_639_1", "NOTE_TAG", "PARENT_TAG", "RUN_NAME_TAG", "SOURCE_TAG", "SUBSET_PREFIXES",
-    "SYSTEM_PREFIX", "USER_TAG", "ContextMapper", "MappedMetric", "Rule", "RulesFileError", "RunContextMapper",
-    "RunMeta", "TagSplit", "artifact_kind", "hf_eval_sets", "load_rules", "parse_param", "parse_params",
-    "run_meta", "split_tags", "system_metric", "system_metric_name", "tag_labels",
+    "GIT_COMMIT_TAG",
+    "ISO_639_1",
+    "NOTE_TAG",
+    "PARENT_TAG",
+    "RUN_NAME_TAG",
+    "SOURCE_TAG",
+    "SUBSET_PREFIXES",
+    "SYSTEM_PREFIX",
+    "USER_TAG",
+    "ContextMapper",
+    "MappedMetric",
+    "Rule",
+    "RulesFileError",
+    "RunContextMapper",
+    "RunMeta",
+    "TagSplit",
+    "artifact_kind",
+    "hf_eval_sets",
+    "load_rules",
+    "parse_param",
+    "parse_params",
+    "run_meta",
+    "split_tags",
+    "system_metric",
+    "system_metric_name",
+    "tag_labels",
 ]

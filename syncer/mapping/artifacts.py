@@ -5,8 +5,26 @@ from __future__ import annotations
 import os
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
-TEXT_EXT = {".txt", ".log", ".json", ".jsonl", ".yaml", ".yml", ".md", ".csv", ".tsv", ".py",
-            ".cfg", ".ini", ".toml", ".sh", ".rst", ".xml", ".sql", ".ipynb"}
+TEXT_EXT = {
+    ".txt",
+    ".log",
+    ".json",
+    ".jsonl",
+    ".yaml",
+    ".yml",
+    ".md",
+    ".csv",
+    ".tsv",
+    ".py",
+    ".cfg",
+    ".ini",
+    ".toml",
+    ".sh",
+    ".rst",
+    ".xml",
+    ".sql",
+    ".ipynb",
+}
 AUDIO_EXT = {".wav", ".mp3", ".flac", ".ogg"}
 
 

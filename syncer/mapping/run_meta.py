@@ -24,13 +24,22 @@ class RunMeta:
     active: bool
 
 
-def run_meta(exp: Experiment, run: RunRecord, names: dict[str, str], artifacts: list[dict[str, Any]], *,
-             tracking_uri: str, with_labels: bool = True) -> RunMeta:
+def run_meta(
+    exp: Experiment,
+    run: RunRecord,
+    names: dict[str, str],
+    artifacts: list[dict[str, Any]],
+    *,
+    tracking_uri: str,
+    with_labels: bool = True,
+    logged_models: list[dict[str, Any]] | None = None,
+) -> RunMeta:
     """`names`: run id -> run name of the runs listed with this one (parents of nested runs);
-    `artifacts`: the `artifacts` param (every file listed, with what it was copied as)."""
+    `artifacts`: the `artifacts` param (every file listed, with what it was copied as);
+    `logged_models`: the run's MLflow 3 logged models (`mapping.models.models_param`)."""
     tags = split_tags(run.tags)
     parent = run.tags.get(PARENT_TAG)
-    info = {
+    info: dict[str, Any] = {
         "run_id": run.run_id,
         "experiment_id": run.experiment_id,
         "experiment_name": exp.name,
@@ -50,6 +59,8 @@ def run_meta(exp: Experiment, run: RunRecord, names: dict[str, str], artifacts: 
         "tracking_uri": tracking_uri,
         "tags": tags.system_tags,
     }
+    if logged_models:
+        info["logged_models"] = logged_models
     params: dict[str, Any] = {
         "hparams": parse_params(run.params),
         "mlflow": info,
