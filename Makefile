@@ -11,7 +11,7 @@ DEMO_TRAIN := --model-names tiny-bert tiny-bert-wide --eval-datasets-names en de
 	--num-train-samples 300 --num-train-epochs 5 --eval-steps 10 --learning-rate 1e-3 3e-3 --batch-size 8 16 \
 	--output-dir $(LOGS) --quiet
 
-.PHONY: install demo test clean
+.PHONY: install demo test lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,20 +34,30 @@ demo: $(LOGS)/.trained
 	@echo
 	@echo "Look at them in Aim's UI:   $(VENV)/bin/aim up --repo $(LOGS)    (then open http://127.0.0.1:43800)"
 
-# Chromium for the screenshot tests in tests/test_ui.py: installed with apt-get when missing and we are
-# root; otherwise a note, and those tests skip (the web API tests in that file still run).
-.PHONY: ui-deps
-ui-deps:
-	@if command -v chromium >/dev/null 2>&1; then :; \
+# Services the tests need, installed with apt-get when missing and we are root (otherwise a note,
+# and the tests that need them skip with that reason): Chromium for the screenshot tests in
+# tests/test_ui*.py, PostgreSQL for the PostgreSQL store tests (the tests start their own server).
+.PHONY: test-deps
+test-deps:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium chromium-driver"; \
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing chromium for tests/test_ui.py"; \
-		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver) >/dev/null \
-			|| echo "note: could not install chromium; the Chromium tests in tests/test_ui.py will skip"; \
+		echo "installing$$missing for the tests"; \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing) >/dev/null \
+			|| echo "note: could not install$$missing; the tests that need them will skip"; \
 	else \
-		echo "note: chromium is not installed (as root: apt-get install chromium chromium-driver); the Chromium tests in tests/test_ui.py will skip"; \
+		echo "note: not installed:$$missing (as root: apt-get install$$missing); the tests that need them will skip"; \
 	fi
 
-test: install ui-deps
+# What a contributor runs before pushing (and `make test` runs first): lint, format, types.
+lint: install
+	$(VENV)/bin/ruff check syncer
+	$(VENV)/bin/ruff format --check syncer
+	$(VENV)/bin/mypy
+
+test: install test-deps lint
 	$(PY) -m pytest -q
 
 clean:

@@ -45,7 +45,7 @@ pytestmark = pytest.mark.slow
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="Chromium is not installed (`make ui-deps` installs it with apt-get when run as root)")
+    CHROMIUM is None, reason="Chromium is not installed (`make test-deps` installs it with apt-get when run as root)")
 LANGS = ("en", "de", "fr", "es", "ar", "zh")
 DOCS = ROOT / "docs"
 DAY = 86_400_000  # ms
@@ -236,7 +236,7 @@ class Chrome:
 @pytest.fixture
 def chrome():
     if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (`make ui-deps` installs it with apt-get when run as root)")
+        pytest.skip("Chromium is not installed (`make test-deps` installs it with apt-get when run as root)")
     c = Chrome()
     yield c
     c.close()

@@ -107,7 +107,7 @@ def test_the_sweep_reaches_aim_with_its_params(sweep_ui):
 def tall_chrome():
     """Tall enough for the chart and all 16 rows of the table under it."""
     if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (`make ui-deps` installs it with apt-get when run as root)")
+        pytest.skip("Chromium is not installed (`make test-deps` installs it with apt-get when run as root)")
     c = Chrome(width=1600, height=1300)
     yield c
     c.close()
