@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -19,6 +20,11 @@ from .logs import configure_logging
 from .redact import redact
 
 log = logging.getLogger("syncer")
+
+
+def _env_option(*decls: str, env: str, **kw: Any) -> Any:
+    """A click option that also reads its environment variable (shown in --help)."""
+    return click.option(*decls, envvar=ENV[env], show_envvar=True, **kw)
 
 
 class CliError(click.ClickException):
@@ -65,101 +71,84 @@ class SizeType(click.ParamType):
 def _common(f):
     """Options shared by `backfill` and `sync`; each also read from its environment variable."""
     opts = [
-        click.option(
+        _env_option(
             "--mlflow-tracking-uri",
             "tracking_uri",
-            envvar=ENV["tracking_uri"],
-            show_envvar=True,
             help="MLflow store: a folder (mlruns), file:, sqlite:///…, postgresql://…, http(s)://…",
+            env="tracking_uri",
         ),
-        click.option(
+        _env_option(
             "--aim-repo",
-            envvar=ENV["aim_repo"],
-            show_envvar=True,
             required=True,
             type=click.Path(file_okay=False, path_type=Path),
             help="Aim repo (its root or its .aim folder); created when missing.",
+            env="aim_repo",
         ),
-        click.option(
+        _env_option(
             "--experiment",
             "experiments",
             multiple=True,
             type=ExperimentName(),
-            envvar=ENV["experiments"],
-            show_envvar=True,
             help="Only this MLflow experiment (name or id). Repeatable; env: space-separated names, or a JSON "
             'list for names with spaces: \'["xnli fine tune", "other"]\'.',
+            env="experiments",
         ),
-        click.option(
+        _env_option(
             "--exclude-artifacts",
             multiple=True,
-            envvar=ENV["exclude_artifacts"],
-            show_envvar=True,
             metavar="GLOB",
             help="Skip artifacts whose path or file name matches. Repeatable.",
+            env="exclude_artifacts",
         ),
-        click.option(
-            "--no-artifacts",
-            is_flag=True,
-            envvar=ENV["no_artifacts"],
-            show_envvar=True,
-            help="Do not convert or list artifacts.",
-        ),
-        click.option(
+        _env_option("--no-artifacts", is_flag=True, help="Do not convert or list artifacts.", env="no_artifacts"),
+        _env_option(
             "--max-artifact-size",
             "max_artifact_bytes",
             type=SizeType(),
             default="10MB",
             show_default=True,
-            envvar=ENV["max_artifact_size"],
-            show_envvar=True,
             help="Larger artifacts are listed, not copied.",
+            env="max_artifact_size",
         ),
-        click.option(
+        _env_option(
             "--context-map",
             type=click.Path(dir_okay=False, path_type=Path),
-            envvar=ENV["context_map"],
-            show_envvar=True,
             help="TOML rules (regex with named groups) tried before the defaults.",
+            env="context_map",
         ),
-        click.option(
+        _env_option(
             "--no-context-map",
             is_flag=True,
-            envvar=ENV["no_context_map"],
-            show_envvar=True,
             help="Keep MLflow metric keys as Aim names, with empty contexts.",
+            env="no_context_map",
         ),
-        click.option(
+        _env_option(
             "--no-tag-labels",
             is_flag=True,
-            envvar=ENV["no_tag_labels"],
-            show_envvar=True,
             help="Do not add MLflow tags as key=value labels in Aim's Tags column.",
+            env="no_tag_labels",
         ),
-        click.option(
+        _env_option(
             "--state",
             "state_path",
             type=click.Path(dir_okay=False, path_type=Path),
-            envvar=ENV["state"],
-            show_envvar=True,
             help="Cursor database [default: <aim-repo>/.aim/mlflow-syncer/state.sqlite].",
+            env="state",
         ),
-        click.option(
+        _env_option(
             "--log-level",
             type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
             default="info",
             show_default=True,
-            envvar=ENV["log_level"],
-            show_envvar=True,
+            env="log_level",
         ),
-        click.option(
+        _env_option(
             "--log-format",
             type=click.Choice(["text", "json"]),
             default="text",
             show_default=True,
-            envvar=ENV["log_format"],
-            show_envvar=True,
             help="One line per event, on stderr.",
+            env="log_format",
         ),
     ]
     for opt in reversed(opts):
@@ -211,14 +200,13 @@ def cli():
 
 @cli.command()
 @_common
-@click.option(
+@_env_option(
     "--workers",
     type=click.IntRange(min=1),
     default=min(4, os.cpu_count() or 1),
     show_default=True,
-    envvar=ENV["workers"],
-    show_envvar=True,
     help="Processes writing runs in parallel (used for 8 runs or more).",
+    env="workers",
 )
 @click.option(
     "--dry-run",
@@ -260,38 +248,31 @@ def backfill(workers, dry_run, **kw):
 
 @cli.command()
 @_common
-@click.option(
+@_env_option(
     "--interval",
     type=click.FloatRange(min=0.1),
     default=10.0,
     show_default=True,
-    envvar=ENV["interval"],
-    show_envvar=True,
     help="Seconds between rounds.",
+    env="interval",
 )
-@click.option(
-    "--no-watch",
-    is_flag=True,
-    envvar=ENV["no_watch"],
-    show_envvar=True,
-    help="Do not start a round on file events (local stores); poll only.",
+@_env_option(
+    "--no-watch", is_flag=True, help="Do not start a round on file events (local stores); poll only.", env="no_watch"
 )
-@click.option(
+@_env_option(
     "--health-file",
     type=click.Path(dir_okay=False, path_type=Path),
-    envvar=ENV["health_file"],
-    show_envvar=True,
     help="Touched after each good round (Docker HEALTHCHECK, systemd).",
+    env="health_file",
 )
-@click.option(
+@_env_option(
     "--full-scan-interval",
     type=click.FloatRange(min=1.0),
     default=60.0,
     show_default=True,
-    envvar=ENV["full_scan_interval"],
-    show_envvar=True,
     help="Seconds between full listings of the store (edits of finished runs, deletions); "
     "other rounds look only at what can have changed.",
+    env="full_scan_interval",
 )
 @_one_line_errors
 def sync(interval, no_watch, health_file, full_scan_interval, **kw):
@@ -305,21 +286,19 @@ def sync(interval, no_watch, health_file, full_scan_interval, **kw):
 
 
 @cli.command()
-@click.option(
+@_env_option(
     "--aim-repo",
-    envvar=ENV["aim_repo"],
-    show_envvar=True,
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
     help="Aim repo (its root or its .aim folder).",
+    env="aim_repo",
 )
-@click.option(
+@_env_option(
     "--state",
     "state_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    envvar=ENV["state"],
-    show_envvar=True,
     help="Cursor database [default: <aim-repo>/.aim/mlflow-syncer/state.sqlite].",
+    env="state",
 )
 @click.option(
     "--aim",

@@ -200,7 +200,8 @@ def _image_problems() -> list[str]:
 
         import aim
 
-        storage = aim.Image(PILImage.new("RGB", (2, 1))).storage
+        image: Any = aim.Image(PILImage.new("RGB", (2, 1)))
+        storage = image.storage
         keys = set(storage.keys())
         missing = [k for k in ("data", "format", "source", "width", "height") if k not in keys]
         if missing or not callable(getattr(storage["data"], "load", None)):
