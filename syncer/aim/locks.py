@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from typing import Any
 
 from ..errors import RunLocked
@@ -23,6 +24,10 @@ from ..errors import RunLocked
 log = logging.getLogger(__name__)
 
 BREAK_SAFE_TIMEOUT_S = 1.0
+# how long to wait for a live holder to let go before skipping the run: the worker processes of
+# a SIGKILLed backfill notice their parent is gone within a fraction of a second and exit
+HOLDER_GRACE_S = 3.0
+HOLDER_POLL_S = 0.05
 
 
 class AimRunLocked(RunLocked):
@@ -36,6 +41,9 @@ def lock_run(repo: Any, run_hash: str, timeout: float) -> Any:
     from filelock import Timeout
 
     drop_own_stale_lock(repo, run_hash)
+    deadline = time.monotonic() + min(timeout, HOLDER_GRACE_S)
+    while held_by_another(repo, run_hash) and time.monotonic() < deadline:
+        time.sleep(HOLDER_POLL_S)
     if held_by_another(repo, run_hash):
         raise AimRunLocked(
             f"Aim run {run_hash} in {repo.path} is held by {holder(repo, run_hash)} "
@@ -71,7 +79,16 @@ def held_by_another(repo: Any, run_hash: str) -> bool:
         return False
     if machine_id != LockManager.machine_id:
         return True
-    return pid_n != os.getpid() and psutil.pid_exists(pid_n)
+    if pid_n == os.getpid():
+        return False
+    try:
+        proc = psutil.Process(pid_n)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False  # dead, not yet reaped
+        # a process started after the lock was written reuses a dead holder's pid
+        return proc.create_time() <= os.stat(path).st_mtime + 1.0
+    except (psutil.Error, OSError):
+        return False
 
 
 def holder(repo: Any, run_hash: str) -> str:
