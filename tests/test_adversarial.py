@@ -152,6 +152,30 @@ def test_run_removed_with_aim_runs_rm_is_sent_again(tmp_path):
     assert len(read_aim(repo)[fin]["metrics"][("loss", ())]["steps"]) == 50
 
 
+def test_the_last_run_removed_with_aim_runs_rm_comes_back_with_only_its_own_tags(tmp_path):
+    """`aim runs rm` leaves the removed run's tag links in Aim's database, and SQLite gives the
+    next new run row the removed last row's id: the re-sent run must neither fail on those
+    links nor inherit them."""
+    uri = str(tmp_path / "mlruns")
+    c = client_for(uri)
+    run = c.create_run(c.create_experiment("tagged"), run_name="r", start_time=T0).info.run_id
+    c.set_tag(run, "team", "nlp")
+    c.set_tag(run, "stage", "dev")
+    log_points(c, run, "loss", [(s, 1.0, T0 + s) for s in range(5)])
+    c.set_terminated(run, "FINISHED")
+    repo = tmp_path / "aim"
+    assert _backfill(uri, repo).returncode == 0
+    assert read_aim(repo)[run]["labels"] == ["stage=dev", "team=nlp"]
+    rm = subprocess.run([str(Path(sys.executable).parent / "aim"), "runs", "--repo", str(repo), "rm", "-y",
+                         read_aim(repo)[run]["hash"]], capture_output=True, text=True, timeout=120)
+    assert rm.returncode == 0, rm.stdout + rm.stderr
+    c.delete_tag(run, "stage")
+    p = _backfill(uri, repo)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    got = read_aim(repo)[run]
+    assert got["labels"] == ["team=nlp"] and len(got["metrics"][("loss", ())]["steps"]) == 5
+
+
 # 6 -------------------------------------------------------------------------------------------
 def test_torn_last_line_of_a_finished_run_is_a_warning_once_not_work(tmp_path):
     uri = str(tmp_path / "mlruns")

@@ -89,6 +89,7 @@ INTERNALS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "Experiment.name",
             "Experiment.description",
             "Tag.name",
+            "run_tags",
         ),
     ),
     ("aim.storage.structured.sql_engine.entities", ("ModelMappedRun", "ModelMappedExperiment")),

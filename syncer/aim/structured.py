@@ -108,12 +108,17 @@ class RunRow:
         )
         from aim.storage.structured.sql_engine.models import Run as RunModel
         from aim.storage.structured.sql_engine.models import Tag as TagModel
+        from aim.storage.structured.sql_engine.models import run_tags
 
         model = session.query(RunModel).filter(RunModel.hash == self.hash).first()
         exp_name = p.get("experiment")
         if model is None:
             model = RunModel(self.hash, p.get("created_at"))
             session.add(model)
+            session.flush()  # its id: SQLite hands out the id of a removed last row again
+            # `aim runs rm` deletes the run row but leaves its tag links: a new row with the
+            # same id would inherit them (or fail on them), so drop links to this id first
+            session.execute(run_tags.delete().where(run_tags.c.run_id == model.id))
             exp_name = exp_name or "default"
         if exp_name is not None and (model.experiment is None or model.experiment.name != exp_name):
             exp = session.query(ExperimentModel).filter(ExperimentModel.name == exp_name).first()
