@@ -22,7 +22,18 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
@@ -41,6 +52,19 @@ DEBOUNCE_S = 0.2  # wait this long after a file event: MLflow writes a batch as 
 # job logging every 0.1 s would otherwise push it back forever)
 MAX_EVENT_DELAY_S = 1.0
 JOB_ID = "round"
+# only what a writer does: with reads included (open / close-without-write), a round's own
+# directory listings flood inotify's queue, and watchdog re-walks the whole store on every
+# overflow, which lists every directory again (a 1,000-run store kept a core busy)
+WRITER_EVENTS = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+    DirDeletedEvent,
+]
 
 
 class _Kick(FileSystemEventHandler):
@@ -189,7 +213,7 @@ class Daemon:
         path = path.resolve()
         watch_dir, only = (path, None) if path.is_dir() else (path.parent, path)
         self.observer = Observer()
-        self.observer.schedule(_Kick(self, only), str(watch_dir), recursive=path.is_dir())
+        self.observer.schedule(_Kick(self, only), str(watch_dir), recursive=path.is_dir(), event_filter=WRITER_EVENTS)
         self.observer.daemon = True
         self.observer.start()
         log.info("watching %s for changes", path)

@@ -421,3 +421,36 @@ def test_kept_writers_are_bounded_and_idle_ones_closed(tmp_path):
         assert all(r["active"] for r in aim.values())
     finally:
         syncer.close()
+
+
+def test_file_events_leave_out_the_rounds_own_reads(tmp_path, monkeypatch):
+    """The watch asks inotify for writes only. A round reads every meta.yaml and lists every
+    folder; with read events on, a large store's rounds overflowed inotify's queue, watchdog
+    re-walked the store on each overflow, and an idle daemon kept a core busy."""
+    from syncer import daemon as daemon_mod
+    from syncer.config import Config
+
+    store = tmp_path / "mlruns"
+    for i in range(20):
+        (store / "0" / f"run{i}").mkdir(parents=True)
+        (store / "0" / f"run{i}" / "meta.yaml").write_text("status: 3\n")
+    seen: list[tuple[str, str]] = []
+    monkeypatch.setattr(daemon_mod.Daemon, "kick", lambda self, paths=None: None)
+    real = daemon_mod._Kick.on_any_event
+    monkeypatch.setattr(daemon_mod._Kick, "on_any_event",
+                        lambda self, ev: seen.append((ev.event_type, str(ev.src_path))) or real(self, ev))
+    d = daemon_mod.Daemon(Config(tracking_uri=str(store), aim_repo=tmp_path / "aim"))
+    d._ensure_watch()
+    try:
+        for f in sorted(store.rglob("meta.yaml")):  # what a listing does
+            f.read_text()
+        sentinel = store / "0" / "run0" / "sentinel"
+        sentinel.write_text("x")  # events arrive in order: once this one is in, the reads were too
+        deadline = time.monotonic() + 60
+        while not any(p == str(sentinel.resolve()) for _, p in seen) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any(p == str(sentinel.resolve()) for _, p in seen), seen
+        assert not [e for e in seen if e[0] in ("opened", "closed_no_write")], seen
+    finally:
+        d.observer.stop()
+        d.observer.join()
