@@ -274,6 +274,7 @@ class Syncer:
             pending, pending_points = [], 0
 
         try:
+            self.source.prepare(run, work.changed_keys, work.cursors)
             for key in work.changed_keys:
                 try:
                     for chunk, new_cursor in self.source.read_metric(run, key, work.cursors.get(key)):

@@ -58,6 +58,43 @@ def test_unchanged_store_reads_no_metadata_and_no_history(store, tmp_path):
         s.close()
 
 
+def test_a_new_runs_keys_are_read_together_and_exactly(store, tmp_path):
+    """A run's first read fetches all its keys at once (one query on SQL stores, requests side by
+    side on a server): every point lands once, and later points still come by the cursors."""
+    kind, uri, client, exp = store
+    name = client.get_experiment(exp).name
+    run = client.create_run(exp, run_name="wide", start_time=T0).info.run_id
+    keys = [f"k{i}" for i in range(8)]
+    for j, key in enumerate(keys):
+        log_points(client, run, key, [(s, float(s * j), T0 + s) for s in range(300)])
+    one_key = None
+    if kind in ("sqlite", "postgres"):  # the same first round for a run with one key
+        other = client.create_experiment(f"one-key-{tmp_path.name}")
+        log_points(client, client.create_run(other).info.run_id, "k0", [(0, 1.0, T0)])
+        base = _syncer(uri, tmp_path / "base", client.get_experiment(other).name)
+        try:
+            one_key = base.round().read["requests"]
+        finally:
+            base.close()
+    s = _syncer(uri, tmp_path, name)
+    try:
+        first = s.round()
+        assert first.points == 8 * 300 and first.read["histories"] == 8
+        if one_key is not None:  # one query for the eight histories, not one (or two) per key
+            assert first.read["requests"] == one_key, (first.as_dict(), one_key)
+        for key in keys[:2]:
+            log_points(client, run, key, [(300, 1.0, T0 + 300)])
+        st = s.round()
+        assert st.points == 2 and st.read["points"] == 2, st.as_dict()
+        got = read_aim(tmp_path / "aim")[run]["metrics"]
+        for j, key in enumerate(keys):
+            want = list(range(301 if j < 2 else 300))
+            assert got[(key, ())]["steps"] == want
+            assert got[(key, ())]["values"][:300] == [float(x * j) for x in range(300)]
+    finally:
+        s.close()
+
+
 def test_one_new_point_on_a_long_history_reads_one_point(store, tmp_path):
     kind, uri, client, exp = store
     name = client.get_experiment(exp).name
@@ -132,6 +169,7 @@ def test_deleted_restored_and_edited_runs_arrive_by_the_full_listing(store, tmp_
         s.round()
         client.delete_run(runs[0])
         client.set_tag(runs[1], "team", "vision")  # a finished run's tag edited
+        client.log_param(runs[2], "warmup", "10")  # and a param added
         s.round()  # a quick round may or may not see these; the full listing must
         s.source.listing.full_every_s = 0.0
         st = s.round()
@@ -139,6 +177,7 @@ def test_deleted_restored_and_edited_runs_arrive_by_the_full_listing(store, tmp_
         aim = read_aim(tmp_path / "aim")
         assert aim[runs[0]]["archived"] is True and aim[runs[1]]["params"]["tags"] == {"team": "vision"}
         assert "team=vision" in aim[runs[1]]["labels"]
+        assert aim[runs[2]]["params"]["hparams"] == {"lr": 0.001, "warmup": 10}
         client.restore_run(runs[0])
         st = s.round()
         assert read_aim(tmp_path / "aim")[runs[0]]["archived"] is False

@@ -157,6 +157,9 @@ class Source(ABC):
     def fetch_artifact(self, run: RunRecord, path: str, dst_dir: str) -> str:
         """A local file with the artifact's content (no copy for local artifact stores)."""
 
+    def prepare(self, run: RunRecord, keys: list[str], cursors: dict[str, Cursor]) -> None:  # noqa: B027
+        """About to read these keys of the run: a source may fetch several histories at once."""
+
     def load_details(self, run: RunRecord) -> None:  # noqa: B027 - sources that list everything at once
         """Fill in what a cheap listing left out (params, datasets), once; see `details_loaded`."""
 
@@ -166,3 +169,22 @@ class Source(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
+
+
+PREFETCH_MAX_POINTS = 200_000  # a run's first read fetches its keys at once below this many points
+
+
+def first_reads(run: RunRecord, keys: list[str], cursors: dict[str, Cursor]) -> list[str]:
+    """The keys of a run read for the first time, when there are several and their latest
+    steps say the whole lot is small enough to hold at once ([] otherwise)."""
+    fresh = [k for k in keys if k not in cursors]
+    if len(fresh) < 2:
+        return []
+    estimate = 0
+    for k in fresh:
+        mark = run.metric_marks.get(k)
+        step = mark[1] if isinstance(mark, tuple) and len(mark) > 1 and isinstance(mark[1], int) else None
+        if step is None or step < 0:
+            return []
+        estimate += step + 1
+    return fresh if estimate <= PREFETCH_MAX_POINTS else []

@@ -14,7 +14,26 @@ from typing import Any
 
 from .base import fingerprint
 
-META_PARTS = ("params", "tags", "inputs", "outputs")  # outputs: the logged models (MLflow 3)
+# the files of these folders are stat'ed one by one (a tag is edited in place); params are
+# written once and never changed by MLflow, so for them the folders' mtimes say enough
+META_PARTS = ("tags", "inputs", "outputs")  # outputs: the logged models (MLflow 3)
+WRITE_ONCE_PARTS = ("params",)
+
+
+def dir_mtimes(root: Path) -> list[tuple[str, int]]:
+    """(relative posix path, mtime_ns) of root and every folder under it: a file added or
+    removed anywhere changes one of them. Only folders are stat'ed."""
+    out = []
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            out.append((d.relative_to(root).as_posix(), d.stat().st_mtime_ns))
+            stack.extend(Path(e.path) for e in os.scandir(d) if e.is_dir(follow_symlinks=False))
+        except OSError:
+            continue
+    out.sort()
+    return out
 
 
 def tree_stats(root: Path) -> list[tuple[str, int, int]]:
@@ -47,14 +66,15 @@ def tree_stats(root: Path) -> list[tuple[str, int, int]]:
 class RunFacts:
     """One run folder, from stat: whether its metadata moved, how long each metric file is."""
 
-    meta: str  # digest of meta.yaml's and the params/tags/inputs files' sizes and mtimes
+    meta: str  # digest of meta.yaml's, the tags/inputs/outputs files' and the params folders' stat
     marks: dict[str, int]  # metric key -> file size
     stats: int  # how many entries were stat'ed
 
     @classmethod
     def of(cls, run_dir: Path, *, experiment: Any) -> RunFacts:
         meta = (run_dir / "meta.yaml").stat()
-        parts = [tree_stats(run_dir / sub) for sub in META_PARTS]
+        parts: list[Any] = [tree_stats(run_dir / sub) for sub in META_PARTS]
+        parts += [dir_mtimes(run_dir / sub) for sub in WRITE_ONCE_PARTS]
         metrics = tree_stats(run_dir / "metrics")
         digest = fingerprint(meta.st_mtime_ns, meta.st_size, parts, experiment.name, experiment.lifecycle_stage)
         return cls(digest, {rel: size for rel, size, _ in metrics}, 1 + sum(map(len, parts)) + len(metrics))

@@ -23,6 +23,7 @@ from ..errors import StoreError
 from ..redact import redact
 from .base import (
     CHUNK_POINTS,
+    PREFETCH_MAX_POINTS,
     ArtifactFile,
     BrokenRun,
     Experiment,
@@ -31,6 +32,7 @@ from .base import (
     RunRecord,
     Source,
     fingerprint,
+    first_reads,
 )
 from .cursors import Cursor, OrderCursor
 from .entities import artifact_repo_fetch, artifact_repo_list
@@ -57,6 +59,7 @@ class SqlSource(Source):
         self.engine, self.t = open_read_only(uri)
         self.listing = Listing(full_every_s)
         self.flavors = Flavors()
+        self._prefetched: dict[tuple[str, str], list[Any]] = {}
         self._since_ms: int | None = None  # when the last round started (ms)
         self._counts: dict[str, int] = {}  # experiment id -> how many runs it had
         self._ids: set[str] | None = None  # run ids known (None: take them from the next listing)
@@ -280,6 +283,28 @@ class SqlSource(Source):
     def metric_changed(self, run: RunRecord, key: str, cursor: Cursor | None) -> bool:
         return not isinstance(cursor, OrderCursor) or cursor.mark != run.metric_marks.get(key)
 
+    def prepare(self, run: RunRecord, keys: list[str], cursors: dict[str, Cursor]) -> None:
+        """A run read for the first time: its keys' histories in one query, not one per key."""
+        from sqlalchemy import select
+
+        self._prefetched = {}
+        fresh = first_reads(run, keys, cursors)
+        if not fresh:
+            return
+        m = self.t.metrics
+        rows = self._rows(
+            select(m.c.key, m.c.timestamp, m.c.step, m.c.value, m.c.is_nan)
+            .where(m.c.run_uuid == run.run_id, m.c.key.in_(fresh))
+            .order_by(m.c.key, m.c.timestamp, m.c.step, m.c.value)
+            .limit(PREFETCH_MAX_POINTS + 1)
+        )
+        if len(rows) > PREFETCH_MAX_POINTS:
+            return  # more than the latest steps said: key by key
+        by_key: dict[str, list[Any]] = {k: [] for k in fresh}
+        for key, *rest in rows:
+            by_key[key].append(tuple(rest))
+        self._prefetched = {(run.run_id, k): v for k, v in by_key.items()}
+
     def read_metric(self, run: RunRecord, key: str, cursor: Cursor | None) -> Iterator[tuple[MetricChunk, Cursor]]:
         from sqlalchemy import select, tuple_
 
@@ -287,6 +312,14 @@ class SqlSource(Source):
         cur = cursor if isinstance(cursor, OrderCursor) else OrderCursor()
         cur = OrderCursor(cur.ts, cur.step, cur.value, cur.max_step, cur.points, run.metric_marks.get(key))
         self.listing.stats.histories += 1
+        fetched = self._prefetched.pop((run.run_id, key), None) if cursor is None else None
+        if fetched is not None:  # the whole history, fetched with the run's other keys
+            for i in range(0, max(len(fetched), 1), CHUNK_POINTS):
+                part = fetched[i : i + CHUNK_POINTS]
+                cur = cur.after([(ts, step, value) for ts, step, value, _nan in part])
+                yield _chunk(key, part), cur
+            self.listing.stats.points += cur.points
+            return
         cols = (m.c.timestamp, m.c.step, m.c.value, m.c.is_nan)
         start = cur
         yielded = False
@@ -308,6 +341,9 @@ class SqlSource(Source):
                 yielded = True
             if len(page) < CHUNK_POINTS:
                 break
+        if start.points == 0 and start.ts == OrderCursor().ts:
+            self.listing.stats.points += cur.points
+            return  # a first read: nothing lies before the cursor
         # points at a step beyond every step read, but logged with an earlier timestamp
         late = self._rows(
             select(*cols).where(
