@@ -16,7 +16,7 @@ from .artifacts import Artifacts
 from .config import DEFAULT_MAX_ARTIFACT_BYTES
 from .errors import RunLocked, RunUnreadable, Stopped, one_line
 from .kept_runs import KeptRuns
-from .mapping import ContextMapper, MappedMetric, run_meta
+from .mapping import PARENT_TAG, ContextMapper, MappedMetric, run_meta
 from .plan import Plan, Planner, RunWork
 from .sink import RunSink, aim_run_hash, set_experiment_meta
 from .sources import BrokenRun, MetricChunk, RunRecord, Source
@@ -181,6 +181,12 @@ class Syncer:
             self._warned.add(msg)
             stats.errors.append(msg)
 
+    def _parent_name(self, run: RunRecord, names: dict[str, str]) -> dict[str, str]:
+        """{parent id: its name} of a nested run: listed with it, else as it was last synced."""
+        parent = run.tags.get(PARENT_TAG)
+        name = (names.get(parent) or self.state.name(parent)) if parent else None
+        return {parent: name} if parent and name else {}
+
     def _sync_run(self, work: RunWork, run: RunRecord, names: dict[str, str], stats: RoundStats) -> None:
         exp = work.exp
         aim_hash = aim_run_hash(run.run_id)
@@ -195,7 +201,7 @@ class Syncer:
         meta = run_meta(
             exp,
             run,
-            names,
+            self._parent_name(run, names),
             found.listed or [],
             tracking_uri=self.source.describe(),
             with_labels=self.options.tag_labels,

@@ -45,7 +45,7 @@ class RunWork:
 class Plan:
     experiments: list[Experiment]
     runs: int  # runs the source listed (all of them on a full listing)
-    names: dict[str, str]  # run id -> run name (parents of nested runs)
+    names: dict[str, str]  # run id -> run name of every run listed so far (parents of nested runs)
     todo: list[RunWork]
     active: set[str] = field(default_factory=set)  # Aim hashes of the runs listed RUNNING (not deleted)
     full: bool = False
@@ -89,8 +89,7 @@ class Planner:
         if full and aim_runs is not None:
             self._forget_removed(aim_runs())
         by_id = {e.id: e for e in exps}
-        names = {**self.state.names(), **self.source.listing.names}
-        plan = Plan(exps, len(records), names, [], full=full)
+        plan = Plan(exps, len(records), self.source.listing.names, [], full=full)
         relist = self._remote_relist_turn(records) if full and self.artifacts else set()
         for run in records:
             if stop is not None and stop.is_set():

@@ -220,10 +220,10 @@ class State:
         )
         return dict(rows)
 
-    def names(self) -> dict[str, str]:
-        return dict(
-            self.db.execute("SELECT run_id, name FROM runs WHERE source=? AND name IS NOT NULL", (self.source,))
-        )
+    def name(self, run_id: str) -> str | None:
+        """The name a run had when last synced (a nested run's parent not listed this time)."""
+        row = self.db.execute("SELECT name FROM runs WHERE source=? AND run_id=?", (self.source, run_id)).fetchone()
+        return row[0] if row else None
 
     # -- writes (each a transaction of its own) -----------------------------------------------
     def save_run(

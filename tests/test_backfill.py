@@ -161,8 +161,13 @@ def test_experiment_filter_by_name_and_id(tmp_path, aim_repo):
     c.create_run(other, run_name="elsewhere")
     backfill(uri, aim_repo, "--experiment", a["experiment_id"])
     assert {r["experiment"] for r in read_aim(aim_repo).values()} == {a["experiment"]}
+    parent = a["runs"]["failed"]["run_id"]
+    c.create_run(other, run_name="nested-elsewhere", tags={"mlflow.parentRunId": parent})
     backfill(uri, aim_repo, "--experiment", "other")
-    assert "elsewhere" in by_name(read_aim(aim_repo))
+    got = by_name(read_aim(aim_repo))
+    assert "elsewhere" in got
+    # its parent is not listed this time (another experiment): its name is the one synced before
+    assert got["nested-elsewhere"]["params"]["mlflow"]["parent_run_name"] == "xlm-roberta-base"
 
 
 def test_artifact_options(tmp_path):

@@ -88,6 +88,27 @@ def artifacts_mark(root: Path | None) -> str | None:
     return fingerprint(tree_stats(root))
 
 
+def experiments_mark(root: Path) -> str:
+    """A digest that moves when a file store's experiments may have changed: an experiment
+    folder made, deleted or restored (the folders in the store and in `.trash`), renamed (its
+    `meta.yaml`) or tagged (its `tags/`). A few stats per experiment, none per run: MLflow's
+    own `search_experiments` lists every experiment folder, runs and all."""
+    parts: list[Any] = []
+    for top in (root, root / ".trash"):
+        try:
+            dirs = sorted(e.name for e in os.scandir(top) if e.is_dir(follow_symlinks=False) and e.name != ".trash")
+        except OSError:
+            continue
+        for name in dirs:
+            try:
+                st = (top / name / "meta.yaml").stat()
+            except OSError:
+                parts.append((str(top), name))
+                continue
+            parts.append((str(top), name, st.st_mtime_ns, st.st_size, tree_stats(top / name / "tags")))
+    return fingerprint(parts)
+
+
 def mtime_ns(path: Path) -> int | None:
     try:
         return path.stat().st_mtime_ns

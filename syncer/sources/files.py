@@ -25,7 +25,7 @@ from .base import ArtifactFile, BrokenRun, Experiment, MetricChunk, RunRecord, S
 from .cursors import Cursor, FileCursor
 from .entities import client_fetch_artifact, client_list_artifacts, datasets_from_inputs, experiment_from
 from .file_metrics import read_metric_file
-from .file_stat import RunFacts, artifacts_mark, mtime_ns
+from .file_stat import RunFacts, artifacts_mark, experiments_mark, mtime_ns
 from .listing import Listing
 from .uri import is_local_store, local_path
 
@@ -76,6 +76,7 @@ class FileStoreSource(Source):
         self._client_obj: Any = None
         self._known: dict[str, _Known] = {}  # run id -> the last look at its folder
         self._exp_mtime: dict[str, int | None] = {}  # experiment id -> its folder's mtime then
+        self._exps: tuple[str, list[Experiment]] | None = None  # (experiments_mark, what MLflow said)
         self._hinted_runs: set[str] = set()
         self._hinted_exps: set[str] = set()
 
@@ -116,14 +117,20 @@ class FileStoreSource(Source):
 
     # -- experiments and runs ----------------------------------------------------------------
     def experiments(self) -> list[Experiment]:
+        """MLflow's experiments, read again only when their folders' stats moved (MLflow's
+        reader lists every run folder of every experiment: a cost that grows with the store)."""
         from mlflow.entities import ViewType
 
+        mark = experiments_mark(self.root)  # taken before reading: a change meanwhile shows next round
+        if self._exps is not None and self._exps[0] == mark:
+            return list(self._exps[1])
         self.listing.stats.requests += 1
         try:
             exps = self.store.search_experiments(view_type=ViewType.ALL, max_results=50_000)
         except Exception as e:  # whatever MLflow's reader raises, as one line
             raise StoreError(f"cannot read MLflow file store {self.root}: {one_line(e)}") from None
-        return [experiment_from(e) for e in exps]
+        self._exps = (mark, [experiment_from(e) for e in exps])
+        return list(self._exps[1])
 
     def _experiment_dir(self, experiment_id: str) -> Path:
         live = self.root / experiment_id
@@ -136,21 +143,28 @@ class FileStoreSource(Source):
         runs, exps = self._hinted_runs, self._hinted_exps
         self._hinted_runs, self._hinted_exps = set(), set()
         out: list[RunRecord | BrokenRun] = []
+        # a quick round's candidates: the runs file events named and those last seen RUNNING
+        # (few, whatever the store's size); each kept below only if in this experiment's folder
+        candidates = runs | self.listing.running_ids()
+        moved = self.listing.moved_experiments(experiments)
         for exp in experiments:
             exp_dir = self._experiment_dir(exp.id)
             mtime = mtime_ns(exp_dir)
-            if full or exp.id in exps or self._exp_mtime.get(exp.id, -1) != mtime:
+            relist = full or exp.id in moved
+            if relist or exp.id in exps or self._exp_mtime.get(exp.id, -1) != mtime:
                 self._exp_mtime[exp.id] = mtime
                 dirs = self._run_dirs(exp_dir)
             else:
                 dirs = [
-                    k.run_dir
-                    for rid, k in self._known.items()
-                    if k.run_dir.parent == exp_dir and (rid in runs or self._is_live(rid))
+                    self._known[rid].run_dir
+                    for rid in sorted(candidates)
+                    if rid in self._known
+                    and self._known[rid].run_dir.parent == exp_dir
+                    and (rid in runs or self._is_live(rid))
                 ]
             for run_dir in dirs:
                 self.check_stop()
-                if full or run_dir.name not in self._known or run_dir.name in runs or self._is_live(run_dir.name):
+                if relist or run_dir.name not in self._known or run_dir.name in runs or self._is_live(run_dir.name):
                     rec = self._look(exp, run_dir)
                     if rec is not None:
                         out.append(rec)

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .base import BrokenRun, RunRecord
+from .base import BrokenRun, Experiment, RunRecord
 
 # a RUNNING run whose metadata and metrics have not moved for this long is looked at only by the
 # full listings (MLflow leaves crashed runs RUNNING for good: they must cost nothing); any change
@@ -47,7 +47,18 @@ class Listing:
     stats: ReadStats = field(default_factory=ReadStats)
     names: dict[str, str] = field(default_factory=dict)  # run id -> run name, every run seen
     _seen: dict[str, _Seen] = field(default_factory=dict)
+    _running: set[str] = field(
+        default_factory=set
+    )  # runs last seen RUNNING (not deleted): few, whatever the store's size
     _last_full: float | None = None
+    _experiments: dict[str, tuple[str, str]] | None = None  # id -> (name, lifecycle stage) last round
+
+    def moved_experiments(self, experiments: Iterable[Experiment]) -> set[str]:
+        """The experiments new since the last round, or renamed, deleted or restored: their runs
+        carry the experiment's name and stage, so a quick round lists them all (rare; a few)."""
+        now = {e.id: (e.name, e.lifecycle_stage) for e in experiments}
+        before, self._experiments = self._experiments, now
+        return set() if before is None else {i for i, m in now.items() if before.get(i) != m}
 
     def begin(self, full: bool = False) -> bool:
         """Start a round's listing; returns whether it is a full one (asked for, the first one,
@@ -78,12 +89,21 @@ class Listing:
                 continue
             self.names[rec.run_id] = rec.name
             mark = (rec.fingerprint, sorted(rec.metric_marks.items()))
+            running = rec.running and not rec.deleted
             seen = self._seen.get(rec.run_id)
             if seen is None or seen.mark != mark:
-                self._seen[rec.run_id] = _Seen(mark, now, rec.running and not rec.deleted)
+                self._seen[rec.run_id] = _Seen(mark, now, running)
             else:
-                seen.running = rec.running and not rec.deleted
+                seen.running = running
+            if running:
+                self._running.add(rec.run_id)
+            else:
+                self._running.discard(rec.run_id)
         return records
 
+    def running_ids(self) -> set[str]:
+        """The runs last seen RUNNING (dormant ones included): a quick round's candidates."""
+        return set(self._running)
+
     def dormant_ids(self) -> list[str]:
-        return [r for r in self._seen if self.dormant(r)]
+        return sorted(r for r in self._running if self.dormant(r))
