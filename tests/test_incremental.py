@@ -252,3 +252,56 @@ def test_sigterm_is_honoured_within_10_s_in_the_first_round_of_a_large_store(tmp
         assert "round cut short" in d.text(), d.text()  # it was stopped in the middle, not after
     finally:
         d.kill()
+
+
+def test_quick_rounds_look_only_at_the_runs_last_seen_running():
+    """A quick round's candidates are the runs last seen RUNNING, kept as a set as runs are
+    listed: not a walk over every run ever seen (that cost grew with the store's size)."""
+    from syncer.sources.base import RunRecord
+    from syncer.sources.listing import Listing
+
+    def rec(run_id, status="FINISHED", stage="active", mark=0):
+        return RunRecord(run_id, "0", run_id, status, T0, None, stage, None, None, {}, {}, [], {"loss": mark})
+
+    listing = Listing(dormant_after_s=3600.0)
+    listing.note([rec(f"done{i}") for i in range(1000)] + [rec("live", "RUNNING"), rec("gone", "RUNNING", "deleted")])
+    assert listing.running_ids() == {"live"} and listing.dormant_ids() == []
+    listing.dormant_after_s = 0.0
+    assert listing.dormant_ids() == ["live"]
+    listing.note([rec("live", "FINISHED", mark=1), rec("done3", "RUNNING", mark=1)])  # one ends, one restarts
+    assert listing.running_ids() == {"done3"} and len(listing.names) == 1002
+
+
+def test_experiments_made_renamed_or_deleted_between_quick_rounds_arrive(store, tmp_path):
+    """Experiments are read again only when the store says they moved (on a file store, its
+    folders' stats); a new experiment's runs, and the runs of one renamed or deleted, arrive in
+    a quick round, though their own start and end times are old."""
+    kind, uri, client, exp = store
+    run = _finished_run(client, exp, "r0")
+    later = f"later-{kind}-{tmp_path.name}"
+    s = open_syncer(Config(tracking_uri=uri, aim_repo=tmp_path / "aim", experiments=(exp, later),
+                           full_scan_interval=1e9), strict_experiments=False, must_exist=True, keep_open=True)
+    try:
+        assert s.round().runs_written == 1
+        if kind == "file":  # unchanged folders: MLflow's experiment reader is not asked again
+            assert s.round().read["requests"] == 0
+        location = (tmp_path / "artifacts-later").as_uri() if kind != "server" else None
+        new_exp = client.create_experiment(later, artifact_location=location)
+        new_run = _finished_run(client, new_exp, "r1")
+        st = s.round()
+        assert not st.read["full"] and st.runs_written == 1, st.as_dict()
+        assert read_aim(tmp_path / "aim")[new_run]["experiment"] == later
+
+        client.rename_experiment(exp, f"renamed-{kind}")
+        client.set_experiment_tag(exp, "team", "nlp")
+        assert {e.id: e.tags for e in s.source.experiments()}[exp].get("team") == "nlp"
+        client.delete_experiment(new_exp)
+        st = s.round()
+        assert not st.read["full"] and st.runs_written == 2, st.as_dict()
+        got = read_aim(tmp_path / "aim")
+        assert got[run]["experiment"] == f"renamed-{kind}" and not got[run]["archived"]
+        assert got[new_run]["archived"]  # its experiment was deleted
+        again = s.round()
+        assert again.runs_written == 0 and again.read["runs_read"] == 0, again.as_dict()
+    finally:
+        s.close()

@@ -109,6 +109,7 @@ class HttpSource(Source):
         if not by_id:
             return []
         started = int(time.time() * 1000)
+        moved = self.listing.moved_experiments(experiments)
         if full or self._since_ms is None:
             runs = self._search(list(by_id), "", ViewType.ALL)
         else:
@@ -120,6 +121,8 @@ class HttpSource(Source):
             runs = {}
             for flt in (running, f"attributes.start_time >= {since}", f"attributes.end_time >= {since}"):
                 runs.update(self._search(list(by_id), flt, ViewType.ALL))
+            if moved:  # new, renamed, deleted or restored experiments: all their runs
+                runs.update(self._search(sorted(moved), "", ViewType.ALL))
         self._since_ms = started
         self.listing.stats.runs_listed += len(runs)
         out: list[RunRecord | BrokenRun] = [

@@ -118,6 +118,7 @@ class SqlSource(Source):
         exp_ids = [int(i) for i in by_id]
         query = select(*cols).where(r.c.experiment_id.in_(exp_ids))
         new_ids = self._new_run_ids(exp_ids, full=full)
+        moved_exps = self.listing.moved_experiments(experiments)  # their runs all listed (quiet ones too)
         if not full and self._since_ms is not None:
             since = self._since_ms - _CLOCK_MARGIN_MS
             query = query.where(
@@ -127,13 +128,18 @@ class SqlSource(Source):
                     r.c.end_time >= since,
                     and_(r.c.deleted_time.is_not(None), r.c.deleted_time >= since),
                     r.c.run_uuid.in_(new_ids),
+                    r.c.experiment_id.in_([int(i) for i in sorted(moved_exps)]),
                 )
             )
         rows = self._rows(query)
         if full:
             self._ids = {row.run_uuid for row in rows} | (self._ids or set())
         self._since_ms = started
-        wanted = [row for row in rows if full or not self.listing.dormant(row.run_uuid)]
+        wanted = [
+            row
+            for row in rows
+            if full or str(row.experiment_id) in moved_exps or not self.listing.dormant(row.run_uuid)
+        ]
         self.listing.stats.runs_listed += len(wanted)
         out: list[RunRecord | BrokenRun] = []
         for i in range(0, len(wanted), _BATCH):
