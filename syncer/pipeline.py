@@ -9,7 +9,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .artifacts import Artifacts
@@ -282,16 +282,19 @@ class Syncer:
         try:
             self.source.prepare(run, work.changed_keys, work.cursors)
             for key in work.changed_keys:
+                last: Cursor | None = None
                 try:
-                    for chunk, new_cursor in self.source.read_metric(run, key, work.cursors.get(key)):
+                    for chunk, last in self.source.read_metric(run, key, work.cursors.get(key)):
                         n, skipped = _write_chunk(sink, names.of, chunk) if len(chunk) else (0, 0)
                         if skipped:
                             errors.append(
                                 f"metric {key!r}: skipped {skipped} point(s) with a step beyond "
                                 f"+-2**53, which Aim cannot store exactly"
                             )
-                        pending.append((key, new_cursor))
-                        cursors[key] = new_cursor
+                        # committed before the key is read to its end (a stop, a huge key), a
+                        # cursor must not carry the listing's mark: that would say "all read"
+                        pending.append((key, replace(last, mark=None)))
+                        cursors[key] = last
                         pending_points += len(chunk)
                         stats.points += n
                         if pending_points >= COMMIT_EVERY_POINTS:
@@ -301,6 +304,8 @@ class Syncer:
                 except RunUnreadable as e:
                     errors.append(str(e))
                 else:
+                    if last is not None:  # read to its end: the cursor with its mark (the last saved wins)
+                        pending.append((key, last))
                     cur = cursors.get(key)
                     if cur is not None and cur.error and cur.error != getattr(work.cursors.get(key), "error", None):
                         errors.append(f"metric {key!r}: {cur.error}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -100,6 +101,10 @@ def _worker_init(cfg: Config, stop: Any) -> None:
         worker.stop.set()
 
     threading.Thread(target=relay, name="stop-relay", daemon=True).start()
+    # Ctrl-C reaches the whole process group, a service manager's SIGTERM often too: a worker
+    # stops at its next safe point like its parent, never in the middle of a chunk
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _signum, _frame: worker.stop.set())
 
 
 def _worker_sync(work: RunWork, names: dict[str, str]) -> tuple[RoundStats, list[str]]:

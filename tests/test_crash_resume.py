@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, T0, client_for, log_points, read_aim, syncer_cmd
+from conftest import ROOT, T0, client_for, log_points, read_aim, run_syncer, syncer_cmd
 
 RUNS, KEYS, POINTS = 8, 3, 4000  # 96,000 points: a backfill of several seconds
 
@@ -105,3 +106,40 @@ def test_sigkill_at_any_moment_then_resume(tmp_path):
             assert m["timestamps"] == [ts / 1000 for _, _, ts in pts]
             total += len(m["steps"])
     assert total == RUNS * KEYS * POINTS
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_middle_of_keys_stops_at_a_safe_point_and_the_next_backfill_finishes(tmp_path):
+    """Ctrl-C reaches the backfill and its worker processes (the terminal signals the whole
+    process group) while runs are half read: exit 130, and the next backfill sends exactly the
+    rest (cursors committed in the middle of a key do not claim the key was read to its end)."""
+    store, repo = tmp_path / "mlruns", tmp_path / "aim"
+    client = client_for(str(store))
+    exp = client.create_experiment("ctrl-c")
+    n = 30_000  # a key of three source chunks: a stop lands in the middle of one
+    runs = []
+    for r in range(8):  # enough runs for worker processes
+        run = client.create_run(exp, run_name=f"run-{r}", start_time=T0).info.run_id
+        log_points(client, run, "loss", [(s, r + s / n, T0 + s) for s in range(n)])
+        client.set_terminated(run, "FINISHED", end_time=T0 + n)
+        runs.append(run)
+    state_db = repo / ".aim" / "mlflow-syncer" / "state.sqlite"
+    args = ("backfill", "--mlflow-tracking-uri", str(store), "--aim-repo", str(repo), "--workers", "2")
+    p = subprocess.Popen(syncer_cmd(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    deadline = time.monotonic() + 120
+    while p.poll() is None and committed_cursors(state_db) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(p.pid, signal.SIGINT)
+    _out, err = p.communicate(timeout=120)
+    assert p.returncode == 128 + signal.SIGINT, err
+    assert "Traceback" not in err and "stopped at a safe point" in err, err
+
+    done = run_syncer(*args)
+    assert done.returncode == 0, done.stderr
+    aim = read_aim(repo)
+    for r, run in enumerate(runs):
+        m = aim[run]["metrics"][("loss", ())]
+        assert m["steps"] == list(range(n)) and m["values"] == [r + s / n for s in range(n)], run
+    status = run_syncer("status", "--aim-repo", str(repo))
+    assert re.search(rf"ctrl-c\s+8\s+{8 * n}\s", status.stdout), status.stdout  # each point counted once

@@ -305,3 +305,44 @@ def test_experiments_made_renamed_or_deleted_between_quick_rounds_arrive(store, 
         assert again.runs_written == 0 and again.read["runs_read"] == 0, again.as_dict()
     finally:
         s.close()
+
+
+def test_a_round_stopped_in_the_middle_of_a_key_resumes_where_it_stopped(store, tmp_path, monkeypatch):
+    """Cursors committed before a key is read to its end (a stop, or every COMMIT_EVERY_POINTS)
+    must say so: the next round reads the rest of the key, nothing lost, nothing doubled."""
+    import syncer.pipeline
+    from syncer.errors import Stopped
+
+    kind, uri, client, exp = store
+    name = client.get_experiment(exp).name
+    n = 25_000  # three chunks of the source
+    run = client.create_run(exp, run_name="big", start_time=T0).info.run_id
+    log_points(client, run, "loss", [(s, float(s), T0 + s) for s in range(n)])
+    client.set_terminated(run, "FINISHED", end_time=T0 + n)
+    monkeypatch.setattr(syncer.pipeline, "COMMIT_EVERY_POINTS", 1)  # commit after every chunk
+    s = _syncer(uri, tmp_path, name)
+    commits = []
+    save = s.state.save_cursors
+
+    def save_then_stop(run_id, cursors):  # a SIGTERM arriving right after the first commit
+        save(run_id, cursors)
+        commits.append(cursors)
+        s.stop.set()
+
+    s.state.save_cursors = save_then_stop
+    try:
+        with pytest.raises(Stopped):
+            s.round()
+        assert len(commits) == 1 and 0 < commits[0][-1][1].points < n
+    finally:
+        s.close()
+    s = _syncer(uri, tmp_path, name)
+    try:
+        st = s.round()
+        assert st.points == n - commits[0][-1][1].points, st.as_dict()
+        m = read_aim(tmp_path / "aim")[run]["metrics"][("loss", ())]
+        assert m["steps"] == list(range(n)) and m["values"] == [float(x) for x in range(n)]
+        assert sum(r["points"] for r in s.state.report()) == n
+        assert s.round().points == 0
+    finally:
+        s.close()
