@@ -662,6 +662,22 @@ def test_lock_left_by_an_earlier_process_with_our_pid_is_taken_over(repo_path):
     lock.unlink()
 
 
+def test_a_lock_file_left_empty_by_a_writer_killed_while_taking_it_is_removed(repo_path):
+    """A writer creates its lock file, then writes who it is: killed in between, it leaves an empty
+    file, on which Aim's own stale-lock check fails with a ValueError every time. An unreadable
+    lock older than a moment is stale; a fresh one may be a writer still taking it."""
+    with AimRunWriter.open(repo_path, "empty") as w:
+        w.write_points("m", {}, [0], [0.0], [T0])
+    lock = repo_path / ".aim" / "locks" / "empty.softlock"
+    lock.write_text("")
+    with pytest.raises(AimRunLocked):  # just created: not taken over
+        AimRunWriter.open(repo_path, "empty", lock_timeout=0.2)
+    os.utime(lock, (time.time() - 60, time.time() - 60))
+    with AimRunWriter.open(repo_path, "empty", lock_timeout=0.2) as w:
+        w.write_points("m", {}, [1], [1.0], [T0 + 1])
+    assert metric(repo_path, "empty", "m")[0] == [0, 1]
+
+
 # ------------------------------------------------------------------------------------------------
 # aim up's web API
 

@@ -41,25 +41,36 @@ def lock_run(repo: Any, run_hash: str, timeout: float) -> Any:
     from filelock import Timeout
 
     drop_own_stale_lock(repo, run_hash)
-    deadline = time.monotonic() + min(timeout, HOLDER_GRACE_S)
+    key = (str(repo.path), run_hash)
+    # the holder that refused us last time still holds it (a second daemon): no waiting again
+    grace = 0.0 if _refused.get(key) == holder(repo, run_hash) else min(timeout, HOLDER_GRACE_S)
+    deadline = time.monotonic() + grace
     while held_by_another(repo, run_hash) and time.monotonic() < deadline:
         time.sleep(HOLDER_POLL_S)
+    drop_unreadable_lock(repo, run_hash)
     if held_by_another(repo, run_hash):
-        raise AimRunLocked(
-            f"Aim run {run_hash} in {repo.path} is held by {holder(repo, run_hash)} "
-            "(another syncer or Aim writer; if none is running, `aim runs close --force` it)"
-        )
+        raise _refuse(repo, run_hash)
     # shorter than filelock's age after which it breaks a lock file it cannot parse (Aim's own
     # "machine-pid-time" content): waiting longer, we would break the lock of a live writer
     lock = _thread_free(repo.request_run_lock(run_hash, timeout=min(timeout, BREAK_SAFE_TIMEOUT_S)))
     try:
         lock.lock()
-    except (RunLockingError, Timeout) as e:
-        raise AimRunLocked(
-            f"Aim run {run_hash} in {repo.path} is held by {holder(repo, run_hash)} "
-            "(another syncer or Aim writer; if none is running, `aim runs close --force` it)"
-        ) from e
+    except (RunLockingError, Timeout, ValueError) as e:  # ValueError: Aim reading a lock file being written
+        raise _refuse(repo, run_hash) from e
+    _refused.pop(key, None)
     return lock
+
+
+_refused: dict[tuple[str, str], str] = {}  # (repo, run hash) -> who held it when we last gave up
+
+
+def _refuse(repo: Any, run_hash: str) -> AimRunLocked:
+    who = holder(repo, run_hash)
+    _refused[(str(repo.path), run_hash)] = who
+    return AimRunLocked(
+        f"Aim run {run_hash} in {repo.path} is held by {who} "
+        "(another syncer or Aim writer; if none is running, `aim runs close --force` it)"
+    )
 
 
 def held_by_another(repo: Any, run_hash: str) -> bool:
@@ -75,8 +86,10 @@ def held_by_another(repo: Any, run_hash: str) -> bool:
         with open(path) as fh:
             machine, pid, *_ = fh.read().split("-")
         machine_id, pid_n = int(machine), int(pid)
-    except (OSError, ValueError):
+    except OSError:
         return False
+    except ValueError:  # says nobody yet: a writer taking it, unless it has said nothing for long
+        return _age(path) < UNREADABLE_LOCK_AGE_S
     if machine_id != LockManager.machine_id:
         return True
     if pid_n == os.getpid():
@@ -141,6 +154,43 @@ def drop_own_stale_lock(repo: Any, run_hash: str) -> None:
         os.unlink(path)
     except (OSError, ValueError):
         return
+
+
+# a writer creates its lock file, then writes who it is into it: one that still says nothing
+# after this long was left by a writer killed in between
+UNREADABLE_LOCK_AGE_S = 2.0
+
+
+def drop_unreadable_lock(repo: Any, run_hash: str) -> None:
+    """Remove a run lock file that does not say who holds it (empty or garbled) and is older than
+    UNREADABLE_LOCK_AGE_S. Aim's own stale-lock check fails on such a file with a ValueError,
+    every time, so the run could never be opened again."""
+    from aim.sdk.lock_manager import LockManager
+
+    path = os.path.join(repo.path, "locks", LockManager.softlock_fname(run_hash))
+    try:
+        with open(path) as fh:
+            machine, pid, *_ = fh.read().split("-")
+        int(machine), int(pid)
+        return
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError):
+        pass
+    try:
+        if _age(path) < UNREADABLE_LOCK_AGE_S:
+            return  # a writer between creating it and saying who it is
+        log.info("removing the lock of Aim run %s: it names no holder (a writer killed while taking it)", run_hash)
+        os.unlink(path)
+    except OSError:
+        return
+
+
+def _age(path: str) -> float:
+    try:
+        return time.time() - os.stat(path).st_mtime
+    except OSError:
+        return math.inf
 
 
 _started: float | None = None
