@@ -43,6 +43,7 @@ class Found:
     media: dict[str, Media] = field(default_factory=dict)  # path -> what it is
     targets: dict[str, Target] = field(default_factory=dict)  # owner -> its Aim sequence
     models: list[LoggedModel] | None = None  # None: not listed this time
+    models_digest: str | None = None  # what they looked like (kept in the state)
     models_changed: bool = False
     revised: bool = False  # `write` changed an entry of `listed` (a file that could not be converted)
 
@@ -61,18 +62,17 @@ class Artifacts:
         self.state = state
         self.exclude = exclude
         self.max_bytes = max_bytes
-        self._models_seen: dict[str, str] = {}  # run id -> digest of its models, for RUNNING runs
 
     # -- finding -------------------------------------------------------------------------------
     def find(self, run: RunRecord, work: Any, errors: list[str], mapper: ContextMapper) -> Found:
         """`work`: the run's `plan.RunWork` (list_artifacts, meta_changed, cursors)."""
         found = self.listing(run, errors, mapper, known=set(work.cursors)) if work.list_artifacts else Found(None)
         found.new = self.new(run, found.listed)
-        if work.meta_changed or work.list_artifacts:  # a new model output moves the run's metadata
+        if work.meta_changed or work.list_artifacts:  # a new model or model metric moves the run's metadata
             found.models = self._models(run, errors)
-            digest = models_digest(found.models)
-            seen = self._models_seen.get(run.run_id)
-            found.models_changed = digest != seen and (bool(found.models) or seen is not None)
+            found.models_digest = models_digest(found.models)
+            seen = work.prev.models_digest if work.prev is not None else None
+            found.models_changed = found.models_digest != seen and (bool(found.models) or seen is not None)
         return found
 
     def listing(self, run: RunRecord, errors: list[str], mapper: ContextMapper, *, known: Iterable[str] = ()) -> Found:
@@ -143,11 +143,6 @@ class Artifacts:
                 found.models, run_id=run.run_id, run_keys=set(run.metric_marks), name_of=names.map
             ):
                 sink.write_points(target, [p[0] for p in points], [p[1] for p in points], [p[2] for p in points])
-        if found.models is not None:
-            if run.running:
-                self._models_seen[run.run_id] = models_digest(found.models) or ""
-            else:
-                self._models_seen.pop(run.run_id, None)
         return n
 
     def _write_media(self, run: RunRecord, sink: RunSink, found: Found, errors: list[str]) -> int:

@@ -194,7 +194,7 @@ class Syncer:
         found = self.artifacts.find(run, work, errors, self.options.mapper)  # artifacts, logged models
         if not (work.meta_changed or work.changed_keys or found.changed or errors):
             # an artifact listing that found nothing new: remembered, Aim not touched
-            self._remember(work, run, aim_hash, work.prev.error if work.prev else None)
+            self._remember(work, run, aim_hash, work.prev.error if work.prev else None, found.models_digest)
             return
         if work.meta_changed or found.changed:
             self.source.load_details(run)
@@ -237,15 +237,17 @@ class Syncer:
         ]
         error = "; ".join(errors + earlier) or None
         # the fingerprint is committed last: a crash before this re-sends the run's metadata
-        self._remember(work, run, aim_hash, error)
+        self._remember(work, run, aim_hash, error, found.models_digest)
         stats.runs_written += 1
         for e in errors:
             msg = f"run {run.run_id} ({run.name!r}, experiment {exp.name!r}): {e}"
             log.warning(msg)
             stats.errors.append(msg)
 
-    def _remember(self, work: RunWork, run: RunRecord, aim_hash: str, error: str | None) -> None:
-        """Commit what the run's metadata and artifacts looked like when synced."""
+    def _remember(
+        self, work: RunWork, run: RunRecord, aim_hash: str, error: str | None, models_digest: str | None
+    ) -> None:
+        """Commit what the run's metadata, artifacts and logged models looked like when synced."""
         self.state.save_run(
             run.run_id,
             aim_hash,
@@ -256,6 +258,7 @@ class Syncer:
             name=run.name,
             artifacts_mark=run.artifacts_mark,
             artifacts_checked=work.list_artifacts,
+            models_digest=models_digest,
         )
 
     def _sync_metrics(

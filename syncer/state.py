@@ -21,7 +21,7 @@ from .sources.cursors import Cursor, FileCursor, dumps, loads
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS runs (
@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS runs (
     name TEXT,
     artifacts_mark TEXT,
     artifacts_checked_at REAL,
+    models_digest TEXT,
     PRIMARY KEY (source, run_id)
 );
 CREATE TABLE IF NOT EXISTS metrics (
@@ -62,6 +63,7 @@ CREATE TABLE IF NOT EXISTS rounds (
 );
 """
 _V1_RUN_COLUMNS = ("name TEXT", "artifacts_mark TEXT", "artifacts_checked_at REAL")
+_V2_RUN_COLUMNS = ("models_digest TEXT",)  # what the run's MLflow 3 logged models looked like
 
 
 @dataclass
@@ -72,6 +74,7 @@ class RunState:
     error: str | None
     artifacts_mark: str | None = None
     artifacts_checked_at: float | None = None
+    models_digest: str | None = None
 
 
 def _damaged(path: Path, e: Exception) -> BadInput:
@@ -150,7 +153,7 @@ class State:
                         )
                     else:  # an MlflowClient timestamp cursor: read again once (idempotent), counted exactly
                         self.db.execute("DELETE FROM metrics WHERE source=? AND run_id=? AND key=?", (src, run_id, key))
-                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', '2')")  # and on to the next
         self.db.executescript(SCHEMA)
         self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         version = int(self._meta("schema") or SCHEMA_VERSION)
@@ -159,6 +162,14 @@ class State:
                 f"the sync state {self.path} was written by a newer syncer (schema {version}); "
                 "upgrade the syncer, or delete the state to rebuild it"
             )
+        if version < SCHEMA_VERSION:  # columns added since: NULL until the run is synced again
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                cols = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
+                for col in _V2_RUN_COLUMNS:
+                    if col.split()[0] not in cols:
+                        self.db.execute(f"ALTER TABLE runs ADD COLUMN {col}")
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     def _meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -189,7 +200,8 @@ class State:
     # -- reads --------------------------------------------------------------------------------
     def run(self, run_id: str) -> RunState | None:
         row = self.db.execute(
-            "SELECT aim_hash, fingerprint, status, error, artifacts_mark, artifacts_checked_at FROM runs "
+            "SELECT aim_hash, fingerprint, status, error, artifacts_mark, artifacts_checked_at, models_digest "
+            "FROM runs "
             "WHERE source=? AND run_id=?",
             (self.source, run_id),
         ).fetchone()
@@ -238,18 +250,22 @@ class State:
         name: str | None = None,
         artifacts_mark: str | None = None,
         artifacts_checked: bool = False,
+        models_digest: str | None = None,
     ) -> None:
+        """`artifacts_checked`: the artifacts were listed (their mark and time are saved);
+        `models_digest`: the logged models were read (None: they were not, the last digest stays)."""
         self.db.execute(
             """INSERT INTO runs (source, run_id, aim_hash, experiment, fingerprint, status, error, updated_at, name,
-                                 artifacts_mark, artifacts_checked_at)
-               VALUES (?,?,?,?,?,?,?,?,?,?,?)
+                                 artifacts_mark, artifacts_checked_at, models_digest)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?)
                ON CONFLICT(source, run_id) DO UPDATE SET aim_hash=excluded.aim_hash,
                  experiment=excluded.experiment, fingerprint=excluded.fingerprint,
                  status=excluded.status, error=excluded.error, updated_at=excluded.updated_at,
                  name=excluded.name,
                  artifacts_mark=CASE WHEN ? THEN excluded.artifacts_mark ELSE runs.artifacts_mark END,
                  artifacts_checked_at=CASE WHEN ? THEN excluded.artifacts_checked_at
-                                      ELSE runs.artifacts_checked_at END""",
+                                      ELSE runs.artifacts_checked_at END,
+                 models_digest=COALESCE(excluded.models_digest, runs.models_digest)""",
             (
                 self.source,
                 run_id,
@@ -262,6 +278,7 @@ class State:
                 name,
                 artifacts_mark,
                 time.time() if artifacts_checked else None,
+                models_digest,
                 artifacts_checked,
                 artifacts_checked,
             ),

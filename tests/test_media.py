@@ -184,9 +184,9 @@ def _models_of(kind: str, uri: str, client, run_id: str):
     if kind == "sqlite":
         from syncer.sources.sql_schema import open_read_only
 
-        engine, _tables = open_read_only(uri)
+        engine, tables = open_read_only(uri)
         try:
-            return sql_logged_models(engine, run)
+            return sql_logged_models(engine, tables, run)
         finally:
             engine.dispose()
     return client_logged_models(client, run)
@@ -225,3 +225,51 @@ def test_every_store_kind_gives_the_runs_models_with_steps_flavors_params_and_li
     assert ("accuracy", 0.8, 2, "xnli-de", "d1", other) in {(k, v, s, d, g, r) for k, v, s, _t, d, g, r
                                                             in models[1].metrics}
     assert _models_of(kind, uri, client, other) == []
+
+
+@pytest.mark.slow
+def test_a_model_scored_after_its_run_was_synced_gets_the_score_by_the_next_full_listing(any_store, tmp_path):
+    """Train, sync, then evaluate: the score an evaluation run logs to the model reaches the
+    training run's Aim run (its `mlflow.logged_models` and a `{model: ...}` series) once a full
+    listing looks at the finished training run again; nothing else is written again."""
+    import mlflow
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from conftest import client_for, read_aim
+    from syncer.config import Config
+    from syncer.runner import open_syncer
+
+    kind, uri = any_store
+    client = client_for(uri)
+    location = (tmp_path / "art").as_uri() if not uri.startswith("http") else None
+    name = f"scored-later-{kind}-{os.getpid()}-{tmp_path.name}"
+    exp = client.create_experiment(name, artifact_location=location)
+    mlflow.set_tracking_uri(uri)
+    x = np.arange(20, dtype=float).reshape(10, 2)
+    with mlflow.start_run(experiment_id=exp, run_name="train") as run:
+        mlflow.log_metric("loss", 0.5, step=1)
+        info = mlflow.sklearn.log_model(LogisticRegression().fit(x, x[:, 0] > 9), name="clf",
+                                        pip_requirements=["scikit-learn"])
+    s = open_syncer(Config(tracking_uri=uri, aim_repo=tmp_path / "aim", experiments=(name,), full_scan_interval=1e9),
+                    strict_experiments=False, must_exist=True, keep_open=True)
+    try:
+        s.round()
+        scorer = client.create_run(exp, run_name="scorer").info.run_id
+        client.log_metric(scorer, "accuracy", 0.8, step=3, model_id=info.model_id, dataset_name="xnli-de",
+                          dataset_digest="d1")
+        client.set_terminated(scorer, "FINISHED")
+        quick = s.round()  # the scorer arrives (and, where the store says it moved, the training run)
+        s.source.listing.full_every_s = 0.0
+        full = s.round()
+        # the scorer, and the training run once: its metadata and models, no history read again
+        assert quick.runs_written + full.runs_written == 2, (quick.as_dict(), full.as_dict())
+        assert full.read["histories"] == 0, full.as_dict()
+        got = read_aim(tmp_path / "aim")[run.info.run_id]
+        (model,) = got["params"]["mlflow"]["logged_models"]
+        assert ("accuracy", 0.8, "xnli-de") in {(m["key"], m["value"], m["dataset_name"]) for m in model["metrics"]}
+        series = got["metrics"][("accuracy", (("dataset", "xnli-de"), ("model", "clf")))]
+        assert series["steps"] == [3] and series["values"] == [0.8]
+        assert s.round().runs_written == 0  # and it is not written again
+    finally:
+        s.close()

@@ -152,7 +152,10 @@ def test_sigkill_mid_stream_then_restart(tmp_path):
     d2 = Daemon(uri, repo, interval=1).start()
     try:
         logged = finish_writer(w, tmp_path / "logged.json")
-        aim = wait_until_synced(repo, logged)
+        try:
+            aim = wait_until_synced(repo, logged)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nfirst daemon:\n{d.text()[-3000:]}\nsecond daemon:\n{d2.text()[-5000:]}") from None
         assert_exact(aim, logged)
         rc, _ = d2.stop()
         assert rc == 0, d2.text()

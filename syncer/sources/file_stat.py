@@ -66,7 +66,7 @@ def tree_stats(root: Path) -> list[tuple[str, int, int]]:
 class RunFacts:
     """One run folder, from stat: whether its metadata moved, how long each metric file is."""
 
-    meta: str  # digest of meta.yaml's, the tags/inputs/outputs files' and the params folders' stat
+    meta: str  # digest of meta.yaml's, the tags/inputs/outputs files', the params folders' and its models' stat
     marks: dict[str, int]  # metric key -> file size
     stats: int  # how many entries were stat'ed
 
@@ -75,9 +75,26 @@ class RunFacts:
         meta = (run_dir / "meta.yaml").stat()
         parts: list[Any] = [tree_stats(run_dir / sub) for sub in META_PARTS]
         parts += [dir_mtimes(run_dir / sub) for sub in WRITE_ONCE_PARTS]
+        # the models it logged (outputs/<model id>/meta.yaml): a score logged to one later, by
+        # another run, lands in the model's folder, not in this run's
+        outputs = parts[META_PARTS.index("outputs")]
+        model_ids = sorted({path.split("/")[0] for path, _size, _mtime in outputs})
+        models = [model_stats(run_dir.parent / "models" / model_id) for model_id in model_ids]
         metrics = tree_stats(run_dir / "metrics")
-        digest = fingerprint(meta.st_mtime_ns, meta.st_size, parts, experiment.name, experiment.lifecycle_stage)
-        return cls(digest, {rel: size for rel, size, _ in metrics}, 1 + sum(map(len, parts)) + len(metrics))
+        digest = fingerprint(meta.st_mtime_ns, meta.st_size, parts, models, experiment.name, experiment.lifecycle_stage)
+        stats = 1 + sum(map(len, parts)) + sum(len(m[1]) for m in models) + len(metrics)
+        return cls(digest, {rel: size for rel, size, _ in metrics}, stats)
+
+
+def model_stats(model_dir: Path) -> tuple[tuple[int, int] | None, list[tuple[str, int, int]]]:
+    """A logged model's folder (`<experiment>/models/<model id>/`), from stat: its meta.yaml
+    (status) and the files of its metrics, params and tags."""
+    try:
+        st = (model_dir / "meta.yaml").stat()
+        meta: tuple[int, int] | None = (st.st_size, st.st_mtime_ns)
+    except OSError:
+        meta = None
+    return meta, [s for sub in ("metrics", "params", "tags") for s in tree_stats(model_dir / sub)]
 
 
 def artifacts_mark(root: Path | None) -> str | None:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from ..errors import StoreError
 from . import mlflow_compat
 from .base import (
     CHUNK_POINTS,
@@ -47,6 +48,7 @@ from .models import Flavors, client_logged_models
 log = logging.getLogger(__name__)
 
 PAGE_RUNS = 1000
+PAGE_MODELS = 100  # MLflow's most for search_logged_models
 PAGE_POINTS = 25_000  # MLflow's MAX_RESULTS_GET_METRIC_HISTORY
 PARALLEL_HISTORIES = 4  # a first read asks for this many histories at once
 BULK_MAX = 2500  # MLflow's MAX_RESULTS_PER_RUN for get-history-bulk-interval
@@ -78,6 +80,8 @@ class HttpSource(Source):
         self._bulk_ok = True
         self.flavors = Flavors(uri)
         self._prefetched: dict[tuple[str, str], list[Any]] = {}
+        self._models: dict[str, str] = {}  # run id -> digest of its logged models, as of the last full listing
+        self._models_ok = True  # said once when the server cannot list logged models
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         self.listing.stats.requests += 1
@@ -112,6 +116,7 @@ class HttpSource(Source):
         moved = self.listing.moved_experiments(experiments)
         if full or self._since_ms is None:
             runs = self._search(list(by_id), "", ViewType.ALL)
+            self._models = self._model_marks(list(by_id))
         else:
             since = self._since_ms - _CLOCK_MARGIN_MS
             quiet = self.listing.dormant_ids()[:_DORMANT_FILTER_MAX]
@@ -144,8 +149,35 @@ class HttpSource(Source):
             if not token:
                 return found
 
-    @staticmethod
-    def _record(experiment: Experiment, r: Any) -> RunRecord:
+    def _model_marks(self, exp_ids: list[str]) -> dict[str, str]:
+        """run id -> a digest of the MLflow 3 logged models it produced (a score another run logs
+        to one later changes the model, not this run): every model of these experiments, paged.
+        When the server cannot say (one older than MLflow 3), what it said last time."""
+        parts: dict[str, list[Any]] = {}
+        token = None
+        while True:
+            try:
+                page = self._call(
+                    self.client.search_logged_models, experiment_ids=exp_ids, max_results=PAGE_MODELS, page_token=token
+                )
+            except StoreError as e:
+                log.log(
+                    logging.INFO if self._models_ok else logging.DEBUG,
+                    "no logged models from %s: %s",
+                    self.describe(),
+                    e,
+                )
+                self._models_ok = False
+                return self._models
+            for m in page:
+                if m.source_run_id:
+                    parts.setdefault(m.source_run_id, []).append(m.to_dictionary())
+            self.listing.stats.rows += len(page)
+            token = page.token
+            if not token:
+                return {run_id: fingerprint(models) for run_id, models in parts.items()}
+
+    def _record(self, experiment: Experiment, r: Any) -> RunRecord:
         info, data = r.info, r.data
         marks = {m.key: (m.timestamp, m.step, order_value(m.value)) for m in mlflow_compat.metric_objs(data)}
         rec = RunRecord(
@@ -174,6 +206,7 @@ class HttpSource(Source):
             rec.params,
             rec.tags,
             rec.datasets,
+            self._models.get(info.run_id),
             experiment.name,
             experiment.lifecycle_stage,
         )

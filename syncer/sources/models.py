@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import LoggedModel, RunRecord
-from .file_stat import tree_stats
+from .file_stat import model_stats
 from .local_artifacts import read_regular
 from .uri import is_local_store, local_path
 
@@ -108,8 +108,7 @@ class FileStoreModels:
         out = []
         for model_id, step in sorted(_outputs(run_dir / "outputs").items()):
             model_dir = run_dir.parent / "models" / model_id
-            digest: list[Any] = [(p, tree_stats(model_dir / p)) for p in ("metrics", "params", "tags")]
-            digest.append(("meta.yaml", [_stat(model_dir / "meta.yaml")]))
+            digest = model_stats(model_dir)
             seen = self._seen.get(model_id)
             if seen is not None and seen[0] == digest and seen[1].step == step:
                 out.append(seen[1])
@@ -145,28 +144,15 @@ def _outputs(folder: Path) -> dict[str, int | None]:
     return out
 
 
-def _stat(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns
-
-
 # -- SQL stores ----------------------------------------------------------------------------------
-def sql_logged_models(engine: Any, run: RunRecord, flavors: Flavors | None = None) -> list[LoggedModel]:
-    """The run's logged models from MLflow's own tables, through a (read-only) SQLAlchemy engine."""
+def sql_logged_models(engine: Any, t: Any, run: RunRecord, flavors: Flavors | None = None) -> list[LoggedModel]:
+    """The run's logged models from MLflow's own tables (`t`: `sql_schema.SqlTables`), through a
+    (read-only) SQLAlchemy engine."""
     from mlflow.entities import LoggedModelStatus
-    from mlflow.store.tracking.dbmodels import models as db
     from sqlalchemy import or_, select
 
-    lm, lp, lt, lmm = (
-        db.SqlLoggedModel.__table__,
-        db.SqlLoggedModelParam.__table__,
-        db.SqlLoggedModelTag.__table__,
-        db.SqlLoggedModelMetric.__table__,
-    )
-    inp = db.SqlInput.__table__
+    lm, lp, lt, lmm = t.logged_models, t.logged_model_params, t.logged_model_tags, t.logged_model_metrics
+    inp = t.inputs
     flavors = flavors or Flavors()
     with engine.connect() as con:
         steps = {

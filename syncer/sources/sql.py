@@ -202,6 +202,7 @@ class SqlSource(Source):
                 .group_by(inp.c.source_id)
             )
         )
+        models = self._model_marks(ids)
         out = []
         for row in rows:
             exp = by_id[str(row.experiment_id)]
@@ -232,12 +233,34 @@ class SqlSource(Source):
                 n_params.get(row.run_uuid, 0),
                 n_inputs.get(row.run_uuid, 0),
                 n_outputs.get(row.run_uuid, 0),
+                models.get(row.run_uuid),
                 exp.name,
                 exp.lifecycle_stage,
             )
             rec.artifacts_mark = local_artifacts_mark(rec.artifact_uri)
             out.append(rec)
         return out
+
+    def _model_marks(self, ids: list[str]) -> dict[str, tuple[Any, ...]]:
+        """run id -> what the MLflow 3 logged models it produced look like: how many, when one
+        was last updated, how many metrics and the latest (a score another run logs to one later is in
+        the model's rows, not this run's). One query."""
+        from sqlalchemy import func, select
+
+        lm, lmm = self.t.logged_models, self.t.logged_model_metrics
+        rows = self._rows(
+            select(
+                lm.c.source_run_id,
+                func.count(func.distinct(lm.c.model_id)),
+                func.max(lm.c.last_updated_timestamp_ms),  # a status or tag set moves it
+                func.count(lmm.c.model_id),
+                func.max(lmm.c.metric_timestamp_ms),
+            )
+            .select_from(lm.outerjoin(lmm, lmm.c.model_id == lm.c.model_id))
+            .where(lm.c.source_run_id.in_(ids))
+            .group_by(lm.c.source_run_id)
+        )
+        return {run_id: tuple(rest) for run_id, *rest in rows}
 
     def load_details(self, run: RunRecord) -> None:
         """Params and datasets of one run (read only when its metadata changed)."""
@@ -364,7 +387,7 @@ class SqlSource(Source):
     def logged_models(self, run: RunRecord) -> list[LoggedModel]:
         self.listing.stats.requests += 1
         try:
-            return sql_logged_models(self.engine, run, self.flavors)
+            return sql_logged_models(self.engine, self.t, run, self.flavors)
         except Exception as e:  # whatever the driver raised, classified by type
             raise mlflow_error(self.uri, e) from None
 

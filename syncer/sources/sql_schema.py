@@ -43,7 +43,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "latest_metrics": ("run_uuid", "key", "timestamp", "step", "value", "is_nan"),
     "params": ("run_uuid", "key", "value"),
     "tags": ("run_uuid", "key", "value"),
-    "inputs": ("input_uuid", "source_type", "source_id", "destination_type", "destination_id"),
+    "inputs": ("input_uuid", "source_type", "source_id", "destination_type", "destination_id", "step"),
     "datasets": ("dataset_uuid", "name", "digest", "dataset_source_type", "dataset_source", "dataset_profile"),
     "input_tags": ("input_uuid", "name", "value"),
     # MLflow 3 logged models (sources/models.py)
@@ -54,6 +54,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "status",
         "artifact_location",
         "creation_timestamp_ms",
+        "last_updated_timestamp_ms",
         "lifecycle_stage",
         "model_type",
     ),
