@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import re
 
-# user:password@ (or a bare token@) right after "//": anything up to the last "@" before the host,
-# so a password with an unencoded "/" or ":" goes too (`http://u:s3cr/tPASS@host`)
-_USERINFO = re.compile(r"//(?P<userinfo>[^\s@?#]*)@")
-# query parameters whose name says they carry a secret: ?token=..., &X-Amz-Signature=..., ...
-_SECRET_NAME = r"[^\s=&?#]*(?:token|key|passw(?:or)?d|pwd|secret|signature|sig|credential|auth|session)[^\s=&?#]*"
-_SECRET_PARAM = re.compile(rf"(?P<name>[?&;]{_SECRET_NAME})=(?P<value>[^\s&#;]*)", re.I)
+# user:password@ (or a bare token@) after "//": everything up to the last "@" of the line, so a
+# password with an unencoded "/", ":", "@", "?", "#" or space goes too (`http://u:s3cr/t@PASS@host`).
+# An "@" later on the line (a path, an e-mail) hides a little more than needed: never less.
+_USERINFO = re.compile(r"//(?P<userinfo>[^\n]*)@")
+# query (or fragment) parameters whose name says they carry a secret: ?token=..., &X-Amz-Signature=...
+_SECRET_WORDS = "token|key|pass|pwd|secret|signature|sig|credential|auth|session|jwt|bearer|cookie"
+_SECRET_NAME = rf"(?:[^\s=&?#;]*(?:{_SECRET_WORDS})[^\s=&?#;]*|tk)"
+_SECRET_PARAM = re.compile(rf"(?P<name>[?&;#]{_SECRET_NAME})=(?P<value>[^\s&#;]*)", re.I)
 
 
 def redact(text: str) -> str:
@@ -29,6 +31,6 @@ def redact(text: str) -> str:
 def _userinfo(m: re.Match[str]) -> str:
     info = m.group("userinfo")
     user, sep, _secret = info.partition(":")
-    if sep and user and "/" not in user:
+    if sep and user and not any(c in user for c in "/@?# "):
         return f"//{user}:***@"
     return "//***@"

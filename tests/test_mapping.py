@@ -226,3 +226,38 @@ def test_nan_like_values_never_parse_to_nan():
     for raw in ("NaN", "nan", "-inf", "Infinity"):
         v = parse_param(raw)
         assert not (isinstance(v, float) and (math.isnan(v) or math.isinf(v)))
+
+
+@pytest.mark.parametrize(
+    "text, secret",
+    [
+        ("http://user:s3cr/tPASS@host:5000/x", "s3cr/tPASS"),
+        ("http://user:p@ss@host", "p@ss"),
+        ("https://u:pa?ss@host/api", "pa?ss"),
+        ("https://u:pa#ss@host/api", "pa#ss"),
+        ("https://u:pa ss@host/api", "pa ss"),
+        ("https://TOKENONLY@host", "TOKENONLY"),
+        ("failed: MLflow at 'http://u:x/y@z@host:80' is unreachable (refused)", "x/y@z"),
+        ("http://host/x?run=1&token=TOK1", "TOK1"),
+        ("http://host/x#access_token=TOK2", "TOK2"),
+        ("http://host/x?Pass=TOK3&a=1", "TOK3"),
+        ("http://host/x?jwt=TOK4", "TOK4"),
+        ("http://host/x?tk=TOK5", "TOK5"),
+        ("s3://b/k?X-Amz-Signature=TOK6&X-Amz-Credential=TOK7", "TOK6"),
+        ("s3://b/k?X-Amz-Signature=TOK6&X-Amz-Credential=TOK7", "TOK7"),
+    ],
+)
+def test_redact_hides_every_credential_it_can_find(text, secret):
+    from syncer.redact import redact
+
+    out = redact(text)
+    assert secret not in out, out
+    assert redact(out) == out  # stable
+
+
+def test_redact_keeps_what_is_no_secret():
+    from syncer.redact import redact
+
+    assert redact("http://alice:s3cr/t@host:5000/x?run=1&token=abc") == "http://alice:***@host:5000/x?run=1&token=***"
+    assert redact("file:///tmp/mlruns/0/abc/metrics/loss") == "file:///tmp/mlruns/0/abc/metrics/loss"
+    assert redact("http://host:5000/api?run_id=1&step=2") == "http://host:5000/api?run_id=1&step=2"
