@@ -138,10 +138,7 @@ class State:
         if tables and "runs" in tables and "meta" not in tables:  # written by version 1
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
-                cols = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
-                for col in _V1_RUN_COLUMNS:
-                    if col.split()[0] not in cols:
-                        self.db.execute(f"ALTER TABLE runs ADD COLUMN {col}")
+                self._add_run_columns(_V1_RUN_COLUMNS)
                 self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
                 for src, run_id, key, cursor, points in list(self.db.execute("SELECT * FROM metrics")):
                     old = json.loads(cursor)
@@ -165,11 +162,15 @@ class State:
         if version < SCHEMA_VERSION:  # columns added since: NULL until the run is synced again
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
-                cols = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
-                for col in _V2_RUN_COLUMNS:
-                    if col.split()[0] not in cols:
-                        self.db.execute(f"ALTER TABLE runs ADD COLUMN {col}")
+                self._add_run_columns(_V2_RUN_COLUMNS)
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+
+    def _add_run_columns(self, columns: Iterable[str]) -> None:
+        """Add these columns ("name TYPE") to the runs table where missing (in a transaction)."""
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
+        for col in columns:
+            if col.split()[0] not in have:
+                self.db.execute(f"ALTER TABLE runs ADD COLUMN {col}")
 
     def _meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
