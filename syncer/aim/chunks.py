@@ -134,6 +134,8 @@ class RunChunks:
 
     @property
     def series_run_trees(self) -> dict[int, Any]:
+        """What Aim's own ``RunTracker`` reads from the run it tracks objects for (``BaseRun``'s
+        attribute of that name): this object stands in for that run in ``tracker.py``."""
         if self._series_run_trees is None:
             seqs = self.seqs().tree().subtree("seqs")
             h = self.hash
