@@ -1,10 +1,11 @@
 """The MLflow internals the sources use, in one place, behind a guard.
 
 MLflow's public API has no way to (a) read one run folder of a file store without listing the
-whole experiment, nor (b) get each latest metric's step and timestamp from `search_runs` (only
-values in `RunData.metrics`). Every use of such an internal goes through this module;
-`check_mlflow_compatibility()` verifies they exist (called when a source opens, and by
-tests/test_mlflow_compat.py) and fails loudly, naming what changed, when MLflow moves them.
+whole experiment, (b) get each latest metric's step and timestamp from `search_runs` (only
+values in `RunData.metrics`), nor (c) say which SQL schema revisions it reads. Every use of
+such an internal goes through this module; `check_mlflow_compatibility()` verifies they exist
+(called when a source opens, and by tests/test_mlflow_compat.py) and fails loudly, naming what
+changed, when MLflow moves them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ INTERNALS: tuple[tuple[str, str], ...] = (
     ("mlflow.tracking._tracking_service.client", "TrackingServiceClient.store"),
     ("mlflow.store.tracking.rest_store", "RestStore.get_metric_history"),
     ("mlflow.utils.rest_utils", "http_request"),
+    ("mlflow.store.db.utils", "_get_latest_schema_revision"),
+    ("mlflow.store.db.utils", "_get_alembic_config"),
 )
 
 
@@ -88,6 +91,21 @@ def _instance_internals() -> list[str]:
 def metric_objs(run_data: Any) -> list[Any]:
     """The latest `Metric` objects (key, value, timestamp, step) of an `mlflow.entities.RunData`."""
     return list(run_data._metric_objs)
+
+
+def latest_schema_revision() -> str:
+    """The newest SQL schema revision (alembic) the installed MLflow writes."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return str(_get_latest_schema_revision())
+
+
+def schema_revisions() -> set[str]:
+    """Every SQL schema revision the installed MLflow's migrations know."""
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config
+
+    return {r.revision for r in ScriptDirectory.from_config(_get_alembic_config("")).walk_revisions()}
 
 
 class FileStoreInternals:

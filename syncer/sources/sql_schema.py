@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import StoreError
 from ..redact import redact
+from . import mlflow_compat
 from .uri import local_path
 
 # the newest schema revision of the MLflow this was written against (mlflow 3.17)
@@ -140,16 +141,11 @@ def schema_problems() -> list[str]:
 
 
 def latest_revision() -> str:
-    from mlflow.store.db.utils import _get_latest_schema_revision
-
-    return str(_get_latest_schema_revision())
+    return mlflow_compat.latest_schema_revision()
 
 
 def known_revisions() -> set[str]:
-    from alembic.script import ScriptDirectory
-    from mlflow.store.db.utils import _get_alembic_config
-
-    return {r.revision for r in ScriptDirectory.from_config(_get_alembic_config("")).walk_revisions()}
+    return mlflow_compat.schema_revisions()
 
 
 def open_read_only(uri: str) -> tuple[Any, SqlTables]:
