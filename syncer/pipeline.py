@@ -158,6 +158,12 @@ class Syncer:
                 self._warned.add(msg)
                 log.warning("%s (unchanged since)", msg)
 
+    def prefetch(self, works: list[RunWork]) -> None:
+        """The runs synced next, in this order: the source may read their histories together."""
+        items = [(w.run, w.changed_keys, w.cursors) for w in works if isinstance(w.run, RunRecord) and w.changed_keys]
+        if len(items) > 1:
+            self.source.prefetch(items)
+
     # -- one run -----------------------------------------------------------------------------
     def sync_one(self, work: RunWork, names: dict[str, str], stats: RoundStats) -> None:
         """Sync one run as planned. A run another writer holds is skipped this round."""

@@ -39,10 +39,13 @@ def run_round(syncer: Syncer, *, full: bool = False, workers: int = 1, cfg: Conf
     if workers > 1 and cfg is not None and len(plan.todo) >= PARALLEL_MIN_RUNS and syncer.kept is None:
         _in_workers(syncer, plan, stats, workers, cfg)
     else:
+        window = syncer.source.prefetch_runs
         items = syncer.progress(plan.todo) if (syncer.progress and plan.todo) else plan.todo
-        for work in items:
+        for i, work in enumerate(items):
             if syncer.stop.is_set():
                 raise Stopped()
+            if i % window == 0:
+                syncer.prefetch(plan.todo[i : i + window])
             syncer.sync_one(work, plan.names, stats)
     if syncer.kept is not None:
         syncer.kept.settle(plan.active)
@@ -66,8 +69,11 @@ def _in_workers(syncer: Syncer, plan: Plan, stats: RoundStats, workers: int, cfg
             done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             yield from done
 
+    window = syncer.source.prefetch_runs  # runs a worker takes at once (their histories fetched together)
     try:
-        futures = completed({pool.submit(_worker_sync, work, plan.names) for work in todo})
+        futures = completed(
+            {pool.submit(_worker_sync, todo[i : i + window], plan.names) for i in range(0, len(todo), window)}
+        )
         for fut in syncer.progress(futures) if syncer.progress else futures:
             try:
                 part, hashes = fut.result()
@@ -107,12 +113,19 @@ def _worker_init(cfg: Config, stop: Any) -> None:
         signal.signal(sig, lambda _signum, _frame: worker.stop.set())
 
 
-def _worker_sync(work: RunWork, names: dict[str, str]) -> tuple[RoundStats, list[str]]:
+def _worker_sync(works: list[RunWork], names: dict[str, str]) -> tuple[RoundStats, list[str]]:
     assert _worker is not None
     stats = RoundStats()
     _worker.unindexed.clear()
     _worker.source.listing.stats = ReadStats()
-    _worker.sync_one(work, names, stats)
+    try:
+        _worker.prefetch(works)
+        for work in works:
+            if _worker.stop.is_set():
+                raise Stopped()
+            _worker.sync_one(work, names, stats)
+    except Stopped:  # at a safe point: what was written is handed back, for the parent to index
+        pass
     stats.read = _worker.source.listing.stats.as_dict()
     return stats, list(_worker.unindexed)
 

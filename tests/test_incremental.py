@@ -346,3 +346,54 @@ def test_a_round_stopped_in_the_middle_of_a_key_resumes_where_it_stopped(store, 
         assert s.round().points == 0
     finally:
         s.close()
+
+
+def test_a_servers_new_runs_are_read_a_key_for_many_runs_at_a_time(mlflow_server, tmp_path, monkeypatch):
+    """Over HTTP the requests, not the points, are the cost: runs read for the first time get
+    each key's histories for many runs in one request (MLflow's get-history-bulk), split when the
+    server cuts a batch short; every point arrives exactly (NaN, +-inf, two points at a step)."""
+    import math
+
+    import syncer.sources.http as http
+
+    uri = mlflow_server.uri
+    client = client_for(uri)
+    name = f"bulk-{tmp_path.name}"
+    exp = client.create_experiment(name)
+    logged = {}
+    for r in range(6):
+        run = client.create_run(exp, run_name=f"r{r}", start_time=T0).info.run_id
+        pts = {k: [(s, float(r * 100 + s), T0 + 10 * s + j) for s in range(30)] for j, k in enumerate(("a", "b"))}
+        if r == 0:
+            pts["a"][3] = (3, math.nan, T0 + 30)
+            pts["a"][4] = (4, math.inf, T0 + 40)
+            pts["b"].append((29, -1.0, T0 + 999))  # a second point at step 29, later: it wins in Aim
+        for k, p in pts.items():
+            log_points(client, run, k, p)
+        client.set_terminated(run, "FINISHED", end_time=T0 + 1000)
+        logged[run] = pts
+    monkeypatch.setattr(http, "BULK_POINTS", 100)  # 6 runs x 30 points: cut short, then halves of 90
+
+    def first_round(repo: Path, together: bool):
+        monkeypatch.setattr(http.HttpSource, "prefetch_runs", http.BULK_RUNS if together else 1)
+        s = _syncer(uri, repo, name)
+        try:
+            return s.round()
+        finally:
+            s.close()
+
+    one_by_one = first_round(tmp_path / "one", together=False)
+    together = first_round(tmp_path, together=True)
+    assert together.read["points"] == one_by_one.read["points"] == sum(len(p) for v in logged.values() for p in v.values())
+    # one by one: a request per run and key (12); together: per key one cut short, then two halves (6)
+    assert together.read["requests"] == one_by_one.read["requests"] - 12 + 6, (together.read, one_by_one.read)
+    aim, reference = read_aim(tmp_path / "aim"), read_aim(tmp_path / "one" / "aim")
+    for run, pts in logged.items():
+        for k, p in pts.items():
+            got, ref = aim[run]["metrics"][(k, ())], reference[run]["metrics"][(k, ())]
+            want = {s: (v, ts / 1000) for s, v, ts in sorted(p, key=lambda x: x[2])}  # the later point of a step wins
+            assert got["steps"] == ref["steps"] == sorted(want), (run, k)
+            assert got["timestamps"] == ref["timestamps"] == [want[s][1] for s in got["steps"]], (run, k)
+            for s, v, v_ref in zip(got["steps"], got["values"], ref["values"]):
+                assert (math.isnan(v) and math.isnan(v_ref)) or v == v_ref, (run, k, s)  # as get-history says
+                assert math.isnan(v) is math.isnan(want[s][0]) and (math.isinf(want[s][0]) or math.isnan(v) or v == want[s][0])

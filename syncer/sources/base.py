@@ -157,6 +157,13 @@ class Source(ABC):
     def fetch_artifact(self, run: RunRecord, path: str, dst_dir: str) -> str:
         """A local file with the artifact's content (no copy for local artifact stores)."""
 
+    # how many runs `prefetch` can take at once (1: it does nothing, runs are read one by one)
+    prefetch_runs: int = 1
+
+    def prefetch(self, items: list[tuple[RunRecord, list[str], dict[str, Cursor]]]) -> None:  # noqa: B027
+        """About to sync these runs, (run, changed keys, cursors) each, in this order: a source
+        may fetch their histories together (what `read_metric` then finds fetched)."""
+
     def prepare(self, run: RunRecord, keys: list[str], cursors: dict[str, Cursor]) -> None:  # noqa: B027
         """About to read these keys of the run: a source may fetch several histories at once."""
 
@@ -174,17 +181,24 @@ class Source(ABC):
 PREFETCH_MAX_POINTS = 200_000  # a run's first read fetches its keys at once below this many points
 
 
+def history_estimate(run: RunRecord, keys: list[str]) -> int | None:
+    """About how many points these keys of a run hold, from their latest steps (one point a step
+    from 0); None when a mark gives no step (a file size) or a step is negative."""
+    estimate = 0
+    for k in keys:
+        mark = run.metric_marks.get(k)
+        step = mark[1] if isinstance(mark, tuple) and len(mark) > 1 and isinstance(mark[1], int) else None
+        if step is None or step < 0:
+            return None
+        estimate += step + 1
+    return estimate
+
+
 def first_reads(run: RunRecord, keys: list[str], cursors: dict[str, Cursor]) -> list[str]:
     """The keys of a run read for the first time, when there are several and their latest
     steps say the whole lot is small enough to hold at once ([] otherwise)."""
     fresh = [k for k in keys if k not in cursors]
     if len(fresh) < 2:
         return []
-    estimate = 0
-    for k in fresh:
-        mark = run.metric_marks.get(k)
-        step = mark[1] if isinstance(mark, tuple) and len(mark) > 1 and isinstance(mark[1], int) else None
-        if step is None or step < 0:
-            return []
-        estimate += step + 1
-    return fresh if estimate <= PREFETCH_MAX_POINTS else []
+    estimate = history_estimate(run, fresh)
+    return fresh if estimate is not None and estimate <= PREFETCH_MAX_POINTS else []

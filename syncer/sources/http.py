@@ -38,6 +38,7 @@ from .base import (
     Source,
     fingerprint,
     first_reads,
+    history_estimate,
 )
 from .cursors import Cursor, OrderCursor, order_value
 from .entities import client_fetch_artifact, client_list_artifacts, datasets_from_inputs, experiment_from
@@ -52,6 +53,9 @@ PAGE_MODELS = 100  # MLflow's most for search_logged_models
 PAGE_POINTS = 25_000  # MLflow's MAX_RESULTS_GET_METRIC_HISTORY
 PARALLEL_HISTORIES = 4  # a first read asks for this many histories at once
 BULK_MAX = 2500  # MLflow's MAX_RESULTS_PER_RUN for get-history-bulk-interval
+BULK_RUNS = 100  # MLflow's most run ids for get-history-bulk
+BULK_POINTS = 25_000  # and its most points
+PREFETCH_WINDOW_POINTS = 1_000_000  # histories held at once for the runs of one prefetch
 _INT32_MAX = 2**31 - 1
 _CLOCK_MARGIN_MS = 5 * 60 * 1000  # start/end times are stamped by the clients' clocks
 _DORMANT_FILTER_MAX = 200  # at most this many quiet runs are named in a NOT IN filter
@@ -59,6 +63,7 @@ _DORMANT_FILTER_MAX = 200  # at most this many quiet runs are named in a NOT IN 
 
 class HttpSource(Source):
     kind = "http"
+    prefetch_runs = BULK_RUNS
 
     def __init__(self, uri: str, *, full_every_s: float = 60.0):
         from mlflow.tracking import MlflowClient
@@ -79,7 +84,9 @@ class HttpSource(Source):
         self._since_ms: int | None = None
         self._bulk_ok = True
         self.flavors = Flavors(uri)
-        self._prefetched: dict[tuple[str, str], list[Any]] = {}
+        self._prefetched: dict[tuple[str, str], list[Any]] = {}  # (run, key) -> pages of its history
+        self._bulk_runs_ok = True
+        self._dataset_runs: set[str] = set()  # runs whose latest points name MLflow 3 datasets
         self._models: dict[str, str] = {}  # run id -> digest of its logged models, as of the last full listing
         self._models_ok = True  # said once when the server cannot list logged models
 
@@ -179,7 +186,10 @@ class HttpSource(Source):
 
     def _record(self, experiment: Experiment, r: Any) -> RunRecord:
         info, data = r.info, r.data
-        marks = {m.key: (m.timestamp, m.step, order_value(m.value)) for m in mlflow_compat.metric_objs(data)}
+        latest = mlflow_compat.metric_objs(data)
+        marks = {m.key: (m.timestamp, m.step, order_value(m.value)) for m in latest}
+        if any(getattr(m, "dataset_name", None) for m in latest):
+            self._dataset_runs.add(info.run_id)
         rec = RunRecord(
             run_id=info.run_id,
             experiment_id=info.experiment_id,
@@ -219,13 +229,61 @@ class HttpSource(Source):
     def metric_changed(self, run: RunRecord, key: str, cursor: Cursor | None) -> bool:
         return not isinstance(cursor, OrderCursor) or cursor.mark != run.metric_marks.get(key)
 
+    def prefetch(self, items: list[tuple[RunRecord, list[str], dict[str, Cursor]]]) -> None:
+        """Runs about to be read for the first time (a backfill, a first round): each key's
+        histories of up to BULK_RUNS runs in one request to the endpoint MLflow's own UI charts
+        read (`get-history-bulk`), instead of one request per run and key: on a server the
+        requests, not the points, are the cost. A batch the server cut short (more than
+        BULK_POINTS points) is split; what is not fetched here is read run by run as before."""
+        self._prefetched = {}
+        if not self._bulk_runs_ok:
+            return
+        by_key: dict[str, list[str]] = {}
+        budget = PREFETCH_WINDOW_POINTS
+        for run, keys, cursors in items:
+            fresh = [k for k in keys if k not in cursors]
+            estimate = history_estimate(run, fresh)
+            if not fresh or estimate is None or estimate > budget or run.run_id in self._dataset_runs:
+                continue  # long histories page as before; MLflow 3 datasets come with get-history only
+            budget -= estimate
+            for k in fresh:
+                by_key.setdefault(k, []).append(run.run_id)
+        try:
+            for key, run_ids in by_key.items():
+                for i in range(0, len(run_ids), BULK_RUNS):
+                    self._fetch_together(key, run_ids[i : i + BULK_RUNS])
+        except mlflow_compat.EndpointMissing:
+            log.info("MLflow at %s has no get-history-bulk endpoint: histories are read run by run", self.describe())
+            self._bulk_runs_ok = False
+        except Exception as e:
+            raise mlflow_error(self.uri, e) from None
+
+    def _fetch_together(self, key: str, run_ids: list[str]) -> None:
+        from mlflow.entities import Metric
+        from mlflow.store.entities.paged_list import PagedList
+
+        self.listing.stats.requests += 1
+        got = self.rest.history_of_runs(run_ids, key, BULK_POINTS)
+        self.listing.stats.rows += len(got)
+        if len(got) >= BULK_POINTS:  # cut short: halves, down to one run per request
+            if len(run_ids) > 1:
+                half = len(run_ids) // 2
+                self._fetch_together(key, run_ids[:half])
+                self._fetch_together(key, run_ids[half:])
+            return
+        points: dict[str, list[Any]] = {r: [] for r in run_ids}
+        for run_id, ts, step, value in got:
+            points[run_id].append(Metric(key, value, ts, step))
+        for run_id, metrics in points.items():
+            self._prefetched[(run_id, key)] = [PagedList(metrics, None)]
+
     def prepare(self, run: RunRecord, keys: list[str], cursors: dict[str, Cursor]) -> None:
-        """A run read for the first time: its keys' histories fetched side by side (one request
-        per key and page is all the REST API offers; the server answers several at once)."""
+        """A run read for the first time: its keys' histories not prefetched with other runs'
+        fetched side by side (one request per key and page is all the REST API offers for one
+        run; the server answers several at once)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        self._prefetched = {}
-        fresh = first_reads(run, keys, cursors)
+        fresh = [k for k in first_reads(run, keys, cursors) if (run.run_id, k) not in self._prefetched]
         if not fresh:
             return
 
@@ -244,7 +302,7 @@ class HttpSource(Source):
         except Exception as e:
             raise mlflow_error(self.uri, e) from None
         self.listing.stats.requests += sum(len(p) for p in got)
-        self._prefetched = {(run.run_id, k): p for k, p in zip(fresh, got)}
+        self._prefetched.update({(run.run_id, k): p for k, p in zip(fresh, got)})
 
     def read_metric(self, run: RunRecord, key: str, cursor: Cursor | None) -> Iterator[tuple[MetricChunk, Cursor]]:
         mark = run.metric_marks.get(key)

@@ -136,6 +136,8 @@ class RestInternals:
     expose: one page of a metric history, and the bulk-interval endpoint with a start step."""
 
     BULK_INTERVAL = "/api/2.0/mlflow/metrics/get-history-bulk-interval"
+    # what MLflow's UI charts read: one key's histories of up to 100 runs in one request
+    BULK_RUNS = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
 
     def __init__(self, client: Any):
         self.store = client._tracking_client.store
@@ -144,30 +146,34 @@ class RestInternals:
         """A PagedList of Metric (in MLflow's (timestamp, step, value) order) with `.token`."""
         return self.store.get_metric_history(run_id, key, max_results=max_results, page_token=page_token)
 
+    def history_of_runs(self, run_ids: list[str], key: str, max_results: int) -> list[tuple[str, int, int, float]]:
+        """(run id, timestamp, step, value) of every point of `key` in these runs (at most 100),
+        the first `max_results` of them in (run id, timestamp, step, value) order."""
+        resp = self._get(self.BULK_RUNS, {"run_id": run_ids, "metric_key": key, "max_results": max_results})
+        return [
+            (m["run_id"], int(m["timestamp"]), int(m.get("step", 0)), float(m["value"]))
+            for m in resp.json().get("metrics", [])
+        ]
+
+    def _get(self, endpoint: str, params: dict[str, Any]) -> Any:
+        """A GET through MLflow's own HTTP client (its credentials, retries and TLS settings);
+        EndpointMissing on a 404 (a server without it)."""
+        from mlflow.utils.rest_utils import http_request
+
+        resp = http_request(self.store.get_host_creds(), endpoint, "GET", raise_on_status=False, params=params)
+        if resp.status_code == 404:
+            raise EndpointMissing(endpoint)
+        if resp.status_code != 200:
+            from mlflow.exceptions import MlflowException
+
+            raise MlflowException(f"{endpoint} answered {resp.status_code}: {resp.text[:200]}")
+        return resp
+
     def bulk_interval(
         self, run_id: str, key: str, start_step: int, end_step: int, max_results: int
     ) -> list[tuple[int, int, float]]:
         """(timestamp, step, value) of the points with start_step <= step <= end_step; the
         server samples them when there are more than max_results."""
-        from mlflow.utils.rest_utils import http_request
-
-        resp = http_request(
-            self.store.get_host_creds(),
-            self.BULK_INTERVAL,
-            "GET",
-            raise_on_status=False,
-            params={
-                "run_ids": run_id,
-                "metric_key": key,
-                "start_step": start_step,
-                "end_step": end_step,
-                "max_results": max_results,
-            },
-        )
-        if resp.status_code == 404:
-            raise EndpointMissing(self.BULK_INTERVAL)
-        if resp.status_code != 200:
-            from mlflow.exceptions import MlflowException
-
-            raise MlflowException(f"{self.BULK_INTERVAL} answered {resp.status_code}: {resp.text[:200]}")
+        params = {"run_ids": run_id, "metric_key": key, "start_step": start_step, "end_step": end_step}
+        resp = self._get(self.BULK_INTERVAL, {**params, "max_results": max_results})
         return [(int(m["timestamp"]), int(m.get("step", 0)), float(m["value"])) for m in resp.json().get("metrics", [])]
