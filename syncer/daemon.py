@@ -50,7 +50,7 @@ log = logging.getLogger("syncer.daemon")
 DEBOUNCE_S = 0.2  # wait this long after a file event: MLflow writes a batch as several files
 # ... but a round starts at most this long after the first change, however many events follow (a
 # job logging every 0.1 s would otherwise push it back forever)
-MAX_EVENT_DELAY_S = 1.0
+MAX_EVENT_DELAY_S = 0.5
 JOB_ID = "round"
 # only what a writer does: with reads included (open / close-without-write), a round's own
 # directory listings flood inotify's queue, and watchdog re-walks the whole store on every

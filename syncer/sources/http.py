@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import StoreError
@@ -84,6 +86,7 @@ class HttpSource(Source):
         self._since_ms: int | None = None
         self._bulk_ok = True
         self.flavors = Flavors(uri)
+        self._counting = threading.Lock()
         self._prefetched: dict[tuple[str, str], list[Any]] = {}  # (run, key) -> pages of its history
         self._bulk_runs_ok = True
         self._dataset_runs: set[str] = set()  # runs whose latest points name MLflow 3 datasets
@@ -91,7 +94,8 @@ class HttpSource(Source):
         self._models_ok = True  # said once when the server cannot list logged models
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        self.listing.stats.requests += 1
+        with self._counting:  # some calls are made side by side
+            self.listing.stats.requests += 1
         try:
             return fn(*args, **kwargs)
         except Exception as e:
@@ -131,8 +135,12 @@ class HttpSource(Source):
             if quiet:
                 running += " AND attributes.run_id NOT IN (" + ", ".join(f"'{r}'" for r in quiet) + ")"
             runs = {}
-            for flt in (running, f"attributes.start_time >= {since}", f"attributes.end_time >= {since}"):
-                runs.update(self._search(list(by_id), flt, ViewType.ALL))
+            filters = (running, f"attributes.start_time >= {since}", f"attributes.end_time >= {since}")
+            # side by side: MLflow's search has no OR, and on a server a request's cost is mostly
+            # its own (a round's latency is what a new point waits)
+            with ThreadPoolExecutor(len(filters), thread_name_prefix="search") as pool:
+                for found in pool.map(lambda flt: self._search(list(by_id), flt, ViewType.ALL), filters):
+                    runs.update(found)
             if moved:  # new, renamed, deleted or restored experiments: all their runs
                 runs.update(self._search(sorted(moved), "", ViewType.ALL))
         self._since_ms = started
@@ -281,8 +289,6 @@ class HttpSource(Source):
         """A run read for the first time: its keys' histories not prefetched with other runs'
         fetched side by side (one request per key and page is all the REST API offers for one
         run; the server answers several at once)."""
-        from concurrent.futures import ThreadPoolExecutor
-
         fresh = [k for k in first_reads(run, keys, cursors) if (run.run_id, k) not in self._prefetched]
         if not fresh:
             return
