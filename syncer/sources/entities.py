@@ -1,5 +1,5 @@
-"""MLflow entities (from MlflowClient or FileStore) -> our records, and artifact access through
-MlflowClient for artifact stores that are not local folders."""
+"""MLflow entities (from MlflowClient or FileStore) -> our records, and a run's artifacts through
+MLflow's artifact repository for its artifact URI (any artifact store)."""
 
 from __future__ import annotations
 
@@ -43,32 +43,10 @@ def json_number(v: float) -> Any:
     return repr(v) if isinstance(v, float) and not math.isfinite(v) else v
 
 
-def client_list_artifacts(client: Any, run: RunRecord) -> list[ArtifactFile]:
-    """Every file under the run's artifact root, through MlflowClient (any artifact store)."""
-    out: list[ArtifactFile] = []
-    stack: list[str | None] = [None]
-    while stack:
-        for info in client.list_artifacts(run.run_id, stack.pop()):
-            if info.is_dir:
-                stack.append(info.path)
-            else:
-                out.append(ArtifactFile(info.path, info.file_size))
-    return sorted(out, key=lambda a: a.path)
-
-
-def client_fetch_artifact(client: Any, run: RunRecord, path: str, dst_dir: str) -> str:
-    """A local file with the artifact's content: the file itself for a local artifact root,
-    else a download into `dst_dir`."""
-    if run.artifact_uri and is_local_store(run.artifact_uri):
-        local = local_path(run.artifact_uri)
-        if local is not None:
-            return str(local / path)
-    return str(client.download_artifacts(run.run_id, path, dst_dir))
-
-
-def artifact_repo_list(run: RunRecord) -> list[ArtifactFile]:
+def artifact_repo_list(run: RunRecord, tracking_uri: str | None = None) -> list[ArtifactFile]:
     """Every file under the run's artifact root, through MLflow's artifact repository for its
-    URI (a local folder, s3:, gs:, ...), without a tracking store."""
+    URI (a local folder, s3:, gs:, a server's `mlflow-artifacts:` given its `tracking_uri`):
+    the run's artifact URI is known, so no request asks for it again."""
     if run.artifact_uri and is_local_store(run.artifact_uri):
         from .local_artifacts import list_local_artifacts
 
@@ -83,7 +61,7 @@ def artifact_repo_list(run: RunRecord) -> list[ArtifactFile]:
         return []
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    repo = get_artifact_repository(run.artifact_uri)
+    repo = get_artifact_repository(run.artifact_uri, tracking_uri=tracking_uri)
     out: list[ArtifactFile] = []
     stack: list[str | None] = [None]
     while stack:
@@ -95,7 +73,7 @@ def artifact_repo_list(run: RunRecord) -> list[ArtifactFile]:
     return sorted(out, key=lambda a: a.path)
 
 
-def artifact_repo_fetch(run: RunRecord, path: str, dst_dir: str) -> str:
+def artifact_repo_fetch(run: RunRecord, path: str, dst_dir: str, tracking_uri: str | None = None) -> str:
     if run.artifact_uri and is_local_store(run.artifact_uri):
         local = local_path(run.artifact_uri)
         if local is not None:
@@ -104,4 +82,5 @@ def artifact_repo_fetch(run: RunRecord, path: str, dst_dir: str) -> str:
         raise FileNotFoundError(f"run {run.run_id} has no artifact location")
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    return str(get_artifact_repository(run.artifact_uri).download_artifacts(path, dst_dir))
+    repo = get_artifact_repository(run.artifact_uri, tracking_uri=tracking_uri)
+    return str(repo.download_artifacts(path, dst_dir))

@@ -23,7 +23,7 @@ from ..errors import RunUnreadable, StoreError, StoreUnavailable, one_line
 from . import mlflow_compat
 from .base import ArtifactFile, BrokenRun, Experiment, MetricChunk, RunRecord, Source
 from .cursors import Cursor, FileCursor
-from .entities import client_fetch_artifact, client_list_artifacts, datasets_from_inputs, experiment_from
+from .entities import artifact_repo_fetch, artifact_repo_list, datasets_from_inputs, experiment_from
 from .file_metrics import read_metric_file
 from .file_stat import RunFacts, artifacts_mark, experiments_mark, mtime_ns
 from .listing import Listing
@@ -73,7 +73,6 @@ class FileStoreSource(Source):
         self.store = FileStore(str(self.root))
         self.internals = mlflow_compat.FileStoreInternals(self.store)
         self.listing = Listing(full_every_s)
-        self._client_obj: Any = None
         self._known: dict[str, _Known] = {}  # run id -> the last look at its folder
         self._exp_mtime: dict[str, int | None] = {}  # experiment id -> its folder's mtime then
         self._exps: tuple[str, list[Experiment]] | None = None  # (experiments_mark, what MLflow said)
@@ -90,13 +89,6 @@ class FileStoreSource(Source):
         except OSError as e:
             raise StoreError(f"cannot read {self.root}: {e.strerror}") from None
         return False
-
-    def _client(self) -> Any:
-        if self._client_obj is None:
-            from mlflow.tracking import MlflowClient
-
-            self._client_obj = MlflowClient(tracking_uri=self.root.as_uri())
-        return self._client_obj
 
     # -- file events -------------------------------------------------------------------------
     def note_paths(self, paths: Iterable[str]) -> None:
@@ -301,7 +293,7 @@ class FileStoreSource(Source):
         root = self._artifact_dir(run)
         self.listing.stats.requests += 1
         if root is None:
-            return client_list_artifacts(self._client(), run)
+            return artifact_repo_list(run, tracking_uri=self.root.as_uri())
         from .local_artifacts import list_local_artifacts
 
         files, warnings = list_local_artifacts(root)
@@ -318,5 +310,5 @@ class FileStoreSource(Source):
     def fetch_artifact(self, run: RunRecord, path: str, dst_dir: str) -> str:
         root = self._artifact_dir(run)
         if root is None:
-            return client_fetch_artifact(self._client(), run, path, dst_dir)
+            return artifact_repo_fetch(run, path, dst_dir, tracking_uri=self.root.as_uri())
         return str(root / path)

@@ -31,6 +31,7 @@ from ..errors import StoreError
 from . import mlflow_compat
 from .base import (
     CHUNK_POINTS,
+    PREFETCH_MAX_POINTS,
     ArtifactFile,
     BrokenRun,
     Experiment,
@@ -43,7 +44,7 @@ from .base import (
     history_estimate,
 )
 from .cursors import Cursor, OrderCursor, order_value
-from .entities import client_fetch_artifact, client_list_artifacts, datasets_from_inputs, experiment_from
+from .entities import artifact_repo_fetch, artifact_repo_list, datasets_from_inputs, experiment_from
 from .listing import Listing
 from .mlflow_errors import mlflow_error
 from .models import Flavors, client_logged_models
@@ -57,7 +58,7 @@ PARALLEL_HISTORIES = 4  # a first read asks for this many histories at once
 BULK_MAX = 2500  # MLflow's MAX_RESULTS_PER_RUN for get-history-bulk-interval
 BULK_RUNS = 100  # MLflow's most run ids for get-history-bulk
 BULK_POINTS = 25_000  # and its most points
-PREFETCH_WINDOW_POINTS = 1_000_000  # histories held at once for the runs of one prefetch
+PREFETCH_WINDOW_POINTS = 500_000  # points held at once for the runs of one prefetch
 _INT32_MAX = 2**31 - 1
 _CLOCK_MARGIN_MS = 5 * 60 * 1000  # start/end times are stamped by the clients' clocks
 _DORMANT_FILTER_MAX = 200  # at most this many quiet runs are named in a NOT IN filter
@@ -90,6 +91,7 @@ class HttpSource(Source):
         self._prefetched: dict[tuple[str, str], list[Any]] = {}  # (run, key) -> pages of its history
         self._bulk_runs_ok = True
         self._dataset_runs: set[str] = set()  # runs whose latest points name MLflow 3 datasets
+        self._outputs: dict[str, dict[str, int | None]] = {}  # run id -> its model outputs (model id -> step)
         self._models: dict[str, str] = {}  # run id -> digest of its logged models, as of the last full listing
         self._models_ok = True  # said once when the server cannot list logged models
 
@@ -213,7 +215,9 @@ class HttpSource(Source):
             datasets=datasets_from_inputs(r.inputs),
             metric_marks=marks,
         )
-        outputs = sorted(o.model_id for o in (getattr(getattr(r, "outputs", None), "model_outputs", None) or []))
+        model_outputs = getattr(getattr(r, "outputs", None), "model_outputs", None) or []
+        self._outputs[info.run_id] = {o.model_id: o.step for o in model_outputs}
+        outputs = sorted(self._outputs[info.run_id])
         rec.fingerprint = fingerprint(
             outputs,
             rec.name,
@@ -247,26 +251,29 @@ class HttpSource(Source):
         if not self._bulk_runs_ok:
             return
         by_key: dict[str, list[str]] = {}
-        budget = PREFETCH_WINDOW_POINTS
         for run, keys, cursors in items:
             fresh = [k for k in keys if k not in cursors]
             estimate = history_estimate(run, fresh)
-            if not fresh or estimate is None or estimate > budget or run.run_id in self._dataset_runs:
+            if not fresh or estimate is None or estimate > PREFETCH_MAX_POINTS or run.run_id in self._dataset_runs:
                 continue  # long histories page as before; MLflow 3 datasets come with get-history only
-            budget -= estimate
             for k in fresh:
                 by_key.setdefault(k, []).append(run.run_id)
+        held = 0  # points fetched: the window's histories are held until their runs are written
         try:
             for key, run_ids in by_key.items():
                 for i in range(0, len(run_ids), BULK_RUNS):
-                    self._fetch_together(key, run_ids[i : i + BULK_RUNS])
+                    if held >= PREFETCH_WINDOW_POINTS:
+                        return  # the rest, run by run
+                    held += self._fetch_together(key, run_ids[i : i + BULK_RUNS])
         except mlflow_compat.EndpointMissing:
             log.info("MLflow at %s has no get-history-bulk endpoint: histories are read run by run", self.describe())
             self._bulk_runs_ok = False
         except Exception as e:
             raise mlflow_error(self.uri, e) from None
 
-    def _fetch_together(self, key: str, run_ids: list[str]) -> None:
+    def _fetch_together(self, key: str, run_ids: list[str]) -> int:
+        """Fetch `key` of these runs at once (halves when the server cuts the answer short);
+        returns how many points are now held."""
         from mlflow.entities import Metric
         from mlflow.store.entities.paged_list import PagedList
 
@@ -274,16 +281,16 @@ class HttpSource(Source):
         got = self.rest.history_of_runs(run_ids, key, BULK_POINTS)
         self.listing.stats.rows += len(got)
         if len(got) >= BULK_POINTS:  # cut short: halves, down to one run per request
-            if len(run_ids) > 1:
-                half = len(run_ids) // 2
-                self._fetch_together(key, run_ids[:half])
-                self._fetch_together(key, run_ids[half:])
-            return
+            if len(run_ids) == 1:
+                return 0
+            half = len(run_ids) // 2
+            return self._fetch_together(key, run_ids[:half]) + self._fetch_together(key, run_ids[half:])
         points: dict[str, list[Any]] = {r: [] for r in run_ids}
         for run_id, ts, step, value in got:
             points[run_id].append(Metric(key, value, ts, step))
         for run_id, metrics in points.items():
             self._prefetched[(run_id, key)] = [PagedList(metrics, None)]
+        return len(got)
 
     def prepare(self, run: RunRecord, keys: list[str], cursors: dict[str, Cursor]) -> None:
         """A run read for the first time: its keys' histories not prefetched with other runs'
@@ -383,13 +390,18 @@ class HttpSource(Source):
         self.listing.stats.points += done.points - cur.points
 
     def logged_models(self, run: RunRecord) -> list[LoggedModel]:
-        self.listing.stats.requests += 2
-        return self._call(client_logged_models, self.client, run, self.flavors)
+        """The run's models: none asked for when the listing says it has none (no model outputs,
+        and no model of the last full listing names it as its source run)."""
+        outputs = self._outputs.get(run.run_id)
+        if outputs is not None and not outputs and self._models_ok and run.run_id not in self._models:
+            return []
+        self.listing.stats.requests += 1
+        return self._call(client_logged_models, self.client, run, self.flavors, outputs)
 
     # -- artifacts ---------------------------------------------------------------------------
     def list_artifacts(self, run: RunRecord) -> list[ArtifactFile]:
         self.listing.stats.requests += 1
-        return client_list_artifacts(self.client, run)
+        return artifact_repo_list(run, tracking_uri=self.uri)
 
     def fetch_artifact(self, run: RunRecord, path: str, dst_dir: str) -> str:
-        return client_fetch_artifact(self.client, run, path, dst_dir)
+        return artifact_repo_fetch(run, path, dst_dir, tracking_uri=self.uri)

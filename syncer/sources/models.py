@@ -225,8 +225,11 @@ def sql_logged_models(engine: Any, t: Any, run: RunRecord, flavors: Flavors | No
 
 
 # -- servers -------------------------------------------------------------------------------------
-def client_logged_models(client: Any, run: RunRecord, flavors: Flavors | None = None) -> list[LoggedModel]:
-    """The run's logged models through `MlflowClient` (an http(s) server, or any store)."""
+def client_logged_models(
+    client: Any, run: RunRecord, flavors: Flavors | None = None, outputs: dict[str, int | None] | None = None
+) -> list[LoggedModel]:
+    """The run's logged models through `MlflowClient` (an http(s) server, or any store);
+    `outputs`: its model outputs (model id -> step) when a listing gave them already."""
     flavors = flavors or Flavors(getattr(client, "tracking_uri", None))
     found: dict[str, Any] = {}
     token = None
@@ -241,8 +244,10 @@ def client_logged_models(client: Any, run: RunRecord, flavors: Flavors | None = 
         token = page.token
         if not token:
             break
-    outputs = getattr(client.get_run(run.run_id), "outputs", None)
-    steps = {o.model_id: o.step for o in (getattr(outputs, "model_outputs", None) or [])}
+    if outputs is None:
+        got = getattr(client.get_run(run.run_id), "outputs", None)
+        outputs = {o.model_id: o.step for o in (getattr(got, "model_outputs", None) or [])}
+    steps = outputs
     for model_id in steps:
         if model_id not in found:
             try:
