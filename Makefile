@@ -57,8 +57,9 @@ lint: install
 	$(VENV)/bin/ruff format --check syncer
 	$(VENV)/bin/mypy
 
+# two workers, one test file each at a time (a file's tests share its fixtures: a trained sweep, servers)
 test: install test-deps lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(LOGS) .pytest_cache
