@@ -1,11 +1,13 @@
 """MLflow 3 logged models of one run, for each kind of store, as `base.LoggedModel` records:
-the models the run produced (`source_run_id`) and those it logged as outputs (`log_model(...,
-step=S)`: Trainer checkpoints), with their step, status, params, tags, linked metrics (and their
-dataset), and flavors (from the model's `MLmodel` file, read once per model).
+the models it logged as outputs (`log_model(..., step=S)`: Trainer checkpoints; every
+`log_model` in a run) and, on SQL stores and servers, also those that only name it as their
+source run (`initialize_logged_model(source_run_id=...)` without an output), with their step,
+status, params, tags, linked metrics (and their dataset), and flavors (from the model's `MLmodel`
+file, read once per model).
 
 - file stores: `FileStoreModels(store).of(run, run_dir)`: the run's `outputs/` folder gives
-  its models and steps, MLflow's `FileStore.get_logged_model` reads each, again only when the
-  model's folder moved (stat);
+  its models and steps (a file store keeps no index from runs to the models naming them),
+  MLflow's `FileStore.get_logged_model` reads each, again only when the model's folder moved;
 - SQL stores: `sql_logged_models(engine, run)`: MLflow's own tables (`SqlLoggedModel*`,
   `SqlInput` for the outputs), read-only, four queries;
 - servers: `client_logged_models(client, run)`: `search_logged_models` for the run's experiment
