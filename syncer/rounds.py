@@ -69,7 +69,8 @@ def _in_workers(syncer: Syncer, plan: Plan, stats: RoundStats, workers: int, cfg
             done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
             yield from done
 
-    window = syncer.source.prefetch_runs  # runs a worker takes at once (their histories fetched together)
+    # runs a worker takes at once (their histories fetched together), every worker given some
+    window = max(1, min(syncer.source.prefetch_runs, -(-len(todo) // workers)))
     try:
         futures = completed(
             {pool.submit(_worker_sync, todo[i : i + window], plan.names) for i in range(0, len(todo), window)}
