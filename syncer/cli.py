@@ -271,7 +271,8 @@ def backfill(workers, dry_run, **kw):
     default=60.0,
     show_default=True,
     help="Seconds between full listings of the store (edits of finished runs, deletions); "
-    "other rounds look only at what can have changed.",
+    "other rounds look only at what can have changed. A full listing that takes long puts the "
+    "next one ten times as far off.",
     env="full_scan_interval",
 )
 @_one_line_errors

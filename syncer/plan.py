@@ -108,6 +108,7 @@ class Planner:
                 prev = self.state.run(run.run_id)
                 if prev is not None and prev.error:
                     plan.still_failing.append(f"run {run.run_id} (experiment {exp.name!r}): {prev.error}")
+        self.source.listing.end()
         return plan
 
     def _decide(self, exp: Experiment, run: RunRecord | BrokenRun, *, full: bool, relist: bool) -> RunWork | None:

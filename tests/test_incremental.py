@@ -397,3 +397,35 @@ def test_a_servers_new_runs_are_read_a_key_for_many_runs_at_a_time(mlflow_server
             for s, v, v_ref in zip(got["steps"], got["values"], ref["values"]):
                 assert (math.isnan(v) and math.isnan(v_ref)) or v == v_ref, (run, k, s)  # as get-history says
                 assert math.isnan(v) is math.isnan(want[s][0]) and (math.isinf(want[s][0]) or math.isnan(v) or v == want[s][0])
+
+
+def test_full_listings_take_at_most_a_tenth_of_the_time():
+    """A full listing every `full_every_s`, unless the last one took long (a server listing 5,000
+    runs with their params takes tens of seconds): then ten times as long as it took."""
+    from syncer.sources.listing import Listing
+
+    now = [0.0]
+    listing = Listing(full_every_s=60.0, clock=lambda: now[0])
+
+    def round_taking(seconds: float) -> bool:
+        full = listing.begin()
+        now[0] += seconds
+        listing.end()
+        return full
+
+    assert round_taking(2.0) is True  # the first listing is full
+    now[0] = 59.0
+    assert round_taking(0.01) is False
+    now[0] = 60.0
+    assert round_taking(40.0) is True  # took 40 s: the next one 400 s after it began
+    now[0] = 200.0
+    assert round_taking(0.01) is False
+    now[0] = 460.0
+    assert round_taking(1.0) is True  # quick again: back to every 60 s
+    now[0] = 520.0
+    assert round_taking(0.01) is True
+    every_round = Listing(full_every_s=0.0, clock=lambda: now[0])
+    for _ in range(3):  # 0: every round is a full one, however long the last took
+        assert every_round.begin() is True
+        now[0] += 100.0
+        every_round.end()

@@ -5,7 +5,7 @@ the counters of what a round read (`ReadStats`), so tests and `syncer status` ca
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,6 +15,9 @@ from .base import BrokenRun, Experiment, RunRecord
 # full listings (MLflow leaves crashed runs RUNNING for good: they must cost nothing); any change
 # seen there, or a file event naming it, wakes it up
 DORMANT_AFTER_S = 120.0
+# full listings take at most this share of the time: one that took long (a server listing 5,000
+# runs with their params takes tens of seconds) puts the next one further off than full_every_s
+MAX_FULL_SHARE = 0.1
 
 
 @dataclass
@@ -42,15 +45,18 @@ class _Seen:
 
 @dataclass
 class Listing:
-    full_every_s: float = 60.0
+    full_every_s: float = 60.0  # 0: every round is a full listing
     dormant_after_s: float = DORMANT_AFTER_S
+    clock: Callable[[], float] = time.monotonic
     stats: ReadStats = field(default_factory=ReadStats)
     names: dict[str, str] = field(default_factory=dict)  # run id -> run name, every run seen
     _seen: dict[str, _Seen] = field(default_factory=dict)
     _running: set[str] = field(
         default_factory=set
     )  # runs last seen RUNNING (not deleted): few, whatever the store's size
-    _last_full: float | None = None
+    _last_full: float | None = None  # when the last full listing began
+    _full_took: float = 0.0  # how long it took
+    _began: float = 0.0
     _experiments: dict[str, tuple[str, str]] | None = None  # id -> (name, lifecycle stage) last round
 
     def moved_experiments(self, experiments: Iterable[Experiment]) -> set[str]:
@@ -62,28 +68,34 @@ class Listing:
 
     def begin(self, full: bool = False) -> bool:
         """Start a round's listing; returns whether it is a full one (asked for, the first one,
-        or the last one is `full_every_s` old)."""
-        now = time.monotonic()
-        full = full or self._last_full is None or now - self._last_full >= self.full_every_s
+        or the last one began `full_every_s` ago, or ten times as long as it took if longer)."""
+        now = self._began = self.clock()
+        spacing = max(self.full_every_s, self._full_took / MAX_FULL_SHARE) if self.full_every_s > 0 else 0.0
+        full = full or self._last_full is None or now - self._last_full >= spacing
         if full:
             self._last_full = now
         self.stats = ReadStats(full=full)
         return full
 
+    def end(self) -> None:
+        """The round's listing is done (its runs compared with the state)."""
+        if self.stats.full:
+            self._full_took = self.clock() - self._began
+
     def dormant(self, run_id: str) -> bool:
         seen = self._seen.get(run_id)
-        return seen is not None and seen.running and time.monotonic() - seen.changed_at > self.dormant_after_s
+        return seen is not None and seen.running and self.clock() - seen.changed_at > self.dormant_after_s
 
     def wake(self, run_ids: Iterable[str]) -> None:
         """These runs changed (a file event named them): not dormant any more."""
-        now = time.monotonic()
+        now = self.clock()
         for r in run_ids:
             if r in self._seen:
                 self._seen[r].changed_at = now
 
     def note(self, records: list[RunRecord | BrokenRun]) -> list[RunRecord | BrokenRun]:
         """Remember what was listed (names; when each run last moved); returns `records`."""
-        now = time.monotonic()
+        now = self.clock()
         for rec in records:
             if isinstance(rec, BrokenRun):
                 continue
