@@ -263,10 +263,14 @@ def test_quick_rounds_look_only_at_the_runs_last_seen_running():
     def rec(run_id, status="FINISHED", stage="active", mark=0):
         return RunRecord(run_id, "0", run_id, status, T0, None, stage, None, None, {}, {}, [], {"loss": mark})
 
-    listing = Listing(dormant_after_s=3600.0)
+    now = [0.0]
+    listing = Listing(dormant_after_s=3600.0, clock=lambda: now[0])
     listing.note([rec(f"done{i}") for i in range(1000)] + [rec("live", "RUNNING"), rec("gone", "RUNNING", "deleted")])
     assert listing.running_ids() == {"live"} and listing.dormant_ids() == []
     listing.dormant_after_s = 0.0
+    assert listing.dormant_ids() == []  # quiet only once a later listing found it unchanged
+    now[0] = 1.0
+    listing.note([rec("live", "RUNNING")])
     assert listing.dormant_ids() == ["live"]
     listing.note([rec("live", "FINISHED", mark=1), rec("done3", "RUNNING", mark=1)])  # one ends, one restarts
     assert listing.running_ids() == {"done3"} and len(listing.names) == 1002
@@ -429,3 +433,29 @@ def test_full_listings_take_at_most_a_tenth_of_the_time():
         assert every_round.begin() is True
         now[0] += 100.0
         every_round.end()
+
+
+def test_a_running_run_is_quiet_only_when_listings_saw_it_unchanged_for_long():
+    """Quiet ("dormant": looked at by full listings only) means unchanged between listings that
+    span DORMANT_AFTER_S, not "last seen changed long ago": a daemon's first round that writes a
+    large store for ten minutes must not make every RUNNING run look quiet."""
+    from syncer.sources.base import RunRecord
+    from syncer.sources.listing import Listing
+
+    def rec(mark):
+        return RunRecord("live", "0", "live", "RUNNING", T0, None, "active", None, None, {}, {}, [], {"loss": mark})
+
+    now = [0.0]
+    listing = Listing(dormant_after_s=120.0, clock=lambda: now[0])
+    listing.note([rec(1)])
+    now[0] = 600.0  # a long first round: nobody looked at the run meanwhile
+    assert not listing.dormant("live") and listing.dormant_ids() == []
+    listing.note([rec(2)])  # it logged meanwhile
+    now[0] = 700.0
+    listing.note([rec(2)])
+    assert not listing.dormant("live")  # unchanged for 100 s of listings
+    now[0] = 721.0
+    listing.note([rec(2)])
+    assert listing.dormant("live") and listing.dormant_ids() == ["live"]  # 121 s
+    listing.wake(["live"])  # a file event named it
+    assert not listing.dormant("live")

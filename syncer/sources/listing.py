@@ -39,8 +39,9 @@ class ReadStats:
 @dataclass
 class _Seen:
     mark: Any
-    changed_at: float
+    changed_at: float  # the listing that first saw this mark
     running: bool
+    listed_at: float  # the latest listing that saw the run
 
 
 @dataclass
@@ -83,8 +84,11 @@ class Listing:
             self._full_took = self.clock() - self._began
 
     def dormant(self, run_id: str) -> bool:
+        """A RUNNING run that listings looking at it over `dormant_after_s` found unchanged. Measured
+        between listings, not up to now: a run not looked at for a while (a first round that
+        wrote for ten minutes) has not been seen quiet, and is looked at again."""
         seen = self._seen.get(run_id)
-        return seen is not None and seen.running and self.clock() - seen.changed_at > self.dormant_after_s
+        return seen is not None and seen.running and seen.listed_at - seen.changed_at > self.dormant_after_s
 
     def wake(self, run_ids: Iterable[str]) -> None:
         """These runs changed (a file event named them): not dormant any more."""
@@ -104,9 +108,9 @@ class Listing:
             running = rec.running and not rec.deleted
             seen = self._seen.get(rec.run_id)
             if seen is None or seen.mark != mark:
-                self._seen[rec.run_id] = _Seen(mark, now, running)
+                self._seen[rec.run_id] = _Seen(mark, now, running, now)
             else:
-                seen.running = running
+                seen.running, seen.listed_at = running, now
             if running:
                 self._running.add(rec.run_id)
             else:
