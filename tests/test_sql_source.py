@@ -140,3 +140,22 @@ def test_deploy_read_only_role_reads_what_mlflow_writes_later(postgres, tmp_path
     denied = postgres._run("psql", "-h", "127.0.0.1", "-p", str(postgres.port), "-U", "syncer_ro", "-d", db, "-c",
                            "DELETE FROM metrics", check=False)
     assert denied.returncode != 0 and "read-only" in denied.stderr, denied.stderr
+
+
+def test_late_points_are_read_through_the_runs_own_index(tmp_path):
+    """The query for points beyond the steps read but with an earlier timestamp must go through
+    (run_uuid, key, step): on the primary key (key, timestamp, ...) sqlite scans that key's points
+    in every run of the store (20 ms a round at 5,000 runs instead of 0.01 ms)."""
+    from syncer.sources.cursors import OrderCursor
+    from syncer.sources.sql import SqlSource
+
+    db, run = _mlflow_db(tmp_path)
+    source = SqlSource(f"sqlite:///{db}")
+    try:
+        query = source.late_points(run, "loss", OrderCursor(ts=T0 + 29, step=29, value=1.0, max_step=29, points=30))
+        sql = str(query.compile(source.engine, compile_kwargs={"literal_binds": True}))
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            plan = " ".join(str(row[-1]) for row in con.execute("EXPLAIN QUERY PLAN " + sql))
+    finally:
+        source.close()
+    assert "index_metrics_run_uuid_key_step" in plan and "run_uuid=?" in plan, plan

@@ -373,16 +373,23 @@ class SqlSource(Source):
         if start.points == 0 and start.ts == OrderCursor().ts:
             self.listing.stats.points += cur.points
             return  # a first read: nothing lies before the cursor
-        # points at a step beyond every step read, but logged with an earlier timestamp
-        late = self._rows(
-            select(*cols).where(
-                m.c.run_uuid == run.run_id, m.c.key == key, m.c.step > start.max_step, m.c.timestamp < start.ts
-            )
-        )
+        late = self._rows(self.late_points(run.run_id, key, start))
         if late:
             cur = cur.after([(ts, step, value) for ts, step, value, _nan in late])
             yield _chunk(key, late), cur
         self.listing.stats.points += cur.points - (cursor.points if isinstance(cursor, OrderCursor) else 0)
+
+    def late_points(self, run_id: str, key: str, cursor: OrderCursor) -> Any:
+        """The query for the points at a step beyond every step read but logged with an earlier
+        timestamp (a writer whose clock is behind), through the (run_uuid, key, step) index:
+        `timestamp + 0` keeps planners off the primary key (key, timestamp, ...), which sqlite
+        picks otherwise and which scans the key's points of every run in the store."""
+        from sqlalchemy import select
+
+        m = self.t.metrics
+        return select(m.c.timestamp, m.c.step, m.c.value, m.c.is_nan).where(
+            m.c.run_uuid == run_id, m.c.key == key, m.c.step > cursor.max_step, m.c.timestamp + 0 < cursor.ts
+        )
 
     def logged_models(self, run: RunRecord) -> list[LoggedModel]:
         self.listing.stats.requests += 1
