@@ -47,6 +47,12 @@ class RunRecord:
     details_loaded: bool = True
     # a digest of the local artifact folder (None: a remote artifact store, compared by listing)
     artifacts_mark: str | None = None
+    # what the listing said of the run's MLflow 3 logged models, so that a source (in whichever
+    # process reads the run) need not ask when it has none; None: the listing did not say.
+    # Its model outputs (model id -> step), and whether the last listing of the store's logged
+    # models named the run as their source run
+    model_outputs: dict[str, int | None] | None = None
+    models_listed: bool | None = None
 
     @property
     def deleted(self) -> bool:

@@ -91,7 +91,6 @@ class HttpSource(Source):
         self._prefetched: dict[tuple[str, str], list[Any]] = {}  # (run, key) -> pages of its history
         self._bulk_runs_ok = True
         self._dataset_runs: set[str] = set()  # runs whose latest points name MLflow 3 datasets
-        self._outputs: dict[str, dict[str, int | None]] = {}  # run id -> its model outputs (model id -> step)
         self._models: dict[str, str] = {}  # run id -> digest of its logged models, as of the last full listing
         self._models_ok = True  # said once when the server cannot list logged models
 
@@ -216,10 +215,10 @@ class HttpSource(Source):
             metric_marks=marks,
         )
         model_outputs = getattr(getattr(r, "outputs", None), "model_outputs", None) or []
-        self._outputs[info.run_id] = {o.model_id: o.step for o in model_outputs}
-        outputs = sorted(self._outputs[info.run_id])
+        rec.model_outputs = {o.model_id: o.step for o in model_outputs}
+        rec.models_listed = (info.run_id in self._models) if self._models_ok else None
         rec.fingerprint = fingerprint(
-            outputs,
+            sorted(rec.model_outputs),
             rec.name,
             rec.status,
             rec.start_time,
@@ -392,11 +391,9 @@ class HttpSource(Source):
     def logged_models(self, run: RunRecord) -> list[LoggedModel]:
         """The run's models: none asked for when the listing says it has none (no model outputs,
         and no model of the last full listing names it as its source run)."""
-        outputs = self._outputs.get(run.run_id)
-        if outputs is not None and not outputs and self._models_ok and run.run_id not in self._models:
+        if run.model_outputs == {} and run.models_listed is False:
             return []
-        self.listing.stats.requests += 1
-        return self._call(client_logged_models, self.client, run, self.flavors, outputs)
+        return self._call(client_logged_models, self.client, run, self.flavors, run.model_outputs)
 
     # -- artifacts ---------------------------------------------------------------------------
     def list_artifacts(self, run: RunRecord) -> list[ArtifactFile]:
