@@ -160,6 +160,30 @@ def test_run_created_and_finished_between_two_rounds_arrives(store, tmp_path):
         s.close()
 
 
+def test_a_run_ended_without_an_end_time_arrives_finished_in_the_next_quick_round(store, tmp_path):
+    """`MlflowClient.update_run(status=...)` ends a run and leaves its end time empty: neither
+    "RUNNING" nor "ended since" finds it, yet Aim must not show it running until a full listing."""
+    kind, uri, client, exp = store
+    name = client.get_experiment(exp).name
+    run = client.create_run(exp, run_name="updated", start_time=T0).info.run_id
+    log_points(client, run, "loss", [(s, float(s), T0 + s) for s in range(5)])
+    s = _syncer(uri, tmp_path, name)
+    try:
+        s.round()
+        assert read_aim(tmp_path / "aim")[run]["active"] is True
+        client.update_run(run, status="KILLED")
+        assert client.get_run(run).info.end_time is None
+        st = s.round()
+        assert not st.read["full"] and st.runs_written == 1, st.as_dict()
+        assert st.read["runs_listed"] == 1 and st.read["histories"] == 0, st.as_dict()
+        got = read_aim(tmp_path / "aim")[run]
+        assert got["active"] is False and len(got["metrics"][("loss", ())]["steps"]) == 5
+        again = s.round()  # and it is not asked for again
+        assert not again.read["full"] and again.read["runs_listed"] == 0, again.as_dict()
+    finally:
+        s.close()
+
+
 def test_deleted_restored_and_edited_runs_arrive_by_the_full_listing(store, tmp_path):
     kind, uri, client, exp = store
     name = client.get_experiment(exp).name
@@ -202,6 +226,11 @@ def test_crashed_running_runs_cost_nothing_once_quiet(store, tmp_path):
         assert st.read["runs_read"] == 0 and st.read["histories"] == 0 and st.runs_written == 0
         if kind != "server":  # the server's RUNNING search still names it (its filter leaves it out)
             assert st.read["runs_listed"] == 0, st.as_dict()
+        if kind != "file":  # someone marks it failed: a quick round sees it (a file store: the full listing)
+            client.set_terminated(crashed, "FAILED")
+            st = s.round()
+            assert not st.read["full"] and st.runs_written == 1, st.as_dict()
+            assert read_aim(tmp_path / "aim")[crashed]["active"] is False
         log_points(client, crashed, "loss", [(1, 2.0, T0 + 1)])  # it logs again: seen by the full listing
         s.source.listing.full_every_s = 0.0
         assert s.round().points == 1

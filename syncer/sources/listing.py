@@ -121,5 +121,10 @@ class Listing:
         """The runs last seen RUNNING (dormant ones included): a quick round's candidates."""
         return set(self._running)
 
+    def forget_running(self, run_id: str) -> None:
+        """A run last seen RUNNING that cannot be read any more (deleted for good): the next full
+        listing says what became of it."""
+        self._running.discard(run_id)
+
     def dormant_ids(self) -> list[str]:
         return sorted(r for r in self._running if self.dormant(r))

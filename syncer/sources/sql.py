@@ -45,6 +45,7 @@ from .sql_schema import open_read_only
 log = logging.getLogger(__name__)
 
 _BATCH = 500  # run ids per IN (...) query
+_LIVELY_MAX = _BATCH  # runs seen RUNNING looked up by id in a quick round (more: the full listing)
 # runs started / ended / deleted up to this long before the last round are looked at again: MLflow
 # clients stamp those times with their own clocks
 _CLOCK_MARGIN_MS = 5 * 60 * 1000
@@ -121,9 +122,13 @@ class SqlSource(Source):
         moved_exps = self.listing.moved_experiments(experiments)  # their runs all listed (quiet ones too)
         if not full and self._since_ms is not None:
             since = self._since_ms - _CLOCK_MARGIN_MS
+            # runs seen RUNNING (not quiet) whatever they are now: `MlflowClient.update_run` ends a
+            # run without an end time
+            lively = sorted(self.listing.running_ids() - set(self.listing.dormant_ids()))[:_LIVELY_MAX]
             query = query.where(
                 or_(
                     r.c.status.in_(_RUNNING),
+                    r.c.run_uuid.in_(lively),
                     r.c.start_time >= since,
                     r.c.end_time >= since,
                     and_(r.c.deleted_time.is_not(None), r.c.deleted_time >= since),
@@ -138,7 +143,10 @@ class SqlSource(Source):
         wanted = [
             row
             for row in rows
-            if full or str(row.experiment_id) in moved_exps or not self.listing.dormant(row.run_uuid)
+            if full
+            or str(row.experiment_id) in moved_exps
+            or row.status not in _RUNNING  # a quiet run that ended after all
+            or not self.listing.dormant(row.run_uuid)
         ]
         self.listing.stats.runs_listed += len(wanted)
         out: list[RunRecord | BrokenRun] = []
