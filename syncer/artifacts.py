@@ -26,7 +26,7 @@ from typing import Any
 
 from .errors import one_line
 from .mapping import ContextMapper
-from .mapping.media import Media, Target, media_of, targets
+from .mapping.media import Media, Target, full_size_of, media_of, targets
 from .mapping.models import model_series, models_digest, models_param
 from .sink import RunSink
 from .sources import RunRecord, Source
@@ -122,8 +122,13 @@ class Artifacts:
         return [a for a in listed if a["path"] not in done or done[a["path"]] != a["size"]]
 
     def _excluded(self, path: str) -> bool:
+        """Matched by an --exclude-artifacts glob, by path or name; a step image's compressed
+        twin goes with its full-size image (`*.png` leaves a run's step images out, twins too)."""
         name = path.rsplit("/", 1)[-1]
-        return any(fnmatch.fnmatch(path, g) or fnmatch.fnmatch(name, g) for g in self.exclude)
+        if any(fnmatch.fnmatch(path, g) or fnmatch.fnmatch(name, g) for g in self.exclude):
+            return True
+        original = full_size_of(path) if self.exclude else None
+        return original is not None and self._excluded(original)
 
     def _models(self, run: RunRecord, errors: list[str]) -> list[LoggedModel] | None:
         try:

@@ -184,6 +184,24 @@ def test_artifact_options(tmp_path):
     assert "1 artifacts" in out
     arts = {a["path"]: a["copied_as"] for a in by_name(read_aim(tmp_path / "small"))["bert-base-multilingual-cased"]["params"]["artifacts"]}
     assert arts == {"plots/confusion_de.png": None, "predictions.txt": "text", "checkpoints/model.bin": None}
+    # a step image's compressed .webp twin goes with its excluded .png
+    import numpy as np
+
+    run_id = fin["params"]["mlflow"]["run_id"]
+    client_for(uri).log_image(run_id, np.zeros((8, 8, 3), dtype=np.uint8), key="samples", step=1, synchronous=True)
+    assert any(p.endswith("compressed.webp") for p in _artifact_paths(uri, run_id))
+    backfill(uri, tmp_path / "excl", "--exclude-artifacts", "*.png", "--exclude-artifacts", "checkpoints/*")
+    fin = by_name(read_aim(tmp_path / "excl"))["bert-base-multilingual-cased"]
+    assert [a["path"] for a in fin["params"]["artifacts"]] == ["predictions.txt"]
+    assert fin["objects"] == ["predictions"]  # the text; no image sequence
+
+
+def _artifact_paths(uri: str, run_id: str) -> list[str]:
+    client, out, stack = client_for(uri), [], [None]
+    while stack:
+        for f in client.list_artifacts(run_id, stack.pop()):
+            (stack if f.is_dir else out).append(f.path)
+    return out
 
 
 def test_context_map_options(tmp_path):

@@ -127,6 +127,12 @@ def media_of(paths: Iterable[str], tags: dict[str, str]) -> tuple[dict[str, Medi
     return media, left
 
 
+def full_size_of(path: str) -> str | None:
+    """The full-size step image a compressed `.webp` twin stands for; None for any other file."""
+    si = parse_step_image(path)
+    return _full_size(path) if si is not None and si.compressed else None
+
+
 def _full_size(compressed_path: str) -> str:
     sep = "%" if compressed_path.endswith("%compressed.webp") else "+"
     return compressed_path[: -len(f"{sep}compressed.webp")] + ".png"
