@@ -240,9 +240,9 @@ def backfill(workers, dry_run, **kw):
     finally:
         syncer.close()
     click.echo(f"backfill: {stats.summary()}")
-    failing = len(stats.errors) + len(stats.still_failing)
+    failing = len(stats.errors) + len(stats.still_failing) + len(stats.locked)
     if failing:
-        log.warning("backfill: %d run(s) had errors; see the warnings above", failing)
+        log.warning("backfill: %d run(s) had errors or were held by another writer; see the warnings above", failing)
         sys.exit(1)
 
 

@@ -150,7 +150,7 @@ class Daemon:
             self._failures = 0
             lvl = logging.INFO if (stats.runs_written or stats.errors) else logging.DEBUG
             log.log(lvl, "round: %s", stats.summary(), extra={"event": "round", "round": stats.as_dict()})
-            if not stats.errors:
+            if not stats.errors:  # a run another writer holds is not the daemon's failure
                 self._touch_health()
             self._ensure_watch()
         if self._dirty.is_set():  # changes arrived while we were busy

@@ -50,6 +50,9 @@ class RoundStats:
     artifacts: int = 0
     errors: list[str] = field(default_factory=list)  # new this round
     still_failing: list[str] = field(default_factory=list)  # runs unchanged since they failed
+    # runs another writer holds (an Aim SDK session, a second syncer): skipped, tried next round;
+    # not errors of the syncer's (a daemon stays healthy), but a backfill did not finish them
+    locked: list[str] = field(default_factory=list)
     read: dict[str, Any] = field(default_factory=dict)  # what the source read (sources.listing.ReadStats)
     seconds: float = 0.0
 
@@ -62,6 +65,8 @@ class RoundStats:
             line += f"; {len(self.errors)} run(s) with errors"
         if self.still_failing:
             line += f"; {len(self.still_failing)} run(s) still failing"
+        if self.locked:
+            line += f"; {len(self.locked)} run(s) held by another writer"
         return line
 
     def add(self, other: RoundStats) -> None:
@@ -70,6 +75,7 @@ class RoundStats:
         self.points += other.points
         self.artifacts += other.artifacts
         self.errors.extend(other.errors)
+        self.locked.extend(other.locked)
         for k, v in other.read.items():
             if k != "full":
                 self.read[k] = self.read.get(k, 0) + v
@@ -83,6 +89,7 @@ class RoundStats:
             "artifacts",
             "errors",
             "still_failing",
+            "locked",
             "read",
             "seconds",
         )
@@ -185,7 +192,7 @@ class Syncer:
             msg = f"run {run.run_id} ({run.name!r}) skipped this round: {one_line(e)}"
             log.log(logging.DEBUG if msg in self._warned else logging.WARNING, msg)
             self._warned.add(msg)
-            stats.errors.append(msg)
+            stats.locked.append(msg)
 
     def _parent_name(self, run: RunRecord, names: dict[str, str]) -> dict[str, str]:
         """{parent id: its name} of a nested run: listed with it, else as it was last synced."""
@@ -329,7 +336,7 @@ class Syncer:
             if k != "full":
                 read[k] = read.get(k, 0) + v
         stats.read = read
-        self.state.save_round(not stats.errors, stats.as_dict())
+        self.state.save_round(not (stats.errors or stats.locked), stats.as_dict())
         self._described.clear()  # experiment descriptions may change between rounds
         return stats
 

@@ -231,6 +231,36 @@ def test_a_run_another_process_writes_cannot_be_opened(tmp_path):
         holder.wait()
 
 
+def test_a_backfill_says_which_runs_another_writer_held_and_exits_1_until_they_are_synced(tmp_path):
+    """A run held by another writer is not an error of the run (nothing wrong with it, nor with
+    the syncer: a daemon stays healthy) but the backfill did not finish: it says so apart from
+    errors, exits 1, and a later backfill writes it."""
+    from syncer.sink import aim_run_hash
+
+    uri, repo = str(tmp_path / "mlruns"), tmp_path / "aim"
+    c = client_for(uri)
+    exp = c.create_experiment("held")
+    runs = [c.create_run(exp, run_name=f"r{i}", start_time=T0).info.run_id for i in range(2)]
+    for r in runs:
+        log_points(c, r, "loss", [(0, 1.0, T0)])
+    assert _backfill(uri, repo).returncode == 0
+    log_points(c, runs[0], "loss", [(1, 2.0, T0 + 1)])
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(repo), aim_run_hash(runs[0])], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        p = _backfill(uri, repo)
+        assert p.returncode == 1, p.stderr
+        assert "1 run(s) held by another writer" in p.stdout and "with errors" not in p.stdout, p.stdout
+        assert "skipped this round" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    p = _backfill(uri, repo)
+    assert p.returncode == 0, p.stderr
+    assert read_aim(repo)[runs[0]]["metrics"][("loss", ())]["steps"] == [0, 1]
+
+
 @pytest.mark.slow
 def test_second_daemon_on_the_same_repo_skips_locked_runs_with_one_warning(tmp_path):
     uri, repo = str(tmp_path / "mlruns"), tmp_path / "aim"
