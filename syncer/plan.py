@@ -83,9 +83,9 @@ class Planner:
     def plan(self, *, full: bool = False, stop: Any = None, aim_runs: Callable[[], set[str]] | None = None) -> Plan:
         """`full`: list every run (backfill); `aim_runs`: the hashes of the runs the Aim repo
         holds, asked for on full listings, to send again the runs removed from it."""
+        full = self.source.listing.begin(full)  # the round's reads count from here, experiments too
         exps = select_experiments(self.source.experiments(), self.experiments, strict=self.strict)
         records = self.source.changes(exps, full=full)
-        full = self.source.listing.stats.full
         if full and aim_runs is not None:
             self._forget_removed(aim_runs())
         by_id = {e.id: e for e in exps}

@@ -53,6 +53,8 @@ def test_unchanged_store_reads_no_metadata_and_no_history(store, tmp_path):
             assert again.read["full"] is full
             assert again.runs_written == 0 and again.points == 0, again.as_dict()
             assert again.read["runs_read"] == 0 and again.read["histories"] == 0 and again.read["points"] == 0
+            if kind == "server" and not full:  # the experiments, then two searches: RUNNING, ended since
+                assert again.read["requests"] == 3, again.as_dict()
         assert set(read_aim(tmp_path / "aim")) == set(runs)
     finally:
         s.close()

@@ -142,8 +142,8 @@ class Source(ABC):
     @abstractmethod
     def changes(self, experiments: list[Experiment], *, full: bool = False) -> list[RunRecord | BrokenRun]:
         """The runs of these experiments that may have changed since the last call; every run
-        on a full listing (asked for, the first one, or one every `full_every_s`). Counts what
-        it read in `self.listing.stats`."""
+        when `full` (the round's `self.listing.begin()` decides, as the Planner does; the first
+        call is a full one whatever it says). Counts what it read in `self.listing.stats`."""
 
     def note_paths(self, paths: Iterable[str]) -> None:  # noqa: B027 - only local stores have file events
         """File events named these paths (the daemon's watcher): look there next round."""

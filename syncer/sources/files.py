@@ -131,7 +131,6 @@ class FileStoreSource(Source):
     def changes(self, experiments: list[Experiment], *, full: bool = False) -> list[RunRecord | BrokenRun]:
         """The runs of these experiments that may have changed since the last round (all of
         them on a full listing), each stat'ed, `meta.yaml` read only where the stat moved."""
-        full = self.listing.begin(full)
         runs, exps = self._hinted_runs, self._hinted_exps
         self._hinted_runs, self._hinted_exps = set(), set()
         out: list[RunRecord | BrokenRun] = []

@@ -122,7 +122,6 @@ class HttpSource(Source):
     def changes(self, experiments: list[Experiment], *, full: bool = False) -> list[RunRecord | BrokenRun]:
         from mlflow.entities import ViewType
 
-        full = self.listing.begin(full)
         by_id = {e.id: e for e in experiments}
         if not by_id:
             return []

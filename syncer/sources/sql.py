@@ -100,7 +100,6 @@ class SqlSource(Source):
         from sqlalchemy import and_, or_, select
 
         r = self.t.runs
-        full = self.listing.begin(full)
         started = int(time.time() * 1000)
         by_id = {e.id: e for e in experiments}
         if not by_id:
