@@ -95,6 +95,9 @@ class HttpSource(Source):
         self._dataset_runs: set[str] = set()  # runs whose latest points name MLflow 3 datasets
         self._models: dict[str, str] = {}  # run id -> digest of its logged models, as of the last full listing
         self._models_ok = True  # said once when the server cannot list logged models
+        self._last_ids: list[str] = []  # the experiments the last round listed runs of
+        self._pool: ThreadPoolExecutor | None = None  # a quick round's searches, side by side
+        self._early: tuple[int, list[str], list[Any]] | None = None  # (started, quiet, searches) sent early
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         with self._counting:  # some calls are made side by side
@@ -108,6 +111,7 @@ class HttpSource(Source):
     def experiments(self) -> list[Experiment]:
         from mlflow.entities import ViewType
 
+        self._search_early()
         exps: list[Any] = []
         token = None
         while True:
@@ -127,23 +131,18 @@ class HttpSource(Source):
             return []
         started = int(time.time() * 1000)
         moved = self.listing.moved_experiments(experiments)
+        early, self._early = self._early, None
+        self._last_ids = list(by_id)
         if full or self._since_ms is None:
             runs = self._search(list(by_id), "", ViewType.ALL)
             self._models = self._model_marks(list(by_id))
         else:
-            since = self._since_ms - _CLOCK_MARGIN_MS
-            quiet = self.listing.dormant_ids()[:_DORMANT_FILTER_MAX]
-            running = "attributes.status = 'RUNNING'"
-            if quiet:
-                running += " AND attributes.run_id NOT IN (" + ", ".join(f"'{r}'" for r in quiet) + ")"
+            if early is None:
+                early = self._send_quick_searches(list(by_id), started)
+            started, quiet, searches = early
             runs = {}
-            filters = (running, f"attributes.end_time >= {since}")
-            # side by side: MLflow's search has no OR, and on a server a request's cost is mostly
-            # its own (a round's latency is what a new point waits); a search costs the server
-            # ~15 ms at 1,000 runs, which is why a third one for start times is not made
-            with ThreadPoolExecutor(len(filters), thread_name_prefix="search") as pool:
-                for found in pool.map(lambda flt: self._search(list(by_id), flt, ViewType.ALL), filters):
-                    runs.update(found)
+            for search in searches:
+                runs.update(search.result())
             for run_id in sorted(self.listing.running_ids() - set(quiet) - runs.keys()):
                 ended = self._ended_without_end_time(run_id)
                 if ended is not None:
@@ -156,6 +155,41 @@ class HttpSource(Source):
             self._record(by_id[r.info.experiment_id], r) for r in runs.values() if r.info.experiment_id in by_id
         ]
         return self.listing.note(out)
+
+    def _search_early(self) -> None:
+        """A quick round's searches need only the experiments of the round before: they are sent
+        before the experiments are listed, side by side with that (on a server a round's time is
+        mostly requests waited for one after the other). An experiment new since then is in
+        `moved_experiments`, whose runs are all searched; one gone is left out of the results."""
+        self._early = None
+        if not self.listing.stats.full and self._since_ms is not None and self._last_ids:
+            self._early = self._send_quick_searches(self._last_ids, int(time.time() * 1000))
+
+    def _send_quick_searches(self, exp_ids: list[str], started: int) -> tuple[int, list[str], list[Any]]:
+        """The runs RUNNING (less the quiet ones) and those ended since the last round, searched
+        side by side: MLflow's search has no OR, and a search costs the server ~15 ms at 1,000
+        runs, which is why a third one for start times is not made (a run started since the
+        last round is RUNNING or has ended). Returns (started, the quiet runs left out, futures)."""
+        from mlflow.entities import ViewType
+
+        assert self._since_ms is not None
+        since = self._since_ms - _CLOCK_MARGIN_MS
+        quiet = self.listing.dormant_ids()[:_DORMANT_FILTER_MAX]
+        running = "attributes.status = 'RUNNING'"
+        if quiet:
+            running += " AND attributes.run_id NOT IN (" + ", ".join(f"'{r}'" for r in quiet) + ")"
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(2, thread_name_prefix="search")
+        searches = [
+            self._pool.submit(self._search, exp_ids, flt, ViewType.ALL)
+            for flt in (running, f"attributes.end_time >= {since}")
+        ]
+        return started, quiet, searches
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     def _ended_without_end_time(self, run_id: str) -> Any | None:
         """A run last seen RUNNING that the searches no longer return: its status changed without
