@@ -96,7 +96,7 @@ class HttpSource(Source):
         self._models: dict[str, str] = {}  # run id -> digest of its logged models, as of the last full listing
         self._models_ok = True  # said once when the server cannot list logged models
         self._last_ids: list[str] = []  # the experiments the last round listed runs of
-        self._pool: ThreadPoolExecutor | None = None  # a quick round's searches, side by side
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="search")  # quick rounds' searches
         self._early: tuple[int, list[str], list[Any]] | None = None  # (started, quiet, searches) sent early
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -157,19 +157,17 @@ class HttpSource(Source):
         return self.listing.note(out)
 
     def _search_early(self) -> None:
-        """A quick round's searches need only the experiments of the round before: they are sent
-        before the experiments are listed, side by side with that (on a server a round's time is
-        mostly requests waited for one after the other). An experiment new since then is in
-        `moved_experiments`, whose runs are all searched; one gone is left out of the results."""
+        """A quick round's searches need only the last round's experiments: sent before the
+        experiments are listed, side by side with that (a round's time is mostly requests waited
+        for in turn). One new since is in `moved_experiments` (all its runs searched)."""
         self._early = None
         if not self.listing.stats.full and self._since_ms is not None and self._last_ids:
             self._early = self._send_quick_searches(self._last_ids, int(time.time() * 1000))
 
     def _send_quick_searches(self, exp_ids: list[str], started: int) -> tuple[int, list[str], list[Any]]:
-        """The runs RUNNING (less the quiet ones) and those ended since the last round, searched
-        side by side: MLflow's search has no OR, and a search costs the server ~15 ms at 1,000
-        runs, which is why a third one for start times is not made (a run started since the
-        last round is RUNNING or has ended). Returns (started, the quiet runs left out, futures)."""
+        """The runs RUNNING (less the quiet ones) and those ended since the last round, side by
+        side (MLflow's search has no OR). A search costs the server ~15 ms at 1,000 runs: none
+        for start times (a run started since is RUNNING or has ended). -> (started, quiet, futures)"""
         from mlflow.entities import ViewType
 
         assert self._since_ms is not None
@@ -178,8 +176,6 @@ class HttpSource(Source):
         running = "attributes.status = 'RUNNING'"
         if quiet:
             running += " AND attributes.run_id NOT IN (" + ", ".join(f"'{r}'" for r in quiet) + ")"
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(2, thread_name_prefix="search")
         searches = [
             self._pool.submit(self._search, exp_ids, flt, ViewType.ALL)
             for flt in (running, f"attributes.end_time >= {since}")
@@ -187,9 +183,7 @@ class HttpSource(Source):
         return started, quiet, searches
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _ended_without_end_time(self, run_id: str) -> Any | None:
         """A run last seen RUNNING that the searches no longer return: its status changed without
