@@ -53,8 +53,8 @@ test-deps:
 
 # What a contributor runs before pushing (and `make test` runs first): lint, format, types.
 lint: install
-	$(VENV)/bin/ruff check syncer
-	$(VENV)/bin/ruff format --check syncer
+	$(VENV)/bin/ruff check syncer training tests bench
+	$(VENV)/bin/ruff format --check syncer training tests bench
 	$(VENV)/bin/mypy
 
 # two workers, one test file each at a time (a file's tests share its fixtures: a trained sweep, servers)

@@ -10,6 +10,7 @@ last indexed), so call it before reading.
 
 Works with the project venv and the aimlflow venv (both have aim 3.29.x).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,7 @@ def index_repo(path: str) -> int:
 
 def ctx_key(context) -> str:
     """Canonical string for an Aim context (dict-like)."""
-    return json.dumps(dict(context.to_dict() if hasattr(context, "to_dict") else context),
-                      sort_keys=True)
+    return json.dumps(dict(context.to_dict() if hasattr(context, "to_dict") else context), sort_keys=True)
 
 
 def iter_metric_series(run):

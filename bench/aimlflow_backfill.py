@@ -25,6 +25,7 @@ Prints one JSON line on stdout:
 
 tqdm's progress bars go to stderr.
 """
+
 import time
 
 T_START = time.perf_counter()
@@ -47,12 +48,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-count", action="store_true", help="skip reading the Aim repo back")
     args = ap.parse_args(argv)
 
-    import aim
     import mlflow
-    from aim import Run
     from aim.sdk.repo import Repo
     from aim.sdk.utils import clean_repo_path
     from aimlflow.utils import convert_existing_logs
+
+    import aim
+    from aim import Run
 
     uri = args.mlflow_tracking_uri
     if "://" not in uri:
@@ -85,8 +87,7 @@ def main(argv=None) -> int:
         "seconds": round(seconds, 3),
         "total_seconds": round(total_seconds, 3),
         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "aim_version": aim.__version__.__version__ if hasattr(aim.__version__, "__version__")
-        else str(aim.__version__),
+        "aim_version": aim.__version__.__version__ if hasattr(aim.__version__, "__version__") else str(aim.__version__),
         "mlflow_version": mlflow.__version__,
     }
     if not args.no_count:
@@ -94,8 +95,7 @@ def main(argv=None) -> int:
         from aim_read import count_points  # indexes the repo first, like `aim up` would
 
         aim_runs, points = count_points(repo_path)
-        out.update(points=points, aim_runs=aim_runs,
-                   points_per_s=round(points / seconds, 1) if seconds else None)
+        out.update(points=points, aim_runs=aim_runs, points_per_s=round(points / seconds, 1) if seconds else None)
     print(json.dumps(out), flush=True)
     return 0
 

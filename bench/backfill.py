@@ -37,6 +37,7 @@ What it does:
 
 Results also go to ``bench/out/backfill.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,6 +66,7 @@ DEFAULT_AIMLFLOW_PY = OUT / "aimlflow-venv" / "bin" / "python"
 
 # --------------------------------------------------------------------------- running
 
+
 def ours_cmd(syncer: str, store: str, repo: str, no_context_map: bool = False) -> list[str]:
     cmd = [syncer, "backfill", "--mlflow-tracking-uri", store, "--aim-repo", repo]
     if no_context_map:
@@ -73,8 +75,15 @@ def ours_cmd(syncer: str, store: str, repo: str, no_context_map: bool = False) -
 
 
 def aimlflow_cmd(python: str, store: str, repo: str) -> list[str]:
-    return [python, str(BENCH / "aimlflow_backfill.py"), "--mlflow-tracking-uri", store,
-            "--aim-repo", repo, "--no-count"]
+    return [
+        python,
+        str(BENCH / "aimlflow_backfill.py"),
+        "--mlflow-tracking-uri",
+        store,
+        "--aim-repo",
+        repo,
+        "--no-count",
+    ]
 
 
 def init_aim_repo(path: Path) -> None:
@@ -82,9 +91,15 @@ def init_aim_repo(path: Path) -> None:
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)
-    subprocess.run([sys.executable, "-c",
-                    "import sys; from aim.sdk.repo import Repo; Repo.from_path(sys.argv[1], init=True)",
-                    str(path)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from aim.sdk.repo import Repo; Repo.from_path(sys.argv[1], init=True)",
+            str(path),
+        ],
+        check=True,
+    )
 
 
 def run_timed(cmd: list[str], log_prefix: Path) -> dict:
@@ -99,9 +114,15 @@ def run_timed(cmd: list[str], log_prefix: Path) -> dict:
     out_f.close()
     err_f.close()
     stdout = Path(f"{log_prefix}.stdout").read_text()
-    return {"seconds": wall, "max_rss_mb": ru.ru_maxrss / 1024, "rc": p.returncode,
-            "user_s": ru.ru_utime, "sys_s": ru.ru_stime, "stdout": stdout,
-            "stderr_file": f"{log_prefix}.stderr"}
+    return {
+        "seconds": wall,
+        "max_rss_mb": ru.ru_maxrss / 1024,
+        "rc": p.returncode,
+        "user_s": ru.ru_utime,
+        "sys_s": ru.ru_stime,
+        "stdout": stdout,
+        "stderr_file": f"{log_prefix}.stderr",
+    }
 
 
 def one_round(tool: str, i: int, store: Path, args) -> dict:
@@ -128,6 +149,7 @@ def one_round(tool: str, i: int, store: Path, args) -> dict:
 
 # --------------------------------------------------------------------------- reading back
 
+
 def _vkey(v: float):
     """Hashable, exact key for a float (NaN == NaN, -0.0 != 0.0)."""
     return struct.pack("<d", float(v))
@@ -145,15 +167,19 @@ def mlflow_points(tracking_uri: str) -> dict[str, dict]:
     for exp in client.search_experiments(view_type=ViewType.ALL):
         token = None
         while True:
-            page = client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL,
-                                      max_results=1000, page_token=token)
+            page = client.search_runs(
+                [exp.experiment_id], run_view_type=ViewType.ALL, max_results=1000, page_token=token
+            )
             for run in page:
                 pts: Counter = Counter()
                 for key in run.data.metrics:
                     # the store's own call, unpaged: MlflowClient.get_metric_history pages by
                     # 25,000 and a FileStore re-parses the whole file per page (quadratic)
-                    hist = (store.get_metric_history(run.info.run_id, key, max_results=None)
-                            if local else client.get_metric_history(run.info.run_id, key))
+                    hist = (
+                        store.get_metric_history(run.info.run_id, key, max_results=None)
+                        if local
+                        else client.get_metric_history(run.info.run_id, key)
+                    )
                     for m in hist:
                         pts[(int(m.step), _vkey(m.value), int(m.timestamp))] += 1
                 runs[run.info.run_id] = {"name": run.info.run_name, "points": pts}
@@ -172,7 +198,7 @@ def _mlflow_id_of(aim_run) -> str | None:
         v = aim_run.get("mlflow")
         if isinstance(v, dict) and v.get("run_id"):
             return v["run_id"]
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     return aim_run.get("mlflow_run_id")  # aimlflow's key
 
@@ -220,15 +246,22 @@ def verify(mlflow_runs: dict, repo_path: str, max_report: int = 5) -> dict:
         problems.append(
             f"run {rid} ({m['name']}): mlflow {nm} points, aim {na}; "
             f"{sum(missing.values())} missing, {sum(extra.values())} extra; "
-            f"(step,value) multisets {'equal (timestamps differ)' if sv_m == sv_a else 'differ'}")
+            f"(step,value) multisets {'equal (timestamps differ)' if sv_m == sv_a else 'differ'}"
+        )
     stray = [a["hash"] for rid, a in aim_runs.items() if rid not in mlflow_runs]
     if stray:
         problems.append(f"{len(stray)} Aim runs with no MLflow run: {stray[:5]}")
-    return {"ok": not problems, "runs_ok": ok_runs, "runs": len(mlflow_runs),
-            "problems": len(problems), "first_problems": problems[:max_report]}
+    return {
+        "ok": not problems,
+        "runs_ok": ok_runs,
+        "runs": len(mlflow_runs),
+        "problems": len(problems),
+        "first_problems": problems[:max_report],
+    }
 
 
 # --------------------------------------------------------------------------- main
+
 
 def summarise(rounds: list[dict], points: int) -> dict:
     secs = [r["seconds"] for r in rounds]
@@ -245,22 +278,26 @@ def summarise(rounds: list[dict], points: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="ours vs aimlflow backfill benchmark")
-    ap.add_argument("--store", default=None,
-                    help="existing MLflow file store (default: bench/out/store, generated if missing)")
+    ap.add_argument(
+        "--store", default=None, help="existing MLflow file store (default: bench/out/store, generated if missing)"
+    )
     ap.add_argument("--regenerate", action="store_true", help="rebuild the default store first")
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--single-metric-points", type=int, default=None, metavar="N",
-                    help="use a one-run, one-metric store of N points (bench/out/store-single-N)")
+    ap.add_argument(
+        "--single-metric-points",
+        type=int,
+        default=None,
+        metavar="N",
+        help="use a one-run, one-metric store of N points (bench/out/store-single-N)",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", choices=("both", "ours", "aimlflow"), default="both")
     ap.add_argument("--syncer", default=str(DEFAULT_SYNCER))
     ap.add_argument("--aimlflow-python", default=str(DEFAULT_AIMLFLOW_PY))
-    ap.add_argument("--no-context-map", action="store_true",
-                    help="pass --no-context-map to our syncer")
+    ap.add_argument("--no-context-map", action="store_true", help="pass --no-context-map to our syncer")
     ap.add_argument("--no-verify", action="store_true")
-    ap.add_argument("--verify-aimlflow", action="store_true",
-                    help="also run the fidelity check on aimlflow's repo")
+    ap.add_argument("--verify-aimlflow", action="store_true", help="also run the fidelity check on aimlflow's repo")
     ap.add_argument("--json-out", default=str(OUT / "backfill.json"))
     args = ap.parse_args(argv)
 
@@ -279,16 +316,17 @@ def main(argv=None) -> int:
     else:
         store = OUT / "store"
     if not args.store and (args.regenerate or not store.exists()):
-        info = generate_store(store, runs=args.runs, steps=args.steps,
-                              single_metric_points=args.single_metric_points)
-        print(f"generated {store}: {info['points']:,} points, {info['runs']} runs, "
-              f"{info['seconds']:.1f}s", flush=True)
+        info = generate_store(store, runs=args.runs, steps=args.steps, single_metric_points=args.single_metric_points)
+        print(f"generated {store}: {info['points']:,} points, {info['runs']} runs, {info['seconds']:.1f}s", flush=True)
 
     t0 = time.perf_counter()
     source = mlflow_points(str(store))
     points = sum(sum(r["points"].values()) for r in source.values())
-    print(f"store {store}: {len(source)} runs, {points:,} points "
-          f"(read via MlflowClient in {time.perf_counter() - t0:.1f}s)", flush=True)
+    print(
+        f"store {store}: {len(source)} runs, {points:,} points "
+        f"(read via MlflowClient in {time.perf_counter() - t0:.1f}s)",
+        flush=True,
+    )
 
     rounds: dict[str, list[dict]] = {t: [] for t in tools}
     for i in range(args.repeats):
@@ -300,11 +338,16 @@ def main(argv=None) -> int:
                 inner = json.loads(r["stdout"].strip().splitlines()[-1])
                 r["inner"] = inner
                 extra = f" (conversion call {inner['seconds']:.2f}s)"
-            print(f"  {tool:8s} #{i}: {r['seconds']:7.2f}s wall{extra}, "
-                  f"peak RSS {r['max_rss_mb']:.0f} MiB", flush=True)
+            print(f"  {tool:8s} #{i}: {r['seconds']:7.2f}s wall{extra}, peak RSS {r['max_rss_mb']:.0f} MiB", flush=True)
 
-    result = {"store": str(store), "runs": len(source), "points": points,
-              "loadavg_at_end": os.getloadavg(), "nproc": os.cpu_count(), "tools": {}}
+    result = {
+        "store": str(store),
+        "runs": len(source),
+        "points": points,
+        "loadavg_at_end": os.getloadavg(),
+        "nproc": os.cpu_count(),
+        "tools": {},
+    }
     for tool in tools:
         result["tools"][tool] = summarise(rounds[tool], points)
         if tool == "aimlflow" and all("inner" in r for r in rounds[tool]):
@@ -313,7 +356,8 @@ def main(argv=None) -> int:
             result["tools"][tool]["conversion_call_points_per_s"] = round(points / inner, 1)
     if len(tools) == 2:
         result["ratio_aimlflow_over_ours"] = round(
-            result["tools"]["aimlflow"]["median_seconds"] / result["tools"]["ours"]["median_seconds"], 2)
+            result["tools"]["aimlflow"]["median_seconds"] / result["tools"]["ours"]["median_seconds"], 2
+        )
 
     if not args.no_verify and "ours" in tools:
         result["verify_ours"] = verify(source, rounds["ours"][0]["repo"])
@@ -321,13 +365,13 @@ def main(argv=None) -> int:
         result["verify_aimlflow"] = verify(source, rounds["aimlflow"][0]["repo"])
 
     print()
-    print(f"load average at end: {' '.join(f'{x:.2f}' for x in result['loadavg_at_end'])} "
-          f"on {result['nproc']} CPUs")
-    print(f"{'tool':10s} {'median s':>9s} {'min s':>8s} {'points/s':>10s} {'peak RSS MiB':>13s} "
-          f"{'CPU s':>7s}")
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in result['loadavg_at_end'])} on {result['nproc']} CPUs")
+    print(f"{'tool':10s} {'median s':>9s} {'min s':>8s} {'points/s':>10s} {'peak RSS MiB':>13s} {'CPU s':>7s}")
     for tool, s in result["tools"].items():
-        print(f"{tool:10s} {s['median_seconds']:9.2f} {s['min_seconds']:8.2f} "
-              f"{s['points_per_s']:10,.0f} {s['peak_rss_mb']:13.0f} {s['median_cpu_s']:7.2f}")
+        print(
+            f"{tool:10s} {s['median_seconds']:9.2f} {s['min_seconds']:8.2f} "
+            f"{s['points_per_s']:10,.0f} {s['peak_rss_mb']:13.0f} {s['median_cpu_s']:7.2f}"
+        )
     if "ratio_aimlflow_over_ours" in result:
         print(f"speed-up (aimlflow time / our time): {result['ratio_aimlflow_over_ours']}x")
     for key in ("verify_ours", "verify_aimlflow"):

@@ -114,17 +114,39 @@ PARAM_KEYS = (_MODEL_CONFIG + _TRAINING_ARGS)[:150]
 assert len(PARAM_KEYS) == 150 and len(set(PARAM_KEYS)) == 150, len(PARAM_KEYS)
 
 _KNOWN = {
-    "num_labels": "3", "id2label": "{0: 'entailment', 1: 'neutral', 2: 'contradiction'}",
-    "label2id": "{'entailment': 0, 'neutral': 1, 'contradiction': 2}", "hidden_act": "gelu",
-    "torch_dtype": "float32", "transformers_version": "4.44.2", "report_to": "['mlflow']",
-    "optim": "adamw_torch", "lr_scheduler_type": "linear", "lr_scheduler_kwargs": "{}", "eval_strategy": "steps",
-    "logging_strategy": "steps", "save_strategy": "no", "adam_beta1": "0.9", "adam_beta2": "0.999",
-    "adam_epsilon": "1e-08", "max_grad_norm": "1.0", "num_train_epochs": "4.0", "max_steps": "1000",
-    "eval_steps": "50", "logging_steps": "50", "ddp_timeout": "1800", "log_level": "passive",
-    "fsdp": "[]", "fsdp_config": "{'min_num_params': 0, 'xla': False, 'xla_fsdp_v2': False}",
+    "num_labels": "3",
+    "id2label": "{0: 'entailment', 1: 'neutral', 2: 'contradiction'}",
+    "label2id": "{'entailment': 0, 'neutral': 1, 'contradiction': 2}",
+    "hidden_act": "gelu",
+    "torch_dtype": "float32",
+    "transformers_version": "4.44.2",
+    "report_to": "['mlflow']",
+    "optim": "adamw_torch",
+    "lr_scheduler_type": "linear",
+    "lr_scheduler_kwargs": "{}",
+    "eval_strategy": "steps",
+    "logging_strategy": "steps",
+    "save_strategy": "no",
+    "adam_beta1": "0.9",
+    "adam_beta2": "0.999",
+    "adam_epsilon": "1e-08",
+    "max_grad_norm": "1.0",
+    "num_train_epochs": "4.0",
+    "max_steps": "1000",
+    "eval_steps": "50",
+    "logging_steps": "50",
+    "ddp_timeout": "1800",
+    "log_level": "passive",
+    "fsdp": "[]",
+    "fsdp_config": "{'min_num_params': 0, 'xla': False, 'xla_fsdp_v2': False}",
     "accelerator_config": "{'split_batches': False, 'dispatch_batches': None, 'even_batches': True}",
-    "debug": "[]", "label_names": "None", "hub_strategy": "every_save", "half_precision_backend": "auto",
-    "fp16_opt_level": "O1", "position_embedding_type": "absolute", "problem_type": "single_label_classification",
+    "debug": "[]",
+    "label_names": "None",
+    "hub_strategy": "every_save",
+    "half_precision_backend": "auto",
+    "fp16_opt_level": "O1",
+    "position_embedding_type": "absolute",
+    "problem_type": "single_label_classification",
 }
 
 
@@ -142,7 +164,11 @@ def params_for(i: int) -> dict[str, str]:
         elif k == "model_type":
             v = model.split("-")[0]
         elif k == "architectures":
-            v = "['XLMRobertaForSequenceClassification']" if model.startswith("xlm") else "['BertForSequenceClassification']"
+            v = (
+                "['XLMRobertaForSequenceClassification']"
+                if model.startswith("xlm")
+                else "['BertForSequenceClassification']"
+            )
         elif k == "learning_rate":
             v = str(lr)
         elif k in ("per_device_train_batch_size", "per_gpu_train_batch_size"):
@@ -155,13 +181,36 @@ def params_for(i: int) -> dict[str, str]:
             v = f"outputs/run-{i:05d}" + ("/runs" if k == "logging_dir" else "")
         elif k in ("run_name", "hub_model_id"):
             v = f"xnli-{model}-{i:05d}"
-        elif k in ("weight_decay", "warmup_ratio", "label_smoothing_factor", "hidden_dropout_prob",
-                   "attention_probs_dropout_prob", "neftune_noise_alpha", "classifier_dropout"):
+        elif k in (
+            "weight_decay",
+            "warmup_ratio",
+            "label_smoothing_factor",
+            "hidden_dropout_prob",
+            "attention_probs_dropout_prob",
+            "neftune_noise_alpha",
+            "classifier_dropout",
+        ):
             v = str(rng.choice([0.0, 0.01, 0.1]))
-        elif k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                   "max_position_embeddings", "type_vocab_size", "warmup_steps", "save_steps",
-                   "dataloader_num_workers", "gradient_accumulation_steps", "pad_token_id", "bos_token_id",
-                   "eos_token_id", "local_rank", "past_index", "torch_empty_cache_steps", "eval_delay"):
+        elif k in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+            "warmup_steps",
+            "save_steps",
+            "dataloader_num_workers",
+            "gradient_accumulation_steps",
+            "pad_token_id",
+            "bos_token_id",
+            "eos_token_id",
+            "local_rank",
+            "past_index",
+            "torch_empty_cache_steps",
+            "eval_delay",
+        ):
             v = str(rng.choice([0, 1, 2, 12, 768, 3072, 512, 250002, 119547, -1]))
         elif k in ("initializer_range", "layer_norm_eps"):
             v = str(rng.choice([0.02, 1e-12, 1e-05]))
@@ -217,8 +266,16 @@ def run_spec(i: int, n: int) -> dict[str, Any]:
     name = f"xnli-run-{i:05d}"
     start = T_BASE - (n - i) * HOUR_MS - 2 * 24 * HOUR_MS
     pts = list(_series(i, start, skip_loss=False))
-    return {"run_id": run_id(i), "name": name, "status": "FINISHED", "start_time": start,
-            "end_time": pts[-1][2] + 1000, "params": params_for(i), "tags": tags_for(i, name), "points": pts}
+    return {
+        "run_id": run_id(i),
+        "name": name,
+        "status": "FINISHED",
+        "start_time": start,
+        "end_time": pts[-1][2] + 1000,
+        "params": params_for(i),
+        "tags": tags_for(i, name),
+        "points": pts,
+    }
 
 
 def running_spec(history: int = HISTORY) -> dict[str, Any]:
@@ -226,10 +283,20 @@ def running_spec(history: int = HISTORY) -> dict[str, Any]:
     start = T_BASE - 24 * HOUR_MS
     pts = list(_series(-1, start, skip_loss=True))
     rng = random.Random(42)
-    pts += [("loss", round(2.0 * math.exp(-3 * s / history) + rng.gauss(0, 0.01), 5), start + 100 * s + 1, s)
-            for s in range(history)]
-    return {"run_id": RUNNING_ID, "name": RUNNING_NAME, "status": "RUNNING", "start_time": start, "end_time": None,
-            "params": params_for(-1), "tags": tags_for(-1, RUNNING_NAME), "points": pts}
+    pts += [
+        ("loss", round(2.0 * math.exp(-3 * s / history) + rng.gauss(0, 0.01), 5), start + 100 * s + 1, s)
+        for s in range(history)
+    ]
+    return {
+        "run_id": RUNNING_ID,
+        "name": RUNNING_NAME,
+        "status": "RUNNING",
+        "start_time": start,
+        "end_time": None,
+        "params": params_for(-1),
+        "tags": tags_for(-1, RUNNING_NAME),
+        "points": pts,
+    }
 
 
 def all_specs(n: int, history: int) -> Iterator[dict[str, Any]]:
@@ -239,6 +306,7 @@ def all_specs(n: int, history: int) -> Iterator[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- file store
+
 
 def write_file_store(root: Path, n: int, history: int = HISTORY) -> dict[str, Any]:
     from mlflow import MlflowClient
@@ -257,10 +325,17 @@ def write_file_store(root: Path, n: int, history: int = HISTORY) -> dict[str, An
         run_dir = exp_dir / rid
         for sub in ("metrics", "params", "artifacts", "tags"):
             os.makedirs(run_dir / sub)
-        info = RunInfo(run_id=rid, run_name=spec["name"], experiment_id=exp_id,
-                       artifact_uri=str(run_dir / "artifacts"), user_id="bench", status=spec["status"],
-                       start_time=spec["start_time"], end_time=spec["end_time"],
-                       lifecycle_stage=LifecycleStage.ACTIVE)
+        info = RunInfo(
+            run_id=rid,
+            run_name=spec["name"],
+            experiment_id=exp_id,
+            artifact_uri=str(run_dir / "artifacts"),
+            user_id="bench",
+            status=spec["status"],
+            start_time=spec["start_time"],
+            end_time=spec["end_time"],
+            lifecycle_stage=LifecycleStage.ACTIVE,
+        )
         meta = _make_persisted_run_info_dict(info)
         meta["deleted_time"] = None
         write_yaml(str(run_dir), "meta.yaml", meta)
@@ -280,8 +355,10 @@ def write_file_store(root: Path, n: int, history: int = HISTORY) -> dict[str, An
 
 # --------------------------------------------------------------------------- SQL stores
 
-def write_sql_store(uri: str, n: int, artifact_root: Path, history: int = HISTORY,
-                    batch_runs: int = 100) -> dict[str, Any]:
+
+def write_sql_store(
+    uri: str, n: int, artifact_root: Path, history: int = HISTORY, batch_runs: int = 100
+) -> dict[str, Any]:
     """Into an EMPTY database (sqlite file absent, or a fresh PostgreSQL database)."""
     import sqlalchemy as sa
     from mlflow import MlflowClient
@@ -293,11 +370,18 @@ def write_sql_store(uri: str, n: int, artifact_root: Path, history: int = HISTOR
     t_schema = time.perf_counter() - t0
     engine = sa.create_engine(uri)
     if uri.startswith("sqlite"):
+
         @sa.event.listens_for(engine, "connect")
         def _fast(dbapi_con, _rec):  # bulk load only; MLflow's own settings apply afterwards
             dbapi_con.execute("PRAGMA synchronous=OFF")
-    tables = (m.SqlRun.__table__, m.SqlTag.__table__, m.SqlParam.__table__, m.SqlMetric.__table__,
-              m.SqlLatestMetric.__table__)
+
+    tables = (
+        m.SqlRun.__table__,
+        m.SqlTag.__table__,
+        m.SqlParam.__table__,
+        m.SqlMetric.__table__,
+        m.SqlLatestMetric.__table__,
+    )
     rows: dict[Any, list[dict[str, Any]]] = {t: [] for t in tables}
     counts = {t.name: 0 for t in tables}
 
@@ -311,24 +395,39 @@ def write_sql_store(uri: str, n: int, artifact_root: Path, history: int = HISTOR
     with engine.begin() as con:
         for k, spec in enumerate(all_specs(n, history)):
             rid = spec["run_id"]
-            rows[tables[0]].append({
-                "run_uuid": rid, "name": spec["name"], "source_type": "UNKNOWN", "source_name": "",
-                "entry_point_name": "", "user_id": "bench", "status": spec["status"],
-                "start_time": spec["start_time"], "end_time": spec["end_time"], "deleted_time": None,
-                "source_version": "", "lifecycle_stage": "active",
-                "artifact_uri": f"{artifact_root}/{rid}/artifacts", "experiment_id": int(exp_id)})
+            rows[tables[0]].append(
+                {
+                    "run_uuid": rid,
+                    "name": spec["name"],
+                    "source_type": "UNKNOWN",
+                    "source_name": "",
+                    "entry_point_name": "",
+                    "user_id": "bench",
+                    "status": spec["status"],
+                    "start_time": spec["start_time"],
+                    "end_time": spec["end_time"],
+                    "deleted_time": None,
+                    "source_version": "",
+                    "lifecycle_stage": "active",
+                    "artifact_uri": f"{artifact_root}/{rid}/artifacts",
+                    "experiment_id": int(exp_id),
+                }
+            )
             rows[tables[1]].extend({"key": k2, "value": v, "run_uuid": rid} for k2, v in spec["tags"].items())
             rows[tables[2]].extend({"key": k2, "value": v, "run_uuid": rid} for k2, v in spec["params"].items())
             latest: dict[str, tuple[int, int, float]] = {}
             mrows = rows[tables[3]]
             for key, value, ts, step in spec["points"]:
-                mrows.append({"key": key, "value": value, "timestamp": ts, "run_uuid": rid, "step": step,
-                              "is_nan": False})
+                mrows.append(
+                    {"key": key, "value": value, "timestamp": ts, "run_uuid": rid, "step": step, "is_nan": False}
+                )
                 cand = (step, ts, value)
                 if key not in latest or cand > latest[key]:
                     latest[key] = cand
-            rows[tables[4]].extend({"key": key, "value": v, "timestamp": ts, "step": st, "is_nan": False,
-                                    "run_uuid": rid} for key, (st, ts, v) in latest.items())
+            rows[tables[4]].extend(
+                {"key": key, "value": v, "timestamp": ts, "step": st, "is_nan": False, "run_uuid": rid}
+                for key, (st, ts, v) in latest.items()
+            )
             if (k + 1) % batch_runs == 0 or len(mrows) > 200_000:
                 flush(con)
         flush(con)
@@ -337,11 +436,19 @@ def write_sql_store(uri: str, n: int, artifact_root: Path, history: int = HISTOR
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as con:
             con.execute(sa.text("VACUUM ANALYZE"))
     engine.dispose()
-    return {"kind": "sql", "uri": uri, "experiment_id": exp_id, "rows": counts, "schema_s": round(t_schema, 1),
-            "load_s": round(t_load, 1), "seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "kind": "sql",
+        "uri": uri,
+        "experiment_id": exp_id,
+        "rows": counts,
+        "schema_s": round(t_schema, 1),
+        "load_s": round(t_load, 1),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 # --------------------------------------------------------------------------- verification
+
 
 def _read_run(client: Any, rid: str, keys: tuple[str, ...]) -> dict[str, Any]:
     r = client.get_run(rid)
@@ -350,10 +457,20 @@ def _read_run(client: Any, rid: str, keys: tuple[str, ...]) -> dict[str, Any]:
         got = client.get_metric_history(rid, k)
         hist[k] = sorted((m.step, m.timestamp, m.value) for m in got)
     exp = client.get_experiment(r.info.experiment_id)
-    return {"experiment": exp.name, "run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
-            "start_time": r.info.start_time, "end_time": r.info.end_time, "user_id": r.info.user_id,
-            "lifecycle_stage": r.info.lifecycle_stage, "params": dict(r.data.params), "tags": dict(r.data.tags),
-            "metrics": dict(r.data.metrics), "history": hist}
+    return {
+        "experiment": exp.name,
+        "run_id": r.info.run_id,
+        "run_name": r.info.run_name,
+        "status": r.info.status,
+        "start_time": r.info.start_time,
+        "end_time": r.info.end_time,
+        "user_id": r.info.user_id,
+        "lifecycle_stage": r.info.lifecycle_stage,
+        "params": dict(r.data.params),
+        "tags": dict(r.data.tags),
+        "metrics": dict(r.data.metrics),
+        "history": hist,
+    }
 
 
 def _expected(spec: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -364,10 +481,20 @@ def _expected(spec: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
             latest[key] = (step, ts, value)
         if key in hist:
             hist[key].append((step, ts, value))
-    return {"experiment": EXPERIMENT, "run_id": spec["run_id"], "run_name": spec["name"], "status": spec["status"],
-            "start_time": spec["start_time"], "end_time": spec["end_time"], "user_id": "bench",
-            "lifecycle_stage": "active", "params": spec["params"], "tags": spec["tags"],
-            "metrics": {k: v[2] for k, v in latest.items()}, "history": {k: sorted(v) for k, v in hist.items()}}
+    return {
+        "experiment": EXPERIMENT,
+        "run_id": spec["run_id"],
+        "run_name": spec["name"],
+        "status": spec["status"],
+        "start_time": spec["start_time"],
+        "end_time": spec["end_time"],
+        "user_id": "bench",
+        "lifecycle_stage": "active",
+        "params": spec["params"],
+        "tags": spec["tags"],
+        "metrics": {k: v[2] for k, v in latest.items()},
+        "history": {k: sorted(v) for k, v in hist.items()},
+    }
 
 
 def verify(uri: str, n: int, history: int = HISTORY, against: str | None = None) -> dict[str, Any]:
@@ -405,8 +532,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kind", choices=("file", "sqlite", "postgresql"), required=True)
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--history", type=int, default=HISTORY)
-    ap.add_argument("--out", required=True, help="file: the store folder; sqlite: the .db file; postgresql: a URI "
-                                                 "of an empty database")
+    ap.add_argument(
+        "--out",
+        required=True,
+        help="file: the store folder; sqlite: the .db file; postgresql: a URI of an empty database",
+    )
     ap.add_argument("--verify-against", default=None, help="another store's URI to compare sample runs with")
     a = ap.parse_args(argv)
     if a.kind == "file":

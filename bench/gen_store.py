@@ -42,6 +42,7 @@ Command line::
 
     .venv/bin/python bench/gen_store.py --out bench/out/store
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,14 +73,14 @@ def points_per_run(steps: int = 1000, eval_every: int = 20, langs=LANGS) -> int:
 
 def _trainer_params(rng: random.Random, i: int, steps: int, langs) -> dict[str, str]:
     """A Trainer-run-like parameter set, already stringified as MLflow stores it."""
-    model = rng.choice(["xlm-roberta-base", "bert-base-multilingual-cased",
-                        "distilbert-base-multilingual-cased"])
+    model = rng.choice(["xlm-roberta-base", "bert-base-multilingual-cased", "distilbert-base-multilingual-cased"])
     lr = rng.choice([1e-5, 2e-5, 3e-5, 5e-5])
     bs = rng.choice([8, 16, 32])
     p = {
         "_name_or_path": model,
         "model_type": model.split("-")[0].replace("xlm", "xlm-roberta"),
-        "architectures": "['XLMRobertaForSequenceClassification']" if model.startswith("xlm")
+        "architectures": "['XLMRobertaForSequenceClassification']"
+        if model.startswith("xlm")
         else "['BertForSequenceClassification']",
         "num_labels": 3,
         "id2label": "{0: 'entailment', 1: 'neutral', 2: 'contradiction'}",
@@ -128,8 +129,7 @@ def _trainer_params(rng: random.Random, i: int, steps: int, langs) -> dict[str, 
     return {k: str(v) for k, v in p.items()}
 
 
-def _run_series(rng: random.Random, steps: int, eval_every: int, langs, start_ms: int,
-                lr0: float):
+def _run_series(rng: random.Random, steps: int, eval_every: int, langs, start_ms: int, lr0: float):
     """Yield (key, value, timestamp_ms, step) for one run, timestamps increasing."""
     warmup = max(1, steps // 10)
     steps_per_epoch = max(1, steps // 4)
@@ -142,8 +142,8 @@ def _run_series(rng: random.Random, steps: int, eval_every: int, langs, start_ms
         frac = step / steps
         loss = final_loss + (1.1 - final_loss) * math.exp(-5 * frac) + rng.gauss(0, 0.05)
         lr = lr0 * step / warmup if step <= warmup else lr0 * (steps - step) / (steps - warmup)
-        yield "loss", round(max(loss, 0.01), 4), t, step           # Trainer rounds loss
-        yield "learning_rate", lr, t, step                          # full float
+        yield "loss", round(max(loss, 0.01), 4), t, step  # Trainer rounds loss
+        yield "learning_rate", lr, t, step  # full float
         yield "grad_norm", abs(rng.gauss(2.0 * (1 - frac) + 0.5, 0.6)), t, step
         yield "epoch", round(step / steps_per_epoch, 4), t, step
         if step % eval_every == 0:
@@ -198,11 +198,18 @@ def _write_log_batch(client, run_id: str, series) -> int:
     return n
 
 
-def generate_store(out: str | os.PathLike, runs: int = 40, steps: int = 1000,
-                   eval_every: int = 20, langs=LANGS, seed: int = 0,
-                   single_metric_points: int | None = None,
-                   method: str = "direct", overwrite: bool = True,
-                   now_ms: int | None = None) -> dict:
+def generate_store(
+    out: str | os.PathLike,
+    runs: int = 40,
+    steps: int = 1000,
+    eval_every: int = 20,
+    langs=LANGS,
+    seed: int = 0,
+    single_metric_points: int | None = None,
+    method: str = "direct",
+    overwrite: bool = True,
+    now_ms: int | None = None,
+) -> dict:
     """Create the store at ``out`` and return a summary dict.
 
     Summary keys: ``tracking_uri`` (absolute path), ``experiment_id``,
@@ -253,15 +260,19 @@ def generate_store(out: str | os.PathLike, runs: int = 40, steps: int = 1000,
             series = _single_series(single_metric_points, start_ms, seed)
         else:
             params = _trainer_params(random.Random(seed * 100003 + i), i, steps, langs)
-            series = _run_series(random.Random(seed * 100019 + i), steps, eval_every, langs,
-                                 start_ms, float(params["learning_rate"]))
+            series = _run_series(
+                random.Random(seed * 100019 + i), steps, eval_every, langs, start_ms, float(params["learning_rate"])
+            )
         items = list(params.items())
         for k in range(0, len(items), 100):  # 100 params per log_batch is MLflow's limit
-            client.log_batch(rid, params=[Param(a, b) for a, b in items[k:k + 100]],
-                             tags=[RunTag("dataset", "xnli")] if k == 0 else [])
+            client.log_batch(
+                rid,
+                params=[Param(a, b) for a, b in items[k : k + 100]],
+                tags=[RunTag("dataset", "xnli")] if k == 0 else [],
+            )
         last_ts = [start_ms]
 
-        def tracking(series=series):
+        def tracking(series=series, last_ts=last_ts):
             for p in series:
                 last_ts[0] = p[2]
                 yield p
@@ -281,8 +292,7 @@ def generate_store(out: str | os.PathLike, runs: int = 40, steps: int = 1000,
     info0 = store._get_run_info(run_ids[0])
     path = store._get_metric_path(info0.experiment_id, info0.run_id, "loss")
     with open(path) as fh:
-        head = [FileStore._get_metric_from_line(info0.run_id, "loss", fh.readline(), exp_id)
-                for _ in range(3)]
+        head = [FileStore._get_metric_from_line(info0.run_id, "loss", fh.readline(), exp_id) for _ in range(3)]
     if info0.status != "FINISHED" or head[0].step not in (0, 1):
         raise RuntimeError("generated store does not read back through MLflow")
     if single_metric_points is None and len(client.get_metric_history(run_ids[0], "loss")) != steps:
@@ -307,26 +317,48 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--eval-every", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--single-metric-points", type=int, default=None, metavar="N",
-                    help="instead: one run, one metric ('loss') with N points")
-    ap.add_argument("--method", choices=("direct", "log_batch"), default="direct",
-                    help="direct (default): runs/params/tags via MlflowClient, metric lines "
-                         "appended in FileStore's own format (~1.5 s for the default store); "
-                         "log_batch: everything via MlflowClient.log_batch, 1000 metrics a "
-                         "call (~20 s; byte-identical output)")
-    ap.add_argument("--now-ms", type=int, default=None,
-                    help="pretend 'now' is this epoch-ms (reproducible timestamps); default: now")
+    ap.add_argument(
+        "--single-metric-points",
+        type=int,
+        default=None,
+        metavar="N",
+        help="instead: one run, one metric ('loss') with N points",
+    )
+    ap.add_argument(
+        "--method",
+        choices=("direct", "log_batch"),
+        default="direct",
+        help="direct (default): runs/params/tags via MlflowClient, metric lines "
+        "appended in FileStore's own format (~1.5 s for the default store); "
+        "log_batch: everything via MlflowClient.log_batch, 1000 metrics a "
+        "call (~20 s; byte-identical output)",
+    )
+    ap.add_argument(
+        "--now-ms",
+        type=int,
+        default=None,
+        help="pretend 'now' is this epoch-ms (reproducible timestamps); default: now",
+    )
     ap.add_argument("--json", action="store_true", help="print the summary (without run ids) as JSON")
     args = ap.parse_args(argv)
-    info = generate_store(args.out, runs=args.runs, steps=args.steps, eval_every=args.eval_every,
-                          seed=args.seed, single_metric_points=args.single_metric_points,
-                          method=args.method, now_ms=args.now_ms)
+    info = generate_store(
+        args.out,
+        runs=args.runs,
+        steps=args.steps,
+        eval_every=args.eval_every,
+        seed=args.seed,
+        single_metric_points=args.single_metric_points,
+        method=args.method,
+        now_ms=args.now_ms,
+    )
     summary = {k: v for k, v in info.items() if k != "run_ids"}
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"wrote {summary['points']:,} points in {summary['runs']} runs to "
-              f"{summary['tracking_uri']} in {summary['seconds']:.1f}s ({summary['method']})")
+        print(
+            f"wrote {summary['points']:,} points in {summary['runs']} runs to "
+            f"{summary['tracking_uri']} in {summary['seconds']:.1f}s ({summary['method']})"
+        )
     return 0
 
 

@@ -46,6 +46,7 @@ round-ours / round-aimlflow
 Every part records ``os.getloadavg()`` before and after. The machine this was written on has
 2 cores shared with other jobs: compare CPU seconds where wall times are noisy.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -111,22 +112,39 @@ def pct(xs: list[float], q: float) -> float:
 def summary(xs: list[float]) -> dict:
     if not xs:
         return {"n": 0}
-    return {"n": len(xs), "p50": round(statistics.median(xs), 4), "p95": round(pct(xs, 95), 4),
-            "max": round(max(xs), 4), "min": round(min(xs), 4), "mean": round(statistics.fmean(xs), 4)}
+    return {
+        "n": len(xs),
+        "p50": round(statistics.median(xs), 4),
+        "p95": round(pct(xs, 95), 4),
+        "max": round(max(xs), 4),
+        "min": round(min(xs), 4),
+        "mean": round(statistics.fmean(xs), 4),
+    }
 
 
 def child_env(**extra) -> dict:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_ALLOW_FILE_STORE": "true",
-           "MLFLOW_DISABLE_TELEMETRY": "true", **extra}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "MLFLOW_ALLOW_FILE_STORE": "true",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        **extra,
+    }
     return env
 
 
 def init_aim_repo(path: Path, python: Path = PY) -> None:
     """An empty, initialised Aim repo (aimlflow's CLI insists the folder exists)."""
     path.mkdir(parents=True, exist_ok=True)
-    subprocess.run([str(python), "-c",
-                    "import sys; from aim.sdk.repo import Repo; Repo.from_path(sys.argv[1], init=True)",
-                    str(path)], check=True)
+    subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import sys; from aim.sdk.repo import Repo; Repo.from_path(sys.argv[1], init=True)",
+            str(path),
+        ],
+        check=True,
+    )
 
 
 def fresh_dir(p: Path) -> Path:
@@ -137,6 +155,7 @@ def fresh_dir(p: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- the reader
+
 
 def reader_main(argv: list[str]) -> int:
     """Poll an Aim repo for the steps of one metric; print one JSON line per poll that saw new
@@ -215,13 +234,19 @@ def reader_main(argv: list[str]) -> int:
                 seen.update(new)
                 emit({"t0": t0, "t1": t1, "new": new, "hash": h})
         if polls % 50 == 0:
-            emit({"polls": polls, "poll_p50": statistics.median(poll_s[-50:]), "indexed": indexed,
-                  "errors": errors})
+            emit({"polls": polls, "poll_p50": statistics.median(poll_s[-50:]), "indexed": indexed, "errors": errors})
         time.sleep(a.poll_sleep)
-    emit({"polls": polls, "poll_p50": statistics.median(poll_s) if poll_s else None,
-          "poll_all_p50": statistics.median(poll_s) if poll_s else None,
-          "poll_all_p95": pct(poll_s, 95) if poll_s else None, "indexed": indexed, "errors": errors,
-          "final": True})
+    emit(
+        {
+            "polls": polls,
+            "poll_p50": statistics.median(poll_s) if poll_s else None,
+            "poll_all_p50": statistics.median(poll_s) if poll_s else None,
+            "poll_all_p95": pct(poll_s, 95) if poll_s else None,
+            "indexed": indexed,
+            "errors": errors,
+            "final": True,
+        }
+    )
     return 0
 
 
@@ -243,8 +268,13 @@ def dump_main(argv: list[str]) -> int:
 
 def verify_points(repo: Path, run_hash: str, logged: dict[int, tuple[float, int]]) -> dict:
     """Compare what Aim holds for `loss` with what was logged: {step: (value, timestamp ms)}."""
-    p = subprocess.run([str(PY), str(Path(__file__).resolve()), "_dump", "--repo", str(repo), "--hash", run_hash],
-                       capture_output=True, text=True, cwd=ROOT, env=child_env())
+    p = subprocess.run(
+        [str(PY), str(Path(__file__).resolve()), "_dump", "--repo", str(repo), "--hash", run_hash],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=child_env(),
+    )
     if p.returncode != 0:
         return {"ok": False, "error": p.stderr[-500:]}
     d = json.loads(p.stdout)
@@ -252,8 +282,14 @@ def verify_points(repo: Path, run_hash: str, logged: dict[int, tuple[float, int]
     dupes = len(d["steps"]) - len(got)
     values_ok = sorted(got) == sorted(logged) and all(got[k][0] == logged[k][0] for k in logged)
     ts_ok = values_ok and all(got[k][1] == logged[k][1] for k in logged)
-    return {"ok": values_ok and ts_ok and not dupes, "aim_points": len(d["steps"]), "logged_points": len(logged),
-            "steps_and_values_equal": values_ok, "mlflow_timestamps_kept": ts_ok, "duplicate_steps": dupes}
+    return {
+        "ok": values_ok and ts_ok and not dupes,
+        "aim_points": len(d["steps"]),
+        "logged_points": len(logged),
+        "steps_and_values_equal": values_ok,
+        "mlflow_timestamps_kept": ts_ok,
+        "duplicate_steps": dupes,
+    }
 
 
 class Lines:
@@ -307,8 +343,12 @@ def stop_child(p: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 30) -> 
         pid, status, ru = os.wait4(p.pid, os.WNOHANG)
         if pid:
             p.returncode = os.waitstatus_to_exitcode(status)
-            return {"rc": p.returncode, "user_s": round(ru.ru_utime, 2), "sys_s": round(ru.ru_stime, 2),
-                    "max_rss_mb": round(ru.ru_maxrss / 1024, 1)}
+            return {
+                "rc": p.returncode,
+                "user_s": round(ru.ru_utime, 2),
+                "sys_s": round(ru.ru_stime, 2),
+                "max_rss_mb": round(ru.ru_maxrss / 1024, 1),
+            }
         if time.monotonic() > deadline:
             p.kill()
             deadline = time.monotonic() + 10
@@ -316,6 +356,7 @@ def stop_child(p: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 30) -> 
 
 
 # --------------------------------------------------------------------------- latency
+
 
 def make_live_store(store: Path) -> tuple[object, str, int]:
     """A file store with one RUNNING run holding step 0 of `loss`."""
@@ -344,16 +385,37 @@ def latency(tool: str, args) -> dict:
         init_aim_repo(repo)
         cmd = [str(AIMLFLOW), "sync", "--mlflow-tracking-uri", str(store), "--aim-repo", str(repo)]
     else:
-        cmd = [str(SYNCER), "sync", "--mlflow-tracking-uri", str(store), "--aim-repo", str(repo),
-               "--log-level", "debug", "--log-format", "json"]
+        cmd = [
+            str(SYNCER),
+            "sync",
+            "--mlflow-tracking-uri",
+            str(store),
+            "--aim-repo",
+            str(repo),
+            "--log-level",
+            "debug",
+            "--log-format",
+            "json",
+        ]
         cmd += ["--interval", "10"] if tool == "ours" else ["--no-watch", "--interval", "1"]
     print(f"[{name}] {' '.join(cmd)}", flush=True)
-    daemon = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              cwd=ROOT, env=child_env())
+    daemon = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=child_env()
+    )
     dlog = Lines(daemon.stdout, work / "daemon.log", parse_json=(tool != "aimlflow"))
-    reader_cmd = [str(PY), str(Path(__file__).resolve()), "_reader", "--repo", str(repo), "--run-id", run_id,
-                  "--hash-from", "aimlflow" if tool == "aimlflow" else "ours",
-                  "--poll-sleep", str(args.poll_sleep)]
+    reader_cmd = [
+        str(PY),
+        str(Path(__file__).resolve()),
+        "_reader",
+        "--repo",
+        str(repo),
+        "--run-id",
+        run_id,
+        "--hash-from",
+        "aimlflow" if tool == "aimlflow" else "ours",
+        "--poll-sleep",
+        str(args.poll_sleep),
+    ]
     if tool == "aimlflow":
         reader_cmd.append("--index")
     reader = None
@@ -361,16 +423,24 @@ def latency(tool: str, args) -> dict:
     try:
         # ready: ours has logged "syncing" and a first round (and "watching" with events)
         if tool != "aimlflow":
+
             def msg(x):
                 return x.get("message", "") if isinstance(x, dict) else str(x)
+
             ok = dlog.wait_for(lambda x: msg(x).startswith("syncing "), 60)
             ok = ok and dlog.wait_for(lambda x: isinstance(x, dict) and x.get("event") == "round", 120)
             if tool == "ours":
                 ok = ok and dlog.wait_for(lambda x: msg(x).startswith("watching "), 30)
             if not ok:
                 raise RuntimeError(f"{name}: the daemon did not come up; see {work / 'daemon.log'}")
-        reader = subprocess.Popen(reader_cmd, stdout=subprocess.PIPE, stderr=open(work / "reader.stderr", "w"),
-                                  text=True, cwd=ROOT, env=child_env())
+        reader = subprocess.Popen(
+            reader_cmd,
+            stdout=subprocess.PIPE,
+            stderr=open(work / "reader.stderr", "w"),
+            text=True,
+            cwd=ROOT,
+            env=child_env(),
+        )
         rlog = Lines(reader.stdout, work / "reader.log", parse_json=True)
         if not rlog.wait_for(lambda x: isinstance(x, dict) and 0 in x.get("new", ()), 180):
             raise RuntimeError(f"{name}: the reader never saw step 0; see {work}")
@@ -421,31 +491,51 @@ def latency(tool: str, args) -> dict:
         lat = {i: first_seen[i][1] - logged[i] for i in logged if i in first_seen}
         lat_lo = {i: first_seen[i][0] - logged[i] for i in logged if i in first_seen}
         missing = sorted(wanted - set(lat))
-        rounds = [x["round"] for t, x in dlog.items
-                  if isinstance(x, dict) and x.get("event") == "round" and t_start <= t <= t_last + grace]
-        result.update({
-            "points": args.points, "period_s": args.period, "poll_sleep_s": args.poll_sleep,
-            "latency_s": summary(list(lat.values())),
-            "latency_lower_bound_s": summary(list(lat_lo.values())),
-            "missing_steps": missing,
-            "log_call_s": summary(call_s),
-            "reader": {**reader_ru, "polls": final.get("polls"), "poll_p50_s": final.get("poll_all_p50"),
-                       "poll_p95_s": final.get("poll_all_p95"), "indexed": final.get("indexed"),
-                       "errors": final.get("errors")},
-            "daemon": daemon_ru,
-            "per_point_s": {str(i): round(v, 4) for i, v in sorted(lat.items())},
-            "loadavg_before": load_before, "loadavg_writer_start": load_writer, "loadavg_after": load_after,
-            "cpu_pressure_some_avg10_after": cpu_pressure(),
-        })
+        rounds = [
+            x["round"]
+            for t, x in dlog.items
+            if isinstance(x, dict) and x.get("event") == "round" and t_start <= t <= t_last + grace
+        ]
+        result.update(
+            {
+                "points": args.points,
+                "period_s": args.period,
+                "poll_sleep_s": args.poll_sleep,
+                "latency_s": summary(list(lat.values())),
+                "latency_lower_bound_s": summary(list(lat_lo.values())),
+                "missing_steps": missing,
+                "log_call_s": summary(call_s),
+                "reader": {
+                    **reader_ru,
+                    "polls": final.get("polls"),
+                    "poll_p50_s": final.get("poll_all_p50"),
+                    "poll_p95_s": final.get("poll_all_p95"),
+                    "indexed": final.get("indexed"),
+                    "errors": final.get("errors"),
+                },
+                "daemon": daemon_ru,
+                "per_point_s": {str(i): round(v, 4) for i, v in sorted(lat.items())},
+                "loadavg_before": load_before,
+                "loadavg_writer_start": load_writer,
+                "loadavg_after": load_after,
+                "cpu_pressure_some_avg10_after": cpu_pressure(),
+            }
+        )
         if rounds:
             secs = [r["seconds"] for r in rounds]
-            result["daemon_rounds"] = {"n": len(rounds), "with_points": sum(1 for r in rounds if r["points"]),
-                                       "seconds": summary(secs)}
+            result["daemon_rounds"] = {
+                "n": len(rounds),
+                "with_points": sum(1 for r in rounds if r["points"]),
+                "seconds": summary(secs),
+            }
         s = result["latency_s"]
-        print(f"[{name}] latency p50 {s.get('p50')} s, p95 {s.get('p95')} s, max {s.get('max')} s "
-              f"({s.get('n')}/{args.points} points seen; reader poll p50 "
-              f"{final.get('poll_all_p50') or 0:.3f} s); Aim content {result['aim_content']}; "
-              f"load {load_after}", flush=True)
+        print(
+            f"[{name}] latency p50 {s.get('p50')} s, p95 {s.get('p95')} s, max {s.get('max')} s "
+            f"({s.get('n')}/{args.points} points seen; reader poll p50 "
+            f"{final.get('poll_all_p50') or 0:.3f} s); Aim content {result['aim_content']}; "
+            f"load {load_after}",
+            flush=True,
+        )
         return result
     finally:
         if reader is not None:
@@ -455,6 +545,7 @@ def latency(tool: str, args) -> dict:
 
 
 # --------------------------------------------------------------------------- one round
+
 
 def make_history_store(store: Path, history: int) -> str:
     """A file store with one RUNNING run whose `loss` holds `history` points (steps 0..n-1)."""
@@ -506,8 +597,9 @@ def round_ours(args) -> dict:
     store, repo = work / "mlruns", work / "aim"
     t = time.perf_counter()
     run_id = make_history_store(history_store(args), args.history)
-    print(f"[round-ours] store with a RUNNING run of {args.history:,} points: "
-          f"{time.perf_counter() - t:.1f} s", flush=True)
+    print(
+        f"[round-ours] store with a RUNNING run of {args.history:,} points: {time.perf_counter() - t:.1f} s", flush=True
+    )
     shutil.copytree(history_store(args), store)
     client = MlflowClient(tracking_uri=str(store))
     base = [str(SYNCER), "backfill", "--mlflow-tracking-uri", str(store), "--aim-repo", str(repo)]
@@ -530,8 +622,21 @@ def round_ours(args) -> dict:
         pts, secs = parse(r["output"])
         cli.append({"points": pts, "round_s": secs, "wall_s": r["wall_s"], "cpu_s": r["cpu_s"]})
     # in-process: what the daemon does each round
-    cmd = [str(PY), str(Path(__file__).resolve()), "_round_ours", "--store", str(store), "--repo", str(repo),
-           "--run-id", run_id, "--first-step", str(step), "--reps", str(args.reps)]
+    cmd = [
+        str(PY),
+        str(Path(__file__).resolve()),
+        "_round_ours",
+        "--store",
+        str(store),
+        "--repo",
+        str(repo),
+        "--run-id",
+        run_id,
+        "--first-step",
+        str(step),
+        "--reps",
+        str(args.reps),
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=child_env())
     (work / "inproc.log").write_text(p.stdout + p.stderr)
     if p.returncode != 0:
@@ -541,32 +646,44 @@ def round_ours(args) -> dict:
     # sanity: Aim holds the whole history plus every new point, exactly once per step
     n_aim = _count_steps(repo, run_id)
     res = {
-        "history": args.history, "run_id": run_id,
-        "initial_backfill": {**{k: v for k, v in first.items() if k != "output"},
-                             "points": parse(first["output"])[0], "round_s": parse(first["output"])[1]},
+        "history": args.history,
+        "run_id": run_id,
+        "initial_backfill": {
+            **{k: v for k, v in first.items() if k != "output"},
+            "points": parse(first["output"])[0],
+            "round_s": parse(first["output"])[1],
+        },
         "cli": cli,
         "cli_round_s_median": statistics.median(c["round_s"] for c in cli) if cli else None,
         "cli_wall_s_median": statistics.median(c["wall_s"] for c in cli) if cli else None,
         "cli_cpu_s_median": statistics.median(c["cpu_s"] for c in cli) if cli else None,
         "inprocess": inproc,
-        "aim_steps_after": n_aim, "aim_steps_expected": step,
-        "loadavg_before": load_before, "loadavg_after": load(), "cpu_pressure_some_avg10_after": cpu_pressure(),
+        "aim_steps_after": n_aim,
+        "aim_steps_expected": step,
+        "loadavg_before": load_before,
+        "loadavg_after": load(),
+        "cpu_pressure_some_avg10_after": cpu_pressure(),
     }
     ip = inproc["round_one_point"]
-    print(f"[round-ours] in-process round with 1 new point: median {ip['p50'] * 1000:.1f} ms "
-          f"(CPU {inproc['round_one_point_cpu']['p50'] * 1000:.1f} ms, wall minus waiting for a CPU "
-          f"{inproc['round_one_point_wall_minus_runqueue_wait']['p50'] * 1000:.1f} ms), n={ip['n']}; "
-          f"CLI: round {res['cli_round_s_median']} s, process {res['cli_wall_s_median']} s wall; "
-          f"Aim steps {n_aim}/{step}; load {res['loadavg_after']}", flush=True)
+    print(
+        f"[round-ours] in-process round with 1 new point: median {ip['p50'] * 1000:.1f} ms "
+        f"(CPU {inproc['round_one_point_cpu']['p50'] * 1000:.1f} ms, wall minus waiting for a CPU "
+        f"{inproc['round_one_point_wall_minus_runqueue_wait']['p50'] * 1000:.1f} ms), n={ip['n']}; "
+        f"CLI: round {res['cli_round_s_median']} s, process {res['cli_wall_s_median']} s wall; "
+        f"Aim steps {n_aim}/{step}; load {res['loadavg_after']}",
+        flush=True,
+    )
     return res
 
 
 def _count_steps(repo: Path, run_id: str) -> int:
-    code = ("import sys, hashlib\nfrom aim.sdk.repo import Repo\nfrom aim.storage.context import Context\n"
-            "h = hashlib.sha256(f'mlflow-run:{sys.argv[2]}'.encode()).hexdigest()[:24]\n"
-            "r = Repo(sys.argv[1])\n"
-            "s = r.get_run(h).get_metric('loss', Context({})).data.view(['val']).numpy()[0]\n"
-            "print(len(set(s.tolist())))")
+    code = (
+        "import sys, hashlib\nfrom aim.sdk.repo import Repo\nfrom aim.storage.context import Context\n"
+        "h = hashlib.sha256(f'mlflow-run:{sys.argv[2]}'.encode()).hexdigest()[:24]\n"
+        "r = Repo(sys.argv[1])\n"
+        "s = r.get_run(h).get_metric('loss', Context({})).data.view(['val']).numpy()[0]\n"
+        "print(len(set(s.tolist())))"
+    )
     p = subprocess.run([str(PY), "-c", code, str(repo), run_id], capture_output=True, text=True, env=child_env())
     return int(p.stdout.strip()) if p.returncode == 0 else -1
 
@@ -580,7 +697,6 @@ def round_ours_main(argv: list[str]) -> int:
     ap.add_argument("--reps", type=int, default=20)
     a = ap.parse_args(argv)
     from mlflow import MlflowClient
-
     from syncer.config import Config
     from syncer.logs import configure_logging
     from syncer.runner import open_syncer
@@ -588,8 +704,9 @@ def round_ours_main(argv: list[str]) -> int:
     configure_logging("warning")
     client = MlflowClient(tracking_uri=a.store)
     t = time.perf_counter()
-    s = open_syncer(Config(tracking_uri=a.store, aim_repo=Path(a.repo)), strict_experiments=False, must_exist=True,
-                    keep_open=True)
+    s = open_syncer(
+        Config(tracking_uri=a.store, aim_repo=Path(a.repo)), strict_experiments=False, must_exist=True, keep_open=True
+    )
     open_s = time.perf_counter() - t
     t = time.perf_counter()
     warm = s.round()
@@ -611,13 +728,24 @@ def round_ours_main(argv: list[str]) -> int:
         empty.append(time.perf_counter() - t0)
         empty_cpu.append(time.process_time() - c0)
     s.close()
-    print(json.dumps({"open_s": round(open_s, 3), "warm_round_s": round(warm_s, 3), "warm_round_points": warm.points,
-                      "round_one_point": summary(one), "round_one_point_cpu": summary(one_cpu),
-                      # the round's thread, runnable but without a CPU (other jobs on the machine)
-                      "round_one_point_runqueue_wait": summary(one_wait),
-                      "round_one_point_wall_minus_runqueue_wait": summary([o - w for o, w in zip(one, one_wait)]),
-                      "points_written_per_round": points, "round_nothing_new": summary(empty),
-                      "round_nothing_new_cpu": summary(empty_cpu), "all_s": [round(x, 4) for x in one]}))
+    print(
+        json.dumps(
+            {
+                "open_s": round(open_s, 3),
+                "warm_round_s": round(warm_s, 3),
+                "warm_round_points": warm.points,
+                "round_one_point": summary(one),
+                "round_one_point_cpu": summary(one_cpu),
+                # the round's thread, runnable but without a CPU (other jobs on the machine)
+                "round_one_point_runqueue_wait": summary(one_wait),
+                "round_one_point_wall_minus_runqueue_wait": summary([o - w for o, w in zip(one, one_wait)]),
+                "points_written_per_round": points,
+                "round_nothing_new": summary(empty),
+                "round_nothing_new_cpu": summary(empty_cpu),
+                "all_s": [round(x, 4) for x in one],
+            }
+        )
+    )
     return 0
 
 
@@ -629,20 +757,40 @@ def round_aimlflow(args) -> dict:
     shutil.copytree(history_store(args), store)
     init_aim_repo(repo)
     load_before = load()
-    cmd = [str(AIMLFLOW_PY), str(Path(__file__).resolve()), "_round_aimlflow", "--store", str(store),
-           "--repo", str(repo), "--reps", str(args.aimlflow_reps)]
-    print(f"[round-aimlflow] converting {args.history:,} points, then {args.aimlflow_reps + 2} polls "
-          f"(minutes)", flush=True)
+    cmd = [
+        str(AIMLFLOW_PY),
+        str(Path(__file__).resolve()),
+        "_round_aimlflow",
+        "--store",
+        str(store),
+        "--repo",
+        str(repo),
+        "--reps",
+        str(args.aimlflow_reps),
+    ]
+    print(
+        f"[round-aimlflow] converting {args.history:,} points, then {args.aimlflow_reps + 2} polls (minutes)",
+        flush=True,
+    )
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=child_env())
     (work / "aimlflow.log").write_text(p.stdout + p.stderr)
     if p.returncode != 0:
         raise RuntimeError(f"round-aimlflow failed: {p.stderr[-2000:]}")
     res = json.loads(p.stdout.strip().splitlines()[-1])
-    res.update({"history": args.history, "loadavg_before": load_before, "loadavg_after": load(),
-                "cpu_pressure_some_avg10_after": cpu_pressure()})
-    print(f"[round-aimlflow] one poll with 1 new point: median {res['poll_s']['p50']:.2f} s "
-          f"(CPU {res['poll_cpu_s']['p50']:.2f} s), re-tracked {res['tracked_per_poll']:,} points per poll; "
-          f"load {res['loadavg_after']}", flush=True)
+    res.update(
+        {
+            "history": args.history,
+            "loadavg_before": load_before,
+            "loadavg_after": load(),
+            "cpu_pressure_some_avg10_after": cpu_pressure(),
+        }
+    )
+    print(
+        f"[round-aimlflow] one poll with 1 new point: median {res['poll_s']['p50']:.2f} s "
+        f"(CPU {res['poll_cpu_s']['p50']:.2f} s), re-tracked {res['tracked_per_poll']:,} points per poll; "
+        f"load {res['loadavg_after']}",
+        flush=True,
+    )
     return res
 
 
@@ -656,12 +804,13 @@ def round_aimlflow_main(argv: list[str]) -> int:
     import logging
 
     logging.disable(logging.WARNING)
-    from aim import Run
     from aim.sdk.repo import Repo
     from aim.sdk.utils import clean_repo_path
     from aimlflow.utils import convert_existing_logs
     from aimlflow.watcher import MLFlowWatcher
     from mlflow import MlflowClient
+
+    from aim import Run
 
     client = MlflowClient(tracking_uri=a.store)
     run = client.search_runs([e.experiment_id for e in client.search_experiments()])[0]
@@ -694,22 +843,34 @@ def round_aimlflow_main(argv: list[str]) -> int:
     Run.track = counting
     poll()
     Run.track = orig
-    print(json.dumps({"convert_s": round(convert_s, 2), "first_poll_s": round(first, 3),
-                      "first_poll_cpu_s": round(first_cpu, 3),
-                      "poll_s": summary([p[0] for p in polls]), "poll_cpu_s": summary([p[1] for p in polls]),
-                      "all_s": [round(p[0], 3) for p in polls], "tracked_per_poll": calls[0]}))
+    print(
+        json.dumps(
+            {
+                "convert_s": round(convert_s, 2),
+                "first_poll_s": round(first, 3),
+                "first_poll_cpu_s": round(first_cpu, 3),
+                "poll_s": summary([p[0] for p in polls]),
+                "poll_cpu_s": summary([p[1] for p in polls]),
+                "all_s": [round(p[0], 3) for p in polls],
+                "tracked_per_poll": calls[0],
+            }
+        )
+    )
     os._exit(0)  # aimlflow leaves aim.Runs open; their finalisers can hang at exit
 
 
 # --------------------------------------------------------------------------- main
 
+
 def git_state() -> str:
     """HEAD, and whether syncer/ has uncommitted changes (others work in the same tree)."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=ROOT).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "syncer"], capture_output=True, text=True,
-                               cwd=ROOT).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "syncer"], capture_output=True, text=True, cwd=ROOT
+        ).stdout.strip()
         return head + (" (syncer/ modified)" if dirty else "")
     except OSError:
         return "unknown"
@@ -725,26 +886,58 @@ def table(res: dict) -> list[str]:
 
     rows = []
     for k in ("p50", "p95", "max"):
-        rows.append((f"log → visible in Aim, {k}, events on (ours: sync --interval 10)",
-                     ms(lat("latency-ours", k)), ms(lat("latency-aimlflow", k)), "p95 < 1 s" if k == "p95" else ""))
+        rows.append(
+            (
+                f"log → visible in Aim, {k}, events on (ours: sync --interval 10)",
+                ms(lat("latency-ours", k)),
+                ms(lat("latency-aimlflow", k)),
+                "p95 < 1 s" if k == "p95" else "",
+            )
+        )
     for k in ("p50", "p95", "max"):
-        rows.append((f"log → visible in Aim, {k}, polling only (ours: --no-watch --interval 1)",
-                     ms(lat("latency-ours-poll", k)), ms(lat("latency-aimlflow", k)), ""))
+        rows.append(
+            (
+                f"log → visible in Aim, {k}, polling only (ours: --no-watch --interval 1)",
+                ms(lat("latency-ours-poll", k)),
+                ms(lat("latency-aimlflow", k)),
+                "",
+            )
+        )
     ro, ra = res.get("round-ours"), res.get("round-aimlflow")
-    rows.append(("one round: RUNNING run, {:,}-point history + 1 new point".format(
-                 (ro or ra or {}).get("history", 0)),
-                 ms(ro["inprocess"]["round_one_point"]["p50"]) if ro else "—",
-                 ms(ra["poll_s"]["p50"]) if ra else "—", "< 50 ms"))
-    rows.append(("  same, CPU time (all threads)",
-                 ms(ro["inprocess"]["round_one_point_cpu"]["p50"]) if ro else "—",
-                 ms(ra["poll_cpu_s"]["p50"]) if ra else "—", ""))
+    rows.append(
+        (
+            "one round: RUNNING run, {:,}-point history + 1 new point".format((ro or ra or {}).get("history", 0)),
+            ms(ro["inprocess"]["round_one_point"]["p50"]) if ro else "—",
+            ms(ra["poll_s"]["p50"]) if ra else "—",
+            "< 50 ms",
+        )
+    )
+    rows.append(
+        (
+            "  same, CPU time (all threads)",
+            ms(ro["inprocess"]["round_one_point_cpu"]["p50"]) if ro else "—",
+            ms(ra["poll_cpu_s"]["p50"]) if ra else "—",
+            "",
+        )
+    )
     if ro:
-        rows.append(("  same, wall minus time the round waited for a CPU",
-                     ms(ro["inprocess"]["round_one_point_wall_minus_runqueue_wait"]["p50"]), "", ""))
+        rows.append(
+            (
+                "  same, wall minus time the round waited for a CPU",
+                ms(ro["inprocess"]["round_one_point_wall_minus_runqueue_wait"]["p50"]),
+                "",
+                "",
+            )
+        )
     if ro:
-        rows.append(("  ours via `syncer backfill`: its summary 'in X s' / process wall / CPU",
-                     f"{ro['cli_round_s_median']} s / {ro['cli_wall_s_median']:.2f} s / {ro['cli_cpu_s_median']:.2f} s",
-                     "", ""))
+        rows.append(
+            (
+                "  ours via `syncer backfill`: its summary 'in X s' / process wall / CPU",
+                f"{ro['cli_round_s_median']} s / {ro['cli_wall_s_median']:.2f} s / {ro['cli_cpu_s_median']:.2f} s",
+                "",
+                "",
+            )
+        )
     w = [max(len(r[i]) for r in rows + [("metric", "ours", "aimlflow 0.2.1", "target")]) for i in range(4)]
     out = [" | ".join(h.ljust(w[i]) for i, h in enumerate(("metric", "ours", "aimlflow 0.2.1", "target")))]
     out.append("-+-".join("-" * x for x in w))
@@ -778,12 +971,18 @@ def main(argv=None) -> int:
     if any("aimlflow" in p for p in parts) and not AIMLFLOW_PY.exists():
         ap.error(f"{AIMLFLOW_PY} not found; run bench/aimlflow_env.sh first")
     WORK.mkdir(parents=True, exist_ok=True)
-    res: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "nproc": os.cpu_count(), "git": git_state(),
-                 "loadavg_start": load(), "cpu_pressure_some_avg10_start": cpu_pressure(), "args": vars(args)}
+    res: dict = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "nproc": os.cpu_count(),
+        "git": git_state(),
+        "loadavg_start": load(),
+        "cpu_pressure_some_avg10_start": cpu_pressure(),
+        "args": vars(args),
+    }
     for part in parts:
         t = time.perf_counter()
         if part.startswith("latency-"):
-            res[part] = latency(part[len("latency-"):], args)
+            res[part] = latency(part[len("latency-") :], args)
         elif part == "round-ours":
             res[part] = round_ours(args)
         else:
@@ -792,9 +991,12 @@ def main(argv=None) -> int:
     res["loadavg_end"] = load()
     res["cpu_pressure_some_avg10_end"] = cpu_pressure()
     print()
-    print(f"git {res['git']}; load average: start {res['loadavg_start']}, end {res['loadavg_end']} on {res['nproc']} CPUs; "
-          f"CPU pressure (PSI some avg10) {res['cpu_pressure_some_avg10_start']}% -> "
-          f"{res['cpu_pressure_some_avg10_end']}%")
+    print(
+        f"git {res['git']}; load average: start {res['loadavg_start']}, end {res['loadavg_end']} "
+        f"on {res['nproc']} CPUs; "
+        f"CPU pressure (PSI some avg10) {res['cpu_pressure_some_avg10_start']}% -> "
+        f"{res['cpu_pressure_some_avg10_end']}%"
+    )
     for line in table(res):
         print(line)
     if args.json_out:

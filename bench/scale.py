@@ -77,6 +77,7 @@ INT32_MAX = 2**31 - 1
 
 # --------------------------------------------------------------------------- small helpers
 
+
 def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -95,14 +96,26 @@ def pct(xs: list[float], q: float) -> float:
 def summ(xs: list[float]) -> dict[str, Any]:
     if not xs:
         return {"n": 0}
-    return {"n": len(xs), "p50": round(statistics.median(xs), 5), "p90": round(pct(xs, 90), 5),
-            "p95": round(pct(xs, 95), 5), "min": round(min(xs), 5), "max": round(max(xs), 5),
-            "mean": round(statistics.fmean(xs), 5)}
+    return {
+        "n": len(xs),
+        "p50": round(statistics.median(xs), 5),
+        "p90": round(pct(xs, 90), 5),
+        "p95": round(pct(xs, 95), 5),
+        "min": round(min(xs), 5),
+        "max": round(max(xs), 5),
+        "mean": round(statistics.fmean(xs), 5),
+    }
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "MLFLOW_ALLOW_FILE_STORE": "true",
-            "MLFLOW_DISABLE_TELEMETRY": "true", "GIT_PYTHON_REFRESH": "quiet"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+        "MLFLOW_ALLOW_FILE_STORE": "true",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "GIT_PYTHON_REFRESH": "quiet",
+    }
 
 
 def free_port() -> int:
@@ -115,18 +128,21 @@ def git_state() -> str:
     """HEAD of the tree this runs from (a snapshot copy has the original's .git), and whether
     syncer/ differs from it."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=ROOT).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "syncer"], capture_output=True, text=True,
-                               cwd=ROOT).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "syncer"], capture_output=True, text=True, cwd=ROOT
+        ).stdout.strip()
         return head + (" (syncer/ modified)" if dirty else "")
     except OSError:
         return "unknown"
 
 
 def syncer_file() -> str:
-    p = subprocess.run([str(PY), "-c", "import syncer; print(syncer.__file__)"], capture_output=True, text=True,
-                       cwd=ROOT, env=env())
+    p = subprocess.run(
+        [str(PY), "-c", "import syncer; print(syncer.__file__)"], capture_output=True, text=True, cwd=ROOT, env=env()
+    )
     return p.stdout.strip()
 
 
@@ -244,8 +260,11 @@ def stop_child(p: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 60) -> 
         pid, status, ru = os.wait4(p.pid, os.WNOHANG)
         if pid:
             p.returncode = os.waitstatus_to_exitcode(status)
-            return {"rc": p.returncode, "cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
-                    "max_rss_mb": round(ru.ru_maxrss / 1024, 1)}
+            return {
+                "rc": p.returncode,
+                "cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
+                "max_rss_mb": round(ru.ru_maxrss / 1024, 1),
+            }
         if time.monotonic() > deadline:
             p.kill()
             deadline = time.monotonic() + 10
@@ -257,6 +276,7 @@ def syncer_cmd(*args: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- PostgreSQL, the MLflow server
+
 
 def _postgres_class():
     sys.path.insert(0, str(ROOT / "tests"))
@@ -287,11 +307,11 @@ class BenchPostgres:
 
             def start(self):
                 if not (self.data / "PG_VERSION").exists():
-                    self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                              "--no-sync")
+                    self._run(
+                        "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"
+                    )
                 opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-                self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "server.log"), "-o", opts, "-w",
-                          "start")
+                self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "server.log"), "-o", opts, "-w", "start")
                 deadline = time.monotonic() + 60
                 while self._run("pg_isready", "-h", "127.0.0.1", "-p", str(self.port), check=False).returncode:
                     if time.monotonic() > deadline:
@@ -346,10 +366,28 @@ class MlflowServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / "server.log", "ab")
         self.proc = subprocess.Popen(
-            [str(PY), "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", f"sqlite:///{self.db}", "--artifacts-destination",
-             str(self.workdir / "artifacts"), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True, env=env())
+            [
+                str(PY),
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--backend-store-uri",
+                f"sqlite:///{self.db}",
+                "--artifacts-destination",
+                str(self.workdir / "artifacts"),
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            start_new_session=True,
+            env=env(),
+        )
         wait_http(self.uri + "/health", timeout=120, proc=self.proc)
         return self
 
@@ -369,6 +407,7 @@ class MlflowServer:
 
 # --------------------------------------------------------------------------- the cached stores
 
+
 class Stores:
     """Generated stores under <out>/stores (and the PostgreSQL cluster under <out>/pg), reused
     across invocations; `manifest.json` says what each holds (rebuilt when GEN_VERSION moves)."""
@@ -378,7 +417,9 @@ class Stores:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.pg = pg
         self.manifest_path = self.dir / "manifest.json"
-        self.manifest: dict[str, Any] = json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
+        self.manifest: dict[str, Any] = (
+            json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
+        )
 
     def _save(self) -> None:
         self.manifest_path.write_text(json.dumps(self.manifest, indent=2))
@@ -404,10 +445,16 @@ class Stores:
                 print(f"[gen] file store, {n:,} runs -> {path}", flush=True)
                 info = G.write_file_store(path, n)
                 loss = path / info["experiment_id"] / G.RUNNING_ID / "metrics" / "loss"
-                info.update(verify=G.verify(str(path), n), running_loss_bytes=loss.stat().st_size,
-                            running_loss_path=str(loss))
-                self.manifest[name] = {**info, "gen_version": G.GEN_VERSION, "runs": n,
-                                       "points": G.points_total(n), "du": du(path)}
+                info.update(
+                    verify=G.verify(str(path), n), running_loss_bytes=loss.stat().st_size, running_loss_path=str(loss)
+                )
+                self.manifest[name] = {
+                    **info,
+                    "gen_version": G.GEN_VERSION,
+                    "runs": n,
+                    "points": G.points_total(n),
+                    "du": du(path),
+                }
                 self._save()
         elif kind == "sqlite":
             path = self.sqlite(n)
@@ -417,8 +464,13 @@ class Stores:
                 info = G.write_sql_store(f"sqlite:///{path}", n, self.dir / f"sqlite-{n}-artifacts")
                 against = str(self.file(n)) if self._ok(f"file-{n}") else None
                 info["verify"] = G.verify(info["uri"], n, against=against)
-                self.manifest[name] = {**info, "gen_version": G.GEN_VERSION, "runs": n,
-                                       "points": G.points_total(n), "du": du(path)}
+                self.manifest[name] = {
+                    **info,
+                    "gen_version": G.GEN_VERSION,
+                    "runs": n,
+                    "points": G.points_total(n),
+                    "du": du(path),
+                }
                 self._save()
         elif kind == "postgres":
             assert self.pg is not None
@@ -431,8 +483,14 @@ class Stores:
                 against = str(self.file(n)) if self._ok(f"file-{n}") else None
                 info["verify"] = G.verify(info["uri"], n, against=against)
                 size = self.pg.sql(f"SELECT pg_size_pretty(pg_database_size('{db}'))")
-                self.manifest[name] = {**info, "gen_version": G.GEN_VERSION, "runs": n, "database": db,
-                                       "points": G.points_total(n), "du": size}
+                self.manifest[name] = {
+                    **info,
+                    "gen_version": G.GEN_VERSION,
+                    "runs": n,
+                    "database": db,
+                    "points": G.points_total(n),
+                    "du": size,
+                }
                 self._save()
         else:
             raise ValueError(kind)
@@ -445,6 +503,7 @@ def du(path: Path) -> str:
 
 
 # --------------------------------------------------------------------------- a session's working store
+
 
 class WorkStore:
     """The store one session works on: a fresh copy of the cached one (the file store: the
@@ -515,6 +574,7 @@ class WorkStore:
 
 # --------------------------------------------------------------------------- the measurements
 
+
 def measure_backfill(ws: WorkStore, repo: Path, logs: Path) -> dict[str, Any]:
     cmd = syncer_cmd("backfill", "--mlflow-tracking-uri", ws.uri, "--aim-repo", str(repo))
     serving = ws.serving_pid()
@@ -529,12 +589,19 @@ def measure_backfill(ws: WorkStore, repo: Path, logs: Path) -> dict[str, Any]:
     rc = os.waitstatus_to_exitcode(status)
     m = re.search(r"backfill: .*?(\d+) runs \((\d+) updated\), (\d+) points", text)
     points = int(m.group(3)) if m else None
-    res = {"rc": rc, "wall_s": round(wall, 2), "cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
-           "max_rss_mb": round(ru.ru_maxrss / 1024, 1), "points": points,
-           "points_expected": G.points_total(ws.n), "runs_written": int(m.group(2)) if m else None,
-           "points_per_s": round(points / wall) if points else None,
-           "summary": next((ln for ln in text.splitlines() if ln.startswith("backfill:")), None),
-           "load_start": l0, "load_end": load()}
+    res = {
+        "rc": rc,
+        "wall_s": round(wall, 2),
+        "cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
+        "max_rss_mb": round(ru.ru_maxrss / 1024, 1),
+        "points": points,
+        "points_expected": G.points_total(ws.n),
+        "runs_written": int(m.group(2)) if m else None,
+        "points_per_s": round(points / wall) if points else None,
+        "summary": next((ln for ln in text.splitlines() if ln.startswith("backfill:")), None),
+        "load_start": l0,
+        "load_end": load(),
+    }
     if srv0 is not None:
         res["server_cpu_s"] = round(tree_cpu(serving) - srv0, 2)
     if rc != 0:
@@ -543,9 +610,25 @@ def measure_backfill(ws: WorkStore, repo: Path, logs: Path) -> dict[str, Any]:
 
 
 def measure_inproc(ws: WorkStore, repo: Path, logs: Path, args) -> dict[str, Any]:
-    cmd = [str(PY), str(BENCH / "scale.py"), "_inproc", "--uri", ws.uri, "--repo", str(repo),
-           "--idle", str(args.idle), "--points", str(args.points), "--warm", str(args.warm),
-           "--full", str(args.full), "--first-step", str(G.HISTORY)]
+    cmd = [
+        str(PY),
+        str(BENCH / "scale.py"),
+        "_inproc",
+        "--uri",
+        ws.uri,
+        "--repo",
+        str(repo),
+        "--idle",
+        str(args.idle),
+        "--points",
+        str(args.points),
+        "--warm",
+        str(args.warm),
+        "--full",
+        str(args.full),
+        "--first-step",
+        str(G.HISTORY),
+    ]
     if args.profile:
         cmd += ["--profile", str(logs / "profile")]
     l0 = load()
@@ -559,8 +642,19 @@ def measure_inproc(ws: WorkStore, repo: Path, logs: Path, args) -> dict[str, Any
 
 
 def measure_daemon(ws: WorkStore, repo: Path, logs: Path, seconds: float) -> dict[str, Any]:
-    cmd = syncer_cmd("sync", "--mlflow-tracking-uri", ws.uri, "--aim-repo", str(repo), "--interval", "1",
-                     "--log-level", "debug", "--log-format", "json")
+    cmd = syncer_cmd(
+        "sync",
+        "--mlflow-tracking-uri",
+        ws.uri,
+        "--aim-repo",
+        str(repo),
+        "--interval",
+        "1",
+        "--log-level",
+        "debug",
+        "--log-format",
+        "json",
+    )
     serving = ws.serving_pid()
     l0 = load()
     t_start = time.monotonic()
@@ -571,25 +665,38 @@ def measure_daemon(ws: WorkStore, repo: Path, logs: Path, seconds: float) -> dic
         first = lines.wait_for(is_round, timeout=1800)
         if first is None:
             raise RuntimeError(f"the daemon logged no round; see {logs / 'daemon.log'}")
-        res["first_round"] = {"after_start_s": round(first[0] - t_start, 2), "seconds": first[1]["round"]["seconds"],
-                              "read": first[1]["round"]["read"]}
+        res["first_round"] = {
+            "after_start_s": round(first[0] - t_start, 2),
+            "seconds": first[1]["round"]["seconds"],
+            "read": first[1]["round"]["read"],
+        }
         time.sleep(5)
         l1 = load()
         c0, s0, t0 = proc_cpu(p.pid), tree_cpu(serving), time.monotonic()
         time.sleep(seconds)
         c1, s1, t1 = proc_cpu(p.pid), tree_cpu(serving), time.monotonic()
-        res.update(window_s=round(t1 - t0, 2), cpu_s=round(c1 - c0, 3), cpu_pct=round(100 * (c1 - c0) / (t1 - t0), 2),
-                   vm_hwm_mb=vm_hwm_mb(p.pid), load_start=l0, load_window_start=l1, load_end=load())
+        res.update(
+            window_s=round(t1 - t0, 2),
+            cpu_s=round(c1 - c0, 3),
+            cpu_pct=round(100 * (c1 - c0) / (t1 - t0), 2),
+            vm_hwm_mb=vm_hwm_mb(p.pid),
+            load_start=l0,
+            load_window_start=l1,
+            load_end=load(),
+        )
         if s0 is not None and s1 is not None:
             res["serving_cpu_s"] = round(s1 - s0, 3)
             res["serving_cpu_pct"] = round(100 * (s1 - s0) / (t1 - t0), 2)
         rounds = [x["round"] for t, x in lines.items if is_round(x) and t0 <= t <= t1]
         full = [r for r in rounds if r["read"].get("full")]
         quick = [r for r in rounds if not r["read"].get("full")]
-        res["rounds"] = {"n": len(rounds), "full": len(full),
-                         "full_seconds": [r["seconds"] for r in full],
-                         "quick_seconds": summ([r["seconds"] for r in quick]),
-                         "quick_read_last": quick[-1]["read"] if quick else None}
+        res["rounds"] = {
+            "n": len(rounds),
+            "full": len(full),
+            "full_seconds": [r["seconds"] for r in full],
+            "quick_seconds": summ([r["seconds"] for r in quick]),
+            "quick_read_last": quick[-1]["read"] if quick else None,
+        }
     finally:
         res["exit"] = stop_child(p)
         lines.join()
@@ -606,8 +713,17 @@ def session(kind: str, n: int, stores: Stores, out: Path, args, pass_no: int) ->
         shutil.rmtree(logs)
     logs.mkdir(parents=True)
     repo = work / "aim"
-    res: dict[str, Any] = {"part": "session", "kind": kind, "runs": n, "pass": pass_no, "started": now_iso(),
-                           "git": git_state(), "root": str(ROOT), "load_start": load(), "nproc": os.cpu_count()}
+    res: dict[str, Any] = {
+        "part": "session",
+        "kind": kind,
+        "runs": n,
+        "pass": pass_no,
+        "started": now_iso(),
+        "git": git_state(),
+        "root": str(ROOT),
+        "load_start": load(),
+        "nproc": os.cpu_count(),
+    }
     t = time.perf_counter()
     with WorkStore(kind, n, stores, work) as ws:
         res["store"] = {k: ws.entry.get(k) for k in ("du", "points", "runs", "seconds")}
@@ -616,23 +732,33 @@ def session(kind: str, n: int, stores: Stores, out: Path, args, pass_no: int) ->
         print(f"[{kind}-{n}] backfill ...", flush=True)
         res["backfill"] = measure_backfill(ws, repo, logs)
         b = res["backfill"]
-        print(f"[{kind}-{n}] backfill {b['wall_s']} s, {b['points_per_s']} points/s, {b['max_rss_mb']} MiB, "
-              f"rc {b['rc']}, load {b['load_end']}", flush=True)
+        print(
+            f"[{kind}-{n}] backfill {b['wall_s']} s, {b['points_per_s']} points/s, {b['max_rss_mb']} MiB, "
+            f"rc {b['rc']}, load {b['load_end']}",
+            flush=True,
+        )
         if b["rc"] == 0:
             print(f"[{kind}-{n}] rounds in-process ...", flush=True)
             res["inproc"] = r = measure_inproc(ws, repo, logs, args)
             if "idle" in r:
-                print(f"[{kind}-{n}] idle p50 {r['idle']['wall']['p50'] * 1000:.1f} ms, one point p50 "
-                      f"{r['one_point']['wall']['p50'] * 1000:.1f} ms, full p50 {r['full']['wall']['p50'] * 1000:.0f} ms; "
-                      f"load {r['load_end']}", flush=True)
+                print(
+                    f"[{kind}-{n}] idle p50 {r['idle']['wall']['p50'] * 1000:.1f} ms, one point p50 "
+                    f"{r['one_point']['wall']['p50'] * 1000:.1f} ms, "
+                    f"full p50 {r['full']['wall']['p50'] * 1000:.0f} ms; "
+                    f"load {r['load_end']}",
+                    flush=True,
+                )
             else:
                 print(f"[{kind}-{n}] in-process part failed: {r.get('tail', '')[-800:]}", flush=True)
             if args.daemon_seconds > 0:
                 print(f"[{kind}-{n}] daemon, {args.daemon_seconds} s ...", flush=True)
                 res["daemon"] = d = measure_daemon(ws, repo, logs, args.daemon_seconds)
-                print(f"[{kind}-{n}] daemon CPU {d.get('cpu_pct')} % over {d.get('window_s')} s "
-                      f"({d.get('rounds', {}).get('n')} rounds, {d.get('rounds', {}).get('full')} full), "
-                      f"VmHWM {d.get('vm_hwm_mb')} MiB; load {d.get('load_end')}", flush=True)
+                print(
+                    f"[{kind}-{n}] daemon CPU {d.get('cpu_pct')} % over {d.get('window_s')} s "
+                    f"({d.get('rounds', {}).get('n')} rounds, {d.get('rounds', {}).get('full')} full), "
+                    f"VmHWM {d.get('vm_hwm_mb')} MiB; load {d.get('load_end')}",
+                    flush=True,
+                )
     res["seconds"] = round(time.perf_counter() - t, 1)
     res["load_end"] = load()
     shutil.rmtree(work, ignore_errors=True)
@@ -645,6 +771,7 @@ def append_result(out: Path, res: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- in-process rounds (child)
+
 
 def inproc_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="scale.py _inproc")
@@ -660,7 +787,6 @@ def inproc_main(argv: list[str]) -> int:
     import syncer
     from mlflow import MlflowClient
     from mlflow.entities import Metric
-
     from syncer.config import Config
     from syncer.logs import configure_logging
     from syncer.runner import open_syncer
@@ -668,15 +794,25 @@ def inproc_main(argv: list[str]) -> int:
     configure_logging("warning")
     client = MlflowClient(tracking_uri=a.uri)
     t = time.perf_counter()
-    s = open_syncer(Config(tracking_uri=a.uri, aim_repo=Path(a.repo), full_scan_interval=1e9),
-                    strict_experiments=False, must_exist=True, keep_open=True)
+    s = open_syncer(
+        Config(tracking_uri=a.uri, aim_repo=Path(a.repo), full_scan_interval=1e9),
+        strict_experiments=False,
+        must_exist=True,
+        keep_open=True,
+    )
     open_s = time.perf_counter() - t
 
     def timed(full: bool = False) -> dict[str, Any]:
         c0, t0 = time.process_time(), time.perf_counter()
         st = s.round(full=full)
-        return {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0, "read": st.read,
-                "points": st.points, "runs_written": st.runs_written, "errors": len(st.errors)}
+        return {
+            "wall": time.perf_counter() - t0,
+            "cpu": time.process_time() - c0,
+            "read": st.read,
+            "points": st.points,
+            "runs_written": st.runs_written,
+            "errors": len(st.errors),
+        }
 
     prof = None
     if a.profile:
@@ -724,18 +860,35 @@ def inproc_main(argv: list[str]) -> int:
     close_s = time.perf_counter() - t
 
     def block(rs: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"wall": summ([r["wall"] for r in rs]), "cpu": summ([r["cpu"] for r in rs]),
-                "read": rs[-1]["read"] if rs else None, "any_full": any(r["read"].get("full") for r in rs),
-                "points_written": sorted({r["points"] for r in rs}), "errors": sum(r["errors"] for r in rs),
-                "all_ms": [round(r["wall"] * 1000, 2) for r in rs]}
+        return {
+            "wall": summ([r["wall"] for r in rs]),
+            "cpu": summ([r["cpu"] for r in rs]),
+            "read": rs[-1]["read"] if rs else None,
+            "any_full": any(r["read"].get("full") for r in rs),
+            "points_written": sorted({r["points"] for r in rs}),
+            "errors": sum(r["errors"] for r in rs),
+            "all_ms": [round(r["wall"] * 1000, 2) for r in rs],
+        }
 
-    print(json.dumps({"syncer": syncer.__file__, "open_s": round(open_s, 3),
-                      "first": {k: v for k, v in first.items()}, "idle": block(idle), "one_point": block(one),
-                      "full": block(full), "close_s": round(close_s, 3), "last_step": step - 1}))
+    print(
+        json.dumps(
+            {
+                "syncer": syncer.__file__,
+                "open_s": round(open_s, 3),
+                "first": {k: v for k, v in first.items()},
+                "idle": block(idle),
+                "one_point": block(one),
+                "full": block(full),
+                "close_s": round(close_s, 3),
+                "last_step": step - 1,
+            }
+        )
+    )
     return 0
 
 
 # --------------------------------------------------------------------------- latency (file store, events on)
+
 
 def latency_part(stores: Stores, out: Path, args) -> dict[str, Any]:
     """A 1,000-run file store, already synced; `syncer sync --interval 10` (file events on);
@@ -754,8 +907,15 @@ def latency_part(stores: Stores, out: Path, args) -> dict[str, Any]:
         shutil.rmtree(logs)
     logs.mkdir(parents=True)
     repo = work / "aim"
-    res: dict[str, Any] = {"part": "latency", "kind": "file", "runs": n, "started": now_iso(), "git": git_state(),
-                           "root": str(ROOT), "load_start": load()}
+    res: dict[str, Any] = {
+        "part": "latency",
+        "kind": "file",
+        "runs": n,
+        "started": now_iso(),
+        "git": git_state(),
+        "root": str(ROOT),
+        "load_start": load(),
+    }
     with WorkStore("file", n, stores, work) as ws:
         res["backfill"] = measure_backfill(ws, repo, logs)
         client = MlflowClient(tracking_uri=ws.uri)
@@ -766,19 +926,47 @@ def latency_part(stores: Stores, out: Path, args) -> dict[str, Any]:
         ts = int(time.time() * 1000)
         client.log_batch(rid, metrics=[Metric("loss", 1.0, ts, 0)])
         points[0] = (1.0, ts)
-        cmd = syncer_cmd("sync", "--mlflow-tracking-uri", ws.uri, "--aim-repo", str(repo), "--interval", "10",
-                         "--log-level", "debug", "--log-format", "json")
-        daemon = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                                  env=env())
+        cmd = syncer_cmd(
+            "sync",
+            "--mlflow-tracking-uri",
+            ws.uri,
+            "--aim-repo",
+            str(repo),
+            "--interval",
+            "10",
+            "--log-level",
+            "debug",
+            "--log-format",
+            "json",
+        )
+        daemon = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env()
+        )
         dlog = Lines(daemon.stderr, logs / "daemon.log")
         reader = None
         try:
             if not (dlog.wait_for(is_round, 600) and dlog.wait_for(lambda x: msg(x).startswith("watching "), 60)):
                 raise RuntimeError(f"the daemon did not come up; see {logs}")
             reader = subprocess.Popen(
-                [str(PY), str(BENCH / "live.py"), "_reader", "--repo", str(repo), "--run-id", rid, "--hash-from",
-                 "ours", "--poll-sleep", "0.05"], stdout=subprocess.PIPE, stderr=open(logs / "reader.stderr", "w"),
-                text=True, cwd=ROOT, env=env())
+                [
+                    str(PY),
+                    str(BENCH / "live.py"),
+                    "_reader",
+                    "--repo",
+                    str(repo),
+                    "--run-id",
+                    rid,
+                    "--hash-from",
+                    "ours",
+                    "--poll-sleep",
+                    "0.05",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=open(logs / "reader.stderr", "w"),
+                text=True,
+                cwd=ROOT,
+                env=env(),
+            )
             rlog = Lines(reader.stdout, logs / "reader.log")
             if not rlog.wait_for(lambda x: isinstance(x, dict) and 0 in x.get("new", ()), 300):
                 raise RuntimeError(f"the reader never saw step 0; see {logs}")
@@ -799,9 +987,17 @@ def latency_part(stores: Stores, out: Path, args) -> dict[str, Any]:
                     logged_at[step] = time.monotonic()
                     step += 1
                 t_end = time.monotonic()
-                phases.append({"period_s": period, "points": count, "steps": (first_step, step - 1),
-                               "t": (t_start, t_end), "load_start": l0, "load_end": load(),
-                               "achieved_period_s": round((t_end - t_start) / max(1, count - 1), 4)})
+                phases.append(
+                    {
+                        "period_s": period,
+                        "points": count,
+                        "steps": (first_step, step - 1),
+                        "t": (t_start, t_end),
+                        "load_start": l0,
+                        "load_end": load(),
+                        "achieved_period_s": round((t_end - t_start) / max(1, count - 1), 4),
+                    }
+                )
             wanted = set(logged_at)
 
             def seen() -> set[int]:
@@ -824,10 +1020,14 @@ def latency_part(stores: Stores, out: Path, args) -> dict[str, Any]:
                 lat = [first_seen[i] - logged_at[i] for i in range(a, b + 1) if i in first_seen]
                 t_start, t_end = ph.pop("t")
                 rounds = [x["round"] for t, x in dlog.items if is_round(x) and t_start <= t <= t_end + 2]
-                ph.update(latency_s=summ(lat), missing=[i for i in range(a, b + 1) if i not in first_seen][:20],
-                          rounds=len(rounds), full_rounds=sum(1 for r in rounds if r["read"].get("full")),
-                          round_seconds=summ([r["seconds"] for r in rounds]),
-                          full_round_seconds=[r["seconds"] for r in rounds if r["read"].get("full")])
+                ph.update(
+                    latency_s=summ(lat),
+                    missing=[i for i in range(a, b + 1) if i not in first_seen][:20],
+                    rounds=len(rounds),
+                    full_rounds=sum(1 for r in rounds if r["read"].get("full")),
+                    round_seconds=summ([r["seconds"] for r in rounds]),
+                    full_round_seconds=[r["seconds"] for r in rounds if r["read"].get("full")],
+                )
             res["phases"] = phases
         finally:
             if reader is not None:
@@ -844,6 +1044,7 @@ def latency_part(stores: Stores, out: Path, args) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- history options (http)
+
 
 def history_options_part(stores: Stores, out: Path, args) -> dict[str, Any]:
     """Through a real `mlflow server` (over a copy of the sqlite store), reading the new points of
@@ -863,8 +1064,14 @@ def history_options_part(stores: Stores, out: Path, args) -> dict[str, Any]:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    res: dict[str, Any] = {"part": "history-options", "runs": n, "started": now_iso(), "git": git_state(),
-                           "load_start": load(), "reps": args.reps}
+    res: dict[str, Any] = {
+        "part": "history-options",
+        "runs": n,
+        "started": now_iso(),
+        "git": git_state(),
+        "load_start": load(),
+        "reps": args.reps,
+    }
     with WorkStore("server", n, stores, work) as ws:
         client = MlflowClient(tracking_uri=ws.uri)
         rest = RestInternals(client)
@@ -877,17 +1084,23 @@ def history_options_part(stores: Stores, out: Path, args) -> dict[str, Any]:
         cases = {}
         for k in args.new:
             cases[f"get-history page from offset, {k} new"] = (
-                lambda k=k: len(rest.history_page(G.RUNNING_ID, "loss", 25_000, token(total - k))), k)
+                lambda k=k: len(rest.history_page(G.RUNNING_ID, "loss", 25_000, token(total - k))),
+                k,
+            )
             cases[f"bulk-interval from start step, {k} new"] = (
-                lambda k=k: len(rest.bulk_interval(G.RUNNING_ID, "loss", total - k, INT32_MAX, 2500)), k)
-        cases["get-history, whole history (2 pages of 25,000)"] = (
-            lambda: sum(len(p) for p in _all_pages(rest)), total)
+                lambda k=k: len(rest.bulk_interval(G.RUNNING_ID, "loss", total - k, INT32_MAX, 2500)),
+                k,
+            )
+        cases["get-history, whole history (2 pages of 25,000)"] = (lambda: sum(len(p) for p in _all_pages(rest)), total)
         cases["bulk-interval, whole range (sampled to 2,500)"] = (
-            lambda: len(rest.bulk_interval(G.RUNNING_ID, "loss", 0, INT32_MAX, 2500)), 2500)
+            lambda: len(rest.bulk_interval(G.RUNNING_ID, "loss", 0, INT32_MAX, 2500)),
+            2500,
+        )
         for fn, _ in cases.values():  # warm the server (imports, caches)
             fn()
-        samples: dict[str, dict[str, list[float]]] = {c: {"wall": [], "client_cpu": [], "server_cpu": []}
-                                                      for c in cases}
+        samples: dict[str, dict[str, list[float]]] = {
+            c: {"wall": [], "client_cpu": [], "server_cpu": []} for c in cases
+        }
         got: dict[str, int] = {}
         for _ in range(args.reps):  # interleaved: one of each per repetition
             for name, (fn, _k) in cases.items():
@@ -897,8 +1110,9 @@ def history_options_part(stores: Stores, out: Path, args) -> dict[str, Any]:
                 samples[name]["wall"].append(t1 - t0)
                 samples[name]["client_cpu"].append(c1 - c0)
                 samples[name]["server_cpu"].append(s1 - s0)
-        res["cases"] = {name: {"points_returned": got[name], **{k: summ(v) for k, v in d.items()}}
-                        for name, d in samples.items()}
+        res["cases"] = {
+            name: {"points_returned": got[name], **{k: summ(v) for k, v in d.items()}} for name, d in samples.items()
+        }
     res["load_end"] = load()
     shutil.rmtree(work, ignore_errors=True)
     return res
@@ -915,6 +1129,7 @@ def _all_pages(rest) -> list:
 
 
 # --------------------------------------------------------------------------- report
+
 
 def latest(out: Path) -> list[dict[str, Any]]:
     p = out / "results.jsonl"
@@ -936,25 +1151,32 @@ def report(out: Path, since: str | None = None) -> str:
     for r in sessions:
         by.setdefault((r["kind"], r["runs"]), []).append(r)
     order = sorted(by, key=lambda k: (k[1], KINDS.index(k[0])))
-    lines.append("| store | runs | idle round p50 / p90 ms | full-listing round p50 ms | one new point p50 / p90 ms "
-                 "| backfill s | points/s | backfill peak RSS MiB | daemon CPU % (60 s, --interval 1) "
-                 "| daemon peak RSS MiB | load (1-min) start → end |")
+    lines.append(
+        "| store | runs | idle round p50 / p90 ms | full-listing round p50 ms | one new point p50 / p90 ms "
+        "| backfill s | points/s | backfill peak RSS MiB | daemon CPU % (60 s, --interval 1) "
+        "| daemon peak RSS MiB | load (1-min) start → end |"
+    )
     lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for key in order:
         for r in by[key]:
             b, i, d = r.get("backfill", {}), r.get("inproc", {}), r.get("daemon", {})
-            idle, one, full = i.get("idle", {}).get("wall", {}), i.get("one_point", {}).get("wall", {}), \
-                i.get("full", {}).get("wall", {})
+            idle, one, full = (
+                i.get("idle", {}).get("wall", {}),
+                i.get("one_point", {}).get("wall", {}),
+                i.get("full", {}).get("wall", {}),
+            )
             srv = f" (+{d['serving_cpu_pct']} % server)" if d.get("serving_cpu_pct") is not None else ""
             lines.append(
                 f"| {key[0]} | {key[1]:,} | {fmt_ms(idle.get('p50'))} / {fmt_ms(idle.get('p90'))} | "
                 f"{fmt_ms(full.get('p50'))} | {fmt_ms(one.get('p50'))} / {fmt_ms(one.get('p90'))} | "
                 f"{b.get('wall_s', '—')} | {b.get('points_per_s') or 0:,} | {b.get('max_rss_mb', '—')} | "
                 f"{d.get('cpu_pct', '—')}{srv} | {d.get('vm_hwm_mb', '—')} | "
-                f"{r['load_start'][0]} → {r['load_end'][0]} |")
+                f"{r['load_start'][0]} → {r['load_end'][0]} |"
+            )
     lines.append("")
-    lines.append("Read counters of the last round of each sort (runs_listed / runs_read / histories / points / "
-                 "requests / rows):")
+    lines.append(
+        "Read counters of the last round of each sort (runs_listed / runs_read / histories / points / requests / rows):"
+    )
     lines.append("")
     lines.append("| store | runs | idle | one new point | full listing |")
     lines.append("|---|---|---|---|---|")
@@ -962,43 +1184,56 @@ def report(out: Path, since: str | None = None) -> str:
     def rc(x: dict[str, Any] | None) -> str:
         if not x:
             return "—"
-        return "/".join(str(x.get(k, 0)) for k in ("runs_listed", "runs_read", "histories", "points", "requests",
-                                                     "rows"))
+        return "/".join(
+            str(x.get(k, 0)) for k in ("runs_listed", "runs_read", "histories", "points", "requests", "rows")
+        )
+
     for key in order:
         r = by[key][-1]
         i = r.get("inproc", {})
-        lines.append(f"| {key[0]} | {key[1]:,} | {rc(i.get('idle', {}).get('read'))} | "
-                     f"{rc(i.get('one_point', {}).get('read'))} | {rc(i.get('full', {}).get('read'))} |")
+        lines.append(
+            f"| {key[0]} | {key[1]:,} | {rc(i.get('idle', {}).get('read'))} | "
+            f"{rc(i.get('one_point', {}).get('read'))} | {rc(i.get('full', {}).get('read'))} |"
+        )
     for r in rows:
         if r.get("part") == "latency":
             lines.append("")
-            lines.append(f"Latency, log → visible in Aim, file store of {r['runs']:,} runs, events on "
-                         f"(`sync --interval 10`), Aim content ok: {r.get('aim_content', {}).get('ok')}:")
+            lines.append(
+                f"Latency, log → visible in Aim, file store of {r['runs']:,} runs, events on "
+                f"(`sync --interval 10`), Aim content ok: {r.get('aim_content', {}).get('ok')}:"
+            )
             lines.append("")
             lines.append("| writer period | points | p50 ms | p95 ms | max ms | rounds (full) | load start → end |")
             lines.append("|---|---|---|---|---|---|---|")
             for ph in r.get("phases", []):
                 lat = ph["latency_s"]
-                lines.append(f"| {ph['period_s'] * 1000:.0f} ms (achieved {ph['achieved_period_s'] * 1000:.0f}) "
-                             f"| {ph['points']} | {fmt_ms(lat.get('p50'))} | {fmt_ms(lat.get('p95'))} | "
-                             f"{fmt_ms(lat.get('max'))} | {ph['rounds']} ({ph['full_rounds']}) | "
-                             f"{ph['load_start'][0]} → {ph['load_end'][0]} |")
+                lines.append(
+                    f"| {ph['period_s'] * 1000:.0f} ms (achieved {ph['achieved_period_s'] * 1000:.0f}) "
+                    f"| {ph['points']} | {fmt_ms(lat.get('p50'))} | {fmt_ms(lat.get('p95'))} | "
+                    f"{fmt_ms(lat.get('max'))} | {ph['rounds']} ({ph['full_rounds']}) | "
+                    f"{ph['load_start'][0]} → {ph['load_end'][0]} |"
+                )
         if r.get("part") == "history-options":
             lines.append("")
-            lines.append(f"History options (server over sqlite, {r['runs']:,}-run store, RUNNING run's 50,000-point "
-                         f"`loss`, {r['reps']} requests each, interleaved; load {r['load_start'][0]} → "
-                         f"{r['load_end'][0]}):")
+            lines.append(
+                f"History options (server over sqlite, {r['runs']:,}-run store, RUNNING run's 50,000-point "
+                f"`loss`, {r['reps']} requests each, interleaved; load {r['load_start'][0]} → "
+                f"{r['load_end'][0]}):"
+            )
             lines.append("")
             lines.append("| request | points returned | wall p50 / p90 ms | server CPU mean ms | client CPU mean ms |")
             lines.append("|---|---|---|---|---|")
             for name, c in r["cases"].items():  # CPU from /proc in 10 ms ticks: means, not medians
-                lines.append(f"| {name} | {c['points_returned']:,} | {fmt_ms(c['wall']['p50'])} / "
-                             f"{fmt_ms(c['wall']['p90'])} | {fmt_ms(c['server_cpu']['mean'])} | "
-                             f"{fmt_ms(c['client_cpu']['mean'])} |")
+                lines.append(
+                    f"| {name} | {c['points_returned']:,} | {fmt_ms(c['wall']['p50'])} / "
+                    f"{fmt_ms(c['wall']['p90'])} | {fmt_ms(c['server_cpu']['mean'])} | "
+                    f"{fmt_ms(c['client_cpu']['mean'])} |"
+                )
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- main
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -1017,8 +1252,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--daemon-seconds", type=float, default=60)
     ap.add_argument("--profile", action="store_true", help="also cProfile a few rounds (logs/<session>/profile)")
     ap.add_argument("--size", type=int, default=1000, help="latency / history-options: the store size")
-    ap.add_argument("--phases", nargs="+", default=["0.3:200", "0.05:1200"],
-                    help="latency: period_s:points, logged one phase after the other")
+    ap.add_argument(
+        "--phases",
+        nargs="+",
+        default=["0.3:200", "0.05:1200"],
+        help="latency: period_s:points, logged one phase after the other",
+    )
     ap.add_argument("--new", type=int, nargs="+", default=[1, 100], help="history-options: new points to read")
     ap.add_argument("--reps", type=int, default=20, help="history-options: requests per case")
     ap.add_argument("--since", default=None, help="report: only results started at or after this ISO time")
@@ -1044,8 +1283,11 @@ def main(argv: list[str] | None = None) -> int:
                     if k in kinds or (k == "sqlite" and "server" in kinds):
                         t = time.perf_counter()
                         e = stores.ensure(k, n)
-                        print(f"[gen] {k}-{n}: {e['du']}, generated in {e['seconds']} s "
-                              f"(checked {time.perf_counter() - t:.1f} s)", flush=True)
+                        print(
+                            f"[gen] {k}-{n}: {e['du']}, generated in {e['seconds']} s "
+                            f"(checked {time.perf_counter() - t:.1f} s)",
+                            flush=True,
+                        )
             return 0
         if a.command == "latency":
             res = latency_part(stores, out, a)
@@ -1058,9 +1300,13 @@ def main(argv: list[str] | None = None) -> int:
             res = history_options_part(stores, out, a)
             append_result(out, res)
             for name, c in res["cases"].items():
-                print(f"[history] {name}: wall p50 {c['wall']['p50'] * 1000:.1f} ms, server CPU mean "
-                      f"{c['server_cpu']['mean'] * 1000:.1f} ms, client CPU mean {c['client_cpu']['mean'] * 1000:.1f} ms, "
-                      f"{c['points_returned']} points", flush=True)
+                print(
+                    f"[history] {name}: wall p50 {c['wall']['p50'] * 1000:.1f} ms, server CPU mean "
+                    f"{c['server_cpu']['mean'] * 1000:.1f} ms, "
+                    f"client CPU mean {c['client_cpu']['mean'] * 1000:.1f} ms, "
+                    f"{c['points_returned']} points",
+                    flush=True,
+                )
             return 0
         for n in sizes:  # generate everything first, so that sessions are not interleaved with generation
             for k in kinds:

@@ -63,14 +63,30 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "MlflowServer":
+    def start(self) -> MlflowServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / "server.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", f"sqlite:///{self.workdir / 'mlflow.db'}",
-             "--artifacts-destination", str(self.workdir / "artifacts"), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--backend-store-uri",
+                f"sqlite:///{self.workdir / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.workdir / "artifacts"),
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            start_new_session=True,
         )
         wait_http(self.uri + "/health", timeout=90, proc=self.proc)
         return self
@@ -137,7 +153,7 @@ def log_points(client, run_id: str, key: str, points: list[tuple[int, float, int
     from mlflow.entities import Metric
 
     for i in range(0, len(points), 1000):
-        client.log_batch(run_id, metrics=[Metric(key, v, ts, s) for s, v, ts in points[i:i + 1000]])
+        client.log_batch(run_id, metrics=[Metric(key, v, ts, s) for s, v, ts in points[i : i + 1000]])
 
 
 def populate(uri: str, tmp_path: Path, suffix: str = "") -> dict:
@@ -148,18 +164,32 @@ def populate(uri: str, tmp_path: Path, suffix: str = "") -> dict:
     exp_name = f"xnli_fine-tune ✓ Übersetzung{suffix}"
     # a sqlite store would otherwise put artifacts in ./mlruns of the working directory
     location = (tmp_path / f"mlartifacts{suffix}").as_uri() if uri.startswith("sqlite:") else None
-    exp_id = client.create_experiment(exp_name, artifact_location=location,
-                                      tags={"mlflow.note.content": "zero-shot transfer", "team": "nlp"})
+    exp_id = client.create_experiment(
+        exp_name, artifact_location=location, tags={"mlflow.note.content": "zero-shot transfer", "team": "nlp"}
+    )
     runs = {}
 
     # 1. a finished HF-like run with per-language eval metrics, params, tags, artifacts, dataset input
-    r = client.create_run(exp_id, run_name="bert-base-multilingual-cased", start_time=T0,
-                          tags={"mlflow.note.content": "baseline", "team": "nlp", "mlflow.user": "ann"})
+    r = client.create_run(
+        exp_id,
+        run_name="bert-base-multilingual-cased",
+        start_time=T0,
+        tags={"mlflow.note.content": "baseline", "team": "nlp", "mlflow.user": "ann"},
+    )
     rid = r.info.run_id
-    client.log_batch(rid, params=[Param("learning_rate", "5e-05"), Param("per_device_train_batch_size", "8"),
-                                  Param("fp16", "False"), Param("_name_or_path", "bert-base-multilingual-cased"),
-                                  Param("label_names", "None"), Param("id2label", "{0: 'a', 1: 'b'}"),
-                                  Param("layers", "[0, 1]"), Param("long", "x" * 6000)])
+    client.log_batch(
+        rid,
+        params=[
+            Param("learning_rate", "5e-05"),
+            Param("per_device_train_batch_size", "8"),
+            Param("fp16", "False"),
+            Param("_name_or_path", "bert-base-multilingual-cased"),
+            Param("label_names", "None"),
+            Param("id2label", "{0: 'a', 1: 'b'}"),
+            Param("layers", "[0, 1]"),
+            Param("long", "x" * 6000),
+        ],
+    )
     loss = [(s, 1.0 / (s + 1), T0 + 1000 * s + 7) for s in range(50)]
     log_points(client, rid, "loss", loss)
     evals = {}
@@ -183,20 +213,30 @@ def populate(uri: str, tmp_path: Path, suffix: str = "") -> dict:
     client.log_artifact(rid, str(art / "model.bin"), "checkpoints")
     _log_dataset(client, rid)
     client.set_terminated(rid, "FINISHED", end_time=T0 + 3_600_000)
-    runs["finished"] = dict(run_id=rid, name="bert-base-multilingual-cased", start=T0, end=T0 + 3_600_000,
-                            status="FINISHED", loss=loss, evals=evals, special=special)
+    runs["finished"] = dict(
+        run_id=rid,
+        name="bert-base-multilingual-cased",
+        start=T0,
+        end=T0 + 3_600_000,
+        status="FINISHED",
+        loss=loss,
+        evals=evals,
+        special=special,
+    )
 
     # 2. a failed run, with a nested child
     r2 = client.create_run(exp_id, run_name="xlm-roberta-base", start_time=T0 + 10_000_000)
     client.log_batch(r2.info.run_id, params=[Param("learning_rate", "2e-05")])
     log_points(client, r2.info.run_id, "train_loss", [(1, 0.5, T0 + 10_000_100)])
-    child = client.create_run(exp_id, run_name="fold-1", start_time=T0 + 10_000_200,
-                              tags={"mlflow.parentRunId": r2.info.run_id})
+    child = client.create_run(
+        exp_id, run_name="fold-1", start_time=T0 + 10_000_200, tags={"mlflow.parentRunId": r2.info.run_id}
+    )
     log_points(client, child.info.run_id, "val/acc", [(1, 0.7, T0 + 10_000_300)])
     client.set_terminated(child.info.run_id, "FINISHED", end_time=T0 + 10_000_400)
     client.set_terminated(r2.info.run_id, "FAILED", end_time=T0 + 10_500_000)
-    runs["failed"] = dict(run_id=r2.info.run_id, name="xlm-roberta-base", status="FAILED",
-                          start=T0 + 10_000_000, end=T0 + 10_500_000)
+    runs["failed"] = dict(
+        run_id=r2.info.run_id, name="xlm-roberta-base", status="FAILED", start=T0 + 10_000_000, end=T0 + 10_500_000
+    )
     runs["child"] = dict(run_id=child.info.run_id, name="fold-1", parent="xlm-roberta-base")
 
     # 3. a deleted run and 4. a still-running run
@@ -234,7 +274,9 @@ def syncer_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "syncer", *args]
 
 
-def run_syncer(*args: str, env: dict | None = None, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
+def run_syncer(
+    *args: str, env: dict | None = None, timeout: float = 300, check: bool = False
+) -> subprocess.CompletedProcess:
     e = {**os.environ, **(env or {})}
     p = subprocess.run(syncer_cmd(*args), capture_output=True, text=True, env=e, timeout=timeout, cwd=ROOT)
     if check and p.returncode != 0:
@@ -273,7 +315,9 @@ def read_aim(repo_path: Path | str) -> dict[str, dict]:
             "active": run.active,
             "created_at": run.creation_time,
             "end_time": run.end_time,
-            "objects": sorted(n for n, _c, _r in run.iter_sequence_info_by_type(("aim.image", "aim.text", "aim.audio"))),
+            "objects": sorted(
+                n for n, _c, _r in run.iter_sequence_info_by_type(("aim.image", "aim.text", "aim.audio"))
+            ),
             "labels": sorted(t.name if hasattr(t, "name") else str(t) for t in (run.props.tags or [])),
         }
     repo.close()  # open read-only handles would hide what a writer adds later
@@ -286,10 +330,10 @@ def aim_stream_records(data: bytes) -> list[tuple[bytes, bytes]]:
     records, i = [], 0
     while i < len(data):
         (kl,) = struct.unpack_from("I", data, i)
-        key = data[i + 4:i + 4 + kl]
+        key = data[i + 4 : i + 4 + kl]
         i += 4 + kl
         (vl,) = struct.unpack_from("I", data, i)
-        records.append((key, data[i + 4:i + 4 + vl]))
+        records.append((key, data[i + 4 : i + 4 + vl]))
         i += 4 + vl
     return records
 

@@ -60,8 +60,21 @@ class Postgres:
         return f"postgresql://{user}@127.0.0.1:{self.port}/{db}"
 
     def sql(self, statement: str, db: str = "postgres") -> str:
-        p = self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", db, "-v",
-                      "ON_ERROR_STOP=1", "-tAc", statement)
+        p = self._run(
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-tAc",
+            statement,
+        )
         return p.stdout.strip()
 
     def new_database(self) -> str:

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, T0, client_for, free_port, log_points, populate, read_aim, run_syncer, syncer_cmd
-from test_sync_daemon import Daemon, finish_writer, start_writer, wait_for, wait_until_synced
-
 from syncer.config import Config
 from syncer.runner import open_syncer
+
+from conftest import ROOT, T0, client_for, free_port, log_points, populate, read_aim, run_syncer, syncer_cmd
+from test_sync_daemon import Daemon, finish_writer, start_writer, wait_for, wait_until_synced
 
 
 def _backfill(uri, repo, *extra):
@@ -55,8 +55,10 @@ def test_rounds_keep_running_while_a_job_logs_every_100_ms(kind, tmp_path):
         while writer.poll() is None:
             try:
                 aim = read_aim(repo)
-                seen_while_logging = max([seen_while_logging] + [
-                    len(m["steps"]) for r in aim.values() if r["name"] == "long" for m in r["metrics"].values()])
+                seen_while_logging = max(
+                    [seen_while_logging]
+                    + [len(m["steps"]) for r in aim.values() if r["name"] == "long" for m in r["metrics"].values()]
+                )
             except Exception:  # the repo may not exist yet
                 pass
             time.sleep(0.5)
@@ -103,8 +105,9 @@ def test_artifacts_added_to_a_finished_run_arrive(kind, tmp_path, request):
     run = c.create_run(exp, run_name="r", start_time=T0).info.run_id
     log_points(c, run, "loss", [(0, 1.0, T0)])
     c.set_terminated(run, "FINISHED", end_time=T0 + 10)
-    s = open_syncer(Config(tracking_uri=uri, aim_repo=tmp_path / "aim"), strict_experiments=False,
-                    must_exist=True, keep_open=True)
+    s = open_syncer(
+        Config(tracking_uri=uri, aim_repo=tmp_path / "aim"), strict_experiments=False, must_exist=True, keep_open=True
+    )
     try:
         s.round()
         note = tmp_path / "notes.txt"
@@ -143,8 +146,12 @@ def test_run_removed_with_aim_runs_rm_is_sent_again(tmp_path):
     _backfill(uri, repo)
     fin = logged["runs"]["finished"]["run_id"]
     h = read_aim(repo)[fin]["hash"]
-    rm = subprocess.run([str(Path(sys.executable).parent / "aim"), "runs", "--repo", str(repo), "rm", "-y", h],
-                        capture_output=True, text=True, timeout=120)
+    rm = subprocess.run(
+        [str(Path(sys.executable).parent / "aim"), "runs", "--repo", str(repo), "rm", "-y", h],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert rm.returncode == 0, rm.stdout + rm.stderr
     assert fin not in read_aim(repo)
     p = _backfill(uri, repo)
@@ -166,8 +173,20 @@ def test_the_last_run_removed_with_aim_runs_rm_comes_back_with_only_its_own_tags
     repo = tmp_path / "aim"
     assert _backfill(uri, repo).returncode == 0
     assert read_aim(repo)[run]["labels"] == ["stage=dev", "team=nlp"]
-    rm = subprocess.run([str(Path(sys.executable).parent / "aim"), "runs", "--repo", str(repo), "rm", "-y",
-                         read_aim(repo)[run]["hash"]], capture_output=True, text=True, timeout=120)
+    rm = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "aim"),
+            "runs",
+            "--repo",
+            str(repo),
+            "rm",
+            "-y",
+            read_aim(repo)[run]["hash"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert rm.returncode == 0, rm.stdout + rm.stderr
     c.delete_tag(run, "stage")
     p = _backfill(uri, repo)
@@ -186,8 +205,9 @@ def test_torn_last_line_of_a_finished_run_is_a_warning_once_not_work(tmp_path):
     metric = next((tmp_path / "mlruns").glob(f"*/{run}/metrics/loss"))
     with open(metric, "ab") as f:
         f.write(b"1700000000999 0.5")  # no newline: a line MLflow never finished
-    s = open_syncer(Config(tracking_uri=uri, aim_repo=tmp_path / "aim"), strict_experiments=False,
-                    must_exist=True, keep_open=True)
+    s = open_syncer(
+        Config(tracking_uri=uri, aim_repo=tmp_path / "aim"), strict_experiments=False, must_exist=True, keep_open=True
+    )
     try:
         st = s.round()
         assert st.points == 5
@@ -217,8 +237,9 @@ def test_a_run_another_process_writes_cannot_be_opened(tmp_path):
     from syncer.aim import AimRunLocked, AimRunWriter, open_repo
 
     repo_path = tmp_path / "aim"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(repo_path), "held-run"], cwd=ROOT,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(repo_path), "held-run"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         time.sleep(2.5)  # older than filelock's malformed-lock age
@@ -245,8 +266,9 @@ def test_a_backfill_says_which_runs_another_writer_held_and_exits_1_until_they_a
         log_points(c, r, "loss", [(0, 1.0, T0)])
     assert _backfill(uri, repo).returncode == 0
     log_points(c, runs[0], "loss", [(1, 2.0, T0 + 1)])
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(repo), aim_run_hash(runs[0])], cwd=ROOT,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(repo), aim_run_hash(runs[0])], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         p = _backfill(uri, repo)
@@ -293,8 +315,15 @@ def test_status_counts_each_point_once_after_concurrent_backfills(tmp_path):
     uri = str(tmp_path / "mlruns")
     populate(uri, tmp_path)
     repo = tmp_path / "aim"
-    procs = [subprocess.Popen(syncer_cmd("backfill", "--mlflow-tracking-uri", uri, "--aim-repo", str(repo)),
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            syncer_cmd("backfill", "--mlflow-tracking-uri", uri, "--aim-repo", str(repo)),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
     for p in procs:
         p.communicate(timeout=300)
     _backfill(uri, repo)  # whatever a lock made one of them skip
@@ -336,8 +365,9 @@ def test_bad_inputs_are_one_line_and_create_nothing(tmp_path):
     os.chmod(tmp_path / "locked", 0o500)
     try:
         if os.geteuid() != 0:  # root writes anywhere
-            _one_line_error(_backfill(uri, tmp_path / "a3", "--state", str(tmp_path / "locked" / "s.sqlite")),
-                            "cannot be created")
+            _one_line_error(
+                _backfill(uri, tmp_path / "a3", "--state", str(tmp_path / "locked" / "s.sqlite")), "cannot be created"
+            )
             assert not (tmp_path / "a3").exists()
     finally:
         os.chmod(tmp_path / "locked", 0o700)
@@ -354,8 +384,10 @@ def test_bad_inputs_are_one_line_and_create_nothing(tmp_path):
 # 13 ------------------------------------------------------------------------------------------
 def test_credentials_never_printed_even_unparseable_ones(tmp_path):
     port = free_port()  # nothing listens there: warnings, retries
-    for uri, secret in ((f"http://user:s3cr/tPASS@127.0.0.1:{port}", "s3cr/tPASS"),
-                        (f"http://127.0.0.1:{port}/?token=TOKEN123", "TOKEN123")):
+    for uri, secret in (
+        (f"http://user:s3cr/tPASS@127.0.0.1:{port}", "s3cr/tPASS"),
+        (f"http://127.0.0.1:{port}/?token=TOKEN123", "TOKEN123"),
+    ):
         d = Daemon(uri, tmp_path / "aim", interval=0.5).start(ready=False)
         try:
             deadline = time.monotonic() + 60

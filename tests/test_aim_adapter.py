@@ -17,18 +17,17 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-import aim
 import pytest
-from aim import Repo
 from aim.storage.context import Context
-
-from conftest import aim_stream_records
-
 from syncer import aim as A
 from syncer.aim import AimRunLocked, AimRunWriter, compat
 from syncer.aim import encoding as enc
 from syncer.aim.writer import OWN_KEY
 from syncer.sink import aim_run_hash
+
+import aim
+from aim import Repo
+from conftest import aim_stream_records
 
 T0 = 1_700_000_000.0  # a fixed "MLflow" time, far from now
 
@@ -246,8 +245,13 @@ def test_many_chunks_keep_one_point_per_step(repo_path):
         for c in range(20):
             steps = list(range(c * 500, (c + 1) * 500))
             w.write_points("m", {"subset": "val"}, steps, [float(x) for x in steps], [T0 + x / 1000 for x in steps])
-        w.write_points("m", {"subset": "val"}, list(range(500)), [float(x) for x in range(500)],
-                       [T0 + x / 1000 for x in range(500)])
+        w.write_points(
+            "m",
+            {"subset": "val"},
+            list(range(500)),
+            [float(x) for x in range(500)],
+            [T0 + x / 1000 for x in range(500)],
+        )
     s, v, t, _ = metric(repo_path, "r3", "m", {"subset": "val"})
     assert s == list(range(10_000)) and v == [float(x) for x in range(10_000)]
 
@@ -272,8 +276,13 @@ def test_write_points_validates_input(repo_path):
 
 def test_times_info_and_visibility_after_close(repo_path):
     with AimRunWriter.open(repo_path, "fin", experiment="exp-a") as w:
-        w.set_info(name="finished run", description="about it", params={"lr": 0.1, "opt": {"name": "adam"}},
-                   labels=["team=nlp", "lang=de"], archived=False)
+        w.set_info(
+            name="finished run",
+            description="about it",
+            params={"lr": 0.1, "opt": {"name": "adam"}},
+            labels=["team=nlp", "lang=de"],
+            archived=False,
+        )
         w.set_times(created_at=T0 + 0.123, ended_at=T0 + 3600.456, active=False)
         w.write_points("x", {}, [0, 1], [1.0, 2.0], [T0 + 1, T0 + 2])
     with AimRunWriter.open(repo_path, "live", experiment="exp-a") as w:
@@ -285,8 +294,10 @@ def test_times_info_and_visibility_after_close(repo_path):
     assert {r.hash for r in repo.iter_runs()} == {"fin", "live"}
     found = {(m.run.hash, m.name) for m in repo.query_metrics("metric.name == 'x'", report_mode=0)}
     assert found == {("fin", "x"), ("live", "x")}
-    assert [r.run.hash for r in repo.query_runs("run.experiment == 'exp-a'", report_mode=0).iter_runs()] == \
-        ["live", "fin"]  # Aim lists runs by creation time, newest first
+    assert [r.run.hash for r in repo.query_runs("run.experiment == 'exp-a'", report_mode=0).iter_runs()] == [
+        "live",
+        "fin",
+    ]  # Aim lists runs by creation time, newest first
 
     fin = repo.get_run("fin")
     assert abs(fin.creation_time - (T0 + 0.123)) < 1e-3
@@ -494,8 +505,13 @@ def test_reopening_a_run_a_killed_writer_left_unindexed_indexes_it_without_chang
     for h, name in (("closed_not_indexed", "c"), ("stale", "s"), ("open_at_kill", "o")):
         w = AimRunWriter.open(repo_path, h, experiment="e", lock_timeout=1)
         # the next sync re-sends the metadata (unchanged) and has no points left to send
-        w.set_info(name=name, description=None, params={"p": 1}, labels=["a=b"] if h == "closed_not_indexed" else [],
-                   archived=False)
+        w.set_info(
+            name=name,
+            description=None,
+            params={"p": 1},
+            labels=["a=b"] if h == "closed_not_indexed" else [],
+            archived=False,
+        )
         assert not w.freshness.dirty  # nothing was written
         w.close()
     repo = fresh(repo_path)
@@ -564,8 +580,12 @@ print(json.dumps(out))
 
 
 def _read_elsewhere(repo_path, run_hash):
-    p = subprocess.run([sys.executable, "-c", _OTHER_PROCESS_READER, str(repo_path), run_hash],
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", _OTHER_PROCESS_READER, str(repo_path), run_hash],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout.strip().splitlines()[-1])
 
@@ -582,8 +602,12 @@ def test_open_writer_new_points_readable_elsewhere_after_flush_without_reindexin
         w.write_points("m", {}, [0, 1], [0.0, 1.0], [T0, T0 + 1])
         assert A.index_writers([w]) == []
         assert not w.index_due(max_age=3600)
-        assert _read_elsewhere(repo_path, "open") == {"steps": [0, 1], "last_step": {"m": 1}, "params": {"p": 1},
-                                                       "active": True}
+        assert _read_elsewhere(repo_path, "open") == {
+            "steps": [0, 1],
+            "last_step": {"m": 1},
+            "params": {"p": 1},
+            "active": True,
+        }
         for step in (2, 3):
             w.write_points("m", {}, [step], [float(step)], [T0 + step])
             w.flush()
@@ -597,8 +621,12 @@ def test_open_writer_new_points_readable_elsewhere_after_flush_without_reindexin
         w.set_info(name="o", description=None, params={"p": 2}, labels=[], archived=False)  # metadata: due now
         assert w.index_due(max_age=3600)
         A.index_writers([w])
-        assert _read_elsewhere(repo_path, "open") == {"steps": [0, 1, 2, 3], "last_step": {"m": 3},
-                                                       "params": {"p": 2}, "active": True}
+        assert _read_elsewhere(repo_path, "open") == {
+            "steps": [0, 1, 2, 3],
+            "last_step": {"m": 3},
+            "params": {"p": 2},
+            "active": True,
+        }
         w.write_points("n", {}, [0], [0.0], [T0])  # a new sequence: due now
         assert w.index_due(max_age=3600)
     finally:
@@ -722,7 +750,9 @@ def test_web_api_of_aim_up_shows_times_active_order_values_and_what_a_live_write
     cmd = [exe] if os.path.exists(exe) else [sys.executable, "-c", "from aim.cli.cli import cli_entry_point as m; m()"]
     proc = subprocess.Popen(
         cmd + ["up", "--repo", str(repo_path), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}/api"
     try:
@@ -747,12 +777,19 @@ def test_web_api_of_aim_up_shows_times_active_order_values_and_what_a_live_write
         assert live["end_time"] is None and live["active"] is True
 
         # the runs table: newest creation time first
-        order = [k for k in _stream_top_keys(_get(f"{base}/runs/search/run/?q=&report_progress=false"))
-                 if k in ("older", "newer")]
+        order = [
+            k
+            for k in _stream_top_keys(_get(f"{base}/runs/search/run/?q=&report_progress=false"))
+            if k in ("older", "newer")
+        ]
         assert order == ["newer", "older"]
 
-        batch = json.loads(_get(f"{base}/runs/older/metric/get-batch/",
-                                json.dumps([{"name": "loss", "context": {"subset": "train"}}]).encode()))
+        batch = json.loads(
+            _get(
+                f"{base}/runs/older/metric/get-batch/",
+                json.dumps([{"name": "loss", "context": {"subset": "train"}}]).encode(),
+            )
+        )
         assert batch[0]["iters"] == [0, 1, 2] and batch[0]["values"] == [None, 1.5, 0.5]  # NaN -> null
 
         # a long-lived writer (the sync daemon: one pooled Repo) next to a running `aim up`:
@@ -771,8 +808,11 @@ def test_web_api_of_aim_up_shows_times_active_order_values_and_what_a_live_write
                 time.sleep(0.2)
 
         def iters(run_hash):
-            return json.loads(_get(f"{base}/runs/{run_hash}/metric/get-batch/",
-                                   json.dumps([{"name": "loss", "context": {}}]).encode()))[0]["iters"]
+            return json.loads(
+                _get(
+                    f"{base}/runs/{run_hash}/metric/get-batch/", json.dumps([{"name": "loss", "context": {}}]).encode()
+                )
+            )[0]["iters"]
 
         def searched(q=""):
             return _stream_top_keys(_get(f"{base}/runs/search/run/?q={urllib.parse.quote(q)}&report_progress=false"))
@@ -794,7 +834,10 @@ def test_web_api_of_aim_up_shows_times_active_order_values_and_what_a_live_write
             w.set_info(name="archived", description=None, params={}, labels=[], archived=True)
             w.write_points("loss", {}, [0], [4.0], [T0 + 3001])
             w.set_times(created_at=T0 + 3000, ended_at=T0 + 3002, active=False)
-        soon(lambda: json.loads(_get(f"{base}/runs/archived/info/?sequence=metric"))["props"]["archived"], "an archived run")
+        soon(
+            lambda: json.loads(_get(f"{base}/runs/archived/info/?sequence=metric"))["props"]["archived"],
+            "an archived run",
+        )
         traces = json.loads(_get(f"{base}/runs/archived/info/?sequence=metric"))["traces"]["metric"]
         assert [(t["name"], t["context"]) for t in traces] == [("loss", {})]
         assert iters("archived") == [0]

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from syncer.cli import cli
 
 from conftest import T0, client_for, populate, read_aim, run_syncer, same_float
-from syncer.cli import cli
 
 DATA = Path(__file__).parent / "data"
 
@@ -79,7 +79,11 @@ def test_backfill_fidelity(any_store, tmp_path, aim_repo):
     assert all(same_float(a, m.value) for a, m in zip(weird["values"], truth))  # sqlite stores +-inf as +-max float
     assert weird["timestamps"] == [m.timestamp / 1000 for m in truth]
     dup = metric(fin, "dup")  # two points at step 5: the later by timestamp wins
-    assert dup["steps"] == [5, 6] and dup["values"] == [2.0, 3.0] and dup["timestamps"] == [(T0 + 200) / 1000, (T0 + 300) / 1000]
+    assert (
+        dup["steps"] == [5, 6]
+        and dup["values"] == [2.0, 3.0]
+        and dup["timestamps"] == [(T0 + 200) / 1000, (T0 + 300) / 1000]
+    )
 
     # times, status, nesting, archive
     assert fin["created_at"] == pytest.approx(T0 / 1000, abs=1e-3)
@@ -109,8 +113,15 @@ def test_backfill_fidelity(any_store, tmp_path, aim_repo):
     assert fin["objects"] == ["plots/confusion_de", "predictions"]  # media names pass the mapping, no extension
 
     # dataset inputs
-    assert fin["params"]["datasets"] == [{"name": "xnli-en-train", "digest": "abc123", "source_type": "local",
-                                          "source": '{"uri": "data/en.jsonl"}', "context": "training"}]
+    assert fin["params"]["datasets"] == [
+        {
+            "name": "xnli-en-train",
+            "digest": "abc123",
+            "source_type": "local",
+            "source": '{"uri": "data/en.jsonl"}',
+            "context": "training",
+        }
+    ]
 
 
 def test_runs_visible_to_aim_queries(tmp_path, aim_repo):
@@ -141,8 +152,9 @@ def test_second_backfill_writes_nothing(tmp_path, aim_repo):
 def test_repo_path_forms_and_env_uri(tmp_path):
     uri = str(tmp_path / "mlruns")
     populate(uri, tmp_path)
-    res = CliRunner().invoke(cli, ["backfill", "--aim-repo", str(tmp_path / "logs" / ".aim")],
-                             env={"MLFLOW_TRACKING_URI": uri})
+    res = CliRunner().invoke(
+        cli, ["backfill", "--aim-repo", str(tmp_path / "logs" / ".aim")], env={"MLFLOW_TRACKING_URI": uri}
+    )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "logs" / ".aim").is_dir()
     # the root and its .aim folder are the same repo: nothing new the second time
@@ -182,7 +194,10 @@ def test_artifact_options(tmp_path):
     assert [a["path"] for a in fin["params"]["artifacts"]] == ["predictions.txt"]
     out = backfill(uri, tmp_path / "small", "--max-artifact-size", "60")  # the png is 77 bytes, the txt 53
     assert "1 artifacts" in out
-    arts = {a["path"]: a["copied_as"] for a in by_name(read_aim(tmp_path / "small"))["bert-base-multilingual-cased"]["params"]["artifacts"]}
+    arts = {
+        a["path"]: a["copied_as"]
+        for a in by_name(read_aim(tmp_path / "small"))["bert-base-multilingual-cased"]["params"]["artifacts"]
+    }
     assert arts == {"plots/confusion_de.png": None, "predictions.txt": "text", "checkpoints/model.bin": None}
     # a step image's compressed .webp twin goes with its excluded .png
     import numpy as np
@@ -209,9 +224,14 @@ def test_context_map_options(tmp_path):
     populate(uri, tmp_path)
     backfill(uri, tmp_path / "raw", "--no-context-map")
     fin = by_name(read_aim(tmp_path / "raw"))["bert-base-multilingual-cased"]
-    assert ("eval_de_accuracy", ()) in fin["metrics"] and ("accuracy", (("dataset", "de"), ("lang", "de"), ("subset", "eval"))) not in fin["metrics"]
+    assert ("eval_de_accuracy", ()) in fin["metrics"] and (
+        "accuracy",
+        (("dataset", "de"), ("lang", "de"), ("subset", "eval")),
+    ) not in fin["metrics"]
     rules = tmp_path / "rules.toml"
-    rules.write_text("[[rule]]\npattern = '^eval_(?P<language>[a-z]{2})_(?P<name>accuracy)$'\ncontext = { split = 'dev' }\n")
+    rules.write_text(
+        "[[rule]]\npattern = '^eval_(?P<language>[a-z]{2})_(?P<name>accuracy)$'\ncontext = { split = 'dev' }\n"
+    )
     backfill(uri, tmp_path / "rules", "--context-map", str(rules))
     fin = by_name(read_aim(tmp_path / "rules"))["bert-base-multilingual-cased"]
     assert metric(fin, "accuracy", language="de", split="dev")["values"][0] == pytest.approx(0.3)
@@ -261,6 +281,7 @@ def test_file_uri_and_mlflow3_metric_lines(tmp_path, aim_repo):
 # ---------------------------------------------------------------------------------------------
 # bad input: one line, exit code 2, no traceback (through the real console script)
 
+
 def _one_line_error(p, *needles):
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
     assert "Traceback" not in p.stderr
@@ -295,7 +316,9 @@ def test_bad_inputs(tmp_path, aim_repo):
     # bad rules file content
     bad = tmp_path / "bad.toml"
     bad.write_text("[[rule]]\npattern='('\nname='x'\n")
-    p = run_syncer("backfill", "--mlflow-tracking-uri", str(store), "--aim-repo", str(aim_repo), "--context-map", str(bad))
+    p = run_syncer(
+        "backfill", "--mlflow-tracking-uri", str(store), "--aim-repo", str(aim_repo), "--context-map", str(bad)
+    )
     _one_line_error(p, "bad pattern")
     assert not (aim_repo / ".aim").exists() or read_aim(aim_repo) == {}
 
@@ -346,8 +369,10 @@ def test_steps_aim_cannot_key_are_skipped_with_a_warning(tmp_path, aim_repo):
     uri = str(tmp_path / "mlruns")
     c = client_for(uri)
     run = c.create_run(c.create_experiment("huge"), run_name="r", start_time=T0)
-    c.log_batch(run.info.run_id, metrics=[Metric("m", 1.0, T0, 2**53), Metric("m", 2.0, T0 + 1, 2**60),
-                                          Metric("m", 3.0, T0 + 2, -(2**62))])
+    c.log_batch(
+        run.info.run_id,
+        metrics=[Metric("m", 1.0, T0, 2**53), Metric("m", 2.0, T0 + 1, 2**60), Metric("m", 3.0, T0 + 2, -(2**62))],
+    )
     c.set_terminated(run.info.run_id, end_time=T0 + 3)
     p = run_syncer("backfill", "--mlflow-tracking-uri", uri, "--aim-repo", str(aim_repo))
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr

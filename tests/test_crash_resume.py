@@ -55,8 +55,13 @@ def alive(pid: int) -> bool:
 
 
 def start_backfill(store, repo) -> subprocess.Popen:
-    return subprocess.Popen(syncer_cmd("backfill", "--mlflow-tracking-uri", str(store), "--aim-repo", str(repo)),
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        syncer_cmd("backfill", "--mlflow-tracking-uri", str(store), "--aim-repo", str(repo)),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.slow
@@ -125,8 +130,9 @@ def test_ctrl_c_in_the_middle_of_keys_stops_at_a_safe_point_and_the_next_backfil
         runs.append(run)
     state_db = repo / ".aim" / "mlflow-syncer" / "state.sqlite"
     args = ("backfill", "--mlflow-tracking-uri", str(store), "--aim-repo", str(repo), "--workers", "2")
-    p = subprocess.Popen(syncer_cmd(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        syncer_cmd(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.monotonic() + 120
     while p.poll() is None and committed_cursors(state_db) < 1 and time.monotonic() < deadline:
         time.sleep(0.01)

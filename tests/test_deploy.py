@@ -34,9 +34,14 @@ COMPOSE = DOCKER / "compose.yaml"
 UNITS = ["mlflow-aim-syncer.service", "mlflow-aim-syncer@.service", "mlflow-aim-ui.service"]
 VENV_BIN = Path(sys.executable).parent
 # MLflow's own credential variables, which the syncer passes through to its MLflow client
-MLFLOW_AUTH_ENV = {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
-                   "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH",
-                   "MLFLOW_TRACKING_CLIENT_CERT_PATH"}
+MLFLOW_AUTH_ENV = {
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_INSECURE_TLS",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+    "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,10 +265,19 @@ def test_environment_file_sets_uri_repo_interval_with_variables_the_syncer_reads
 
 
 HARDENING = {
-    "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
-    "PrivateDevices": "yes", "CapabilityBoundingSet": "", "ProtectKernelTunables": "yes",
-    "ProtectKernelModules": "yes", "ProtectControlGroups": "yes", "RestrictNamespaces": "yes",
-    "RestrictSUIDSGID": "yes", "LockPersonality": "yes", "SystemCallArchitectures": "native",
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "PrivateDevices": "yes",
+    "CapabilityBoundingSet": "",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectControlGroups": "yes",
+    "RestrictNamespaces": "yes",
+    "RestrictSUIDSGID": "yes",
+    "LockPersonality": "yes",
+    "SystemCallArchitectures": "native",
 }
 
 
@@ -318,8 +332,9 @@ def _instances() -> list[str]:
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_systemd_analyze_verify(tmp_path):
     root = _systemd_root(tmp_path)
-    p = subprocess.run(["systemd-analyze", "verify", f"--root={root}", *_instances()],
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", *_instances()], capture_output=True, text=True, timeout=120
+    )
     # verify exits 0 on unknown keys and bad values ("..., ignoring"): any output is a finding
     assert p.returncode == 0 and not (p.stdout + p.stderr).strip(), p.stdout + p.stderr
 
@@ -329,10 +344,14 @@ def test_systemd_analyze_verify_catches_a_broken_unit(tmp_path):
     """The check above is not vacuous: a typo and a missing executable are reported."""
     root = _systemd_root(tmp_path)
     bad = root / "etc/systemd/system" / UNITS[0]
-    bad.write_text(bad.read_text().replace("Restart=on-failure", "Restart=on-failur")
-                   .replace("/opt/mlflow-aim-syncer/bin/syncer", "/opt/nowhere/syncer"))
-    p = subprocess.run(["systemd-analyze", "verify", f"--root={root}", UNITS[0]],
-                       capture_output=True, text=True, timeout=120)
+    bad.write_text(
+        bad.read_text()
+        .replace("Restart=on-failure", "Restart=on-failur")
+        .replace("/opt/mlflow-aim-syncer/bin/syncer", "/opt/nowhere/syncer")
+    )
+    p = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", UNITS[0]], capture_output=True, text=True, timeout=120
+    )
     assert "on-failur" in p.stderr and "/opt/nowhere/syncer" in p.stderr, p.stderr
 
 
@@ -340,8 +359,12 @@ def test_systemd_analyze_verify_catches_a_broken_unit(tmp_path):
 def test_systemd_analyze_security_exposure_is_low(tmp_path):
     root = _systemd_root(tmp_path)
     for name in _instances():
-        p = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={root}", "--no-pager", name],
-                           capture_output=True, text=True, timeout=120)
+        p = subprocess.run(
+            ["systemd-analyze", "security", "--offline=true", f"--root={root}", "--no-pager", name],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", p.stdout)
         assert p.returncode == 0 and m, p.stdout + p.stderr
         assert float(m.group(1)) <= 2.0, f"{name}: exposure {m.group(1)}\n{p.stdout}"
@@ -350,11 +373,18 @@ def test_systemd_analyze_security_exposure_is_low(tmp_path):
 @pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers is not installed")
 def test_sysusers_creates_an_unprivileged_system_user(tmp_path):
     (tmp_path / "etc").mkdir()
-    p = subprocess.run(["systemd-sysusers", f"--root={tmp_path}", str(SYSTEMD / "mlflow-aim-syncer.sysusers.conf")],
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        ["systemd-sysusers", f"--root={tmp_path}", str(SYSTEMD / "mlflow-aim-syncer.sysusers.conf")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
-    (entry,) = [ln.split(":") for ln in (tmp_path / "etc/passwd").read_text().splitlines()
-                if ln.startswith("mlflow-aim-syncer:")]
+    (entry,) = [
+        ln.split(":")
+        for ln in (tmp_path / "etc/passwd").read_text().splitlines()
+        if ln.startswith("mlflow-aim-syncer:")
+    ]
     assert 0 < int(entry[2]) < 1000 and entry[6].endswith("nologin"), entry
 
 
@@ -393,8 +423,9 @@ def test_dockerfile_copies_exist_and_pass_its_dockerignore():
             srcs = [a for a in shlex.split(args) if not a.startswith("--")][:-1]
             for src in srcs:
                 assert (ROOT / src).exists(), f"{df.name}: COPY {src}: not in the build context"
-                files = [src] if (ROOT / src).is_file() else [
-                    str(p.relative_to(ROOT)) for p in (ROOT / src).rglob("*.py")]
+                files = (
+                    [src] if (ROOT / src).is_file() else [str(p.relative_to(ROOT)) for p in (ROOT / src).rglob("*.py")]
+                )
                 assert files and all(dockerignore_allows(ignore, f) for f in files), (df.name, src)
         for heavy in (".venv/bin/python", "training/cli.py", "tests/conftest.py"):
             assert not dockerignore_allows(ignore, heavy), (ignore.name, heavy)
@@ -411,8 +442,7 @@ def test_mlflow_dockerfile_has_the_postgres_driver_and_a_non_root_user():
 def _run_healthcheck(env: dict) -> int:
     _flags, cmd = healthcheck(DOCKER / "Dockerfile")
     assert cmd[0] == "python"
-    return subprocess.run([sys.executable, *cmd[1:]], env={**env, "PATH": os.environ["PATH"]},
-                          timeout=60).returncode
+    return subprocess.run([sys.executable, *cmd[1:]], env={**env, "PATH": os.environ["PATH"]}, timeout=60).returncode
 
 
 def test_healthcheck_fails_on_a_missing_or_stale_health_file(tmp_path):
@@ -463,7 +493,10 @@ def test_compose_mlflow_uses_postgres_and_serves_artifacts_from_a_volume():
     assert u.scheme in ("postgresql", "postgresql+psycopg2"), uri
     assert (u.hostname, u.port or 5432) == ("postgres", 5432)
     assert (u.username, u.password, u.path.lstrip("/")) == (
-        pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"], pg_env["POSTGRES_DB"])
+        pg_env["POSTGRES_USER"],
+        pg_env["POSTGRES_PASSWORD"],
+        pg_env["POSTGRES_DB"],
+    )
     assert "/var/lib/postgresql/data" in [v.split(":")[1] for v in pg["volumes"]]
     # artifacts: proxied by the server from a named volume
     dest = option(argv, "--artifacts-destination")
@@ -520,9 +553,16 @@ def test_compose_syncer_and_aim_share_the_aim_repo_volume():
     assert str(Path(repo) / STATE_FILE) in script[2]
 
 
-@pytest.mark.skipif(not (shutil.which("docker-compose") or (shutil.which("docker") and subprocess.run(
-    ["docker", "compose", "version"], capture_output=True).returncode == 0)),
-    reason="neither `docker compose` nor `docker-compose` is installed")
+@pytest.mark.skipif(
+    not (
+        shutil.which("docker-compose")
+        or (
+            shutil.which("docker")
+            and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+        )
+    ),
+    reason="neither `docker compose` nor `docker-compose` is installed",
+)
 def test_docker_compose_config_accepts_the_file(tmp_path):
     """Compose's own schema check (no engine needed). The old Python docker-compose 1.x does not
     know the top-level `name:`: it checks a copy without it."""
@@ -531,9 +571,13 @@ def test_docker_compose_config_accepts_the_file(tmp_path):
     else:
         cmd, path = ["docker-compose"], tmp_path / "compose.yaml"
         path.write_text("".join(ln for ln in COMPOSE.read_text().splitlines(True) if not ln.startswith("name:")))
-    p = subprocess.run([*cmd, "-f", str(path), "--project-directory", str(DOCKER), "config"],
-                       capture_output=True, text=True, timeout=120,
-                       env={k: v for k, v in os.environ.items() if k != "POSTGRES_PASSWORD"})
+    p = subprocess.run(
+        [*cmd, "-f", str(path), "--project-directory", str(DOCKER), "config"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "POSTGRES_PASSWORD"},
+    )
     assert p.returncode == 0, p.stderr
     resolved = yaml.safe_load(p.stdout)
     assert set(resolved["services"]) == {"postgres", "mlflow", "syncer", "aim"}
@@ -551,8 +595,9 @@ class Procs:
 
     def start(self, name: str, argv: list[str], env: dict) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "wb")
-        p = subprocess.Popen(argv, env=env, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+        p = subprocess.Popen(
+            argv, env=env, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.procs[name] = p
         return p
 
@@ -585,7 +630,7 @@ def _get(url: str, data: bytes | None = None, headers: dict | None = None) -> by
 
 
 def _local(value: str, data: Path) -> str:
-    return str(data) + value[len("/data"):] if value.startswith("/data") else value
+    return str(data) + value[len("/data") :] if value.startswith("/data") else value
 
 
 def _wait(what: str, check, timeout: float, procs: Procs, alive: tuple[str, ...] = ()):
@@ -608,7 +653,6 @@ def _wait(what: str, check, timeout: float, procs: Procs, alive: tuple[str, ...]
 def test_compose_processes_on_localhost_runs_logged_to_mlflow_show_up_in_aim(tmp_path):
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
-
     from syncer.config import STATE_FILE
 
     mlflow_svc, syncer_svc, aim_svc = service("mlflow"), service("syncer"), service("aim")
@@ -625,8 +669,11 @@ def test_compose_processes_on_localhost_runs_logged_to_mlflow_show_up_in_aim(tmp
         argv = with_option(argv, "--port", str(mlflow_port))
         argv = with_option(argv, "--artifacts-destination", str(tmp_path / "mlartifacts"))
         argv = with_option(argv, "--workers", "1")
-        env = {**base_env, **as_env(mlflow_svc["environment"]),
-               "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+        env = {
+            **base_env,
+            **as_env(mlflow_svc["environment"]),
+            "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        }
         server = procs.start("mlflow", argv, env)
         uri = f"http://127.0.0.1:{mlflow_port}"
         wait_http(uri + "/health", timeout=120, proc=server)
@@ -643,12 +690,17 @@ def test_compose_processes_on_localhost_runs_logged_to_mlflow_show_up_in_aim(tmp
         # as deploy/README.md describes; the first creates the repo, then the second starts
         syncer_argv = exec_form(instructions(DOCKER / "Dockerfile", "ENTRYPOINT")[-1]) + as_argv(syncer_svc["command"])
         assert syncer_argv == ["syncer", "sync"]
-        senv = {k: _local(v, data) for k, v in {**image_env(DOCKER / "Dockerfile"), **as_env(syncer_svc["environment"])}.items()}
+        senv = {
+            k: _local(v, data)
+            for k, v in {**image_env(DOCKER / "Dockerfile"), **as_env(syncer_svc["environment"])}.items()
+        }
         assert senv["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
         senv.update(MLFLOW_TRACKING_URI=uri, SYNCER_INTERVAL="1")
         sets = {"de": "deploy-de", "fr": "deploy-fr"}
-        envs = {k: {**base_env, **senv, "SYNCER_EXPERIMENTS": exp, "SYNCER_HEALTH_FILE": str(data / f"health-{k}")}
-                for k, exp in sets.items()}
+        envs = {
+            k: {**base_env, **senv, "SYNCER_EXPERIMENTS": exp, "SYNCER_HEALTH_FILE": str(data / f"health-{k}")}
+            for k, exp in sets.items()
+        }
         repo = Path(senv["SYNCER_AIM_REPO"])
         procs.start("syncer-de", syncer_argv, envs["de"])
         _wait("the Aim repo", lambda: (repo / STATE_FILE).exists(), 120, procs, alive=("syncer-de",))
@@ -656,8 +708,12 @@ def test_compose_processes_on_localhost_runs_logged_to_mlflow_show_up_in_aim(tmp
 
         # 3. the aim service's script (it waits for the repo, then `aim up`)
         script = as_argv(aim_svc["entrypoint"]) + as_argv(aim_svc["command"])
-        script[-1] = (script[-1].replace("/data", str(data)).replace("--host 0.0.0.0", "--host 127.0.0.1")
-                      .replace("--port 43800", f"--port {aim_port}"))
+        script[-1] = (
+            script[-1]
+            .replace("/data", str(data))
+            .replace("--host 0.0.0.0", "--host 127.0.0.1")
+            .replace("--port 43800", f"--port {aim_port}")
+        )
         assert str(aim_port) in script[-1]
         procs.start("aim", script, {**base_env, **senv})
 
@@ -669,12 +725,21 @@ def test_compose_processes_on_localhost_runs_logged_to_mlflow_show_up_in_aim(tmp
             run = client.create_run(exp_id, run_name=f"xnli-{lang}", start_time=1_700_000_000_000)
             rid = run.info.run_id
             acc = [(s, 0.5 + s / 100) for s in (0, 10, 20)]
-            metrics = ([Metric(f"eval_{lang}_accuracy", v, 1_700_000_000_000 + s, s) for s, v in acc]
-                       + [Metric(f"eval_{lang}_loss", 1.0 - v, 1_700_000_000_000 + s, s) for s, v in acc]
-                       + [Metric("loss", 2.0 / (s + 1), 1_700_000_000_000 + s, s) for s in range(5)])
-            client.log_batch(rid, metrics=metrics, params=[Param("learning_rate", "5e-05"), Param("epochs", "3"),
-                                                           Param("model", "bert-base-multilingual-cased")],
-                             tags=[RunTag("team", "nlp")])
+            metrics = (
+                [Metric(f"eval_{lang}_accuracy", v, 1_700_000_000_000 + s, s) for s, v in acc]
+                + [Metric(f"eval_{lang}_loss", 1.0 - v, 1_700_000_000_000 + s, s) for s, v in acc]
+                + [Metric("loss", 2.0 / (s + 1), 1_700_000_000_000 + s, s) for s in range(5)]
+            )
+            client.log_batch(
+                rid,
+                metrics=metrics,
+                params=[
+                    Param("learning_rate", "5e-05"),
+                    Param("epochs", "3"),
+                    Param("model", "bert-base-multilingual-cased"),
+                ],
+                tags=[RunTag("team", "nlp")],
+            )
             client.set_terminated(rid, "FINISHED", end_time=1_700_000_100_000)
             logged[lang] = (rid, acc)
 
@@ -697,25 +762,34 @@ def test_compose_processes_on_localhost_runs_logged_to_mlflow_show_up_in_aim(tmp
             want = {("accuracy", ctx), ("loss", ctx), ("loss", "{}")}
             return info if want <= names and not info["props"]["active"] else None
 
-        found = _wait("the runs in aim up's runs search", runs_by_mlflow_id, 150, procs,
-                      alive=("mlflow", "syncer-de", "syncer-fr", "aim"))
+        found = _wait(
+            "the runs in aim up's runs search",
+            runs_by_mlflow_id,
+            150,
+            procs,
+            alive=("mlflow", "syncer-de", "syncer-fr", "aim"),
+        )
         for lang, (rid, acc) in logged.items():
-            info = _wait(f"run {lang}'s metrics", lambda: info_complete(found[rid], lang), 60, procs)
+            info = _wait(f"run {lang}'s metrics", lambda rid=rid, lang=lang: info_complete(found[rid], lang), 60, procs)
             params = info["params"]
             assert params["hparams"] == {"learning_rate": 5e-05, "epochs": 3, "model": "bert-base-multilingual-cased"}
             assert params["mlflow"]["run_id"] == rid
             assert info["props"]["name"] == f"xnli-{lang}"
             assert info["props"]["experiment"]["name"] == sets[lang]
             ctx = {"subset": "eval", "dataset": lang, "lang": lang}
-            batch = json.loads(_get(f"{api}/runs/{found[rid]}/metric/get-batch/",
-                                    json.dumps([{"name": "accuracy", "context": ctx}]).encode()))
+            batch = json.loads(
+                _get(
+                    f"{api}/runs/{found[rid]}/metric/get-batch/",
+                    json.dumps([{"name": "accuracy", "context": ctx}]).encode(),
+                )
+            )
             assert batch[0]["iters"] == [s for s, _ in acc] and batch[0]["values"] == [v for _, v in acc]
         exps = {e["name"]: e for e in json.loads(_get(f"{api}/experiments/"))}
         assert {exps[n]["run_count"] for n in sets.values()} == {1}
 
         # 6. healthchecks: the syncer image's (per syncer) and the aim service's
         for k in sets:
-            _wait(f"health file {k}", lambda: (data / f"health-{k}").exists(), 30, procs)
+            _wait(f"health file {k}", lambda k=k: (data / f"health-{k}").exists(), 30, procs)
             assert _run_healthcheck(envs[k]) == 0, k
         hc = [a.replace("127.0.0.1:43800", f"127.0.0.1:{aim_port}") for a in aim_svc["healthcheck"]["test"][1:]]
         assert subprocess.run(hc, env=base_env, timeout=60).returncode == 0

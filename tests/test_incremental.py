@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import T0, STORE_KINDS, client_for, log_points, read_aim, store_uri
-
 from syncer.config import Config
 from syncer.runner import open_syncer
+
+from conftest import STORE_KINDS, T0, client_for, log_points, read_aim, store_uri
 
 HISTORY = 5_000  # a long history: reading it again would show in the counters
 
@@ -27,8 +27,12 @@ def store(request, tmp_path):
 
 
 def _syncer(uri, tmp_path, exp_name, **cfg):
-    return open_syncer(Config(tracking_uri=uri, aim_repo=tmp_path / "aim", experiments=(exp_name,), **cfg),
-                       strict_experiments=False, must_exist=True, keep_open=True)
+    return open_syncer(
+        Config(tracking_uri=uri, aim_repo=tmp_path / "aim", experiments=(exp_name,), **cfg),
+        strict_experiments=False,
+        must_exist=True,
+        keep_open=True,
+    )
 
 
 def _finished_run(client, exp, name, n=20, start=T0):
@@ -250,8 +254,12 @@ def test_points_at_an_earlier_step_logged_later_arrive(tmp_path):
         exp = client.create_experiment("resume", artifact_location=(tmp_path / kind / "a").as_uri())
         run = client.create_run(exp, run_name="resumed", start_time=T0).info.run_id
         log_points(client, run, "loss", [(s, 1.0, T0 + s) for s in range(10)])
-        s = open_syncer(Config(tracking_uri=uri, aim_repo=tmp_path / kind / "aim"), strict_experiments=False,
-                        must_exist=True, keep_open=True)
+        s = open_syncer(
+            Config(tracking_uri=uri, aim_repo=tmp_path / kind / "aim"),
+            strict_experiments=False,
+            must_exist=True,
+            keep_open=True,
+        )
         try:
             s.round()
             # steps 5..10 again, later: 5..9 re-logged, 10 new (the key's latest point moves)
@@ -272,6 +280,7 @@ def test_sigterm_is_honoured_within_10_s_in_the_first_round_of_a_large_store(tmp
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from bench.gen_store import generate_store
+
     from test_sync_daemon import Daemon
 
     info = generate_store(tmp_path / "mlruns", runs=120, steps=400)
@@ -314,8 +323,12 @@ def test_experiments_made_renamed_or_deleted_between_quick_rounds_arrive(store, 
     kind, uri, client, exp = store
     run = _finished_run(client, exp, "r0")
     later = f"later-{kind}-{tmp_path.name}"
-    s = open_syncer(Config(tracking_uri=uri, aim_repo=tmp_path / "aim", experiments=(exp, later),
-                           full_scan_interval=1e9), strict_experiments=False, must_exist=True, keep_open=True)
+    s = open_syncer(
+        Config(tracking_uri=uri, aim_repo=tmp_path / "aim", experiments=(exp, later), full_scan_interval=1e9),
+        strict_experiments=False,
+        must_exist=True,
+        keep_open=True,
+    )
     try:
         assert s.round().runs_written == 1
         if kind == "file":  # unchanged folders: MLflow's experiment reader is not asked again
@@ -419,7 +432,9 @@ def test_a_servers_new_runs_are_read_a_key_for_many_runs_at_a_time(mlflow_server
 
     one_by_one = first_round(tmp_path / "one", together=False)
     together = first_round(tmp_path, together=True)
-    assert together.read["points"] == one_by_one.read["points"] == sum(len(p) for v in logged.values() for p in v.values())
+    assert (
+        together.read["points"] == one_by_one.read["points"] == sum(len(p) for v in logged.values() for p in v.values())
+    )
     # one by one: a request per run and key (12); together: per key one cut short, then two halves (6)
     assert together.read["requests"] == one_by_one.read["requests"] - 12 + 6, (together.read, one_by_one.read)
     aim, reference = read_aim(tmp_path / "aim"), read_aim(tmp_path / "one" / "aim")
@@ -431,7 +446,9 @@ def test_a_servers_new_runs_are_read_a_key_for_many_runs_at_a_time(mlflow_server
             assert got["timestamps"] == ref["timestamps"] == [want[s][1] for s in got["steps"]], (run, k)
             for s, v, v_ref in zip(got["steps"], got["values"], ref["values"]):
                 assert (math.isnan(v) and math.isnan(v_ref)) or v == v_ref, (run, k, s)  # as get-history says
-                assert math.isnan(v) is math.isnan(want[s][0]) and (math.isinf(want[s][0]) or math.isnan(v) or v == want[s][0])
+                assert math.isnan(v) is math.isnan(want[s][0]) and (
+                    math.isinf(want[s][0]) or math.isnan(v) or v == want[s][0]
+                )
 
 
 @pytest.mark.slow
@@ -445,7 +462,6 @@ def test_a_backfill_worker_asks_a_server_for_models_only_for_runs_that_have_some
     import mlflow
     import numpy as np
     from sklearn.linear_model import LogisticRegression
-
     from syncer.sources import open_source
 
     uri = mlflow_server.uri
@@ -455,8 +471,9 @@ def test_a_backfill_worker_asks_a_server_for_models_only_for_runs_that_have_some
     mlflow.set_tracking_uri(uri)
     x = np.arange(20, dtype=float).reshape(10, 2)
     with mlflow.start_run(experiment_id=exp) as trained:
-        model = mlflow.sklearn.log_model(LogisticRegression().fit(x, x[:, 0] > 9), name="clf", step=1,
-                                         pip_requirements=["scikit-learn"])
+        model = mlflow.sklearn.log_model(
+            LogisticRegression().fit(x, x[:, 0] > 9), name="clf", step=1, pip_requirements=["scikit-learn"]
+        )
     parent = open_source(uri)
     experiments = [e for e in parent.experiments() if e.id == exp]
     listed = {r.run_id: r for r in parent.changes(experiments, full=True)}

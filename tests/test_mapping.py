@@ -3,7 +3,6 @@
 import math
 
 import pytest
-
 from syncer.mapping import (
     ContextMapper,
     RulesFileError,
@@ -15,12 +14,22 @@ from syncer.mapping import (
 )
 
 HF_KEYS = [
-    "loss", "learning_rate", "grad_norm", "epoch",
-    "eval_de_loss", "eval_de_accuracy", "eval_de_runtime", "eval_de_samples_per_second",
-    "eval_en_loss", "eval_en_accuracy",
-    "eval_xnli_zh_loss", "eval_xnli_zh_accuracy",
-    "eval_wiki_loss", "eval_wiki_f1",
-    "train_loss", "train_runtime",
+    "loss",
+    "learning_rate",
+    "grad_norm",
+    "epoch",
+    "eval_de_loss",
+    "eval_de_accuracy",
+    "eval_de_runtime",
+    "eval_de_samples_per_second",
+    "eval_en_loss",
+    "eval_en_accuracy",
+    "eval_xnli_zh_loss",
+    "eval_xnli_zh_accuracy",
+    "eval_wiki_loss",
+    "eval_wiki_f1",
+    "train_loss",
+    "train_runtime",
 ]
 
 

@@ -4,7 +4,6 @@ the guard fails loudly, naming what changed, when one is gone."""
 from __future__ import annotations
 
 import pytest
-
 from syncer.sources import mlflow_compat
 
 

@@ -33,8 +33,14 @@ def store(tmp_path) -> dict:
     for key in ("eval_de_accuracy", "eval_de_loss", "loss", "system/cpu_utilization_percentage"):
         log_points(client, rid, key, [(s, 0.5, T0 + s) for s in range(3)])
     for step in (0, 1):
-        client.log_image(rid, np.zeros((4, 4, 3), dtype=np.uint8), key="eval/de/samples", step=step,
-                         timestamp=T0 + step, synchronous=True)
+        client.log_image(
+            rid,
+            np.zeros((4, 4, 3), dtype=np.uint8),
+            key="eval/de/samples",
+            step=step,
+            timestamp=T0 + step,
+            synchronous=True,
+        )
     (tmp_path / "plots").mkdir()
     Image.new("RGB", (4, 4)).save(tmp_path / "plots" / "confusion_matrix_de.png")
     client.log_artifact(rid, str(tmp_path / "plots" / "confusion_matrix_de.png"), "plots")
@@ -58,8 +64,9 @@ def snapshot(root: Path) -> dict[str, str]:
 
 
 def dry_run(store: dict, *extra: str):
-    return run_syncer("backfill", "--dry-run", "--mlflow-tracking-uri", store["uri"], "--aim-repo",
-                      str(store["repo"]), *extra)
+    return run_syncer(
+        "backfill", "--dry-run", "--mlflow-tracking-uri", store["uri"], "--aim-repo", str(store["repo"]), *extra
+    )
 
 
 def rows(stdout: str) -> dict[str, list[str]]:
@@ -67,7 +74,7 @@ def rows(stdout: str) -> dict[str, list[str]]:
     lines = stdout.splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("MLflow key"))
     out = {}
-    for line in lines[head + 1:]:
+    for line in lines[head + 1 :]:
         if not line.strip() or line.startswith("MLflow 3 metrics"):
             break
         cells = [c for c in line.split("  ") if c.strip()]
@@ -82,8 +89,13 @@ def test_dry_run_prints_runs_and_the_key_table_and_creates_no_repo(store):
     assert "experiment 'preview'" in p.stdout and "1 runs, 1 would be written" in p.stdout
     assert f"xnli-de ({store['run_id']}, FINISHED): new" in p.stdout
     table = rows(p.stdout)
-    assert table["eval_de_accuracy"] == ["metric", "accuracy", "{dataset: de, lang: de, subset: eval}", "1",
-                                         "default: Hugging Face eval sets"]
+    assert table["eval_de_accuracy"] == [
+        "metric",
+        "accuracy",
+        "{dataset: de, lang: de, subset: eval}",
+        "1",
+        "default: Hugging Face eval sets",
+    ]
     assert table["system/cpu_utilization_percentage"][:2] == ["metric", "__system__cpu"]
     assert table["eval/de/samples"] == ["step image", "de/samples", "{subset: eval}", "1", "default: subset prefix"]
     assert table["plots/confusion_matrix_de"] == ["image", "plots/confusion_matrix_de", "{}", "1", "none: kept as is"]
@@ -93,8 +105,13 @@ def test_dry_run_shows_which_rule_of_a_rules_file_matched(store):
     p = dry_run(store, "--context-map", str(store["rules"]))
     assert p.returncode == 0, p.stderr
     table = rows(p.stdout)
-    assert table["eval/de/samples"] == ["step image", "samples", "{lang: de, subset: eval}", "1",
-                                        "rule 1: ^(?P<subset>eval)/(?P<lang>[a-z]{2})/(?P<name>.+)$"]
+    assert table["eval/de/samples"] == [
+        "step image",
+        "samples",
+        "{lang: de, subset: eval}",
+        "1",
+        "rule 1: ^(?P<subset>eval)/(?P<lang>[a-z]{2})/(?P<name>.+)$",
+    ]
     assert table["plots/confusion_matrix_de"][:3] == ["image", "confusion_matrix", "{lang: de}"]
     assert table["plots/confusion_matrix_de"][4].startswith("rule 2: ")
     assert table["loss"][-1] == "none: kept as is"

@@ -7,9 +7,9 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 
-from conftest import T0, client_for, log_points, read_aim, run_syncer
-
 from syncer.sources import sql_schema
+
+from conftest import T0, client_for, log_points, read_aim, run_syncer
 
 
 def _digest(path) -> str:
@@ -89,11 +89,14 @@ def test_postgres_read_through_a_read_only_role(postgres, tmp_path):
     run = client.create_run(exp, run_name="r", start_time=T0).info.run_id
     log_points(client, run, "loss", [(s, float(s), T0 + s) for s in range(25)])
     db = url.rsplit("/", 1)[1]
-    postgres.sql("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'syncer_ro') THEN "
-                 "CREATE ROLE syncer_ro LOGIN; END IF; END $$")
+    postgres.sql(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'syncer_ro') THEN "
+        "CREATE ROLE syncer_ro LOGIN; END IF; END $$"
+    )
     postgres.sql("GRANT SELECT ON ALL TABLES IN SCHEMA public TO syncer_ro", db=db)
-    p = run_syncer("backfill", "--mlflow-tracking-uri", postgres.url(db, user="syncer_ro"),
-                   "--aim-repo", str(tmp_path / "aim"))
+    p = run_syncer(
+        "backfill", "--mlflow-tracking-uri", postgres.url(db, user="syncer_ro"), "--aim-repo", str(tmp_path / "aim")
+    )
     assert p.returncode == 0, p.stderr
     assert read_aim(tmp_path / "aim")[run]["metrics"][("loss", ())]["steps"] == list(range(25))
 
@@ -122,23 +125,41 @@ def test_deploy_read_only_role_reads_what_mlflow_writes_later(postgres, tmp_path
 
     db = f"mlflow_{tmp_path.name[-20:].replace('-', '_').lower()}"
     postgres.sql(f"CREATE DATABASE {db}")
-    postgres.sql("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mlflow') THEN "
-                 "CREATE ROLE mlflow LOGIN; END IF; END $$")
+    postgres.sql(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mlflow') THEN "
+        "CREATE ROLE mlflow LOGIN; END IF; END $$"
+    )
     postgres.sql(f"ALTER DATABASE {db} OWNER TO mlflow; GRANT ALL ON SCHEMA public TO mlflow", db=db)
     script = (ROOT / "deploy" / "docker" / "postgres-readonly.sql").read_text()
-    script = script.replace("CREATE ROLE syncer_ro LOGIN;", "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles "
-                            "WHERE rolname = 'syncer_ro') THEN CREATE ROLE syncer_ro LOGIN; END IF; END $$;")
+    script = script.replace(
+        "CREATE ROLE syncer_ro LOGIN;",
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles "
+        "WHERE rolname = 'syncer_ro') THEN CREATE ROLE syncer_ro LOGIN; END IF; END $$;",
+    )
     postgres.sql(script.replace("DATABASE mlflow", f"DATABASE {db}"), db=db)
     client = client_for(postgres.url(db, user="mlflow"))  # MLflow creates its tables as `mlflow`
     exp = client.create_experiment("ro", artifact_location=(tmp_path / "artifacts").as_uri())
     run = client.create_run(exp, run_name="r", start_time=T0).info.run_id
     log_points(client, run, "loss", [(s, float(s), T0 + s) for s in range(7)])
-    p = run_syncer("backfill", "--mlflow-tracking-uri", postgres.url(db, user="syncer_ro"),
-                   "--aim-repo", str(tmp_path / "aim"))
+    p = run_syncer(
+        "backfill", "--mlflow-tracking-uri", postgres.url(db, user="syncer_ro"), "--aim-repo", str(tmp_path / "aim")
+    )
     assert p.returncode == 0, p.stderr
     assert read_aim(tmp_path / "aim")[run]["metrics"][("loss", ())]["steps"] == list(range(7))
-    denied = postgres._run("psql", "-h", "127.0.0.1", "-p", str(postgres.port), "-U", "syncer_ro", "-d", db, "-c",
-                           "DELETE FROM metrics", check=False)
+    denied = postgres._run(
+        "psql",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(postgres.port),
+        "-U",
+        "syncer_ro",
+        "-d",
+        db,
+        "-c",
+        "DELETE FROM metrics",
+        check=False,
+    )
     assert denied.returncode != 0 and "read-only" in denied.stderr, denied.stderr
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-
 from syncer.errors import BadInput
 from syncer.sources.cursors import FileCursor
 from syncer.state import SCHEMA_VERSION, State

@@ -25,9 +25,11 @@ class Daemon:
         self.log = repo.parent / f"syncer-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, ready: bool = True) -> "Daemon":
+    def start(self, ready: bool = True) -> Daemon:
         self._f = open(self.log, "w")
-        self.proc = subprocess.Popen(syncer_cmd(*self.args), cwd=ROOT, env=self.env, stdout=self._f, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            syncer_cmd(*self.args), cwd=ROOT, env=self.env, stdout=self._f, stderr=subprocess.STDOUT
+        )
         if ready:  # start-up (imports, a new repo's schema) takes seconds on a busy 2-core machine
             deadline = time.monotonic() + 90
             while "syncing " not in self.text():
@@ -51,8 +53,13 @@ class Daemon:
 
 
 def start_writer(uri: str, experiment: str, seconds: float, out: Path, every: float = 0.2) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(WRITER), uri, experiment, str(seconds), str(out), str(every)],
-                            cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(WRITER), uri, experiment, str(seconds), str(out), str(every)],
+        cwd=out.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def finish_writer(p: subprocess.Popen, out: Path) -> dict:
@@ -79,9 +86,17 @@ def wait_until_synced(repo: Path, logged: dict, timeout: float = 60.0) -> dict:
         )
         if ok:
             return aim
-        last = {rid: (aim.get(rid, {}).get("active"), sum(len(m["steps"]) for m in aim.get(rid, {}).get("metrics", {}).values()),
-                      len(info["points"])) for rid, info in logged.items() if rid not in aim or aim[rid]["active"] is not False
-                or sum(len(m["steps"]) for m in aim[rid]["metrics"].values()) != len(info["points"])}
+        last = {
+            rid: (
+                aim.get(rid, {}).get("active"),
+                sum(len(m["steps"]) for m in aim.get(rid, {}).get("metrics", {}).values()),
+                len(info["points"]),
+            )
+            for rid, info in logged.items()
+            if rid not in aim
+            or aim[rid]["active"] is not False
+            or sum(len(m["steps"]) for m in aim[rid]["metrics"].values()) != len(info["points"])
+        }
         time.sleep(0.5)
     raise AssertionError(f"Aim did not catch up within {timeout} s: {last}")
 
@@ -155,7 +170,9 @@ def test_sigkill_mid_stream_then_restart(tmp_path):
         try:
             aim = wait_until_synced(repo, logged)
         except AssertionError as e:
-            raise AssertionError(f"{e}\nfirst daemon:\n{d.text()[-3000:]}\nsecond daemon:\n{d2.text()[-5000:]}") from None
+            raise AssertionError(
+                f"{e}\nfirst daemon:\n{d.text()[-3000:]}\nsecond daemon:\n{d2.text()[-5000:]}"
+            ) from None
         assert_exact(aim, logged)
         rc, _ = d2.stop()
         assert rc == 0, d2.text()
@@ -218,8 +235,15 @@ def test_store_folder_appears_later(tmp_path):
 def test_bad_repo_is_a_one_line_error(tmp_path):
     (tmp_path / "afile").write_text("")
     (tmp_path / "mlruns").mkdir()
-    p = subprocess.run(syncer_cmd("sync", "--mlflow-tracking-uri", str(tmp_path / "mlruns"), "--aim-repo",
-                                  str(tmp_path / "afile" / "repo")), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        syncer_cmd(
+            "sync", "--mlflow-tracking-uri", str(tmp_path / "mlruns"), "--aim-repo", str(tmp_path / "afile" / "repo")
+        ),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith("Error: ") and "Aim repo" in p.stderr
 
@@ -279,12 +303,13 @@ def test_running_run_writer_is_kept_open_between_rounds_and_closed_when_it_ends(
     round with one new point neither reopens it nor re-indexes, yet another process reads the
     point right after the round; a new metric is indexed in its round, points-only changes at
     most every `index_max_age`; the run ending in MLflow closes the writer (finished in Aim)."""
-    from conftest import T0, client_for, log_points
     from syncer import aim
     from syncer.aim import index as aim_index
     from syncer.config import Config
     from syncer.runner import open_syncer
     from syncer.sink import aim_run_hash
+
+    from conftest import T0, client_for, log_points
 
     uri, repo = str(tmp_path / "mlruns"), tmp_path / "aim"
     client = client_for(uri)
@@ -294,8 +319,9 @@ def test_running_run_writer_is_kept_open_between_rounds_and_closed_when_it_ends(
 
     opens, indexed = [], []
     real_open, real_index = aim.AimRunWriter.open.__func__, aim_index.index_runs
-    monkeypatch.setattr(aim.AimRunWriter, "open",
-                        classmethod(lambda cls, *a, **kw: opens.append(a[1]) or real_open(cls, *a, **kw)))
+    monkeypatch.setattr(
+        aim.AimRunWriter, "open", classmethod(lambda cls, *a, **kw: opens.append(a[1]) or real_open(cls, *a, **kw))
+    )
 
     def spy_index(r, hs, **kw):
         indexed.append(list(hs))
@@ -304,8 +330,9 @@ def test_running_run_writer_is_kept_open_between_rounds_and_closed_when_it_ends(
     monkeypatch.setattr(aim_index, "index_runs", spy_index)  # calls inside syncer.aim
     monkeypatch.setattr(aim, "index_runs", spy_index)  # calls through the package
 
-    syncer = open_syncer(Config(tracking_uri=uri, aim_repo=repo), strict_experiments=False, must_exist=True,
-                         keep_open=True)
+    syncer = open_syncer(
+        Config(tracking_uri=uri, aim_repo=repo), strict_experiments=False, must_exist=True, keep_open=True
+    )
     syncer.kept.index_max_age = 3600.0  # points-only re-indexing off until asked for below
     try:
         assert syncer.round().points == 100
@@ -349,9 +376,10 @@ def test_sigterm_closes_the_writers_kept_open(tmp_path):
     """A daemon holding a RUNNING run's writer open stops on SIGTERM within 10 s (exit 0), closing
     it: the lock is free, the index up to date, every point there; a later daemon sees the run
     end and Aim shows it finished."""
-    from conftest import T0, client_for, log_points
     from syncer.aim import AimRunWriter, index_missing
     from syncer.sink import aim_run_hash
+
+    from conftest import T0, client_for, log_points
 
     uri, repo = str(tmp_path / "mlruns"), tmp_path / "aim"
     client = client_for(uri)
@@ -391,11 +419,12 @@ def test_kept_writers_are_bounded_and_idle_ones_closed(tmp_path):
     """MLflow leaves crashed runs RUNNING for good: the daemon keeps at most `max_open`
     writers open (the least recently written are closed) and closes those idle for
     `idle_s` s; a closed one is simply reopened when its run gets new points."""
-    from conftest import T0, client_for, log_points
     from syncer.aim import index_missing
     from syncer.config import Config
     from syncer.runner import open_syncer
     from syncer.sink import aim_run_hash
+
+    from conftest import T0, client_for, log_points
 
     uri, repo = str(tmp_path / "mlruns"), tmp_path / "aim"
     client = client_for(uri)
@@ -404,8 +433,9 @@ def test_kept_writers_are_bounded_and_idle_ones_closed(tmp_path):
     for i, r in enumerate(runs):
         log_points(client, r, "loss", [(0, float(i), T0)])
     hashes = [aim_run_hash(r) for r in runs]
-    syncer = open_syncer(Config(tracking_uri=uri, aim_repo=repo), strict_experiments=False, must_exist=True,
-                         keep_open=True)
+    syncer = open_syncer(
+        Config(tracking_uri=uri, aim_repo=repo), strict_experiments=False, must_exist=True, keep_open=True
+    )
     syncer.kept.max_open = 2
     try:
         assert syncer.round().points == 3
@@ -440,8 +470,11 @@ def test_file_events_leave_out_the_rounds_own_reads(tmp_path, monkeypatch):
     seen: list[tuple[str, str]] = []
     monkeypatch.setattr(daemon_mod.Daemon, "kick", lambda self, paths=None: None)
     real = daemon_mod._Kick.on_any_event
-    monkeypatch.setattr(daemon_mod._Kick, "on_any_event",
-                        lambda self, ev: seen.append((ev.event_type, str(ev.src_path))) or real(self, ev))
+    monkeypatch.setattr(
+        daemon_mod._Kick,
+        "on_any_event",
+        lambda self, ev: seen.append((ev.event_type, str(ev.src_path))) or real(self, ev),
+    )
     d = daemon_mod.Daemon(Config(tracking_uri=str(store), aim_repo=tmp_path / "aim"))
     d._ensure_watch()
     try:

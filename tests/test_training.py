@@ -51,7 +51,6 @@ def tiny_home(tmp_path_factory):
 def runs(tiny_home, tmp_path_factory):
     """One offline run per technique, into a fresh file store, exactly as `python -m training` does."""
     import mlflow
-
     from training.experiment import TrainConfig, run
 
     out = tmp_path_factory.mktemp("training-runs")
@@ -62,8 +61,14 @@ def runs(tiny_home, tmp_path_factory):
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
         for technique in TECHNIQUES:
-            cfg = TrainConfig(technique=technique, model_names=["tiny-bert"], output_dir=out,
-                              save_model=True, verbose=False, **RUN_ARGS)
+            cfg = TrainConfig(
+                technique=technique,
+                model_names=["tiny-bert"],
+                output_dir=out,
+                save_model=True,
+                verbose=False,
+                **RUN_ARGS,
+            )
             [results[technique]] = run(cfg)
         assert os.environ.get("MLFLOW_ALLOW_FILE_STORE") == "true"
         # the process-wide tracking URI is put back as it was
@@ -124,15 +129,15 @@ BUILD = "from training.tiny_models import ensure_tiny_model; print(ensure_tiny_m
 
 @pytest.mark.slow
 def test_tiny_models_build_deterministically_and_survive_a_race(tmp_path):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     from training.tiny_models import ensure_tiny_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     race_home = tmp_path / "race"
     env = dict(os.environ, XNLI_TINY_HOME=str(race_home), PYTHONPATH=str(ROOT))
     # another process and this one build the same model into the same cache at the same time
-    proc = subprocess.Popen([sys.executable, "-c", BUILD], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BUILD], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     mine = ensure_tiny_model("tiny-bert", root=race_home)
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err[-3000:]
@@ -250,8 +255,9 @@ def test_runs_are_repeatable(runs, tmp_path):
     from training.experiment import TrainConfig, run
 
     _, client, results = runs
-    cfg = TrainConfig(technique="feature-extraction", model_names=["tiny-bert"], output_dir=tmp_path,
-                      verbose=False, **RUN_ARGS)
+    cfg = TrainConfig(
+        technique="feature-extraction", model_names=["tiny-bert"], output_dir=tmp_path, verbose=False, **RUN_ARGS
+    )
     [again] = run(cfg)
     again_client = type(client)(tracking_uri=(tmp_path / "mlruns").as_uri())
     for key in ("loss", "eval_de_loss", "eval_zh_accuracy"):
@@ -267,19 +273,28 @@ def test_runs_are_repeatable(runs, tmp_path):
 def test_the_grid_names_its_runs_and_keeps_ids_stable():
     from training.experiment import TrainConfig, config_id, plan, sweep_id
 
-    cfg = TrainConfig(technique="fine-tune", model_names=["tiny-bert", "tiny-bert-wide"],
-                      learning_rate=[1e-3, 3e-4], batch_size=16, seed=[1, 2, 1])
+    cfg = TrainConfig(
+        technique="fine-tune",
+        model_names=["tiny-bert", "tiny-bert-wide"],
+        learning_rate=[1e-3, 3e-4],
+        batch_size=16,
+        seed=[1, 2, 1],
+    )
     specs = plan(cfg)
     assert [s.run_name for s in specs] == [
-        f"{m}-lr{lr}-bs16-s{s}" for m in ("tiny-bert", "tiny-bert-wide") for lr in ("0.001", "0.0003") for s in (1, 2)]
+        f"{m}-lr{lr}-bs16-s{s}" for m in ("tiny-bert", "tiny-bert-wide") for lr in ("0.001", "0.0003") for s in (1, 2)
+    ]
     assert [(s.model_name, s.learning_rate, s.batch_size, s.seed) for s in specs[:2]] == [
-        ("tiny-bert", 1e-3, 16, 1), ("tiny-bert", 1e-3, 16, 2)]
+        ("tiny-bert", 1e-3, 16, 1),
+        ("tiny-bert", 1e-3, 16, 2),
+    ]
     # one configuration per model: the runs are named after the model, as before sweeps existed
     single = TrainConfig(technique="fine-tune", model_names=["tiny-bert", "tiny-bert-wide"], learning_rate=1e-3)
     assert [s.run_name for s in plan(single)] == ["tiny-bert", "tiny-bert-wide"]
     # a configuration's id does not depend on the sweep it is part of; a sweep's id is its grid's
-    smaller = TrainConfig(technique="fine-tune", model_names=["tiny-bert"], learning_rate=[1e-3], batch_size=[16],
-                          seed=[1, 2])
+    smaller = TrainConfig(
+        technique="fine-tune", model_names=["tiny-bert"], learning_rate=[1e-3], batch_size=[16], seed=[1, 2]
+    )
     assert config_id(smaller, plan(smaller)[1], "local") == config_id(cfg, specs[1], "local")
     assert config_id(cfg, specs[0], "local") != config_id(cfg, specs[1], "local")
     assert sweep_id(cfg, "local") == sweep_id(TrainConfig(**{**cfg.__dict__}), "local") != sweep_id(smaller, "local")
@@ -289,13 +304,36 @@ def test_the_grid_names_its_runs_and_keeps_ids_stable():
 
 # 2 learning rates x 2 batch sizes of one tiny model: 48 English pairs, 2 epochs (24 or 12 steps), evaluated
 # in two languages every 3 steps (a few seconds a run).
-SWEEP_ARGS = ["--model-names", "tiny-bert", "--learning-rate", "1e-3", "3e-3", "--batch-size", "4", "8",
-              "--num-train-samples", "48", "--num-train-epochs", "2", "--eval-steps", "3",
-              "--eval-datasets-names", "en", "de"]
+SWEEP_ARGS = [
+    "--model-names",
+    "tiny-bert",
+    "--learning-rate",
+    "1e-3",
+    "3e-3",
+    "--batch-size",
+    "4",
+    "8",
+    "--num-train-samples",
+    "48",
+    "--num-train-epochs",
+    "2",
+    "--eval-steps",
+    "3",
+    "--eval-datasets-names",
+    "en",
+    "de",
+]
 SWEEP_NAMES = {f"tiny-bert-lr{lr}-bs{bs}-s73": (lr, bs) for lr in ("0.001", "0.003") for bs in (4, 8)}
 SYSTEM_KEYS = ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes")
-TRAINER_KEYS = ("loss", "grad_norm", "learning_rate", "eval_en_accuracy", "eval_en_loss", "eval_de_accuracy",
-                "eval_de_loss")
+TRAINER_KEYS = (
+    "loss",
+    "grad_norm",
+    "learning_rate",
+    "eval_en_accuracy",
+    "eval_en_loss",
+    "eval_de_accuracy",
+    "eval_de_loss",
+)
 
 
 def _main(argv) -> tuple[int, str]:
@@ -342,9 +380,19 @@ def test_a_sweep_trains_its_grid_one_named_tagged_run_each(sweep):
     code, err = sweep["first"]
     assert code == 0, err
     assert set(runs) == set(SWEEP_NAMES)
-    expected_sweep = sweep_id(TrainConfig(technique="fine-tune", model_names=["tiny-bert"], learning_rate=[1e-3, 3e-3],
-                                          batch_size=[4, 8], num_train_samples=48, num_train_epochs=2, eval_steps=3,
-                                          eval_languages=["en", "de"]), "local")
+    expected_sweep = sweep_id(
+        TrainConfig(
+            technique="fine-tune",
+            model_names=["tiny-bert"],
+            learning_rate=[1e-3, 3e-3],
+            batch_size=[4, 8],
+            num_train_samples=48,
+            num_train_epochs=2,
+            eval_steps=3,
+            eval_languages=["en", "de"],
+        ),
+        "local",
+    )
     for name, run in runs.items():
         lr, bs = SWEEP_NAMES[name]
         p, tags = run.data.params, run.data.tags
@@ -356,11 +404,16 @@ def test_a_sweep_trains_its_grid_one_named_tagged_run_each(sweep):
         steps = 48 // bs * 2
         assert [s for s, _ in _history(client, run.info.run_id, "loss")] == list(range(3, steps + 1, 3))
         assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
-            "confusion_matrix_en.png", "confusion_matrix_de.png", "sample_predictions.txt"}
+            "confusion_matrix_en.png",
+            "confusion_matrix_de.png",
+            "sample_predictions.txt",
+        }
     assert len({r.data.tags["config_id"] for r in runs.values()}) == 4
     # the learning rate matters: the two rates give different losses for the same batches
-    assert (_history(client, runs["tiny-bert-lr0.001-bs8-s73"].info.run_id, "loss")[-1]
-            != _history(client, runs["tiny-bert-lr0.003-bs8-s73"].info.run_id, "loss")[-1])
+    assert (
+        _history(client, runs["tiny-bert-lr0.001-bs8-s73"].info.run_id, "loss")[-1]
+        != _history(client, runs["tiny-bert-lr0.003-bs8-s73"].info.run_id, "loss")[-1]
+    )
 
     # a progress line per run: n/N, the run's name, the time left (known after the first run)
     progress = re.findall(r"^\[(\d)/4\] (\S+) \(fine-tune\): training; (.*)$", err, re.M)
@@ -422,13 +475,30 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_into_the_same_run(sweep, 
     import mlflow
 
     out = tmp_path / "logs"
-    cfg = dict(technique="fine-tune", model_names=["tiny-bert"], learning_rate=1e-3, batch_size=8,
-               num_train_samples=48, num_train_epochs=2, eval_steps=3, eval_languages=["en", "de"],
-               output_dir=str(out), save_strategy="steps", system_metrics=False, verbose=False)
+    cfg = dict(
+        technique="fine-tune",
+        model_names=["tiny-bert"],
+        learning_rate=1e-3,
+        batch_size=8,
+        num_train_samples=48,
+        num_train_epochs=2,
+        eval_steps=3,
+        eval_languages=["en", "de"],
+        output_dir=str(out),
+        save_strategy="steps",
+        system_metrics=False,
+        verbose=False,
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "XNLI_TINY_HOME": str(tiny_home), "MLFLOW_ALLOW_FILE_STORE": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run([sys.executable, "-c", CRASH, json.dumps(cfg)], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASH, json.dumps(cfg)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr[-3000:]
 
     client = mlflow.MlflowClient(tracking_uri=(out / "mlruns").as_uri())
@@ -457,9 +527,13 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_into_the_same_run(sweep, 
     for key in TRAINER_KEYS:
         assert _history(client, rid, key) == _history(sweep["client"], reference, key), key
     assert {m.name for m in client.search_logged_models([exp_id]) if m.source_run_id == rid} == {
-        f"checkpoint-{s}" for s in (3, 6, 9, 12)}
+        f"checkpoint-{s}" for s in (3, 6, 9, 12)
+    }
     assert {a.path for a in client.list_artifacts(rid)} == {
-        "confusion_matrix_en.png", "confusion_matrix_de.png", "sample_predictions.txt"}
+        "confusion_matrix_en.png",
+        "confusion_matrix_de.png",
+        "sample_predictions.txt",
+    }
     # system metrics were off for both attempts
     assert not [k for k in resumed.data.metrics if k.startswith("system/")]
 
@@ -505,8 +579,19 @@ def test_resume_refuses_what_it_cannot_continue_in_one_line(sweep, tmp_path):
 def test_cli_rejects_a_language_the_offline_data_lacks_in_one_line(tmp_path, capsys):
     from training.cli import main
 
-    code = main(["fine-tune", "--model-names", "tiny-bert", "--eval-datasets-names", "en", "sw",
-                 "--output-dir", str(tmp_path), "--quiet"])
+    code = main(
+        [
+            "fine-tune",
+            "--model-names",
+            "tiny-bert",
+            "--eval-datasets-names",
+            "en",
+            "sw",
+            "--output-dir",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith("error: ") and "\n" not in err and "sw" in err
@@ -520,10 +605,20 @@ def test_cli_rejects_a_language_the_offline_data_lacks_in_one_line(tmp_path, cap
     ids=["hub-data", "hub-model"],
 )
 def test_real_mode_without_the_hub_is_a_one_line_error(tmp_path, extra, what):
-    cmd = [sys.executable, "-m", "training", "fine-tune", "--model-names", "xlm-roberta-base",
-           "--output-dir", str(tmp_path / "logs"), *extra]
-    proc = subprocess.run(cmd, env=_env_without_hub(tmp_path), cwd=tmp_path, capture_output=True, text=True,
-                          timeout=180)
+    cmd = [
+        sys.executable,
+        "-m",
+        "training",
+        "fine-tune",
+        "--model-names",
+        "xlm-roberta-base",
+        "--output-dir",
+        str(tmp_path / "logs"),
+        *extra,
+    ]
+    proc = subprocess.run(
+        cmd, env=_env_without_hub(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=180
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -534,11 +629,25 @@ def test_real_mode_without_the_hub_is_a_one_line_error(tmp_path, extra, what):
 
 
 def test_help_lists_the_flags():
-    proc = subprocess.run([sys.executable, "-m", "training", "--help"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "training", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0
-    for flag in ("--model-names", "--eval-datasets-names", "--output-dir", "--batch-size", "--num-train-samples",
-                 "--num-train-epochs", "--eval-steps", "--learning-rate", "--seed", "--tracking-uri",
-                 "--system-metrics", "--no-system-metrics", "--save-strategy", "--resume"):
+    for flag in (
+        "--model-names",
+        "--eval-datasets-names",
+        "--output-dir",
+        "--batch-size",
+        "--num-train-samples",
+        "--num-train-epochs",
+        "--eval-steps",
+        "--learning-rate",
+        "--seed",
+        "--tracking-uri",
+        "--system-metrics",
+        "--no-system-metrics",
+        "--save-strategy",
+        "--resume",
+    ):
         assert flag in proc.stdout, flag
     assert "fine-tune" in proc.stdout and "feature-extraction" in proc.stdout

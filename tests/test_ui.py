@@ -38,14 +38,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import (ROOT, T0, client_for, decode_aim_stream, free_port, log_points, read_aim, run_syncer,
-                      stop_group, syncer_cmd, wait_http)
+from conftest import (
+    ROOT,
+    T0,
+    client_for,
+    decode_aim_stream,
+    free_port,
+    log_points,
+    read_aim,
+    run_syncer,
+    stop_group,
+    syncer_cmd,
+    wait_http,
+)
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="Chromium is not installed (`make test-deps` installs it with apt-get when run as root)")
+    CHROMIUM is None, reason="Chromium is not installed (`make test-deps` installs it with apt-get when run as root)"
+)
 LANGS = ("en", "de", "fr", "es", "ar", "zh")
 DOCS = ROOT / "docs"
 DAY = 86_400_000  # ms
@@ -64,7 +76,10 @@ class AimWeb:
         exe = Path(sys.executable).with_name("aim")
         self.proc = subprocess.Popen(
             [str(exe), "up", "--repo", str(repo), "--host", "127.0.0.1", "--port", str(self.port)],
-            stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True, cwd=repo.parent,
+            stdout=open(log, "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=repo.parent,
         )
         try:
             wait_http(self.base + "/api/projects/", timeout=90, proc=self.proc)
@@ -76,8 +91,9 @@ class AimWeb:
         stop_group(self.proc)
 
     def get(self, path: str, data: bytes | None = None) -> bytes:
-        req = urllib.request.Request(self.base + path, data=data,
-                                     headers={"Content-Type": "application/json"} if data else {})
+        req = urllib.request.Request(
+            self.base + path, data=data, headers={"Content-Type": "application/json"} if data else {}
+        )
         with urllib.request.urlopen(req, timeout=120) as r:
             return r.read()
 
@@ -135,11 +151,16 @@ def metrics_explorer_url(query: str, color: list[str], chart: list[str]) -> str:
     """The metrics explorer's URL for an advanced query and a grouping, as the UI itself writes it
     (utils/app/updateURL.ts: `select`, `grouping` and `chart` params, each aim64-encoded)."""
     select = {"options": [], "query": "", "advancedMode": True, "advancedQuery": query}
-    grouping = {"color": color, "stroke": [], "chart": chart,
-                "reverseMode": {"color": False, "stroke": False, "chart": False},
-                "isApplied": {"color": True, "stroke": True, "chart": True},
-                "persistence": {"color": False, "stroke": False}, "seed": {"color": 10, "stroke": 10},
-                "paletteIndex": 0}
+    grouping = {
+        "color": color,
+        "stroke": [],
+        "chart": chart,
+        "reverseMode": {"color": False, "stroke": False, "chart": False},
+        "isApplied": {"color": True, "stroke": True, "chart": True},
+        "persistence": {"color": False, "stroke": False},
+        "seed": {"color": 10, "stroke": 10},
+        "paletteIndex": 0,
+    }
     return "/metrics?" + urllib.parse.urlencode({"grouping": aim64(grouping), "select": aim64(select)})
 
 
@@ -150,10 +171,22 @@ class Chrome:
         self._stack = contextlib.ExitStack()
         self.profile = tempfile.mkdtemp(prefix="ui-test-chromium-")
         self.proc = subprocess.Popen(
-            [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--no-first-run", "--remote-debugging-port=0", "--remote-allow-origins=*",
-             f"--user-data-dir={self.profile}", f"--window-size={width},{height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            [
+                CHROMIUM,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+                "--remote-allow-origins=*",
+                f"--user-data-dir={self.profile}",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         try:
             port_file = Path(self.profile) / "DevToolsActivePort"
@@ -168,11 +201,14 @@ class Chrome:
             self.ws = self._stack.enter_context(connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=60))
             self.n = 0
             self.send("Page.enable")
-            self.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
-                      mobile=False)
+            self.send(
+                "Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False
+            )
             self.send("Emulation.setTimezoneOverride", timezoneId="UTC")  # the UI formats dates in local time
-            self.send("Page.addScriptToEvaluateOnNewDocument",  # aim_ui components/CommunityPopup
-                      source="localStorage.setItem('communityPopupSeen', 'true')")
+            self.send(
+                "Page.addScriptToEvaluateOnNewDocument",  # aim_ui components/CommunityPopup
+                source="localStorage.setItem('communityPopupSeen', 'true')",
+            )
         except BaseException:
             self.close()
             raise
@@ -214,15 +250,17 @@ class Chrome:
     def table(self) -> list[dict]:
         """Aim's table (runs page), row by row in display order: {hash, column key: text}.
         Each cell's classes say its row (rowKey-<aim64 {"runHash": ...}>, index-<n>) and column."""
-        cells = self.js("Array.from(document.querySelectorAll('.Table__cell[class*=\"rowKey-\"]'))"
-                        ".map(e => [e.className, e.innerText])")
+        cells = self.js(
+            "Array.from(document.querySelectorAll('.Table__cell[class*=\"rowKey-\"]'))"
+            ".map(e => [e.className, e.innerText])"
+        )
         rows: dict[int, dict] = {}
         for classes, text in cells:
             toks = classes.split()
             key = next(t for t in toks if t.startswith("rowKey-"))
             idx = next(int(t[6:]) for t in toks if t.startswith("index-") and t[6:].isdigit())
             col = toks[toks.index(f"index-{idx}") + 1]
-            row = rows.setdefault(idx, {"hash": un_aim64(key[len("rowKey-"):])["runHash"]})
+            row = rows.setdefault(idx, {"hash": un_aim64(key[len("rowKey-") :])["runHash"]})
             row[col] = text.strip()
         return [rows[i] for i in sorted(rows)]
 
@@ -253,8 +291,21 @@ def keep_screenshot(png: Path, name: str) -> None:
 # A. offline training runs (real Trainer + MLflow), backfilled, in the real UI
 
 # `make demo`'s settings for one model: enough steps (190) for English accuracy to leave chance
-TRAIN = ["--model-names", "tiny-bert", "--eval-datasets-names", *LANGS, "--num-train-samples", "300",
-         "--num-train-epochs", "5", "--eval-steps", "10", "--learning-rate", "1e-3", "--quiet"]
+TRAIN = [
+    "--model-names",
+    "tiny-bert",
+    "--eval-datasets-names",
+    *LANGS,
+    "--num-train-samples",
+    "300",
+    "--num-train-epochs",
+    "5",
+    "--eval-steps",
+    "10",
+    "--learning-rate",
+    "1e-3",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -265,8 +316,14 @@ def trained(tmp_path_factory):
     env.pop("MLFLOW_TRACKING_URI", None)
     started = time.monotonic()
     for technique in ("fine-tune", "feature-extraction"):
-        p = subprocess.run([sys.executable, "-m", "training", technique, *TRAIN, "--output-dir", str(out)],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        p = subprocess.run(
+            [sys.executable, "-m", "training", technique, *TRAIN, "--output-dir", str(out)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert p.returncode == 0, f"training {technique} failed:\n{p.stdout}\n{p.stderr}"
     print(f"offline training of 2 runs took {time.monotonic() - started:.1f} s")
     store = out / "mlruns"
@@ -313,8 +370,10 @@ def test_training_runs_through_aim_web_api(trained_ui):
 
         # every point, with MLflow's step, value and timestamp (ms)
         for t in r["traces"]:
-            truth = sorted(client.get_metric_history(mlrun.info.run_id, f"eval_{t['context']['lang']}_accuracy"),
-                           key=lambda m: m.step)
+            truth = sorted(
+                client.get_metric_history(mlrun.info.run_id, f"eval_{t['context']['lang']}_accuracy"),
+                key=lambda m: m.step,
+            )
             assert len(truth) == 19
             assert t["iters"] == [float(m.step) for m in truth]
             assert t["values"] == [m.value for m in truth]
@@ -333,7 +392,7 @@ def test_training_runs_through_aim_web_api(trained_ui):
 
 @needs_chromium
 def test_runs_page_and_metrics_grouped_by_lang_in_chromium(trained_ui, chrome, tmp_path):
-    web, runs = trained_ui["web"], trained_ui["runs"]
+    web = trained_ui["web"]
     api = web.runs()
     assert len(api) == 2
 
@@ -349,16 +408,20 @@ def test_runs_page_and_metrics_grouped_by_lang_in_chromium(trained_ui, chrome, t
     assert all(f"/runs/{h}" in html for h in api)  # run name links point to each run's page
     chrome.screenshot(tmp_path / "runs-trained.png")
 
-    url = metrics_explorer_url('metric.name == "accuracy"', color=["context.lang"],
-                               chart=["run.props.experiment.name"])
-    chrome.open(web.base + url, "document.querySelectorAll('.Lines .Line').length >= 12 && "
-                                "document.querySelectorAll('.Legend-color-column .Legend-cell').length > 0")
+    url = metrics_explorer_url('metric.name == "accuracy"', color=["context.lang"], chart=["run.props.experiment.name"])
+    chrome.open(
+        web.base + url,
+        "document.querySelectorAll('.Lines .Line').length >= 12 && "
+        "document.querySelectorAll('.Legend-color-column .Legend-cell').length > 0",
+    )
     assert chrome.js("document.querySelectorAll('.Lines .Line').length") == 12  # 6 languages x 2 runs
-    colors = chrome.js("Array.from(document.querySelectorAll('.Legend-color-column .Legend-cell'))"
-                       ".map(e => e.textContent)")  # the colour legend: one cell per group
+    colors = chrome.js(
+        "Array.from(document.querySelectorAll('.Legend-color-column .Legend-cell')).map(e => e.textContent)"
+    )  # the colour legend: one cell per group
     assert sorted(colors) == sorted(f'"{x}"' for x in LANGS), colors
     assert "metric.context.lang" in chrome.js(
-        "Array.from(document.querySelectorAll('.Legend-color-column')).map(e => e.textContent).join(' ')")
+        "Array.from(document.querySelectorAll('.Legend-color-column')).map(e => e.textContent).join(' ')"
+    )
     text = chrome.js("document.body.innerText")
     assert "xnli_fine-tune" in text and "xnli_feature-extraction" in text  # one chart per experiment
     png = chrome.screenshot(tmp_path / "metrics-by-lang.png")
@@ -396,16 +459,26 @@ def write_crafted(uri: str, between) -> dict:
         if name == "sweep-fold-1":
             t["mlflow.parentRunId"] = runs["sweep"]["run_id"]
         rid = client.create_run(exp_id, run_name=name, start_time=start, tags=t).info.run_id
-        client.log_batch(rid, params=[Param("learning_rate", "5e-05"),
-                                      Param("_name_or_path", "bert-base-multilingual-cased")])
+        client.log_batch(
+            rid, params=[Param("learning_rate", "5e-05"), Param("_name_or_path", "bert-base-multilingual-cased")]
+        )
         acc = [(s, 0.3 + s / 50, start + 60_000 * s + 17) for s in range(10)]
         loss = [(s, 1.1 - s / 20, start + 60_000 * s + 18) for s in range(10)]
         log_points(client, rid, "eval_de_accuracy", acc[:5])
         log_points(client, rid, "eval_de_loss", loss[:5])
-        runs[name] = dict(run_id=rid, start=start, status=status, end=None if duration is None else start + duration,
-                          tags=dict(tags), shown=shown, deleted=False, acc=acc, loss=loss)
+        runs[name] = dict(
+            run_id=rid,
+            start=start,
+            status=status,
+            end=None if duration is None else start + duration,
+            tags=dict(tags),
+            shown=shown,
+            deleted=False,
+            acc=acc,
+            loss=loss,
+        )
     between()
-    for name, r in runs.items():
+    for r in runs.values():
         log_points(client, r["run_id"], "eval_de_accuracy", r["acc"][5:])
         log_points(client, r["run_id"], "eval_de_loss", r["loss"][5:])
         if r["status"] != "RUNNING":
@@ -447,12 +520,30 @@ def crafted(tmp_path_factory):
     exists), then backfilled into `backfilled` as if it had been written months ago."""
     d = tmp_path_factory.mktemp("crafted")
     store, live, health, log = d / "mlruns", d / "live", d / "health", d / "sync.log"
-    proc = subprocess.Popen(syncer_cmd("sync", "--mlflow-tracking-uri", str(store), "--aim-repo", str(live),
-                                       "--interval", "1", "--health-file", str(health),
-                                       "--log-format", "json", "--log-level", "debug"),
-                            cwd=ROOT, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        syncer_cmd(
+            "sync",
+            "--mlflow-tracking-uri",
+            str(store),
+            "--aim-repo",
+            str(live),
+            "--interval",
+            "1",
+            "--health-file",
+            str(health),
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+        ),
+        cwd=ROOT,
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     problem, phase1 = None, []
     try:
+
         def between():
             nonlocal problem, phase1
             try:
@@ -478,8 +569,17 @@ def crafted(tmp_path_factory):
             rc = proc.wait()
     backfilled = d / "backfilled"
     run_syncer("backfill", "--mlflow-tracking-uri", str(store), "--aim-repo", str(backfilled), check=True)
-    return {**logged, "store": store, "live": live, "backfilled": backfilled, "sync_rc": rc,
-            "sync_log": log, "problem": problem, "phase1_rounds": phase1, "rounds": round_events(log)}
+    return {
+        **logged,
+        "store": store,
+        "live": live,
+        "backfilled": backfilled,
+        "sync_rc": rc,
+        "sync_log": log,
+        "problem": problem,
+        "phase1_rounds": phase1,
+        "rounds": round_events(log),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -502,8 +602,9 @@ def test_times_status_labels_nesting_archive_order_in_sdk_and_web_api(crafted, c
         s, info = sdk[r["run_id"]], web.info(h[name])
         p = info["props"]
         for where, created, ended, active, archived in (
-                ("sdk", s["created_at"], s["end_time"], s["active"], s["archived"]),
-                ("web", p["creation_time"], p["end_time"], p["active"], p["archived"])):
+            ("sdk", s["created_at"], s["end_time"], s["active"], s["archived"]),
+            ("web", p["creation_time"], p["end_time"], p["active"], p["archived"]),
+        ):
             assert round(created * 1000) == r["start"], (name, where)
             assert (None if ended is None else round(ended * 1000)) == r["end"], (name, where)
             assert active is (r["status"] == "RUNNING"), (name, where)
@@ -526,7 +627,7 @@ def test_times_status_labels_nesting_archive_order_in_sdk_and_web_api(crafted, c
     assert kept[h["deleted-run"]]["traces"][0]["values"] == [v for _, v, _ in runs["deleted-run"]["acc"]]
     points = web.metrics('metric.name == "accuracy" and metric.context.lang == "de"')
     assert set(points) == {h[n] for n in runs if n != "deleted-run"}
-    for run_hash, r in points.items():
+    for r in points.values():
         name = r["props"]["name"]
         (t,) = r["traces"]
         assert t["context"] == {"subset": "eval", "dataset": "de", "lang": "de"}
@@ -552,8 +653,15 @@ def test_times_status_labels_nesting_archive_order_in_sdk_and_web_api(crafted, c
 
 def test_no_tag_labels_keeps_tags_out_of_the_tags_column(crafted, tmp_path):
     repo = tmp_path / "nolabels"
-    run_syncer("backfill", "--mlflow-tracking-uri", str(crafted["store"]), "--aim-repo", str(repo),
-               "--no-tag-labels", check=True)
+    run_syncer(
+        "backfill",
+        "--mlflow-tracking-uri",
+        str(crafted["store"]),
+        "--aim-repo",
+        str(repo),
+        "--no-tag-labels",
+        check=True,
+    )
     runs = crafted["runs"]
     sdk = read_aim(repo)
     assert set(sdk) == {r["run_id"] for r in runs.values()}
@@ -588,8 +696,13 @@ def test_live_sync_and_backfill_show_the_same(crafted, crafted_web, tmp_path):
     back = crafted_web
     everything = "run.archived == True or run.archived == False"
     with aim_up(crafted["live"], tmp_path / "aim-up-live.log") as live:
-        for q in ("", everything, 'run.mlflow.status == "FAILED"', "run.archived == True",
-                  'run.mlflow.parent_run_name == "sweep"'):
+        for q in (
+            "",
+            everything,
+            'run.mlflow.status == "FAILED"',
+            "run.archived == True",
+            'run.mlflow.parent_run_name == "sweep"',
+        ):
             assert list(live.runs(q)) == list(back.runs(q)), q
         hashes = list(back.runs(everything))
         assert len(hashes) == len(CRAFTED)
@@ -608,8 +721,10 @@ def test_live_sync_and_backfill_show_the_same(crafted, crafted_web, tmp_path):
 def test_runs_table_shows_mlflow_dates_and_durations_in_chromium(crafted, crafted_web, chrome, tmp_path):
     runs = crafted["runs"]
     visible = sorted((n for n, r in runs.items() if not r["deleted"]), key=lambda n: runs[n]["start"], reverse=True)
-    chrome.open(crafted_web.base + "/runs",
-                f"document.querySelectorAll('.Table__cell.date[class*=\"rowKey-\"]').length >= {len(visible)}")
+    chrome.open(
+        crafted_web.base + "/runs",
+        f"document.querySelectorAll('.Table__cell.date[class*=\"rowKey-\"]').length >= {len(visible)}",
+    )
     table = chrome.table()
     assert [row["run"] for row in table] == visible  # newest MLflow start first; the deleted run hidden
     for row in table:

@@ -46,7 +46,7 @@ def picture(seed: int, size: int = 48):
     img[..., 0] = np.linspace(0, 255, size, dtype=np.uint8)[None, :]
     img[..., 2] = 120
     x = (seed * 7) % size
-    img[:, x:x + 6, 1] = 255
+    img[:, x : x + 6, 1] = 255
     return img
 
 
@@ -64,8 +64,9 @@ def log_model(run_id: str, step: int) -> str:
     x = np.arange(40, dtype=float).reshape(20, 2)
     model = LogisticRegression(C=step).fit(x, (x[:, 0] > 20).astype(int))
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.sklearn.log_model(model, name="clf", step=step, params={"C": str(step)},
-                                        pip_requirements=["scikit-learn"])
+        info = mlflow.sklearn.log_model(
+            model, name="clf", step=step, params={"C": str(step)}, pip_requirements=["scikit-learn"]
+        )
         mlflow.log_metric("train_accuracy", 0.5 + step / 10, step=step, model_id=info.model_id)
     return info.model_id
 
@@ -78,8 +79,10 @@ def write_phase_1(uri: str) -> dict:
     exp = client.create_experiment("media")
     run_id = client.create_run(exp, run_name="vision", start_time=T0).info.run_id
     log_points(client, run_id, "loss", [(s, 1.0 / (s + 1), T0 + 60_000 * s) for s in range(3)])
-    stamps = {EVAL_KEY: {0: [log_image(client, run_id, EVAL_KEY, 0)], 1: [log_image(client, run_id, EVAL_KEY, 1)]},
-              TRAIN_KEY: {0: [log_image(client, run_id, TRAIN_KEY, 0)]}}
+    stamps = {
+        EVAL_KEY: {0: [log_image(client, run_id, EVAL_KEY, 0)], 1: [log_image(client, run_id, EVAL_KEY, 1)]},
+        TRAIN_KEY: {0: [log_image(client, run_id, TRAIN_KEY, 0)]},
+    }
     models = {1: log_model(run_id, 1)}
     return {"client": client, "exp": exp, "run_id": run_id, "stamps": stamps, "models": models}
 
@@ -93,8 +96,11 @@ def write_phase_2(logged: dict, tmp: Path) -> None:
     client, run_id, stamps = logged["client"], logged["run_id"], logged["stamps"]
     stamps[EVAL_KEY][2] = [log_image(client, run_id, EVAL_KEY, 2), log_image(client, run_id, EVAL_KEY, 2, extra=1)]
     stamps[TRAIN_KEY][1] = [log_image(client, run_id, TRAIN_KEY, 1)]
-    client.log_table(run_id, {"premise": ["Der Hund bellt", "Es regnet"], "pred": ["entailment", "neutral"],
-                              "score": [0.9, 0.4]}, "eval/predictions.json")
+    client.log_table(
+        run_id,
+        {"premise": ["Der Hund bellt", "Es regnet"], "pred": ["entailment", "neutral"], "score": [0.9, 0.4]},
+        "eval/predictions.json",
+    )
     fig, ax = plt.subplots(figsize=(3, 3))
     ax.imshow([[40, 3], [5, 52]], cmap="Blues")
     client.log_figure(run_id, fig, "plots/confusion_matrix_de.png")
@@ -108,8 +114,16 @@ def write_phase_2(logged: dict, tmp: Path) -> None:
     logged["models"][2] = log_model(run_id, 2)
     # an evaluation run scores the step-2 model on a dataset: a model metric the training run did not log
     ev = client.create_run(logged["exp"], run_name="evaluate", start_time=T0 + 5_000_000).info.run_id
-    client.log_metric(ev, "accuracy", 0.81, timestamp=T0 + 5_000_100, step=2, model_id=logged["models"][2],
-                      dataset_name="xnli-de", dataset_digest="d1")
+    client.log_metric(
+        ev,
+        "accuracy",
+        0.81,
+        timestamp=T0 + 5_000_100,
+        step=2,
+        model_id=logged["models"][2],
+        dataset_name="xnli-de",
+        dataset_digest="d1",
+    )
     client.set_terminated(ev, "FINISHED", end_time=T0 + 5_000_200)
     logged["eval_run"] = ev
 
@@ -119,8 +133,11 @@ def media_of_run(repo: Path, run_id: str) -> dict:
     from syncer.aim import fresh_repo
 
     repo_ = fresh_repo(repo)
-    run = next(repo_.get_run(h) for h in repo_.list_all_runs() if (repo_.get_run(h).get("mlflow") or {})
-               .get("run_id") == run_id)
+    run = next(
+        repo_.get_run(h)
+        for h in repo_.list_all_runs()
+        if (repo_.get_run(h).get("mlflow") or {}).get("run_id") == run_id
+    )
     out = {}
     types = ("aim.image", "aim.text", "aim.audio", "aim.figure")
     for name, ctx, _ in run.iter_sequence_info_by_type(types):
@@ -131,8 +148,11 @@ def media_of_run(repo: Path, run_id: str) -> dict:
                     continue
                 steps, (values, _epochs, timestamps) = seq.data.items_list()
                 out[(name, tuple(sorted(ctx.to_dict().items())))] = {
-                    "type": type(seq).__name__, "steps": list(steps), "timestamps": list(timestamps),
-                    "values": list(values)}
+                    "type": type(seq).__name__,
+                    "steps": list(steps),
+                    "timestamps": list(timestamps),
+                    "values": list(values),
+                }
                 break
     repo_.close()
     return out
@@ -154,15 +174,24 @@ def synced(tmp_path_factory):
     third = run_syncer(*sync, check=True)  # nothing new
     logged["client"].set_terminated(logged["run_id"], "FINISHED", end_time=T0 + 4_000_000)
     fourth = run_syncer(*sync, check=True)  # the run ended: metadata again, media not again
-    return {**logged, "uri": uri, "repo": repo, "rules": rules, "sync": sync, "outputs": (first, second, third, fourth),
-            "after_first": after_first, "after_second": after_second, "first_models": first_models}
+    return {
+        **logged,
+        "uri": uri,
+        "repo": repo,
+        "rules": rules,
+        "sync": sync,
+        "outputs": (first, second, third, fourth),
+        "after_first": after_first,
+        "after_second": after_second,
+        "first_models": first_models,
+    }
 
 
 def test_each_step_image_key_is_one_image_sequence_with_mlflows_steps_contexts_and_timestamps(synced):
     media = media_of_run(synced["repo"], synced["run_id"])
     images = {k: v for k, v in media.items() if v["type"] == "Images" and k[0] == "samples"}
     assert set(images) == {("samples", EVAL_CTX), ("samples", TRAIN_CTX)}
-    for (key, ctx) in ((EVAL_KEY, EVAL_CTX), (TRAIN_KEY, TRAIN_CTX)):
+    for key, ctx in ((EVAL_KEY, EVAL_CTX), (TRAIN_KEY, TRAIN_CTX)):
         seq, logged = images[("samples", ctx)], synced["stamps"][key]
         assert seq["steps"] == sorted(logged)
         assert [round(t * 1000) for t in seq["timestamps"]] == [max(logged[s]) for s in sorted(logged)]
@@ -203,7 +232,9 @@ def test_the_artifacts_param_says_what_each_file_became(synced):
     assert len(twins) == 6 and all(a["copied_as"] is None and "compressed" in a["note"] for a in twins)
     full = [a for p, a in listed.items() if p.startswith("images/") and p.endswith(".png")]
     assert len(full) == 6 and {(a["name"], json.dumps(a["context"], sort_keys=True)) for a in full} == {
-        ("samples", '{"lang": "de", "subset": "eval"}'), ("samples", '{"subset": "train"}')}
+        ("samples", '{"lang": "de", "subset": "eval"}'),
+        ("samples", '{"subset": "train"}'),
+    }
     assert listed["eval/predictions.json"]["copied_as"] == "table"
     assert listed["plots/curve.svg"]["copied_as"] == "image"
     if has_plotly():
@@ -214,9 +245,12 @@ def test_nothing_is_copied_twice_by_later_syncs(synced):
     first, second, third, fourth = synced["outputs"]
     assert " 0 artifacts" not in first.stdout and " 0 artifacts" not in second.stdout
     assert " 0 artifacts " in third.stdout and " 0 artifacts " in fourth.stdout
+
     def shape(media: dict) -> dict:
-        return {k: (v["type"], v["steps"], v["timestamps"], [len(x) if isinstance(x, list) else 1 for x in v["values"]])
-                for k, v in media.items()}
+        return {
+            k: (v["type"], v["steps"], v["timestamps"], [len(x) if isinstance(x, list) else 1 for x in v["values"]])
+            for k, v in media.items()
+        }
 
     assert shape(media_of_run(synced["repo"], synced["run_id"])) == shape(synced["after_second"])
     # the first sync, while the run was RUNNING, had only what was logged by then
@@ -229,7 +263,9 @@ def test_logged_models_land_under_mlflow_logged_models_and_their_metrics_in_aim(
     run = read_aim(synced["repo"])[synced["run_id"]]
     models = run["params"]["mlflow"]["logged_models"]
     assert [(m["name"], m["step"], m["model_id"]) for m in models] == [
-        ("clf", 1, synced["models"][1]), ("clf", 2, synced["models"][2])]
+        ("clf", 1, synced["models"][1]),
+        ("clf", 2, synced["models"][2]),
+    ]
     assert [m["step"] for m in synced["first_models"]] == [1]  # the step-2 model arrived with the next sync
     for m in models:
         assert m["status"] == "READY" and "sklearn" in m["flavors"] and m["copied"] is False
@@ -279,16 +315,24 @@ def test_images_explorer_scrubs_through_a_synced_step_image_sequence(synced, tmp
     if CHROMIUM is None:
         pytest.skip("Chromium is not installed (`make ui-deps` installs it with apt-get when run as root)")
     with aim_up(synced["repo"], tmp_path / "aim-up.log") as web:
-        found = web.stream("images", 'images.name == "samples"', record_range="0:3", index_range="0:2",
-                           record_density="50", index_density="5")
+        found = web.stream(
+            "images",
+            'images.name == "samples"',
+            record_range="0:3",
+            index_range="0:2",
+            record_density="50",
+            index_density="5",
+        )
         (run,) = found.values()
         traces = {json.dumps(t["context"], sort_keys=True): t for t in run["traces"]}
         assert set(traces) == {'{"lang": "de", "subset": "eval"}', '{"subset": "train"}'}
         assert [int(s) for s in traces['{"lang": "de", "subset": "eval"}']["iters"]] == [0, 1, 2]
         chrome = Chrome(width=1400, height=900)
         try:
-            chrome.open(web.base + images_explorer_url('images.name == "samples"', ["context.subset"]),
-                        "document.querySelectorAll('.ImageBox img').length >= 6")
+            chrome.open(
+                web.base + images_explorer_url('images.name == "samples"', ["context.subset"]),
+                "document.querySelectorAll('.ImageBox img').length >= 6",
+            )
             assert chrome.js("document.querySelectorAll('.ImageBox img').length") == 6  # 3 + 1 eval, 2 train
             text = " ".join(chrome.js("document.body.innerText").split())
             assert 'images.context.subset = "eval" eval/de/samples eval/de/samples eval/de/samples' in text

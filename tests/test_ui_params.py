@@ -37,9 +37,14 @@ def demo_train_args(logs: Path) -> list[str]:
     """DEMO_TRAIN as the Makefile has it, with LOGS=logs."""
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    p = subprocess.run(["make", "-s", "-f", "Makefile", "-f", "-", "_print_demo_train", f"LOGS={logs}"],
-                       input="_print_demo_train:\n\t@echo $(DEMO_TRAIN)\n", cwd=ROOT, capture_output=True,
-                       text=True, timeout=60)
+    p = subprocess.run(
+        ["make", "-s", "-f", "Makefile", "-f", "-", "_print_demo_train", f"LOGS={logs}"],
+        input="_print_demo_train:\n\t@echo $(DEMO_TRAIN)\n",
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     return shlex.split(p.stdout)
 
@@ -56,11 +61,16 @@ def params_explorer_url(params, metric: str, contexts: list[dict], color: list[s
     options = [{"type": "params", "label": p, "key": p, "group": "Params"} for p in params]
     options += [{"type": "metrics", "group": metric, "value": {"option_name": metric, "context": c}} for c in contexts]
     select = {"options": options, "query": "", "advancedMode": False, "advancedQuery": ""}
-    grouping = {"color": color, "stroke": [], "chart": [],
-                "reverseMode": {"color": False, "stroke": False, "chart": False},
-                "isApplied": {"color": True, "stroke": True, "chart": True},
-                "persistence": {"color": False, "stroke": False}, "seed": {"color": 10, "stroke": 10},
-                "paletteIndex": 0}
+    grouping = {
+        "color": color,
+        "stroke": [],
+        "chart": [],
+        "reverseMode": {"color": False, "stroke": False, "chart": False},
+        "isApplied": {"color": True, "stroke": True, "chart": True},
+        "persistence": {"color": False, "stroke": False},
+        "seed": {"color": 10, "stroke": 10},
+        "paletteIndex": 0,
+    }
     return "/params?" + urllib.parse.urlencode({"grouping": aim64(grouping), "select": aim64(select)})
 
 
@@ -73,14 +83,25 @@ def sweep_ui(tmp_path_factory):
     env = {**os.environ, "MLFLOW_ALLOW_FILE_STORE": "true", "XNLI_TINY_HOME": str(logs / "tiny-models")}
     env.pop("MLFLOW_TRACKING_URI", None)
     for technique in TECHNIQUES:  # as the Makefile's $(LOGS)/.trained recipe does
-        p = subprocess.run([sys.executable, "-m", "training", technique, *args], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=900)
+        p = subprocess.run(
+            [sys.executable, "-m", "training", technique, *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert p.returncode == 0, f"training {technique} failed:\n{p.stdout}\n{p.stderr[-3000:]}"
     store = logs / "mlruns"
     repo = tmp_path_factory.mktemp("sweep-aim") / "repo"
     run_syncer("backfill", "--mlflow-tracking-uri", str(store), "--aim-repo", str(repo), check=True)
-    grid = {(t, m, float(lr), int(bs)) for t in TECHNIQUES for m in flag_values(args, "--model-names")
-            for lr in flag_values(args, "--learning-rate") for bs in flag_values(args, "--batch-size")}
+    grid = {
+        (t, m, float(lr), int(bs))
+        for t in TECHNIQUES
+        for m in flag_values(args, "--model-names")
+        for lr in flag_values(args, "--learning-rate")
+        for bs in flag_values(args, "--batch-size")
+    }
     with aim_up(repo, repo.parent / "aim-up.log") as web:
         yield {"web": web, "store": store, "grid": grid}
 
@@ -89,16 +110,25 @@ def test_the_sweep_reaches_aim_with_its_params(sweep_ui):
     web, grid = sweep_ui["web"], sweep_ui["grid"]
     assert len(grid) >= 16  # 2 techniques x 2 models x 2 learning rates x 2 batch sizes
     runs = web.runs()
-    seen = {(r["params"]["tags"]["technique"], r["params"]["hparams"]["model_name"],
-             r["params"]["hparams"]["learning_rate"], r["params"]["hparams"]["per_device_train_batch_size"])
-            for r in runs.values()}
+    seen = {
+        (
+            r["params"]["tags"]["technique"],
+            r["params"]["hparams"]["model_name"],
+            r["params"]["hparams"]["learning_rate"],
+            r["params"]["hparams"]["per_device_train_batch_size"],
+        )
+        for r in runs.values()
+    }
     assert len(runs) == len(grid) and seen == grid
     client = client_for(str(sweep_ui["store"]))
     for r in runs.values():
         mlrun = client.get_run(r["params"]["mlflow"]["run_id"])
         hp = r["params"]["hparams"]
-        assert r["props"]["name"] == mlrun.info.run_name == (
-            f"{hp['model_name']}-lr{hp['learning_rate']:g}-bs{hp['per_device_train_batch_size']}-s73")
+        assert (
+            r["props"]["name"]
+            == mlrun.info.run_name
+            == (f"{hp['model_name']}-lr{hp['learning_rate']:g}-bs{hp['per_device_train_batch_size']}-s73")
+        )
         assert r["props"]["experiment"]["name"] == f"xnli_{r['params']['tags']['technique']}"
         assert r["params"]["tags"]["sweep_id"] == mlrun.data.tags["sweep_id"]
 
@@ -120,9 +150,11 @@ def test_params_explorer_shows_the_sweep_in_chromium(sweep_ui, tall_chrome, tmp_
     contexts = [{"subset": "eval", "dataset": lang, "lang": lang} for lang in LANGS]
     url = params_explorer_url(PARAMS, "accuracy", contexts, color=[])
     columns = len(PARAMS) + len(LANGS)
-    ready = (f"document.querySelectorAll('.Params__container .Line').length >= {len(grid)} && "
-             f"document.querySelectorAll('.Params__container .Axis').length == {columns} && "
-             f"document.querySelectorAll('.Table__cell.run[class*=\"rowKey-\"]').length >= {len(grid)}")
+    ready = (
+        f"document.querySelectorAll('.Params__container .Line').length >= {len(grid)} && "
+        f"document.querySelectorAll('.Params__container .Axis').length == {columns} && "
+        f"document.querySelectorAll('.Table__cell.run[class*=\"rowKey-\"]').length >= {len(grid)}"
+    )
     chrome.open(web.base + url, ready)
     assert chrome.js("document.querySelectorAll('.Params__container .Line').length") == len(grid)  # a line per run
     text = chrome.js("document.querySelector('.Params__container').innerText")
@@ -130,8 +162,10 @@ def test_params_explorer_shows_the_sweep_in_chromium(sweep_ui, tall_chrome, tmp_
         assert p in text, p
     assert 'accuracy dataset="en"' in text and 'accuracy dataset="de"' in text
     # each axis: the values the sweep took (tick labels carry the full value in their title)
-    axes = chrome.js("Array.from(document.querySelectorAll('.Params__container .Axis')).map(a => "
-                     "Array.from(a.querySelectorAll('.tick .yAxisLabel')).map(t => t.getAttribute('title')))")
+    axes = chrome.js(
+        "Array.from(document.querySelectorAll('.Params__container .Axis')).map(a => "
+        "Array.from(a.querySelectorAll('.tick .yAxisLabel')).map(t => t.getAttribute('title')))"
+    )
     lrs, bss = sorted({lr for *_, lr, _ in grid}), sorted({bs for *_, bs in grid})
     assert float(axes[0][0]) == lrs[0] and float(axes[0][-1]) == lrs[-1], axes[0]
     assert float(axes[1][0]) == bss[0] and float(axes[1][-1]) == bss[-1], axes[1]

@@ -61,7 +61,13 @@ def save_confusion_matrix_png(cm: np.ndarray, label_names, title: str, path: Pat
     for j in range(n):
         _text(draw, (left + j * cell + cell / 2, top - 12), label_names[j], small, "black")
     _text(draw, (left - 10, 60), "gold", small, "dimgray", anchor="rm")
-    _text(draw, (width / 2, height - bottom / 2), f"n = {int(cm.sum())}, accuracy = {np.trace(cm) / max(cm.sum(), 1):.3f}", small, "dimgray")
+    _text(
+        draw,
+        (width / 2, height - bottom / 2),
+        f"n = {int(cm.sum())}, accuracy = {np.trace(cm) / max(cm.sum(), 1):.3f}",
+        small,
+        "dimgray",
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, format="PNG")
     return path

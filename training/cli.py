@@ -46,42 +46,75 @@ def build_parser() -> argparse.ArgumentParser:
             "training/data; any other name is a Hugging Face hub model trained on XNLI from the hub."
         ),
     )
-    p.add_argument("technique", choices=TECHNIQUES,
-                   help="fine-tune: train every weight; feature-extraction: train only the classification head")
-    p.add_argument("--model-names", nargs="+", metavar="M",
-                   help="hub model names (bert-base-multilingual-cased, xlm-roberta-base, ...) or "
-                   + " / ".join(TINY_MODEL_NAMES) + " (required unless --resume)")
-    p.add_argument("--eval-datasets-names", nargs="+", metavar="LANG",
-                   help=f"XNLI languages to evaluate on (default: {' '.join(LANGUAGES)})")
+    p.add_argument(
+        "technique",
+        choices=TECHNIQUES,
+        help="fine-tune: train every weight; feature-extraction: train only the classification head",
+    )
+    p.add_argument(
+        "--model-names",
+        nargs="+",
+        metavar="M",
+        help="hub model names (bert-base-multilingual-cased, xlm-roberta-base, ...) or "
+        + " / ".join(TINY_MODEL_NAMES)
+        + " (required unless --resume)",
+    )
+    p.add_argument(
+        "--eval-datasets-names",
+        nargs="+",
+        metavar="LANG",
+        help=f"XNLI languages to evaluate on (default: {' '.join(LANGUAGES)})",
+    )
     p.add_argument("--output-dir", type=Path, default=Path("logs"), help="default: %(default)s")
     p.add_argument("--batch-size", type=int, nargs="+", metavar="BS", help="one or several (default: 8)")
-    p.add_argument("--num-train-samples", type=int,
-                   help="English training pairs (default: 15000; the shipped data set has 315)")
+    p.add_argument(
+        "--num-train-samples", type=int, help="English training pairs (default: 15000; the shipped data set has 315)"
+    )
     p.add_argument("--num-train-epochs", type=float, help="default: 3")
-    p.add_argument("--eval-steps", type=int,
-                   help="evaluate (and log the training loss, and checkpoint with --save-strategy steps) "
-                   "every N steps (default: 500)")
+    p.add_argument(
+        "--eval-steps",
+        type=int,
+        help="evaluate (and log the training loss, and checkpoint with --save-strategy steps) "
+        "every N steps (default: 500)",
+    )
     p.add_argument("--learning-rate", type=float, nargs="+", metavar="LR", help="one or several (default: 5e-5)")
     p.add_argument("--seed", type=int, nargs="+", metavar="SEED", help="one or several (default: 73)")
-    p.add_argument("--save-strategy", choices=("steps", "epoch", "no"),
-                   help="log the Trainer's checkpoints to the run: every --eval-steps steps, every epoch, or "
-                   "not at all (default: no)")
-    p.add_argument("--resume", metavar="RUN_ID",
-                   help="continue this interrupted run from its last checkpoint, into the same MLflow run "
-                   "(its configuration comes from the run)")
-    p.add_argument("--tracking-uri", default=None,
-                   help="any MLflow tracking URI (default: the file store <output-dir>/mlruns)")
-    p.add_argument("--system-metrics", action=argparse.BooleanOptionalAction, default=True,
-                   help="MLflow's system metrics (CPU, memory, disk, network; GPU with nvidia-ml-py) beside each "
-                   "run, sampled every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds (here 2 unless set) "
-                   "(default: on)")
-    p.add_argument("--data-source", choices=("auto", "local", "hub"),
-                   help="auto (default): the shipped data set when every model is a tiny local one, "
-                   "else XNLI from the hub")
-    p.add_argument("--save-model", action="store_true",
-                   help="also save each trained model into <output-dir>/<technique>/<run>/model")
-    p.add_argument("--quiet", action="store_true",
-                   help="print only errors (and, on a terminal, one progress line per run)")
+    p.add_argument(
+        "--save-strategy",
+        choices=("steps", "epoch", "no"),
+        help="log the Trainer's checkpoints to the run: every --eval-steps steps, every epoch, or "
+        "not at all (default: no)",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="continue this interrupted run from its last checkpoint, into the same MLflow run "
+        "(its configuration comes from the run)",
+    )
+    p.add_argument(
+        "--tracking-uri", default=None, help="any MLflow tracking URI (default: the file store <output-dir>/mlruns)"
+    )
+    p.add_argument(
+        "--system-metrics",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="MLflow's system metrics (CPU, memory, disk, network; GPU with nvidia-ml-py) beside each "
+        "run, sampled every MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL seconds (here 2 unless set) "
+        "(default: on)",
+    )
+    p.add_argument(
+        "--data-source",
+        choices=("auto", "local", "hub"),
+        help="auto (default): the shipped data set when every model is a tiny local one, else XNLI from the hub",
+    )
+    p.add_argument(
+        "--save-model",
+        action="store_true",
+        help="also save each trained model into <output-dir>/<technique>/<run>/model",
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="print only errors (and, on a terminal, one progress line per run)"
+    )
     return p
 
 

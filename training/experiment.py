@@ -35,9 +35,8 @@ from urllib.parse import unquote, urlparse
 from .data import LABEL_NAMES, LANGUAGES, TECHNIQUES, XNLI_LANGUAGES, load_xnli, local_languages
 from .tiny_models import TINY_MODEL_NAMES, ensure_tiny_model, is_tiny
 
-OFFLINE_HINT = (
-    "for offline runs use the tiny local models and the shipped data: --model-names "
-    + " ".join(TINY_MODEL_NAMES)
+OFFLINE_HINT = "for offline runs use the tiny local models and the shipped data: --model-names " + " ".join(
+    TINY_MODEL_NAMES
 )
 SAVE_STRATEGIES = ("no", "steps", "epoch")
 # MLflow samples every 10 s by default and logs nothing for a run shorter than one interval.
@@ -350,16 +349,28 @@ def _digest(obj) -> str:
 
 def config_id(cfg: TrainConfig, spec: RunSpec, source: str) -> str:
     """What makes two runs the same experiment (not where they are written, nor how they are watched)."""
-    return _digest({**_shared_settings(cfg, source), "model_name": spec.model_name,
-                    "learning_rate": spec.learning_rate, "batch_size": spec.batch_size, "seed": spec.seed})
+    return _digest(
+        {
+            **_shared_settings(cfg, source),
+            "model_name": spec.model_name,
+            "learning_rate": spec.learning_rate,
+            "batch_size": spec.batch_size,
+            "seed": spec.seed,
+        }
+    )
 
 
 def sweep_id(cfg: TrainConfig, source: str) -> str:
     """The same for the same grid, so a sweep run again (to finish it) keeps its id."""
-    return _digest({**_shared_settings(cfg, source), "model_names": _values(cfg.model_names),
-                    "learning_rates": [float(v) for v in _values(cfg.learning_rate)],
-                    "batch_sizes": [int(v) for v in _values(cfg.batch_size)],
-                    "seeds": [int(v) for v in _values(cfg.seed)]})[:8]
+    return _digest(
+        {
+            **_shared_settings(cfg, source),
+            "model_names": _values(cfg.model_names),
+            "learning_rates": [float(v) for v in _values(cfg.learning_rate)],
+            "batch_sizes": [int(v) for v in _values(cfg.batch_size)],
+            "seeds": [int(v) for v in _values(cfg.seed)],
+        }
+    )[:8]
 
 
 # --------------------------------------------------------------------------- checks
@@ -501,8 +512,15 @@ def _system_metrics_interval(cfg: TrainConfig) -> str:
     return os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL") or str(DEFAULT_SYSTEM_METRICS_INTERVAL)
 
 
-def train_one(cfg: TrainConfig, spec: RunSpec, train_raw, eval_raw: dict, source: str = "local",
-              sweep: str = "", resume: _Resume | None = None) -> RunResult:
+def train_one(
+    cfg: TrainConfig,
+    spec: RunSpec,
+    train_raw,
+    eval_raw: dict,
+    source: str = "local",
+    sweep: str = "",
+    resume: _Resume | None = None,
+) -> RunResult:
     """One MLflow run: train ``spec`` with the configured technique, evaluate, log artifacts.
     With ``resume``: continue that run from its checkpoint, into the same MLflow run."""
     import mlflow
@@ -573,23 +591,34 @@ def train_one(cfg: TrainConfig, spec: RunSpec, train_raw, eval_raw: dict, source
     before = parameter_digests(model)
     device = str(trainer.args.device)
     what = f"resuming run {resume.run_id} from step {resume.step}" if resume else f"{len(train_ds)} English pairs"
-    _log(cfg, f"[{cfg.technique}] {spec.run_name}: {what}, {cfg.num_train_epochs:g} epoch(s), "
-              f"evaluating {' '.join(eval_ds)} every {cfg.eval_steps} steps on {device}")
+    _log(
+        cfg,
+        f"[{cfg.technique}] {spec.run_name}: {what}, {cfg.num_train_epochs:g} epoch(s), "
+        f"evaluating {' '.join(eval_ds)} every {cfg.eval_steps} steps on {device}",
+    )
     if resume:
         start = dict(run_id=resume.run_id)
     else:
-        start = dict(experiment_id=experiment_id, run_name=spec.run_name,
-                     tags={TAG_TECHNIQUE: cfg.technique, TAG_SWEEP: sweep,
-                           TAG_CONFIG: config_id(cfg, spec, source)})
+        start = dict(
+            experiment_id=experiment_id,
+            run_name=spec.run_name,
+            tags={TAG_TECHNIQUE: cfg.technique, TAG_SWEEP: sweep, TAG_CONFIG: config_id(cfg, spec, source)},
+        )
     # The run is opened here so that the artifacts land in the very run the Trainer's MLflowCallback
     # logs to (the callback uses the active run and leaves it open).
     with _env(MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL=_system_metrics_interval(cfg)):
         active = mlflow.start_run(log_system_metrics=cfg.system_metrics, **start)
     with active as run:
         if not resume:
-            mlflow.log_params({"model_name": model_name, "num_train_samples": cfg.num_train_samples,
-                               "eval_languages": " ".join(cfg.eval_languages), "data_source": source,
-                               "max_seq_length": cfg.max_length})
+            mlflow.log_params(
+                {
+                    "model_name": model_name,
+                    "num_train_samples": cfg.num_train_samples,
+                    "eval_languages": " ".join(cfg.eval_languages),
+                    "data_source": source,
+                    "max_seq_length": cfg.max_length,
+                }
+            )
         train_env = dict(
             HF_MLFLOW_LOG_ARTIFACTS="1" if saving else "0",  # the callback logs each checkpoint
             MLFLOW_RUN_ID=None,  # the run is open: the callback must log into it, not start one
@@ -616,8 +645,10 @@ def train_one(cfg: TrainConfig, spec: RunSpec, train_raw, eval_raw: dict, source
             cm = confusion_matrix(pred.label_ids, ids, len(LABEL_NAMES))
             accuracy[lang] = float(np.trace(cm) / max(cm.sum(), 1))
             save_confusion_matrix_png(
-                cm, LABEL_NAMES, f"{spec.run_name} ({cfg.technique}) - {lang}",
-                artifact_dir / f"confusion_matrix_{lang}.png"
+                cm,
+                LABEL_NAMES,
+                f"{spec.run_name} ({cfg.technique}) - {lang}",
+                artifact_dir / f"confusion_matrix_{lang}.png",
             )
             rows = eval_raw[lang][: cfg.sample_predictions_per_language]
             samples[lang] = [
@@ -631,8 +662,9 @@ def train_one(cfg: TrainConfig, spec: RunSpec, train_raw, eval_raw: dict, source
     changed = [n for n in after if after[n] != before[n]]
     unchanged = [n for n in after if after[n] == before[n]]
     (out_dir / "parameter_changes.json").write_text(
-        json.dumps({"technique": cfg.technique, "trainable": trainable, "changed": changed, "unchanged": unchanged},
-                   indent=1)
+        json.dumps(
+            {"technique": cfg.technique, "trainable": trainable, "changed": changed, "unchanged": unchanged}, indent=1
+        )
     )
     accs = "  ".join(f"{k} {v:.3f}" for k, v in accuracy.items())
     _log(cfg, f"[{cfg.technique}] {spec.run_name}: done, run {run.info.run_id}; final accuracy  {accs}")
@@ -768,8 +800,11 @@ def run(cfg: TrainConfig) -> list[RunResult]:
         todo = [spec for spec in specs if cids[spec] not in finished]
         data: dict[int, tuple] = {}
         if todo:  # everything that can fail before anything is written
-            _log(cfg, f"data: {'the shipped offline data set' if source == 'local' else 'XNLI from the hub'}; "
-                      f"sweep {sweep}: {len(specs)} run(s), {len(specs) - len(todo)} already finished")
+            _log(
+                cfg,
+                f"data: {'the shipped offline data set' if source == 'local' else 'XNLI from the hub'}; "
+                f"sweep {sweep}: {len(specs)} run(s), {len(specs) - len(todo)} already finished",
+            )
             data[todo[0].seed] = _load_data(cfg, source, todo[0].seed)
             _check_models(spec.model_name for spec in todo)
             Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
@@ -784,13 +819,24 @@ def run(cfg: TrainConfig) -> list[RunResult]:
             cid = cids[spec]
             if cid in finished:
                 progress.line(i, spec, f"already FINISHED in run {finished[cid]}; skipped")
-                results.append(RunResult(spec.model_name, finished[cid], experiment_id, exp_name,
-                                         Path(cfg.output_dir) / cfg.technique / _safe_name(spec.run_name),
-                                         run_name=spec.run_name, status="skipped"))
+                results.append(
+                    RunResult(
+                        spec.model_name,
+                        finished[cid],
+                        experiment_id,
+                        exp_name,
+                        Path(cfg.output_dir) / cfg.technique / _safe_name(spec.run_name),
+                        run_name=spec.run_name,
+                        status="skipped",
+                    )
+                )
                 continue
             if cid in unfinished:
-                _log(cfg, f"  (run {unfinished[cid]} of this configuration did not finish; a new run starts. "
-                          f"`--resume {unfinished[cid]}` continues it instead, from its last checkpoint)")
+                _log(
+                    cfg,
+                    f"  (run {unfinished[cid]} of this configuration did not finish; a new run starts. "
+                    f"`--resume {unfinished[cid]}` continues it instead, from its last checkpoint)",
+                )
             progress.training(i, spec)
             if spec.seed not in data:
                 data[spec.seed] = _load_data(cfg, source, spec.seed)
@@ -808,18 +854,43 @@ def _config_from_run(cfg: TrainConfig, run) -> tuple[TrainConfig, RunSpec]:
     from dataclasses import replace
 
     p, rid = run.data.params, run.info.run_id
-    missing = [k for k in (*OWN_PARAMS, "learning_rate", "per_device_train_batch_size", "seed", "num_train_epochs",
-                           "eval_steps", "save_strategy") if k not in p]
+    missing = [
+        k
+        for k in (
+            *OWN_PARAMS,
+            "learning_rate",
+            "per_device_train_batch_size",
+            "seed",
+            "num_train_epochs",
+            "eval_steps",
+            "save_strategy",
+        )
+        if k not in p
+    ]
     if missing:
         raise TrainingError(f"run {rid} lacks the params {', '.join(missing)}; it was not trained by this command")
     try:
-        spec = RunSpec(p["model_name"], float(p["learning_rate"]), int(p["per_device_train_batch_size"]),
-                       int(p["seed"]), run.info.run_name)
-        rcfg = replace(cfg, model_names=[spec.model_name], learning_rate=spec.learning_rate,
-                       batch_size=spec.batch_size, seed=spec.seed, num_train_samples=int(p["num_train_samples"]),
-                       num_train_epochs=float(p["num_train_epochs"]), eval_steps=int(float(p["eval_steps"])),
-                       eval_languages=p["eval_languages"].split(), data_source=p["data_source"],
-                       max_length=int(p["max_seq_length"]), save_strategy=p["save_strategy"].split(".")[-1].lower())
+        spec = RunSpec(
+            p["model_name"],
+            float(p["learning_rate"]),
+            int(p["per_device_train_batch_size"]),
+            int(p["seed"]),
+            run.info.run_name,
+        )
+        rcfg = replace(
+            cfg,
+            model_names=[spec.model_name],
+            learning_rate=spec.learning_rate,
+            batch_size=spec.batch_size,
+            seed=spec.seed,
+            num_train_samples=int(p["num_train_samples"]),
+            num_train_epochs=float(p["num_train_epochs"]),
+            eval_steps=int(float(p["eval_steps"])),
+            eval_languages=p["eval_languages"].split(),
+            data_source=p["data_source"],
+            max_length=int(p["max_seq_length"]),
+            save_strategy=p["save_strategy"].split(".")[-1].lower(),
+        )
     except ValueError as exc:
         raise TrainingError(f"cannot read run {rid}'s configuration from its params: {_one_line(exc)}") from exc
     return rcfg, spec
@@ -835,8 +906,9 @@ def _latest_checkpoint(client, run, dest: Path) -> tuple[int, Path]:
     checkpoints = []
     token = None
     while True:
-        page = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{rid}'",
-                                           page_token=token)
+        page = client.search_logged_models(
+            [run.info.experiment_id], filter_string=f"source_run_id = '{rid}'", page_token=token
+        )
         checkpoints += [m for m in page if re.fullmatch(r"checkpoint-\d+", m.name)]
         token = page.token
         if not token:
@@ -844,10 +916,13 @@ def _latest_checkpoint(client, run, dest: Path) -> tuple[int, Path]:
     found = [m for m in checkpoints if m.status == LoggedModelStatus.READY]
     if not found:
         if checkpoints:  # the process stopped while logging its first one
-            raise TrainingError(f"run {rid} has no complete checkpoint in MLflow ({checkpoints[0].name} was "
-                                "interrupted while being logged)")
-        raise TrainingError(f"run {rid} has no checkpoint in MLflow (train with --save-strategy steps or epoch "
-                            "to be able to resume)")
+            raise TrainingError(
+                f"run {rid} has no complete checkpoint in MLflow ({checkpoints[0].name} was "
+                "interrupted while being logged)"
+            )
+        raise TrainingError(
+            f"run {rid} has no checkpoint in MLflow (train with --save-strategy steps or epoch to be able to resume)"
+        )
     last = max(found, key=lambda m: int(m.name.split("-")[1]))
     step = int(last.name.split("-")[1])
     base = last.artifact_location.rstrip("/")
@@ -890,23 +965,26 @@ def resume_run(cfg: TrainConfig) -> RunResult:
         if TAG_CONFIG not in tags or TAG_TECHNIQUE not in tags:
             raise TrainingError(f"run {rid} was not trained by this command (it has no {TAG_CONFIG} tag)")
         if tags[TAG_TECHNIQUE] != cfg.technique:
-            raise TrainingError(f"run {rid} is a {tags[TAG_TECHNIQUE]} run: "
-                                f"python -m training {tags[TAG_TECHNIQUE]} --resume {rid}")
+            raise TrainingError(
+                f"run {rid} is a {tags[TAG_TECHNIQUE]} run: python -m training {tags[TAG_TECHNIQUE]} --resume {rid}"
+            )
         if run.info.status == "FINISHED":
             raise TrainingError(f"run {rid} ({run.info.run_name}) is FINISHED: nothing to resume")
         rcfg, spec = _config_from_run(cfg, run)
         source = validate(rcfg)
         if config_id(rcfg, spec, source) != tags[TAG_CONFIG]:
-            raise TrainingError(f"run {rid}'s params do not match its {TAG_CONFIG} tag; "
-                                "cannot rebuild its configuration")
+            raise TrainingError(
+                f"run {rid}'s params do not match its {TAG_CONFIG} tag; cannot rebuild its configuration"
+            )
         out_dir = Path(cfg.output_dir) / cfg.technique / _safe_name(spec.run_name)
         step, checkpoint = _latest_checkpoint(client, run, out_dir / ".resume")
         try:
             _check_models([spec.model_name])
             data = _load_data(rcfg, source, spec.seed)
             resume = _Resume(rid, checkpoint, step, _logged_steps(client, run))
-            return _with_threads(rcfg, spec.model_name, train_one, rcfg, spec, *data, source,
-                                 tags.get(TAG_SWEEP, ""), resume)
+            return _with_threads(
+                rcfg, spec.model_name, train_one, rcfg, spec, *data, source, tags.get(TAG_SWEEP, ""), resume
+            )
         finally:
             shutil.rmtree(out_dir / ".resume", ignore_errors=True)
 

@@ -122,8 +122,9 @@ def _build(name: str, dest: Path) -> None:
         clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False
     )
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok = Tokenizer(models.WordPiece(learn_wordpiece_vocab(_corpus_texts(), normalizer, pre_tokenizer),
-                                     unk_token="[UNK]"))
+    tok = Tokenizer(
+        models.WordPiece(learn_wordpiece_vocab(_corpus_texts(), normalizer, pre_tokenizer), unk_token="[UNK]")
+    )
     tok.normalizer = normalizer
     tok.pre_tokenizer = pre_tokenizer
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")

@@ -39,7 +39,7 @@ def read_metric_file(path: Path, key: str, start: FileCursor, *, mark: Any) -> I
     after the last newline are a line MLflow is still writing: left for later. The cursor's
     mark is the file size seen here (`mark`, what the listing saw, when the file is gone)."""
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below; a missing file is this metric's error
+        f = open(path, "rb")
     except OSError as e:
         raise RunUnreadable(f"metric {key!r}: {e.strerror}") from None
     with f:
