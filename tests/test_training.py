@@ -51,7 +51,7 @@ def tiny_home(tmp_path_factory):
 def runs(tiny_home, tmp_path_factory):
     """One offline run per technique, into a fresh file store, exactly as `python -m training` does."""
     import mlflow
-    from training.experiment import TrainConfig, run
+    from training import TrainConfig, run
 
     out = tmp_path_factory.mktemp("training-runs")
     results = {}
@@ -252,7 +252,7 @@ def test_training_loss_went_down(runs):
 @pytest.mark.slow
 def test_runs_are_repeatable(runs, tmp_path):
     """Same seed, same data, same numbers."""
-    from training.experiment import TrainConfig, run
+    from training import TrainConfig, run
 
     _, client, results = runs
     cfg = TrainConfig(
@@ -271,7 +271,8 @@ def test_runs_are_repeatable(runs, tmp_path):
 
 
 def test_the_grid_names_its_runs_and_keeps_ids_stable():
-    from training.experiment import TrainConfig, config_id, plan, sweep_id
+    from training import TrainConfig
+    from training.grid import config_id, plan, sweep_id
 
     cfg = TrainConfig(
         technique="fine-tune",
@@ -374,7 +375,8 @@ def sweep(tiny_home, tmp_path_factory):
 
 @pytest.mark.slow
 def test_a_sweep_trains_its_grid_one_named_tagged_run_each(sweep):
-    from training.experiment import TrainConfig, sweep_id
+    from training import TrainConfig
+    from training.grid import sweep_id
 
     client, runs = sweep["client"], sweep["runs"]
     code, err = sweep["first"]
@@ -454,7 +456,7 @@ CRASH = """
 import json, os, signal, sys
 import mlflow
 from transformers import TrainerCallback
-from training.experiment import TrainConfig, run
+from training import TrainConfig, run
 
 class KillAfterFirstCheckpoint(TrainerCallback):
     saved = 0

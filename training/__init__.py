@@ -20,8 +20,12 @@ __all__ = [
 
 
 def __getattr__(name):
-    if name in ("RunResult", "TrainConfig", "run", "TrainingError", "HubUnavailableError"):
-        from . import experiment
+    if name in ("RunResult", "TrainConfig", "TrainingError", "HubUnavailableError"):
+        from . import train_config
 
-        return getattr(experiment, name)
+        return getattr(train_config, name)
+    if name == "run":
+        from .sweep import run
+
+        return run
     raise AttributeError(name)

@@ -138,6 +138,21 @@ def _quiet_libraries() -> None:
         pass
 
 
+def _check_hub(needed: bool) -> bool:
+    """False when the hub is needed and a quick check finds it unreachable. The Hugging Face libraries are
+    then switched to offline mode, before they are imported: they use their caches only and fail at once
+    on what is not cached, instead of retrying for a minute."""
+    if not needed or os.environ.get("HF_HUB_OFFLINE"):
+        return True
+    from .hub import hub_reachable  # light: its heavy imports are lazy
+
+    if hub_reachable():
+        return True
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    return False
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -152,19 +167,10 @@ def main(argv=None) -> int:
             setattr(args, dest, default)
 
     models = args.model_names or []
-    needs_hub = args.data_source == "hub" or any(m not in TINY_MODEL_NAMES for m in models)
-    if needs_hub and not os.environ.get("HF_HUB_OFFLINE"):
-        from . import experiment  # light: its heavy imports are lazy
-
-        if not experiment.hub_reachable():
-            experiment.HUB_UNREACHABLE = True
-            # Before transformers/datasets are imported: they then use their caches only and fail
-            # at once on what is not cached, instead of retrying for a minute.
-            os.environ["HF_HUB_OFFLINE"] = "1"
-            os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
+    reachable = _check_hub(args.data_source == "hub" or any(m not in TINY_MODEL_NAMES for m in models))
     _quiet_libraries()
-    from .experiment import TrainConfig, TrainingError, run
+    from .sweep import run
+    from .train_config import TrainConfig, TrainingError
 
     cfg = TrainConfig(
         technique=args.technique,
@@ -184,6 +190,7 @@ def main(argv=None) -> int:
         resume=args.resume,
         save_model=args.save_model,
         verbose=not args.quiet,
+        hub_reachable=reachable,
     )
     try:
         run(cfg)
