@@ -1,8 +1,11 @@
 """The shape of the code, checked: config is a leaf, no module grows into a room of its own,
-no error is told apart by its message, and the tools a contributor runs pass."""
+no error is told apart by its message, training/ and syncer/ stay apart (training never imports
+syncer; syncer never imports torch or transformers), and the tools a contributor runs pass."""
 
 from __future__ import annotations
 
+import ast
+import json
 import re
 import subprocess
 import sys
@@ -10,6 +13,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNCER = ROOT / "syncer"
+TRAINING = ROOT / "training"
+HEAVY = ("torch", "transformers")
 
 
 def test_config_is_a_leaf():
@@ -25,9 +30,87 @@ def test_config_is_a_leaf():
 
 def test_no_module_over_450_lines():
     big = {
-        p.relative_to(ROOT).as_posix(): n for p in SYNCER.rglob("*.py") if (n := len(p.read_text().splitlines())) > 450
+        p.relative_to(ROOT).as_posix(): n
+        for folder in (SYNCER, TRAINING)
+        for p in folder.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 450
     }
     assert not big, big
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import in a file, at any depth (inside functions too): ``import a.b``,
+    ``from a.b import c`` (relative ones as ``.c``, ``..c``), and ``importlib.import_module("a.b")`` /
+    ``__import__("a.b")`` with a literal name."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.lineno, "." * node.level + (node.module or "")))
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if name in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                found.append((node.lineno, node.args[0].value))
+    return found
+
+
+def _importing(folder: Path, banned) -> list[str]:
+    return [
+        f"{p.relative_to(ROOT)}:{line}: {module}"
+        for p in sorted(folder.rglob("*.py"))
+        for line, module in _imports(p)
+        if banned(module)
+    ]
+
+
+def test_training_never_imports_syncer():
+    # absolute imports of syncer, and relative ones that climb out of the training package
+    hits = _importing(TRAINING, lambda m: m.split(".")[0] == "syncer" or m.startswith(".."))
+    assert not hits, hits
+
+
+def test_syncer_never_imports_torch_or_transformers_in_its_source():
+    hits = _importing(SYNCER, lambda m: m.split(".")[0] in HEAVY)
+    assert not hits, hits
+
+
+# Imports the syncer's entry points and then every other module of the package (one that needs an
+# optional package not installed here is reported with that package's name), then says what got loaded.
+IMPORT_ALL = """
+import importlib, json, pkgutil, sys
+import syncer
+for name in ("syncer.cli", "syncer.daemon", "syncer.rounds", "syncer.pipeline"):
+    importlib.import_module(name)
+failed = {}
+for info in pkgutil.walk_packages(syncer.__path__, "syncer."):
+    if info.name.rsplit(".", 1)[-1] == "__main__":
+        continue
+    try:
+        importlib.import_module(info.name)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "syncer").split(".")[0] == "syncer":
+            raise
+        failed[info.name] = exc.name
+imported = sorted(m for m in sys.modules if m.split(".")[0] == "syncer")
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
+print(json.dumps({"imported": imported, "failed": failed, "heavy": heavy}))
+"""
+
+
+def test_syncer_never_loads_torch_or_transformers():
+    proc = subprocess.run(
+        [sys.executable, "-c", IMPORT_ALL], capture_output=True, text=True, cwd=ROOT, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    on_disk = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for p in SYNCER.rglob("*.py")
+        if p.name != "__main__.py"
+    }
+    assert on_disk <= set(report["imported"]) | set(report["failed"]), on_disk - set(report["imported"])
+    assert not report["heavy"], (report["heavy"], report["failed"])
 
 
 def test_no_error_is_classified_by_its_text():
