@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -197,7 +198,10 @@ def test_run_is_tracked_in_mlflow_like_a_users_run(runs, technique, tiny_home):
     assert len(client.get_metric_history(result.run_id, "loss")) == EVAL_POINTS
 
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
-    assert artifacts == {f"confusion_matrix_{lang}.png" for lang in LANGS} | {"sample_predictions.txt"}
+    assert artifacts == {f"confusion_matrix_{lang}.png" for lang in LANGS} | {
+        "sample_predictions.txt",
+        "requirements.txt",
+    }
     dst = out / f"download-{technique}"
     png = Path(client.download_artifacts(result.run_id, "confusion_matrix_zh.png", str(dst)))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -409,6 +413,7 @@ def test_a_sweep_trains_its_grid_one_named_tagged_run_each(sweep):
             "confusion_matrix_en.png",
             "confusion_matrix_de.png",
             "sample_predictions.txt",
+            "requirements.txt",
         }
     assert len({r.data.tags["config_id"] for r in runs.values()}) == 4
     # the learning rate matters: the two rates give different losses for the same batches
@@ -535,6 +540,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_into_the_same_run(sweep, 
         "confusion_matrix_en.png",
         "confusion_matrix_de.png",
         "sample_predictions.txt",
+        "requirements.txt",
     }
     # system metrics were off for both attempts
     assert not [k for k in resumed.data.metrics if k.startswith("system/")]
@@ -573,6 +579,119 @@ def test_resume_refuses_what_it_cannot_continue_in_one_line(sweep, tmp_path):
         _main(["fine-tune", "--model-names", "tiny-bert", "--batch-size", "eight"])
     assert exit_info.value.code == 2
     assert len(_runs_by_name(client)) == 5  # nothing trained
+
+
+# --------------------------------------------------------------------------- provenance: git and packages
+
+
+# One training step of the smallest run, evaluated in English: the command line's own path, in seconds.
+TINY_ARGS = ["fine-tune", "--model-names", "tiny-bert", "--num-train-samples", "8", "--num-train-epochs", "1"]
+TINY_ARGS += ["--eval-steps", "1", "--eval-datasets-names", "en", "--no-system-metrics", "--quiet"]
+GIT_TAGS = ("mlflow.source.git.commit", "mlflow.source.git.branch", "mlflow.source.git.repoURL")
+SECRET_REMOTE = "https://someone:s3cret@git.example.com/team/xnli-study.git"
+# the packages the issue names; the file may list more (what else a run uses), each at its installed version
+CORE_PACKAGES = {"torch", "transformers", "datasets", "tokenizers", "accelerate", "mlflow", "numpy"}
+
+
+def _git(cwd: Path, *args) -> str:
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def _new_checkout(path: Path, branch: str, remote: str) -> str:
+    """A git repository with one commit on ``branch`` and ``remote`` as its origin; returns the commit."""
+    path.mkdir()
+    _git(path, "init", "-q", "-b", branch)
+    (path / "study.md").write_text("a study\n")
+    _git(path, "add", "study.md")
+    _git(path, "-c", "user.name=Study", "-c", "user.email=study@example.com", "commit", "-q", "-m", "start")
+    _git(path, "remote", "add", "origin", remote)
+    commit = _git(path, "rev-parse", "HEAD")
+    assert len(commit) == 40, f"git could not make a repository in {path}"
+    return commit
+
+
+def _cli_run(cmd: list, cwd: Path, out: Path, tiny_home: Path):
+    """Train TINY_ARGS with ``cmd`` in a child process started in ``cwd``; the run, read back from MLflow."""
+    import mlflow
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "XNLI_TINY_HOME": str(tiny_home), "MLFLOW_ALLOW_FILE_STORE": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(
+        [*cmd, *TINY_ARGS, "--output-dir", str(out)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = mlflow.MlflowClient(tracking_uri=(out / "mlruns").as_uri())
+    [run] = _runs_by_name(client).values()
+    return client, run
+
+
+@pytest.fixture(scope="module")
+def provenance(tiny_home, tmp_path_factory):
+    """Two runs started in a git checkout made here (``study``), outside the project: one by ``python -c``
+    (MLflow finds no checkout for an entry point that is no file), one by ``python -m training``
+    (MLflow looks at training/__main__.py: the project's checkout, when it is one)."""
+    tmp = tmp_path_factory.mktemp("provenance")
+    study = tmp / "study"
+    commit = _new_checkout(study, "xnli-study", SECRET_REMOTE)
+    by_c = _cli_run(
+        [sys.executable, "-c", "import sys; from training.cli import main; sys.exit(main())"],
+        study,
+        tmp / "c",
+        tiny_home,
+    )
+    by_m = _cli_run([sys.executable, "-m", "training"], study, tmp / "m", tiny_home)
+    return dict(study=study, commit=commit, by_c=by_c, by_m=by_m, tmp=tmp)
+
+
+@pytest.mark.slow
+def test_a_run_logs_the_installed_versions_of_its_packages(provenance):
+    client, run = provenance["by_c"]
+    assert "requirements.txt" in {a.path for a in client.list_artifacts(run.info.run_id)}  # at the root
+    path = client.download_artifacts(run.info.run_id, "requirements.txt", str(provenance["tmp"] / "req"))
+    lines = Path(path).read_text().splitlines()
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]+==[^=\s]+", line) for line in lines), lines  # pip's name==version
+    pins = dict(line.split("==") for line in lines)
+    assert len(pins) == len(lines), lines
+    assert not CORE_PACKAGES - {name.lower() for name in pins}, lines
+    for name, version in pins.items():
+        assert version == metadata.version(name), (name, version)
+
+
+@pytest.mark.slow
+def test_a_run_started_in_a_git_checkout_carries_its_git_tags(provenance):
+    # `python -c`: MLflow records nothing of git itself; the checkout the command runs in is used
+    _, run = provenance["by_c"]
+    tags = run.data.tags
+    assert tags["mlflow.source.name"] == "-c"
+    assert {k: tags.get(k) for k in GIT_TAGS} == {
+        "mlflow.source.git.commit": provenance["commit"],
+        "mlflow.source.git.branch": "xnli-study",
+        "mlflow.source.git.repoURL": "https://git.example.com/team/xnli-study.git",  # no credentials
+    }
+    assert not [v for v in tags.values() if "s3cret" in v]
+
+    # `python -m training` (as `make demo` runs it): MLflow's own tags, from the checkout training/ lives
+    # in, win over the working directory's; outside a checkout (an installed package) it is the study's
+    _, run = provenance["by_m"]
+    tags = run.data.tags
+    assert Path(tags["mlflow.source.name"]) == ROOT / "training" / "__main__.py"
+    project = _git(ROOT / "training", "rev-parse", "HEAD")
+    if project:
+        assert tags["mlflow.source.git.commit"] == project
+        assert tags.get("mlflow.source.git.branch") == (_git(ROOT, "symbolic-ref", "--short", "-q", "HEAD") or None)
+        assert tags.get("mlflow.source.git.repoURL") != "https://git.example.com/team/xnli-study.git"
+    else:
+        assert tags["mlflow.source.git.commit"] == provenance["commit"]
+        assert tags["mlflow.source.git.branch"] == "xnli-study"
+
+
+def test_outside_a_git_checkout_there_are_no_git_tags(tmp_path):
+    from training.provenance import git_tags
+
+    if _git(tmp_path, "rev-parse", "HEAD") or _git(tmp_path, "rev-parse", "--git-dir"):
+        pytest.skip(f"{tmp_path} lies inside a git checkout")
+    assert git_tags(str(tmp_path)) == {}
 
 
 # --------------------------------------------------------------------------- command line

@@ -16,6 +16,7 @@ from pathlib import Path
 from .data import LABEL_NAMES, TECHNIQUES
 from .grid import config_id
 from .hub import load_model
+from .provenance import record_provenance
 from .tiny_models import is_tiny
 from .tracking_store import experiment_name, get_or_create_experiment
 from .train_config import (
@@ -322,6 +323,7 @@ def _train_one(cfg, spec, train_raw, eval_raw, source, sweep, resume: ResumePoin
     with _open_run(cfg, spec, experiment_id, tags, resume) as run:
         if not resume:
             _log_own_params(cfg, spec, source)
+        record_provenance(run, new_run=not resume)
         _train(cfg, trainer, resume)
         if cfg.save_model:
             trainer.save_model(str(out_dir / "model"))
