@@ -11,7 +11,7 @@ DEMO_TRAIN := --model-names tiny-bert tiny-bert-wide --eval-datasets-names en de
 	--num-train-samples 300 --num-train-epochs 5 --eval-steps 10 --learning-rate 1e-3 3e-3 --batch-size 8 16 \
 	--output-dir $(LOGS) --quiet
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -51,11 +51,17 @@ test-deps:
 		echo "note: not installed:$$missing (as root: apt-get install$$missing); the tests that need them will skip"; \
 	fi
 
-# What a contributor runs before pushing (and `make test` runs first): lint, format, types.
+# The one gate, on the whole repo (`make test` runs it first; .pre-commit-config.yaml runs the same):
+# ruff lint (complexity limit included) and format check on all four folders, mypy --strict on syncer/.
+LINTED := syncer training tests bench
 lint: install
-	$(VENV)/bin/ruff check syncer training tests bench
-	$(VENV)/bin/ruff format --check syncer training tests bench
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/mypy
+
+# The quick loop (under a minute): the gate, then the pure unit tests (tests/unit/).
+check: lint
+	$(PY) -m pytest -q tests/unit
 
 # two workers, one test file each at a time (a file's tests share its fixtures: a trained sweep, servers)
 test: install test-deps lint

@@ -1,5 +1,5 @@
 """A run's artifacts and logged models, for the pipeline, one run at a time: list them, decide
-what Aim can show and where (`mapping.media`), convert what is new (`media`), write it through
+what Aim can show and where (`mapping.media_names`), convert what is new (`media`), write it through
 the sink, remember each file listed (`State.save_artifact`).
 
 - step images (`mlflow.log_image(key=..., step=...)`): one Aim image sequence per key, one
@@ -26,11 +26,12 @@ from typing import Any
 
 from .errors import one_line
 from .mapping import ContextMapper
-from .mapping.media import Media, Target, full_size_of, media_of, targets
-from .mapping.models import model_series, models_digest, models_param
+from .mapping.collisions import resolve
+from .mapping.media_names import Media, Target, full_size_of, media_of, targets
+from .mapping.model_series import model_series, models_digest, models_param
 from .sink import RunSink
 from .sources import RunRecord, Source
-from .sources.base import LoggedModel
+from .sources.records import LoggedModel
 from .state import State
 
 
@@ -92,7 +93,7 @@ class Artifacts:
         media = {p: m for p, m in media.items() if p not in too_big}
         done = self.state.artifacts(run.run_id)
         run_mapper = mapper.for_run(run.metric_marks)
-        metrics = run_mapper.map_keys(run.metric_marks, known=set(known))
+        metrics = resolve(run_mapper, run.metric_marks, known=set(known))
         first = {m.owner for p, m in media.items() if p in done}
         where = targets(media.values(), run_mapper, [metrics.of(k) for k in run.metric_marks], first=first)
         recorded = _recorded_kinds(self.state, run.run_id)

@@ -7,9 +7,12 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, TypeVar
 
 import click
 
@@ -20,9 +23,11 @@ from .logs import configure_logging
 from .redact import redact
 
 log = logging.getLogger("syncer")
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _env_option(*decls: str, env: str, **kw: Any) -> Any:
+def _env_option(*decls: str, env: str, **kw: Any) -> Callable[[F], F]:
     """A click option that also reads its environment variable (shown in --help)."""
     return click.option(*decls, envvar=ENV[env], show_envvar=True, **kw)
 
@@ -36,7 +41,7 @@ class CliError(click.ClickException):
         super().__init__(redact(" ".join(str(message).split())))
 
 
-class ExperimentName(click.ParamType):
+class ExperimentName(click.ParamType[str, str]):
     """An experiment name or id; from the environment, several: space-separated or a JSON list."""
 
     name = "NAME"
@@ -56,10 +61,10 @@ class ExperimentName(click.ParamType):
         return text.split()
 
 
-class SizeType(click.ParamType):
+class SizeType(click.ParamType[int, "str | int"]):
     name = "SIZE"
 
-    def convert(self, value, param, ctx):
+    def convert(self, value: str | int, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
         try:
@@ -68,7 +73,7 @@ class SizeType(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
-def _common(f):
+def _common(f: F) -> F:
     """Options shared by `backfill` and `sync`; each also read from its environment variable."""
     opts = [
         _env_option(
@@ -156,7 +161,7 @@ def _common(f):
     return f
 
 
-def _config(kw: dict, **extra) -> Config:
+def _config(kw: dict[str, Any], **extra: Any) -> Config:
     configure_logging(kw["log_level"], kw["log_format"])
     if not kw.get("tracking_uri"):
         raise CliError("no MLflow tracking URI: pass --mlflow-tracking-uri or set MLFLOW_TRACKING_URI")
@@ -179,13 +184,13 @@ def _config(kw: dict, **extra) -> Config:
     )
 
 
-def _one_line_errors(f):
+def _one_line_errors(f: Callable[..., None]) -> Callable[..., None]:
     """Known failures (syncer.errors) become one-line errors with exit code 2."""
 
     @functools.wraps(f)
-    def wrapper(*a, **kw):
+    def wrapper(*a: Any, **kw: Any) -> None:
         try:
-            return f(*a, **kw)
+            f(*a, **kw)
         except SyncerError as e:
             raise CliError(str(e)) from None
 
@@ -194,7 +199,7 @@ def _one_line_errors(f):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="syncer")
-def cli():
+def cli() -> None:
     """Sync MLflow experiments into an Aim repo: faithfully and incrementally."""
 
 
@@ -215,12 +220,11 @@ def cli():
     "(name, context, the rule that matched, how many runs).",
 )
 @_one_line_errors
-def backfill(workers, dry_run, **kw):
+def backfill(workers: int, dry_run: bool, **kw: Any) -> None:
     """Convert a whole MLflow store into an Aim repo, once.
 
     Safe to repeat and to kill: a second run writes only what is new."""
-    from .rounds import run_round
-    from .runner import heal, open_syncer
+    from .runner import heal, open_driver
 
     cfg = _config(kw)
     if dry_run:
@@ -229,16 +233,16 @@ def backfill(workers, dry_run, **kw):
 
         preview(cfg, options_from(cfg, strict_experiments=True), click.echo)
         return
-    syncer = open_syncer(cfg, strict_experiments=True, must_exist=True, progress=_progress_bar)
-    stopped = _stop_on_signals(syncer)
+    driver = open_driver(cfg, strict_experiments=True, must_exist=True, workers=workers, progress=_progress_bar)
+    stopped = _stop_on_signals(driver.stop)
     try:
-        heal(syncer)
-        stats = run_round(syncer, full=True, workers=workers, cfg=cfg)
+        heal(driver)
+        stats = driver.round(full=True)
     except Stopped:
         log.warning("backfill stopped at a safe point; run it again to finish (nothing is sent twice)")
         sys.exit(128 + (stopped[0] if stopped else signal.SIGTERM))
     finally:
-        syncer.close()
+        driver.close()
     click.echo(f"backfill: {stats.summary()}")
     failing = len(stats.errors) + len(stats.still_failing) + len(stats.locked)
     if failing:
@@ -276,7 +280,7 @@ def backfill(workers, dry_run, **kw):
     env="full_scan_interval",
 )
 @_one_line_errors
-def sync(interval, no_watch, health_file, full_scan_interval, **kw):
+def sync(interval: float, no_watch: bool, health_file: Path | None, full_scan_interval: float, **kw: Any) -> None:
     """Convert what exists, then keep following the MLflow store until stopped (SIGINT/SIGTERM)."""
     from .daemon import run_daemon
 
@@ -308,7 +312,7 @@ def sync(interval, no_watch, health_file, full_scan_interval, **kw):
     help="Also read the Aim repo back (Aim's SDK): runs and metrics with their contexts.",
 )
 @_one_line_errors
-def status(aim_repo, state_path, show_aim):
+def status(aim_repo: Path, state_path: Path | None, show_aim: bool) -> None:
     """Per experiment: runs and points synced, the last round, runs in error."""
     from .state import State
 
@@ -363,20 +367,20 @@ def _print_aim_summary(repo: Path) -> None:
             click.echo(f"    {name:<28} {shown}{more}")
 
 
-def _stop_on_signals(syncer) -> list[int]:
+def _stop_on_signals(stop: threading.Event) -> list[int]:
     """SIGTERM / SIGINT stop a backfill at its next safe point; returns the signals received."""
     got: list[int] = []
 
-    def handler(signum, _frame):
+    def handler(signum: int, _frame: FrameType | None) -> None:
         got.append(signum)
-        syncer.stop.set()
+        stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handler)
     return got
 
 
-def _progress_bar(items):
+def _progress_bar(items: Iterable[T]) -> Iterator[T]:
     if not sys.stderr.isatty():
         yield from items
         return

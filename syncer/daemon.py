@@ -4,12 +4,12 @@ One apscheduler interval job runs the rounds (never two at once; missed runs coa
 local store a watchdog observer pulls the job's next run forward to "shortly" after a change
 (debounced), so new points reach Aim in about a second instead of a whole interval.
 
-Between rounds the Syncer keeps the Aim writer of each RUNNING run open (`kept_runs.KeptRuns`), so
-a round with a few new points only writes and flushes them. Those writers are used by one round
-at a time (apscheduler's worker threads, never two rounds at once) and closed by the Syncer when
-their run ends, or by `shutdown()` on the main thread once the round in flight has ended (it
-holds the round lock meanwhile, so no round starts): each run's lock is released and its index
-entry brought up to date.
+Between rounds the round driver keeps the Aim writer of each RUNNING run open
+(`sink_pool.KeepOpen`), so a round with a few new points only writes and flushes them. Those
+writers are used by one round at a time (apscheduler's worker threads, never two rounds at once)
+and closed by the pool when their run ends, or by `shutdown()` on the main thread once the round
+in flight has ended (it holds the round lock meanwhile, so no round starts): each run's lock is
+released and its index entry brought up to date.
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import FrameType
+from typing import TypeVar
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from watchdog.events import (
@@ -38,14 +41,14 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from .config import Config
-from .errors import Fatal, RetryLater, Stopped, StoreError, one_line
-from .pipeline import Syncer
-from .redact import redact
+from .errors import Fatal, RetryLater, Stopped, one_line
 from .retry import backoff_delay
-from .runner import heal, open_syncer
-from .sources import local_path
+from .rounds import RoundDriver
+from .runner import heal, open_driver
+from .sources import StoreLocation
 
 log = logging.getLogger("syncer.daemon")
+T = TypeVar("T")
 
 DEBOUNCE_S = 0.2  # wait this long after a file event: MLflow writes a batch as several files
 # ... but a round starts at most this long after the first change, however many events follow (a
@@ -86,9 +89,10 @@ class _Kick(FileSystemEventHandler):
 class Daemon:
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        self.location = StoreLocation.parse(cfg.tracking_uri)
         self.stopping = threading.Event()
         self.fatal: str | None = None
-        self.syncer: Syncer | None = None
+        self.driver: RoundDriver | None = None
         self._failures = 0
         self._dirty = threading.Event()
         self._running = threading.Lock()
@@ -101,20 +105,20 @@ class Daemon:
         self.observer: BaseObserver | None = None
 
     # -- rounds ------------------------------------------------------------------------------
-    def _open(self) -> Syncer:
-        if self.syncer is None:
-            self.syncer = open_syncer(
-                self.cfg, strict_experiments=False, must_exist=False, keep_open=True, progress=self._beat
+    def _open(self) -> RoundDriver:
+        if self.driver is None:
+            self.driver = open_driver(
+                self.cfg, strict_experiments=False, must_exist=False, role="daemon", progress=self._beat
             )
-            heal(self.syncer)
+            heal(self.driver)
             if self.stopping.is_set():
-                self.syncer.stop.set()
-        return self.syncer
+                self.driver.stop.set()
+        return self.driver
 
     def _close(self) -> None:
-        if self.syncer is not None:
-            self.syncer.close()
-        self.syncer = None
+        if self.driver is not None:
+            self.driver.close()
+        self.driver = None
 
     def round(self) -> None:
         if self.stopping.is_set():
@@ -126,14 +130,11 @@ class Daemon:
             with self._kick_lock:
                 paths, self._paths, self._first_kick = self._paths, set(), None
             try:
-                syncer = self._open()
-                syncer.source.note_paths(paths)
-                stats = syncer.round()
+                stats = self._open().round(paths=paths)
             except Stopped:
                 log.info("round cut short: stopping")
                 return
-            except (RetryLater, StoreError) as e:
-                # a server answering garbage during a restart is a StoreError too: keep trying
+            except RetryLater as e:  # unreachable, or a store that answered before refusing a read
                 self._retry_later(str(e))
                 return
             except Fatal as e:  # an unusable Aim repo, changed library internals, bad input
@@ -156,7 +157,7 @@ class Daemon:
         if self._dirty.is_set():  # changes arrived while we were busy
             self.kick()
 
-    def _beat(self, runs):
+    def _beat(self, runs: Iterable[T]) -> Iterator[T]:
         """Runs of a round, touching the health file after each: a first round that backfills a
         large server takes long, and is healthy while it makes progress."""
         for run in runs:
@@ -173,7 +174,7 @@ class Daemon:
         delay = backoff_delay(self._failures, self.cfg.interval)
         if message:
             log.warning("%s; retrying in %.0f s", message, delay)
-        if self.syncer is not None and self._failures > 1:
+        if self.driver is not None and self._failures > 1:
             self._close()  # reconnect from scratch next time
         self._reschedule(delay)
 
@@ -207,7 +208,7 @@ class Daemon:
     def _ensure_watch(self) -> None:
         if not self.cfg.watch or self.observer is not None:
             return
-        path = local_path(self.cfg.tracking_uri)
+        path = self.location.path
         if path is None or not path.exists():
             return
         path = path.resolve()
@@ -241,18 +242,18 @@ class Daemon:
         return self.shutdown()
 
     def _describe(self) -> str:
-        return redact(self.cfg.tracking_uri)
+        return self.location.display
 
-    def _on_signal(self, signum, _frame) -> None:
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: finishing the current round and stopping", signal.Signals(signum).name)
         self.stopping.set()
-        if self.syncer is not None:
-            self.syncer.stop.set()
+        if self.driver is not None:
+            self.driver.stop.set()
 
     def shutdown(self) -> int:
         t0 = time.monotonic()
-        if self.syncer is not None:
-            self.syncer.stop.set()
+        if self.driver is not None:
+            self.driver.stop.set()
         if self.observer is not None:
             self.observer.stop()
         # no new rounds. Not wait=True: apscheduler would wait for the round in flight while

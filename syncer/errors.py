@@ -1,13 +1,14 @@
 """Every exception the syncer raises on purpose, grouped by what the caller should do.
 
     SyncerError
-    ├── Fatal             stop: the CLI prints one line and exits 2; the daemon stops
-    │   ├── BadInput          a flag, a rules file, a state database that cannot be used
+    ├── Fatal             stop: the CLI prints one line and exits 2; the daemon stops (exit 2)
+    │   ├── BadInput          a flag, a rules file, a state database, an experiment that is not there
     │   ├── StoreError        the MLflow store cannot be read at all (not a store, bad URI, schema)
     │   ├── RepoError         the Aim repo cannot be used (unwritable, not a repo)
     │   └── InternalsChanged  an installed MLflow / Aim lacks an internal we rely on
     ├── RetryLater        transient: the daemon backs off and tries again; backfill exits 2
-    │   └── StoreUnavailable  server down, database locked, store not created yet
+    │   ├── StoreUnavailable  server down (or answering 5xx), database locked, store not created yet
+    │   └── StoreReadFailed   a store that answered before refuses a read (a server restarting)
     └── SkipRun           this run (or one of its metrics / artifacts) now: the rest goes on
         ├── RunUnreadable     a corrupt meta.yaml, a garbage metric line, a missing file
         └── RunLocked         another writer holds the Aim run; retried next round
@@ -51,6 +52,16 @@ class RetryLater(SyncerError):
 class StoreUnavailable(RetryLater):
     """The store is not readable now (server down, database locked, not created yet). A
     one-shot command (backfill) stops with exit code 2; the daemon waits for it."""
+
+
+class StoreReadFailed(RetryLater):
+    """A store that has answered before refuses a read with an error that says nothing of a
+    connection (an HTTP 4xx from a server coming back up, a query failing mid-migration): the
+    daemon backs off and tries again; the same answer at the first contact is a StoreError."""
+
+
+# the store answered, with a refusal (the run or endpoint asked for is not there): not a connection failure
+REFUSED = (StoreError, StoreReadFailed)
 
 
 class SkipRun(SyncerError):

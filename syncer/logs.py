@@ -52,3 +52,17 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     logging.getLogger("py.warnings").setLevel(logging.ERROR)
+
+
+class OnceLog:
+    """Messages said once per process (a run still failing the same way, a collision): the
+    round driver and the pipeline share one."""
+
+    def __init__(self, logger: logging.Logger):
+        self.logger = logger
+        self._said: set[str] = set()
+
+    def warning(self, message: str) -> None:
+        """A warning the first time; DEBUG after."""
+        self.logger.log(logging.DEBUG if message in self._said else logging.WARNING, message)
+        self._said.add(message)

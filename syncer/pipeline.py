@@ -1,24 +1,25 @@
-"""One run at a time, as planned (plan.py): read only the delta -> map -> write -> commit
-cursors. Knows nothing about how MLflow is read or Aim is written; `rounds.py` drives it over a
-whole store."""
+"""One run, as planned (plan.py): read only the delta -> map -> write -> commit cursors. Knows
+nothing about how MLflow is read or Aim is written, nor who runs it (its Aim writers come from
+the pool it is given); `rounds.py` drives it over a whole store."""
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from .artifacts import Artifacts
 from .config import DEFAULT_MAX_ARTIFACT_BYTES
 from .errors import RunLocked, RunUnreadable, Stopped, one_line
-from .kept_runs import KeptRuns
+from .logs import OnceLog
 from .mapping import PARENT_TAG, ContextMapper, MappedMetric, run_meta
-from .plan import Plan, Planner, RunWork
-from .sink import RunSink, aim_run_hash, set_experiment_meta
+from .mapping.collisions import resolve
+from .plan import RunWork
+from .round_stats import RoundStats
+from .sink import RunSink, aim_run_hash
+from .sink_pool import SinkPool
 from .sources import BrokenRun, MetricChunk, RunRecord, Source
 from .sources.cursors import Cursor
 from .state import State
@@ -41,157 +42,45 @@ class Options:
     strict_experiments: bool = True
 
 
-@dataclass
-class RoundStats:
-    experiments: int = 0
-    runs: int = 0  # runs the source listed
-    runs_written: int = 0
-    points: int = 0  # points written to Aim
-    artifacts: int = 0
-    errors: list[str] = field(default_factory=list)  # new this round
-    still_failing: list[str] = field(default_factory=list)  # runs unchanged since they failed
-    # runs another writer holds (an Aim SDK session, a second syncer): skipped, tried next round;
-    # not errors of the syncer's (a daemon stays healthy), but a backfill did not finish them
-    locked: list[str] = field(default_factory=list)
-    read: dict[str, Any] = field(default_factory=dict)  # what the source read (sources.listing.ReadStats)
-    seconds: float = 0.0
-
-    def summary(self) -> str:
-        line = (
-            f"{self.experiments} experiments, {self.runs} runs ({self.runs_written} updated), "
-            f"{self.points} points, {self.artifacts} artifacts in {self.seconds:.1f} s"
-        )
-        if self.errors:
-            line += f"; {len(self.errors)} run(s) with errors"
-        if self.still_failing:
-            line += f"; {len(self.still_failing)} run(s) still failing"
-        if self.locked:
-            line += f"; {len(self.locked)} run(s) held by another writer"
-        return line
-
-    def add(self, other: RoundStats) -> None:
-        """Fold in what a worker process did for some runs of this round."""
-        self.runs_written += other.runs_written
-        self.points += other.points
-        self.artifacts += other.artifacts
-        self.errors.extend(other.errors)
-        self.locked.extend(other.locked)
-        for k, v in other.read.items():
-            if k != "full":
-                self.read[k] = self.read.get(k, 0) + v
-
-    def as_dict(self) -> dict[str, Any]:
-        keys = (
-            "experiments",
-            "runs",
-            "runs_written",
-            "points",
-            "artifacts",
-            "errors",
-            "still_failing",
-            "locked",
-            "read",
-            "seconds",
-        )
-        return {k: getattr(self, k) for k in keys}
-
-
-class Syncer:
-    """The source, the Aim repo and the state of one sync, and how one run is synced."""
+class RunPipeline:
+    """How one run is synced: the source it is read from, the pool its Aim writer comes from,
+    the state its cursors go to."""
 
     def __init__(
         self,
         source: Source,
-        repo: Any,
         state: State,
+        pool: SinkPool,
         options: Options,
-        progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+        *,
+        stop: threading.Event,
+        once: OnceLog,
     ):
         self.source = source
-        self.repo = repo
         self.state = state
+        self.pool = pool
         self.options = options
-        self.progress = progress
-        self.stop = threading.Event()
-        source.stop = self.stop
-        # worker processes leave indexing to their parent, which indexes all runs at once
-        self.index_on_close = True
-        self.unindexed: list[str] = []
-        # the sync daemon keeps RUNNING runs' Aim writers open between rounds; backfill does not
-        self.kept: KeptRuns | None = None
-        self.planner = Planner(
-            source,
-            state,
-            experiments=options.experiments,
-            strict=options.strict_experiments,
-            artifacts=options.artifacts,
-        )
+        self.stop = stop
+        self.once = once
         self.artifacts = Artifacts(
             source, state, exclude=options.exclude_artifacts, max_bytes=options.max_artifact_bytes
         )
-        self._described: set[str] = set()
-        self._warned: set[str] = set()  # still-failing runs warned about by this process
 
-    def close(self) -> None:
-        try:
-            if self.kept is not None:
-                self.kept.close_all()
-        except Exception as e:  # their points and cursors are durable; the next start indexes
-            log.warning("closing the Aim runs kept open: %s", one_line(e))
-        finally:
-            self.state.close()
-            self.source.close()
-            try:
-                self.repo.close()
-            except Exception as e:  # closing is best effort; the data is already durable
-                log.debug("closing the Aim repo: %s", e)
-
-    def round(self, *, full: bool = False) -> RoundStats:
-        """One round over the store, in this process (the daemon's, and tests')."""
-        from .rounds import run_round
-
-        return run_round(self, full=full)
-
-    def plan(self, *, full: bool = False) -> Plan:
-        """What the source says may have changed, decided against the state (plan.py)."""
-        from .aim import run_hashes
-
-        return self.planner.plan(full=full, stop=self.stop, aim_runs=lambda: run_hashes(self.repo))
-
-    def warn_still_failing(self, messages: list[str]) -> None:
-        """Runs that still fail as they did: said once per process (a backfill says it each time)."""
-        for msg in messages:
-            if msg not in self._warned:
-                self._warned.add(msg)
-                log.warning("%s (unchanged since)", msg)
-
-    def prefetch(self, works: list[RunWork]) -> None:
-        """The runs synced next, in this order: the source may read their histories together."""
-        items = [(w.run, w.changed_keys, w.cursors) for w in works if isinstance(w.run, RunRecord) and w.changed_keys]
-        if len(items) > 1:
-            self.source.prefetch(items)
-
-    # -- one run -----------------------------------------------------------------------------
-    def sync_one(self, work: RunWork, names: dict[str, str], stats: RoundStats) -> None:
+    def sync(self, work: RunWork, names: dict[str, str], stats: RoundStats) -> None:
         """Sync one run as planned. A run another writer holds is skipped this round."""
         exp, run = work.exp, work.run
-        if exp.id not in self._described:
-            set_experiment_meta(self.repo, exp.name, exp.description)
-            self._described.add(exp.id)
         if isinstance(run, BrokenRun):
             msg = f"run {run.run_id} (experiment {exp.name!r}) cannot be read: {run.error}"
             log.warning(msg)
             stats.errors.append(msg)
             self.state.save_error(run.run_id, aim_run_hash(run.run_id), exp.name, run.error)
-            if self.kept is not None:
-                self.kept.close([aim_run_hash(run.run_id)])
+            self.pool.drop(aim_run_hash(run.run_id))
             return
         try:
             self._sync_run(work, run, names, stats)
         except RunLocked as e:  # nothing committed for it: tried again next round, said once
             msg = f"run {run.run_id} ({run.name!r}) skipped this round: {one_line(e)}"
-            log.log(logging.DEBUG if msg in self._warned else logging.WARNING, msg)
-            self._warned.add(msg)
+            self.once.warning(msg)
             stats.locked.append(msg)
 
     def _parent_name(self, run: RunRecord, names: dict[str, str]) -> dict[str, str]:
@@ -220,9 +109,8 @@ class Syncer:
             with_labels=self.options.tag_labels,
             logged_models=found.models_param,
         )
-        kept = self.kept
-        sink = (kept.take(aim_hash) if kept is not None else None) or RunSink(self.repo, aim_hash, exp.name)
-        keep = False
+        sink = self.pool.open(aim_hash, exp.name)
+        done = False
         try:
             if work.meta_changed or found.changed:
                 sink.set_info(meta)
@@ -232,18 +120,10 @@ class Syncer:
                 sink.set_info(meta)
             # times and the active flag last: a run shows as finished only once it has its data
             sink.set_times(meta)
-            if kept is not None and meta.active and not errors:
-                # stays open for the next round: durable now (points readable by other processes
-                # at once); the run index is refreshed when due, after the round
-                sink.flush()
-                keep = True
+            done = True
         finally:
-            if keep and kept is not None:
-                kept.put(sink)
-            else:
-                sink.close(index=self.index_on_close)
-                if not self.index_on_close:
-                    self.unindexed.append(aim_hash)
+            # a RUNNING run written without errors may stay open for the next round (the pool says)
+            self.pool.release(sink, keep=done and meta.active and not errors)
         # malformed lines skipped in an earlier round stay this run's error while they are there
         earlier = [
             f"metric {k!r}: {c.error}" for k, c in sorted(cursors.items()) if c.error and k not in work.changed_keys
@@ -278,12 +158,10 @@ class Syncer:
         self, run: RunRecord, work: RunWork, sink: RunSink, errors: list[str], stats: RoundStats
     ) -> dict[str, Cursor]:
         """Write the new points of the changed keys; returns every cursor of the run after."""
-        names = self.options.mapper.for_run(run.metric_marks).map_keys(run.metric_marks, known=set(work.cursors))
+        run_mapper = self.options.mapper.for_run(run.metric_marks)
+        names = resolve(run_mapper, run.metric_marks, known=set(work.cursors))
         for note in names.collisions:
-            msg = f"run {run.run_id} ({run.name!r}): {note}"
-            if msg not in self._warned:
-                self._warned.add(msg)
-                log.warning(msg)
+            self.once.warning(f"run {run.run_id} ({run.name!r}): {note}")
         cursors = dict(work.cursors)
         pending: list[tuple[str, Cursor]] = []  # cursors waiting for Aim to make their points durable
         pending_points = 0
@@ -322,23 +200,12 @@ class Syncer:
                 else:
                     if last is not None:  # read to its end: the cursor with its mark (the last saved wins)
                         pending.append((key, last))
-                    cur = cursors.get(key)
-                    if cur is not None and cur.error and cur.error != getattr(work.cursors.get(key), "error", None):
+                    cur, before = cursors.get(key), work.cursors.get(key)
+                    if cur is not None and cur.error and cur.error != (before.error if before is not None else None):
                         errors.append(f"metric {key!r}: {cur.error}")
         finally:
             commit()
         return cursors
-
-    def finish(self, stats: RoundStats, t0: float) -> RoundStats:
-        stats.seconds = time.monotonic() - t0
-        read = self.source.listing.stats.as_dict()
-        for k, v in stats.read.items():  # what worker processes read
-            if k != "full":
-                read[k] = read.get(k, 0) + v
-        stats.read = read
-        self.state.save_round(not (stats.errors or stats.locked), stats.as_dict())
-        self._described.clear()  # experiment descriptions may change between rounds
-        return stats
 
 
 def _write_chunk(

@@ -1,17 +1,19 @@
-"""The plan of a round: ask the source what may have changed, compare with the state, and
-decide once, per run, what to do (metadata? which keys? artifacts?). The decisions travel in
-the plan to the pipeline (and to worker processes), so nothing is decided twice."""
+"""The plan of a round: ask the source what may have changed (as the listing policy says), compare
+with the state, and decide once, per run, what to do (metadata? which keys? artifacts?). The
+decisions travel in the plan to the pipeline (and to worker processes), so nothing is decided
+twice. The planner owns the listing policy (`listing.ListingPolicy`) and the read counters."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 
-from .errors import StoreError
+from .errors import BadInput, Stopped
+from .listing import ListingPolicy
 from .sink import aim_run_hash
-from .sources import BrokenRun, Experiment, RunRecord, Source
+from .sources import AnyRun, BrokenRun, Experiment, ReadStats, RunRecord, Source
 from .sources.cursors import Cursor
 from .state import RunState, State
 
@@ -27,7 +29,7 @@ class RunWork:
     """One run with something to do, and what."""
 
     exp: Experiment
-    run: RunRecord | BrokenRun
+    run: AnyRun
     prev: RunState | None = None
     cursors: dict[str, Cursor] = field(default_factory=dict)
     meta_changed: bool = False
@@ -36,9 +38,12 @@ class RunWork:
 
     @property
     def size(self) -> int:
-        """Roughly how much there is to read (big runs go first to the worker processes)."""
-        marks = self.run.metric_marks if isinstance(self.run, RunRecord) else {}
-        return sum(v for k, v in marks.items() if k in self.changed_keys and isinstance(v, int))
+        """Roughly how much there is to read, in bytes of metric files (big runs go first to the
+        worker processes); 0 where the store says no size."""
+        if not isinstance(self.run, RunRecord):
+            return 0
+        marks = self.run.metric_marks
+        return sum(marks[k].size or 0 for k in self.changed_keys if k in marks)
 
 
 @dataclass
@@ -67,51 +72,71 @@ def select_experiments(exps: list[Experiment], wanted: tuple[str, ...], *, stric
     if missing:
         msg = "unknown MLflow experiment(s): " + ", ".join(repr(m) for m in missing)
         if strict:
-            raise StoreError(msg + f" (known: {', '.join(repr(e.name) for e in exps[:10])})")
+            raise BadInput(msg + f" (known: {', '.join(repr(e.name) for e in exps[:10])})")
         log.debug(msg)
     return picked
 
 
 class Planner:
-    def __init__(self, source: Source, state: State, *, experiments: tuple[str, ...], strict: bool, artifacts: bool):
+    """`aim_runs`: the hashes of the runs the Aim repo holds, asked for on full listings, to send
+    again the runs removed from it (None: never asked, as in a dry run)."""
+
+    def __init__(
+        self,
+        source: Source,
+        state: State,
+        *,
+        listing: ListingPolicy,
+        reads: ReadStats,
+        experiments: tuple[str, ...],
+        strict: bool,
+        artifacts: bool,
+        aim_runs: Callable[[], set[str]] | None = None,
+        stop: threading.Event | None = None,
+    ):
         self.source = source
         self.state = state
+        self.listing = listing
+        self.reads = reads
         self.experiments = experiments
         self.strict = strict
         self.artifacts = artifacts
+        self.aim_runs = aim_runs
+        self.stop = stop
 
-    def plan(self, *, full: bool = False, stop: Any = None, aim_runs: Callable[[], set[str]] | None = None) -> Plan:
-        """`full`: list every run (backfill); `aim_runs`: the hashes of the runs the Aim repo
-        holds, asked for on full listings, to send again the runs removed from it."""
-        full = self.source.listing.begin(full)  # the round's reads count from here, experiments too
+    def plan(self, *, full: bool = False, paths: Iterable[str] = ()) -> Plan:
+        """`full`: list every run (backfill); `paths`: what file events named since the last round."""
+        ask = self.listing.ask(full, paths)
+        self.reads.reset(full=ask.full)  # the round's reads count from here, experiments too
+        self.source.start_listing(ask)
         exps = select_experiments(self.source.experiments(), self.experiments, strict=self.strict)
-        records = self.source.changes(exps, full=full)
-        if full and aim_runs is not None:
-            self._forget_removed(aim_runs())
+        ask = replace(ask, moved=self.listing.moved_experiments(exps))
+        changes = self.source.changes(exps, ask)
+        self.listing.note(changes)
+        if ask.full and self.aim_runs is not None:
+            self._forget_removed(self.aim_runs())
         by_id = {e.id: e for e in exps}
-        plan = Plan(exps, len(records), self.source.listing.names, [], full=full)
-        relist = self._remote_relist_turn(records) if full and self.artifacts else set()
-        for run in records:
-            if stop is not None and stop.is_set():
-                from .errors import Stopped
-
+        plan = Plan(exps, len(changes.records), self.listing.names, [], full=ask.full)
+        relist = self._remote_relist_turn(changes.records) if ask.full and self.artifacts else set()
+        for run in changes.records:
+            if self.stop is not None and self.stop.is_set():
                 raise Stopped()
             exp = by_id.get(run.experiment_id)
             if exp is None:
                 continue
             if isinstance(run, RunRecord) and run.running and not run.deleted:
                 plan.active.add(aim_run_hash(run.run_id))
-            work = self._decide(exp, run, full=full, relist=run.run_id in relist)
+            work = self._decide(exp, run, full=ask.full, relist=run.run_id in relist)
             if work is not None:
                 plan.todo.append(work)
             else:
                 prev = self.state.run(run.run_id)
                 if prev is not None and prev.error:
                     plan.still_failing.append(f"run {run.run_id} (experiment {exp.name!r}): {prev.error}")
-        self.source.listing.end()
+        self.listing.end()
         return plan
 
-    def _decide(self, exp: Experiment, run: RunRecord | BrokenRun, *, full: bool, relist: bool) -> RunWork | None:
+    def _decide(self, exp: Experiment, run: AnyRun, *, full: bool, relist: bool) -> RunWork | None:
         prev = self.state.run(run.run_id)
         if isinstance(run, BrokenRun):
             return RunWork(exp, run, prev) if (prev is None or prev.error != run.error) else None
@@ -133,7 +158,7 @@ class Planner:
             return run.artifacts_mark != prev.artifacts_mark
         return full and (run.running or relist)
 
-    def _remote_relist_turn(self, records: list[RunRecord | BrokenRun]) -> set[str]:
+    def _remote_relist_turn(self, records: list[AnyRun]) -> set[str]:
         remote = [r for r in records if isinstance(r, RunRecord) and r.artifacts_mark is None and not r.running]
         if not remote:
             return set()

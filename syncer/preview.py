@@ -17,11 +17,13 @@ from typing import Any
 
 from .artifacts import Artifacts
 from .config import Config
+from .listing import ListingPolicy
 from .mapping import ContextMapper, MappedMetric
-from .mapping.collisions import KEY_CONTEXT
-from .mapping.models import foreign_metrics, model_metric
+from .mapping.collisions import resolve
+from .mapping.model_series import foreign_metrics, model_metric
+from .pipeline import Options
 from .plan import Plan, Planner, RunWork
-from .sources import RunRecord, open_source, source_identity
+from .sources import ReadStats, RunRecord, Source, StoreLocation, open_source
 from .state import State
 
 MAX_RUNS_SHOWN = 30  # per experiment
@@ -38,27 +40,6 @@ class Row:
     runs: set[str] = field(default_factory=set)
 
 
-def rule_of(mapper: ContextMapper, key: str, mapped: MappedMetric) -> str:
-    """Which rule gave `key` its Aim name and context."""
-    if not mapper.enabled:
-        return "none (--no-context-map)"
-    if KEY_CONTEXT in mapped.context:
-        return f"collision: {KEY_CONTEXT} added"
-    for i, rule in enumerate(mapper.rules, 1):
-        if rule.apply(key) is not None:
-            return f"rule {i}: {rule.pattern.pattern}"
-    ctx = mapped.context
-    if mapped.system:
-        return "default: system metrics"
-    if key.startswith("eval_") and ctx.get("subset") == "eval" and "dataset" in ctx:
-        return "default: Hugging Face eval sets"
-    if "subset" in ctx:
-        return "default: subset prefix"
-    if "dataset" in ctx:
-        return "default: metric dataset"
-    return "none: kept as is"
-
-
 def show_context(ctx: dict[str, Any]) -> str:
     text = "{" + ", ".join(f"{k}: {v}" for k, v in sorted(ctx.items())) + "}"
     return text if len(text) <= MAX_CONTEXT else text[: MAX_CONTEXT - 1] + "…"
@@ -73,14 +54,12 @@ class Preview:
 
     def add(self, run_id: str, kind: str, key: str, mapped: MappedMetric, rule: str | None = None) -> None:
         name, ctx = mapped.aim_name, show_context(mapped.context)
-        row = self.rows.setdefault(
-            (kind, key, name, ctx), Row(kind, key, name, ctx, rule or rule_of(self.mapper, key, mapped))
-        )
+        row = self.rows.setdefault((kind, key, name, ctx), Row(kind, key, name, ctx, rule or mapped.rule))
         row.runs.add(run_id)
 
     def run(self, run: RunRecord, work: RunWork, artifacts: Artifacts, errors: list[str]) -> None:
         run_mapper = self.mapper.for_run(run.metric_marks)
-        names = run_mapper.map_keys(run.metric_marks, known=set(work.cursors))
+        names = resolve(run_mapper, run.metric_marks, known=set(work.cursors))
         for key in run.metric_marks:
             self.add(run.run_id, "metric", key, names.of(key))
         found = artifacts.find(run, work, errors, self.mapper)
@@ -89,21 +68,11 @@ class Preview:
             if target is None:
                 continue
             mapped = MappedMetric(target.name, target.context)
-            rule = (
-                "collision: kept its MLflow name"
-                if target.collided
-                else rule_of(self.mapper, m.key, run_mapper.map(m.key))
-            )
+            rule = "collision: kept its MLflow name" if target.collided else run_mapper.map(m.key).rule
             self.add(run.run_id, "step image" if m.step_image else m.kind, m.key, mapped, rule)
         for model, metric in foreign_metrics(found.models or [], run_id=run.run_id, run_keys=set(run.metric_marks)):
-            mapped = run_mapper.map(metric[0], metric[4])
-            self.add(
-                run.run_id,
-                "model metric",
-                metric[0],
-                model_metric(mapped, model.name),
-                rule_of(self.mapper, metric[0], mapped),
-            )
+            mapped = run_mapper.map(metric.key, metric.dataset_name)
+            self.add(run.run_id, "model metric", metric.key, model_metric(mapped, model.name))
 
     def table(self) -> list[str]:
         head = ("MLflow key", "kind", "Aim name", "context", "runs", "rule")
@@ -122,11 +91,12 @@ class Preview:
         return out
 
 
-def dry_run(cfg: Config, options: Any, echo: Callable[[str], None]) -> None:
+def dry_run(cfg: Config, options: Options, echo: Callable[[str], None]) -> None:
     """Print what `syncer backfill` would write with these settings (`options`: the pipeline's
     Options, rules loaded). Raises the usual errors (StoreError, BadInput) for bad input."""
-    source = open_source(cfg.tracking_uri, must_exist=True, full_every_s=cfg.full_scan_interval)
-    identity = source_identity(cfg.tracking_uri)
+    location = StoreLocation.parse(cfg.tracking_uri)
+    source = open_source(location, ReadStats(), must_exist=True)
+    identity = location.identity
     try:
         with tempfile.TemporaryDirectory(prefix="syncer-dry-run-") as tmp:
             empty = State(Path(tmp) / "empty.sqlite", identity, cfg.experiments)
@@ -140,6 +110,7 @@ def dry_run(cfg: Config, options: Any, echo: Callable[[str], None]) -> None:
                     Artifacts(source, empty, exclude=options.exclude_artifacts, max_bytes=options.max_artifact_bytes),
                     options,
                     cfg,
+                    location,
                     echo,
                 )
             finally:
@@ -150,8 +121,16 @@ def dry_run(cfg: Config, options: Any, echo: Callable[[str], None]) -> None:
         source.close()
 
 
-def _plan(source: Any, state: State, options: Any) -> Plan:
-    planner = Planner(source, state, experiments=options.experiments, strict=True, artifacts=options.artifacts)
+def _plan(source: Source, state: State, options: Options) -> Plan:
+    planner = Planner(
+        source,
+        state,
+        listing=ListingPolicy(),
+        reads=source.reads,
+        experiments=options.experiments,
+        strict=True,
+        artifacts=options.artifacts,
+    )
     return planner.plan(full=True)
 
 
@@ -167,12 +146,18 @@ def _state_copy(cfg: Config, tmp: Path, identity: str) -> State | None:
 
 
 def _report(
-    everything: Plan, would: Plan, artifacts: Artifacts, options: Any, cfg: Config, echo: Callable[[str], None]
+    everything: Plan,
+    would: Plan,
+    artifacts: Artifacts,
+    options: Options,
+    cfg: Config,
+    location: StoreLocation,
+    echo: Callable[[str], None],
 ) -> None:
     preview = Preview(options.mapper)
     todo = {w.run.run_id: w for w in would.todo}
     errors: list[str] = []
-    echo(f"dry run: nothing is written (MLflow store {source_name(cfg)}, Aim repo {cfg.aim_repo})")
+    echo(f"dry run: nothing is written (MLflow store {location.display}, Aim repo {cfg.aim_repo})")
     for exp in everything.experiments:
         works = [w for w in everything.todo if w.exp.id == exp.id]
         written = [w for w in works if w.run.run_id in todo]
@@ -205,9 +190,3 @@ def _run_line(work: RunWork) -> str:
     if work.list_artifacts:
         what.append("artifacts")
     return f"{run.name} ({run.run_id}, {run.status}): {', '.join(what) or 'artifacts'}"
-
-
-def source_name(cfg: Config) -> str:
-    from .redact import redact
-
-    return redact(cfg.tracking_uri)

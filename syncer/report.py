@@ -9,7 +9,7 @@ from typing import Any
 def summarize_repo(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """What landed, read back through Aim's public SDK: per experiment, its runs and, per metric
     name, the contexts it has (e.g. accuracy by lang)."""
-    from aim import Repo
+    from aim.sdk.repo import Repo
 
     from .config import repo_root
 

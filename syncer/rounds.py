@@ -1,144 +1,135 @@
-"""The one round driver, for the daemon and for backfill: plan, then sync every run with
-something new, in this process or spread over worker processes, stopping at a safe point when
-asked; then settle the Aim runs kept open and record the round.
+"""The one round driver, for the daemon, backfill and tests: plan, then sync every run with
+something new (one at a time in this process, or spread over worker processes), stopping at a
+safe point when asked; then settle the Aim runs kept open and record the round.
 
-Worker processes: Aim allows one writer per run, so runs are spread over processes; each
-commits its own cursors (sqlite WAL); the parent indexes every run once at the end."""
+A round = list what changed (`plan.Planner`) -> each run through the pipeline
+(`pipeline.RunPipeline`: read the delta, map, write, commit cursors) -> finish (`RoundStats`
+stored, kept runs settled). Everything it works with comes in through its constructor
+(`runner.open_driver` wires them)."""
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
-import signal
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
-from .config import Config
 from .errors import Stopped
-from .pipeline import RoundStats, Syncer
-from .plan import Plan, RunWork
-from .sources.listing import ReadStats
+from .listing import ListingPolicy
+from .logs import OnceLog
+from .pipeline import RunPipeline
+from .plan import Plan, Planner, RunWork
+from .round_stats import RoundStats
+from .sink import set_experiment_meta
+from .sink_pool import SinkPool
+from .sources import RunRecord, Source
+from .state import State
 
 log = logging.getLogger("syncer")
 
 PARALLEL_MIN_RUNS = 8  # below this, starting worker processes costs more than it saves
 
+T = TypeVar("T")
+Progress = Callable[[Iterable[Any]], Iterable[Any]]
+# syncs a large round's runs elsewhere (worker processes: `workers.WorkerPool`), adding to its stats
+Spread = Callable[[Plan, RoundStats, "RoundDriver"], None]
 
-def run_round(syncer: Syncer, *, full: bool = False, workers: int = 1, cfg: Config | None = None) -> RoundStats:
-    """One round over the store (`full`: every run looked at, as backfill does). `workers` > 1
-    (and a `cfg` for the workers to open the same store, repo and state with) spreads the runs
-    over processes when there are enough."""
-    t0 = time.monotonic()
-    plan = syncer.plan(full=full)
-    stats = RoundStats(experiments=len(plan.experiments), runs=plan.runs, still_failing=plan.still_failing)
-    syncer.warn_still_failing(plan.still_failing)
-    if workers > 1 and cfg is not None and len(plan.todo) >= PARALLEL_MIN_RUNS and syncer.kept is None:
-        _in_workers(syncer, plan, stats, workers, cfg)
-    else:
-        window = syncer.source.prefetch_runs
-        items = syncer.progress(plan.todo) if (syncer.progress and plan.todo) else plan.todo
-        for i, work in enumerate(items):
-            if syncer.stop.is_set():
+
+class RoundDriver:
+    def __init__(
+        self,
+        *,
+        source: Source,
+        state: State,
+        repo: Any,
+        planner: Planner,
+        pipeline: RunPipeline,
+        pool: SinkPool,
+        stop: threading.Event,
+        once: OnceLog,
+        spread: Spread | None = None,
+        progress: Progress | None = None,
+    ):
+        self.source = source
+        self.state = state
+        self.repo = repo
+        self.planner = planner
+        self.pipeline = pipeline
+        self.pool = pool
+        self.stop = stop
+        self.once = once
+        self.spread = spread
+        self.progress = progress
+
+    @property
+    def listing(self) -> ListingPolicy:
+        return self.planner.listing
+
+    @property
+    def location(self) -> Any:
+        return self.source.location
+
+    def round(self, *, full: bool = False, paths: Iterable[str] = ()) -> RoundStats:
+        """One round over the store (`full`: every run looked at, as backfill does; `paths`:
+        what file events named since the last round)."""
+        t0 = time.monotonic()
+        plan = self.planner.plan(full=full, paths=paths)
+        stats = RoundStats(experiments=len(plan.experiments), runs=plan.runs, still_failing=plan.still_failing)
+        for msg in plan.still_failing:  # runs that still fail as they did: said once per process
+            self.once.warning(f"{msg} (unchanged since)")
+        self._describe(plan.todo)
+        if self.spread is not None and len(plan.todo) >= PARALLEL_MIN_RUNS:
+            self.spread(plan, stats, self)
+        else:
+            self._sync_here(plan, stats)
+        self.pool.settle(plan.active)
+        return self._finish(stats, t0)
+
+    def _sync_here(self, plan: Plan, stats: RoundStats) -> None:
+        window = self.source.prefetch_runs
+        for i, work in enumerate(self.each(plan.todo)):
+            if self.stop.is_set():
                 raise Stopped()
             if i % window == 0:
-                syncer.prefetch(plan.todo[i : i + window])
-            syncer.sync_one(work, plan.names, stats)
-    if syncer.kept is not None:
-        syncer.kept.settle(plan.active)
-    return syncer.finish(stats, t0)
+                self.prefetch(plan.todo[i : i + window])
+            self.pipeline.sync(work, plan.names, stats)
 
+    def each(self, items: list[T]) -> Iterator[T]:
+        """The items, through the progress reporter when there is one (a bar, a health beat)."""
+        yield from (self.progress(items) if (self.progress and items) else items)
 
-def _in_workers(syncer: Syncer, plan: Plan, stats: RoundStats, workers: int, cfg: Config) -> None:
-    from .aim import index_runs
+    def prefetch(self, works: list[RunWork]) -> None:
+        """The runs synced next, in this order: the source may read their histories together."""
+        prefetch_runs(self.source, works)
 
-    unindexed: list[str] = []
-    todo = sorted(plan.todo, key=lambda w: -w.size)  # big runs first: no worker left with one long run at the end
-    ctx = multiprocessing.get_context("spawn")  # no fork of open RocksDB/sqlite handles
-    stop = ctx.Event()  # set: every worker stops at its next chunk (cursors are committed per chunk)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(cfg, stop))
+    def _describe(self, todo: list[RunWork]) -> None:
+        """The descriptions of the experiments with runs to write, once a round (they may change
+        between rounds)."""
+        for exp in {w.exp.id: w.exp for w in todo}.values():
+            set_experiment_meta(self.repo, exp.name, exp.description)
 
-    def completed(pending: set[Future[tuple[RoundStats, list[str]]]]) -> Iterator[Future[tuple[RoundStats, list[str]]]]:
-        while pending:
-            if syncer.stop.is_set():
-                stop.set()
-                raise Stopped()
-            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            yield from done
+    def _finish(self, stats: RoundStats, t0: float) -> RoundStats:
+        stats.seconds = time.monotonic() - t0
+        read = self.planner.reads.snapshot()
+        read.add(stats.read)  # what worker processes read
+        stats.read = read
+        self.state.save_round(not (stats.errors or stats.locked), stats.as_dict())
+        return stats
 
-    # runs a worker takes at once (their histories fetched together), every worker given some
-    window = max(1, min(syncer.source.prefetch_runs, -(-len(todo) // workers)))
-    try:
-        futures = completed(
-            {pool.submit(_worker_sync, todo[i : i + window], plan.names) for i in range(0, len(todo), window)}
-        )
-        for fut in syncer.progress(futures) if syncer.progress else futures:
+    def close(self) -> None:
+        try:
+            self.pool.close_all()
+        finally:
+            self.state.close()
+            self.source.close()
             try:
-                part, hashes = fut.result()
-            except Stopped:
-                continue
-            stats.add(part)
-            unindexed.extend(hashes)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # runs not started are dropped
-        missed = index_runs(syncer.repo, unindexed)
-        if missed:
-            stats.errors.append(f"{len(missed)} Aim run(s) could not be indexed now; `aim up` indexes them itself")
+                self.repo.close()
+            except Exception as e:  # closing is best effort; the data is already durable
+                log.debug("closing the Aim repo: %s", e)
 
 
-_worker: Syncer | None = None
-
-
-def _worker_init(cfg: Config, stop: Any) -> None:
-    global _worker
-    from .logs import configure_logging
-    from .runner import open_syncer
-
-    _die_with_parent()
-    configure_logging(cfg.log_level, cfg.log_format)
-    _worker = open_syncer(cfg, strict_experiments=False, must_exist=True)
-    _worker.index_on_close = False
-    worker = _worker
-
-    def relay() -> None:  # the parent's stop, as this worker's own
-        stop.wait()
-        worker.stop.set()
-
-    threading.Thread(target=relay, name="stop-relay", daemon=True).start()
-    # Ctrl-C reaches the whole process group, a service manager's SIGTERM often too: a worker
-    # stops at its next safe point like its parent, never in the middle of a chunk
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda _signum, _frame: worker.stop.set())
-
-
-def _worker_sync(works: list[RunWork], names: dict[str, str]) -> tuple[RoundStats, list[str]]:
-    assert _worker is not None
-    stats = RoundStats()
-    _worker.unindexed.clear()
-    _worker.source.listing.stats = ReadStats()
-    try:
-        _worker.prefetch(works)
-        for work in works:
-            if _worker.stop.is_set():
-                raise Stopped()
-            _worker.sync_one(work, names, stats)
-    except Stopped:  # at a safe point: what was written is handed back, for the parent to index
-        pass
-    stats.read = _worker.source.listing.stats.as_dict()
-    return stats, list(_worker.unindexed)
-
-
-def _die_with_parent() -> None:
-    """A SIGKILLed backfill must not leave workers behind holding Aim run locks: exit as soon
-    as the parent is gone (its cursors are committed per run, so nothing is lost)."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.2)
-        os._exit(3)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+def prefetch_runs(source: Source, works: list[RunWork]) -> None:
+    items = [(w.run, w.changed_keys, w.cursors) for w in works if isinstance(w.run, RunRecord) and w.changed_keys]
+    if len(items) > 1:
+        source.prefetch(items)

@@ -1,20 +1,29 @@
-"""Wiring: a Config becomes a Syncer with its source, Aim repo and state opened."""
+"""Wiring: a Config becomes a round driver with its source, Aim repo, state, planner, pipeline
+and sink pool, each handed what it needs through its constructor."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from typing import Any
+import threading
+from typing import Literal
 
 from .config import Config
-from .kept_runs import KeptRuns
+from .listing import ListingPolicy
+from .logs import OnceLog
 from .mapping import ContextMapper, load_rules
-from .pipeline import Options, Syncer
-from .plan import select_experiments
-from .sources import open_source, source_identity
+from .pipeline import Options, RunPipeline
+from .plan import Planner, select_experiments
+from .rounds import Progress, RoundDriver
+from .sink_pool import KeepOpen, OpenAndClose, SinkPool
+from .sources import ReadStats, StoreLocation, open_source
 from .state import State
+from .workers import WorkerPool
 
 log = logging.getLogger("syncer")
+
+# backfill: open and close each run, workers when there are many; daemon: RUNNING runs' Aim
+# writers kept open between rounds; worker: a backfill's worker process (its parent indexes)
+Role = Literal["backfill", "daemon", "worker"]
 
 
 def options_from(cfg: Config, *, strict_experiments: bool) -> Options:
@@ -30,30 +39,39 @@ def options_from(cfg: Config, *, strict_experiments: bool) -> Options:
     )
 
 
-def heal(syncer: Syncer) -> None:
+def heal(driver: RoundDriver) -> None:
     """Once per process that writes (the backfill's parent, the daemon; not the workers): make
     visible the runs an interrupted sync left out of Aim's run index."""
     from .aim import index_missing
 
-    healed = index_missing(syncer.repo)
+    healed = index_missing(driver.repo)
     if healed:
         log.info("made %d Aim run(s) visible that an interrupted sync had left unindexed", len(healed))
 
 
-def open_syncer(
+def open_worker(cfg: Config) -> RoundDriver:
+    """What a backfill's worker process syncs with (`workers.WorkerPool`)."""
+    return open_driver(cfg, strict_experiments=False, must_exist=True, role="worker")
+
+
+def open_driver(
     cfg: Config,
     *,
     strict_experiments: bool,
     must_exist: bool,
-    keep_open: bool = False,
-    progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
-) -> Syncer:
-    """A Syncer with its source, Aim repo and state open; `Syncer.close()` closes them.
-    `keep_open`: keep RUNNING runs' Aim writers open between rounds (the daemon)."""
-    from .aim import open_repo, repo_id
+    role: Role = "backfill",
+    workers: int = 1,
+    progress: Progress | None = None,
+) -> RoundDriver:
+    """A round driver with its source, Aim repo and state open; `RoundDriver.close()` closes them.
+    `workers` > 1: a backfill's large rounds are spread over that many processes."""
+    from .aim import open_repo, repo_id, run_hashes
 
     options = options_from(cfg, strict_experiments=strict_experiments)
-    source = open_source(cfg.tracking_uri, must_exist=must_exist, full_every_s=cfg.full_scan_interval)
+    location = StoreLocation.parse(cfg.tracking_uri)
+    reads = ReadStats()
+    stop = threading.Event()
+    source = open_source(location, reads, must_exist=must_exist, stop=stop)
     try:
         # bad input fails here, before an Aim repo is created for it
         if must_exist:
@@ -64,7 +82,7 @@ def open_syncer(
         repo, created = open_repo(cfg.aim_repo)
         if created:
             log.info("created a new Aim repo at %s", cfg.aim_repo)
-        state = State(cfg.state_file, source_identity(cfg.tracking_uri), cfg.experiments)
+        state = State(cfg.state_file, location.identity, cfg.experiments)
     except BaseException:
         source.close()
         raise
@@ -74,7 +92,28 @@ def open_syncer(
         state.close()
         source.close()
         raise
-    syncer = Syncer(source, repo, state, options, progress=progress)
-    if keep_open:
-        syncer.kept = KeptRuns()
-    return syncer
+    pool: SinkPool = KeepOpen(repo) if role == "daemon" else OpenAndClose(repo, index=role != "worker")
+    once = OnceLog(log)
+    planner = Planner(
+        source,
+        state,
+        listing=ListingPolicy(full_every_s=cfg.full_scan_interval),
+        reads=reads,
+        experiments=options.experiments,
+        strict=options.strict_experiments,
+        artifacts=options.artifacts,
+        aim_runs=lambda: run_hashes(repo),
+        stop=stop,
+    )
+    return RoundDriver(
+        source=source,
+        state=state,
+        repo=repo,
+        planner=planner,
+        pipeline=RunPipeline(source, state, pool, options, stop=stop, once=once),
+        pool=pool,
+        stop=stop,
+        once=once,
+        spread=WorkerPool(workers, cfg, open_worker) if workers > 1 and role == "backfill" else None,
+        progress=progress,
+    )

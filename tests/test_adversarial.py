@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from syncer.config import Config
-from syncer.runner import open_syncer
+from syncer.runner import open_driver
 
 from conftest import ROOT, T0, client_for, free_port, log_points, populate, read_aim, run_syncer, syncer_cmd
 from test_sync_daemon import Daemon, finish_writer, start_writer, wait_for, wait_until_synced
@@ -105,15 +105,15 @@ def test_artifacts_added_to_a_finished_run_arrive(kind, tmp_path, request):
     run = c.create_run(exp, run_name="r", start_time=T0).info.run_id
     log_points(c, run, "loss", [(0, 1.0, T0)])
     c.set_terminated(run, "FINISHED", end_time=T0 + 10)
-    s = open_syncer(
-        Config(tracking_uri=uri, aim_repo=tmp_path / "aim"), strict_experiments=False, must_exist=True, keep_open=True
+    s = open_driver(
+        Config(tracking_uri=uri, aim_repo=tmp_path / "aim"), strict_experiments=False, must_exist=True, role="daemon"
     )
     try:
         s.round()
         note = tmp_path / "notes.txt"
         note.write_text("written after the run ended\n")
         c.log_artifact(run, str(note))
-        s.source.listing.full_every_s = 0.0  # a finished run's artifacts are looked at by the full listing
+        s.listing.full_every_s = 0.0  # a finished run's artifacts are looked at by the full listing
         st = s.round()
         assert st.artifacts == 1, st.as_dict()
         arts = {a["path"] for a in read_aim(tmp_path / "aim")[run]["params"]["artifacts"]}
@@ -205,13 +205,13 @@ def test_torn_last_line_of_a_finished_run_is_a_warning_once_not_work(tmp_path):
     metric = next((tmp_path / "mlruns").glob(f"*/{run}/metrics/loss"))
     with open(metric, "ab") as f:
         f.write(b"1700000000999 0.5")  # no newline: a line MLflow never finished
-    s = open_syncer(
-        Config(tracking_uri=uri, aim_repo=tmp_path / "aim"), strict_experiments=False, must_exist=True, keep_open=True
+    s = open_driver(
+        Config(tracking_uri=uri, aim_repo=tmp_path / "aim"), strict_experiments=False, must_exist=True, role="daemon"
     )
     try:
         st = s.round()
         assert st.points == 5
-        s.source.listing.full_every_s = 0.0  # every round a full listing: the torn file looked at each time
+        s.listing.full_every_s = 0.0  # every round a full listing: the torn file looked at each time
         for _ in range(3):
             again = s.round()
             assert again.runs_written == 0 and again.read["histories"] == 0, again.as_dict()

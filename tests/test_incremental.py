@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from syncer.config import Config
-from syncer.runner import open_syncer
+from syncer.runner import open_driver
 
 from conftest import STORE_KINDS, T0, client_for, log_points, read_aim, store_uri
 
@@ -27,11 +27,11 @@ def store(request, tmp_path):
 
 
 def _syncer(uri, tmp_path, exp_name, **cfg):
-    return open_syncer(
+    return open_driver(
         Config(tracking_uri=uri, aim_repo=tmp_path / "aim", experiments=(exp_name,), **cfg),
         strict_experiments=False,
         must_exist=True,
-        keep_open=True,
+        role="daemon",
     )
 
 
@@ -157,7 +157,7 @@ def test_run_created_and_finished_between_two_rounds_arrives(store, tmp_path):
         assert not st.read["full"], st.as_dict()
         assert st.runs_written == (1 if kind == "server" else 2), st.as_dict()
         if kind == "server":
-            s.source.listing.full_every_s = 0.0
+            s.listing.full_every_s = 0.0
             assert s.round().runs_written == 1
         aim = read_aim(tmp_path / "aim")
         for run in (quick, imported):
@@ -201,7 +201,7 @@ def test_deleted_restored_and_edited_runs_arrive_by_the_full_listing(store, tmp_
         client.set_tag(runs[1], "team", "vision")  # a finished run's tag edited
         client.log_param(runs[2], "warmup", "10")  # and a param added
         s.round()  # a quick round may or may not see these; the full listing must
-        s.source.listing.full_every_s = 0.0
+        s.listing.full_every_s = 0.0
         st = s.round()
         assert st.read["full"] is True
         aim = read_aim(tmp_path / "aim")
@@ -225,7 +225,7 @@ def test_crashed_running_runs_cost_nothing_once_quiet(store, tmp_path):
     s = _syncer(uri, tmp_path, name)
     try:
         s.round()
-        s.source.listing.dormant_after_s = 0.0
+        s.listing.dormant_after_s = 0.0
         st = s.round()
         assert st.read["runs_listed"] <= 1 and st.read["histories"] == 0
         st = s.round()
@@ -238,7 +238,7 @@ def test_crashed_running_runs_cost_nothing_once_quiet(store, tmp_path):
             assert not st.read["full"] and st.runs_written == 1, st.as_dict()
             assert read_aim(tmp_path / "aim")[crashed]["active"] is False
         log_points(client, crashed, "loss", [(1, 2.0, T0 + 1)])  # it logs again: seen by the full listing
-        s.source.listing.full_every_s = 0.0
+        s.listing.full_every_s = 0.0
         assert s.round().points == 1
     finally:
         s.close()
@@ -254,11 +254,11 @@ def test_points_at_an_earlier_step_logged_later_arrive(tmp_path):
         exp = client.create_experiment("resume", artifact_location=(tmp_path / kind / "a").as_uri())
         run = client.create_run(exp, run_name="resumed", start_time=T0).info.run_id
         log_points(client, run, "loss", [(s, 1.0, T0 + s) for s in range(10)])
-        s = open_syncer(
+        s = open_driver(
             Config(tracking_uri=uri, aim_repo=tmp_path / kind / "aim"),
             strict_experiments=False,
             must_exist=True,
-            keep_open=True,
+            role="daemon",
         )
         try:
             s.round()
@@ -294,28 +294,6 @@ def test_sigterm_is_honoured_within_10_s_in_the_first_round_of_a_large_store(tmp
         d.kill()
 
 
-def test_quick_rounds_look_only_at_the_runs_last_seen_running():
-    """A quick round's candidates are the runs last seen RUNNING, kept as a set as runs are
-    listed: not a walk over every run ever seen (that cost grew with the store's size)."""
-    from syncer.sources.base import RunRecord
-    from syncer.sources.listing import Listing
-
-    def rec(run_id, status="FINISHED", stage="active", mark=0):
-        return RunRecord(run_id, "0", run_id, status, T0, None, stage, None, None, {}, {}, [], {"loss": mark})
-
-    now = [0.0]
-    listing = Listing(dormant_after_s=3600.0, clock=lambda: now[0])
-    listing.note([rec(f"done{i}") for i in range(1000)] + [rec("live", "RUNNING"), rec("gone", "RUNNING", "deleted")])
-    assert listing.running_ids() == {"live"} and listing.dormant_ids() == []
-    listing.dormant_after_s = 0.0
-    assert listing.dormant_ids() == []  # quiet only once a later listing found it unchanged
-    now[0] = 1.0
-    listing.note([rec("live", "RUNNING")])
-    assert listing.dormant_ids() == ["live"]
-    listing.note([rec("live", "FINISHED", mark=1), rec("done3", "RUNNING", mark=1)])  # one ends, one restarts
-    assert listing.running_ids() == {"done3"} and len(listing.names) == 1002
-
-
 def test_experiments_made_renamed_or_deleted_between_quick_rounds_arrive(store, tmp_path):
     """Experiments are read again only when the store says they moved (on a file store, its
     folders' stats); a new experiment's runs, and the runs of one renamed or deleted, arrive in
@@ -323,11 +301,11 @@ def test_experiments_made_renamed_or_deleted_between_quick_rounds_arrive(store, 
     kind, uri, client, exp = store
     run = _finished_run(client, exp, "r0")
     later = f"later-{kind}-{tmp_path.name}"
-    s = open_syncer(
+    s = open_driver(
         Config(tracking_uri=uri, aim_repo=tmp_path / "aim", experiments=(exp, later), full_scan_interval=1e9),
         strict_experiments=False,
         must_exist=True,
-        keep_open=True,
+        role="daemon",
     )
     try:
         assert s.round().runs_written == 1
@@ -403,6 +381,7 @@ def test_a_servers_new_runs_are_read_a_key_for_many_runs_at_a_time(mlflow_server
     import math
 
     import syncer.sources.http as http
+    import syncer.sources.http_history as http_history
 
     uri = mlflow_server.uri
     client = client_for(uri)
@@ -420,10 +399,10 @@ def test_a_servers_new_runs_are_read_a_key_for_many_runs_at_a_time(mlflow_server
             log_points(client, run, k, p)
         client.set_terminated(run, "FINISHED", end_time=T0 + 1000)
         logged[run] = pts
-    monkeypatch.setattr(http, "BULK_POINTS", 100)  # 6 runs x 30 points: cut short, then halves of 90
+    monkeypatch.setattr(http_history, "BULK_POINTS", 100)  # 6 runs x 30 points: cut short, then halves of 90
 
     def first_round(repo: Path, together: bool):
-        monkeypatch.setattr(http.HttpSource, "prefetch_runs", http.BULK_RUNS if together else 1)
+        monkeypatch.setattr(http.HttpSource, "prefetch_runs", http_history.BULK_RUNS if together else 1)
         s = _syncer(uri, repo, name)
         try:
             return s.round()
@@ -462,7 +441,7 @@ def test_a_backfill_worker_asks_a_server_for_models_only_for_runs_that_have_some
     import mlflow
     import numpy as np
     from sklearn.linear_model import LogisticRegression
-    from syncer.sources import open_source
+    from syncer.sources import ListingAsk, ReadStats, StoreLocation, open_source
 
     uri = mlflow_server.uri
     client = client_for(uri)
@@ -474,70 +453,12 @@ def test_a_backfill_worker_asks_a_server_for_models_only_for_runs_that_have_some
         model = mlflow.sklearn.log_model(
             LogisticRegression().fit(x, x[:, 0] > 9), name="clf", step=1, pip_requirements=["scikit-learn"]
         )
-    parent = open_source(uri)
+    parent = open_source(StoreLocation.parse(uri), ReadStats())
     experiments = [e for e in parent.experiments() if e.id == exp]
-    listed = {r.run_id: r for r in parent.changes(experiments, full=True)}
-    worker = open_source(uri)  # as a spawned worker has it: nothing listed
+    listed = {r.run_id: r for r in parent.changes(experiments, ListingAsk(full=True)).records}
+    worker = open_source(StoreLocation.parse(uri), ReadStats())  # as a spawned worker has it: nothing listed
     for run_id, want in ((plain, []), (trained.info.run_id, [model.model_id])):
         record = pickle.loads(pickle.dumps(listed[run_id]))  # as it reaches a worker
-        before = worker.listing.stats.requests
+        before = worker.reads.requests
         assert [m.model_id for m in worker.logged_models(record)] == want
-        assert worker.listing.stats.requests - before == (1 if want else 0), run_id
-
-
-def test_full_listings_take_at_most_a_tenth_of_the_time():
-    """A full listing every `full_every_s`, unless the last one took long (a server listing 5,000
-    runs with their params takes tens of seconds): then ten times as long as it took."""
-    from syncer.sources.listing import Listing
-
-    now = [0.0]
-    listing = Listing(full_every_s=60.0, clock=lambda: now[0])
-
-    def round_taking(seconds: float) -> bool:
-        full = listing.begin()
-        now[0] += seconds
-        listing.end()
-        return full
-
-    assert round_taking(2.0) is True  # the first listing is full
-    now[0] = 59.0
-    assert round_taking(0.01) is False
-    now[0] = 60.0
-    assert round_taking(40.0) is True  # took 40 s: the next one 400 s after it began
-    now[0] = 200.0
-    assert round_taking(0.01) is False
-    now[0] = 460.0
-    assert round_taking(1.0) is True  # quick again: back to every 60 s
-    now[0] = 520.0
-    assert round_taking(0.01) is True
-    every_round = Listing(full_every_s=0.0, clock=lambda: now[0])
-    for _ in range(3):  # 0: every round is a full one, however long the last took
-        assert every_round.begin() is True
-        now[0] += 100.0
-        every_round.end()
-
-
-def test_a_running_run_is_quiet_only_when_listings_saw_it_unchanged_for_long():
-    """Quiet ("dormant": looked at by full listings only) means unchanged between listings that
-    span DORMANT_AFTER_S, not "last seen changed long ago": a daemon's first round that writes a
-    large store for ten minutes must not make every RUNNING run look quiet."""
-    from syncer.sources.base import RunRecord
-    from syncer.sources.listing import Listing
-
-    def rec(mark):
-        return RunRecord("live", "0", "live", "RUNNING", T0, None, "active", None, None, {}, {}, [], {"loss": mark})
-
-    now = [0.0]
-    listing = Listing(dormant_after_s=120.0, clock=lambda: now[0])
-    listing.note([rec(1)])
-    now[0] = 600.0  # a long first round: nobody looked at the run meanwhile
-    assert not listing.dormant("live") and listing.dormant_ids() == []
-    listing.note([rec(2)])  # it logged meanwhile
-    now[0] = 700.0
-    listing.note([rec(2)])
-    assert not listing.dormant("live")  # unchanged for 100 s of listings
-    now[0] = 721.0
-    listing.note([rec(2)])
-    assert listing.dormant("live") and listing.dormant_ids() == ["live"]  # 121 s
-    listing.wake(["live"])  # a file event named it
-    assert not listing.dormant("live")
+        assert worker.reads.requests - before == (1 if want else 0), run_id

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from syncer.mapping import ContextMapper, MappedMetric, Rule
-from syncer.mapping.media import Media, media_name, media_of, parse_step_image, targets
+from syncer.mapping.media_names import Media, media_name, media_of, parse_step_image, targets
 from syncer.media.figures import NotAFigure, figure_from_html, figure_from_json, plotly_available
 from syncer.media.images import svg_image
 from syncer.media.tables import table_text
@@ -223,7 +223,7 @@ def test_the_reader_refuses_a_fifo_at_once_and_a_file_over_the_limit(tmp_path):
 
 
 def _record(client, run_id: str):
-    from syncer.sources.base import RunRecord
+    from syncer.sources import RunRecord
 
     info = client.get_run(run_id).info
     return RunRecord(
@@ -244,7 +244,7 @@ def _record(client, run_id: str):
 
 
 def _models_of(kind: str, uri: str, client, run_id: str):
-    from syncer.sources.models import FileStoreModels, client_logged_models, sql_logged_models
+    from syncer.sources.logged_models import FileStoreModels, client_logged_models, sql_logged_models
 
     run = _record(client, run_id)
     if kind == "file":
@@ -299,10 +299,10 @@ def test_every_store_kind_gives_the_runs_models_with_steps_flavors_params_and_li
     for m in models:
         assert m.run_id == run.info.run_id and "sklearn" in m.flavors and m.params == {"C": "1.0"}
         assert ("acc", 0.5 + m.step / 10, m.step, run.info.run_id) in {
-            (k, v, s, r) for k, v, s, _t, _d, _g, r in m.metrics
+            (x.key, x.value, x.step, x.run_id) for x in m.metrics
         }
     assert ("accuracy", 0.8, 2, "xnli-de", "d1", other) in {
-        (k, v, s, d, g, r) for k, v, s, _t, d, g, r in models[1].metrics
+        (x.key, x.value, x.step, x.dataset_name, x.dataset_digest, x.run_id) for x in models[1].metrics
     }
     assert _models_of(kind, uri, client, other) == []
 
@@ -316,7 +316,7 @@ def test_a_model_scored_after_its_run_was_synced_gets_the_score_by_the_next_full
     import numpy as np
     from sklearn.linear_model import LogisticRegression
     from syncer.config import Config
-    from syncer.runner import open_syncer
+    from syncer.runner import open_driver
 
     from conftest import client_for, read_aim
 
@@ -332,11 +332,11 @@ def test_a_model_scored_after_its_run_was_synced_gets_the_score_by_the_next_full
         info = mlflow.sklearn.log_model(
             LogisticRegression().fit(x, x[:, 0] > 9), name="clf", pip_requirements=["scikit-learn"]
         )
-    s = open_syncer(
+    s = open_driver(
         Config(tracking_uri=uri, aim_repo=tmp_path / "aim", experiments=(name,), full_scan_interval=1e9),
         strict_experiments=False,
         must_exist=True,
-        keep_open=True,
+        role="daemon",
     )
     try:
         s.round()
@@ -346,7 +346,7 @@ def test_a_model_scored_after_its_run_was_synced_gets_the_score_by_the_next_full
         )
         client.set_terminated(scorer, "FINISHED")
         quick = s.round()  # the scorer arrives (and, where the store says it moved, the training run)
-        s.source.listing.full_every_s = 0.0
+        s.listing.full_every_s = 0.0
         full = s.round()
         # the scorer, and the training run once: its metadata and models, no history read again
         assert quick.runs_written + full.runs_written == 2, (quick.as_dict(), full.as_dict())

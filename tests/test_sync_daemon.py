@@ -306,7 +306,7 @@ def test_running_run_writer_is_kept_open_between_rounds_and_closed_when_it_ends(
     from syncer import aim
     from syncer.aim import index as aim_index
     from syncer.config import Config
-    from syncer.runner import open_syncer
+    from syncer.runner import open_driver
     from syncer.sink import aim_run_hash
 
     from conftest import T0, client_for, log_points
@@ -330,10 +330,10 @@ def test_running_run_writer_is_kept_open_between_rounds_and_closed_when_it_ends(
     monkeypatch.setattr(aim_index, "index_runs", spy_index)  # calls inside syncer.aim
     monkeypatch.setattr(aim, "index_runs", spy_index)  # calls through the package
 
-    syncer = open_syncer(
-        Config(tracking_uri=uri, aim_repo=repo), strict_experiments=False, must_exist=True, keep_open=True
+    syncer = open_driver(
+        Config(tracking_uri=uri, aim_repo=repo), strict_experiments=False, must_exist=True, role="daemon"
     )
-    syncer.kept.index_max_age = 3600.0  # points-only re-indexing off until asked for below
+    syncer.pool.index_max_age = 3600.0  # points-only re-indexing off until asked for below
     try:
         assert syncer.round().points == 100
         assert opens == [h] and indexed == [[h]]  # a new run: indexed in its first round
@@ -354,7 +354,7 @@ def test_running_run_writer_is_kept_open_between_rounds_and_closed_when_it_ends(
         assert opens == [h] and indexed == [[h], [h]]
         assert read_in_other_process(repo, h)["metrics"] == {"loss": list(range(103)), "acc": [0]}
 
-        syncer.kept.index_max_age = 0.0  # points only, but the index entry is due
+        syncer.pool.index_max_age = 0.0  # points only, but the index entry is due
         log_points(client, run_id, "loss", [(103, 103.0, T0 + 300)])
         assert syncer.round().points == 1
         assert opens == [h] and len(indexed) == 3
@@ -363,7 +363,7 @@ def test_running_run_writer_is_kept_open_between_rounds_and_closed_when_it_ends(
 
         client.set_terminated(run_id, "FINISHED", end_time=T0 + 400)  # the run ends: writer closed
         syncer.round()
-        assert not syncer.kept and not os.path.exists(repo / ".aim" / "locks" / f"{h}.softlock")
+        assert not syncer.pool and not os.path.exists(repo / ".aim" / "locks" / f"{h}.softlock")
         got = read_in_other_process(repo, h)
         assert got["active"] is False and got["end_time"] == (T0 + 400) / 1000
         assert got["metrics"] == {"loss": list(range(104)), "acc": [0]}
@@ -421,7 +421,7 @@ def test_kept_writers_are_bounded_and_idle_ones_closed(tmp_path):
     `idle_s` s; a closed one is simply reopened when its run gets new points."""
     from syncer.aim import index_missing
     from syncer.config import Config
-    from syncer.runner import open_syncer
+    from syncer.runner import open_driver
     from syncer.sink import aim_run_hash
 
     from conftest import T0, client_for, log_points
@@ -433,20 +433,20 @@ def test_kept_writers_are_bounded_and_idle_ones_closed(tmp_path):
     for i, r in enumerate(runs):
         log_points(client, r, "loss", [(0, float(i), T0)])
     hashes = [aim_run_hash(r) for r in runs]
-    syncer = open_syncer(
-        Config(tracking_uri=uri, aim_repo=repo), strict_experiments=False, must_exist=True, keep_open=True
+    syncer = open_driver(
+        Config(tracking_uri=uri, aim_repo=repo), strict_experiments=False, must_exist=True, role="daemon"
     )
-    syncer.kept.max_open = 2
+    syncer.pool.max_open = 2
     try:
         assert syncer.round().points == 3
-        assert len(syncer.kept) == 2  # the cap holds during the round, not only after it
-        closed = next(h for h in hashes if h not in syncer.kept)
+        assert len(syncer.pool) == 2  # the cap holds during the round, not only after it
+        closed = next(h for h in hashes if h not in syncer.pool)
         assert not (repo / ".aim" / "locks" / f"{closed}.softlock").exists()
         log_points(client, runs[hashes.index(closed)], "loss", [(1, 1.0, T0 + 1)])
-        assert syncer.round().points == 1 and closed in syncer.kept and len(syncer.kept) == 2
-        syncer.kept.idle_s = 0.0
+        assert syncer.round().points == 1 and closed in syncer.pool and len(syncer.pool) == 2
+        syncer.pool.idle_s = 0.0
         time.sleep(0.01)
-        assert syncer.round().points == 0 and not syncer.kept  # idle: closed, and indexed as closed
+        assert syncer.round().points == 0 and not syncer.pool  # idle: closed, and indexed as closed
         assert not list((repo / ".aim" / "locks").glob("*.softlock"))
         assert index_missing(repo) == []
         aim = read_aim(repo)

@@ -75,7 +75,7 @@ class RunChunks:
 
     # ---- writing ----------------------------------------------------------------------------
 
-    def tree_set(self, batch: Any, path: tuple, value: Any, strict: bool = True) -> None:
+    def tree_set(self, batch: Any, path: tuple[Any, ...], value: Any, strict: bool = True) -> None:
         """``ContainerTreeView.set(path, value)`` into ``batch`` of the meta chunk."""
         c = self.meta
         p = enc.encode_path(path)
@@ -185,7 +185,7 @@ def _write_optimized_container(path: str) -> Any:
         import aimrocks
         from aim.storage.rockscontainer import RocksContainer
 
-        class WriteOptimizedContainer(RocksContainer):
+        class WriteOptimizedContainer(RocksContainer):  # type: ignore[misc]  # untyped (Cython)
             @property
             def _db_opts(self) -> Any:
                 return self.__dict__["_tuned_db_opts"]

@@ -175,7 +175,8 @@ def _encoding_problems() -> list[str]:
     problems = []
     try:
         for s in (0, 1, -1, 7, 2**31 + 5, 10**12, -(10**12), enc.MAX_ABS_STEP):
-            want = E.encode_key(STEP_HASH_FUNCTIONS[2](s)) + enc.PATH_SENTINEL
+            hash_step: Any = STEP_HASH_FUNCTIONS[2]
+            want = E.encode_key(hash_step(s)) + enc.PATH_SENTINEL
             if enc.step_key(s) != want:
                 problems.append(f"Aim's step hashing changed (step {s})")
                 break
@@ -197,11 +198,10 @@ def _encoding_problems() -> list[str]:
 def _image_problems() -> list[str]:
     """`objects.svg_image` fills an aim.Image's storage: the keys must be the ones Aim reads."""
     try:
+        from aim.sdk.objects.image import Image
         from PIL import Image as PILImage
 
-        import aim
-
-        image: Any = aim.Image(PILImage.new("RGB", (2, 1)))
+        image: Any = Image(PILImage.new("RGB", (2, 1)))
         storage = image.storage
         keys = set(storage.keys())
         missing = [k for k in ("data", "format", "source", "width", "height") if k not in keys]

@@ -96,7 +96,7 @@ def step_keys(steps: list[int]) -> list[bytes]:
     return out
 
 
-def column_prefix(path: tuple, column: str) -> bytes:
+def column_prefix(path: tuple[Any, ...], column: str) -> bytes:
     """The key prefix of one column (``val``, ``step``, ``epoch``, ``time``) of the series at
     ``path`` (``("seqs", "v2", "chunks", hash, ctx, name)``); a point's key adds its step key."""
     return encode_path(path) + encode_key(column) + PATH_SENTINEL
@@ -127,7 +127,8 @@ def int_list(xs: Any, what: str) -> list[int]:
         raise ValueError(f"{what} must be a flat sequence")
     kind = arr.dtype.kind
     if kind in "iu":
-        return arr.tolist()
+        ints: list[int] = arr.tolist()
+        return ints
     if kind == "f" and bool(np.all(np.isfinite(arr))) and bool(np.all(arr == np.floor(arr))):
         return [int(x) for x in arr.tolist()]
     if kind == "O":

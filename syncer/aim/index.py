@@ -120,7 +120,8 @@ def chunk_stamp(repo: Any, run_hash: str) -> str | None:
 
     if not os.path.isdir(os.path.join(repo.path, "meta", "chunks", run_hash)):
         return None
-    return RepoIndexManager.get_index_manager(repo)._get_run_checksum(run_hash)
+    checksum: str | None = RepoIndexManager.get_index_manager(repo)._get_run_checksum(run_hash)
+    return checksum
 
 
 def _open_index_for_reading(repo: Any) -> Any:

@@ -99,7 +99,7 @@ def held_by_another(repo: Any, run_hash: str) -> bool:
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False  # dead, not yet reaped
         # a process started after the lock was written reuses a dead holder's pid
-        return proc.create_time() <= os.stat(path).st_mtime + 1.0
+        return bool(proc.create_time() <= os.stat(path).st_mtime + 1.0)
     except (psutil.Error, OSError):
         return False
 

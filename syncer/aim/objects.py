@@ -16,15 +16,14 @@ def svg_image(data: bytes, caption: str) -> Any:
     a 1x1 image, then given the SVG's bytes, format and size (what `aim.Image.json` reports)."""
     import xml.etree.ElementTree as ET
 
+    from aim.sdk.objects.image import Image
     from PIL import Image as PILImage
-
-    import aim
 
     root = ET.fromstring(data)  # expat refuses entity expansion bombs; the size is bounded
     if not root.tag.endswith("svg"):
         raise ValueError("not an SVG document")
     width, height = _size(root.get("width"), root.get("height"), root.get("viewBox"))
-    img: Any = aim.Image(PILImage.new("RGBA", (1, 1)), caption=caption)
+    img: Any = Image(PILImage.new("RGBA", (1, 1)), caption=caption)
     blob = type(img.storage["data"])  # the blob type Aim stores image bytes in
     img.storage["data"] = blob(data=data)
     img.storage["format"] = "svg+xml"

@@ -37,7 +37,7 @@ def get_repo(repo: Any) -> Any:
     return aim_get_repo(os.fspath(repo))
 
 
-def open_repo(path: str | os.PathLike, attempts: int = OPEN_ATTEMPTS) -> tuple[Any, bool]:
+def open_repo(path: str | os.PathLike[str], attempts: int = OPEN_ATTEMPTS) -> tuple[Any, bool]:
     """The Aim repo at ``path``, created when missing. Returns ``(repo, created)``; raises
     ``syncer.errors.RepoError`` (one line) when it cannot be used.
 
@@ -45,8 +45,7 @@ def open_repo(path: str | os.PathLike, attempts: int = OPEN_ATTEMPTS) -> tuple[A
     a RocksDB that one process at a time may hold while creating it, so that is retried."""
     import aimrocks.errors
     import sqlalchemy.exc
-
-    from aim import Repo
+    from aim.sdk.repo import Repo
 
     busy = (aimrocks.errors.RocksIOError, sqlalchemy.exc.OperationalError)  # another process holds it
     root = repo_root(path).resolve()
@@ -91,7 +90,7 @@ def fresh_repo(path: Any) -> Any:
     ``Repo(path)`` may list the runs of half a second ago; this drops that cache.  Other
     processes (``aim up``) are not affected.  ``path``: an ``aim.Repo``, its root or its ``.aim``.
     Close the returned Repo when done."""
-    from aim import Repo
+    from aim.sdk.repo import Repo
 
     Repo._all_run_hashes.cache_clear()
     return Repo(path.root_path if hasattr(path, "root_path") else str(repo_root(path)))

@@ -17,7 +17,7 @@ import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -93,7 +93,7 @@ class SequenceTracker:
     def write_points(
         self,
         name: str,
-        context: dict | None,
+        context: dict[str, Any] | None,
         steps: Sequence[int],
         values: Sequence[float],
         timestamps: Sequence[float],
@@ -112,7 +112,7 @@ class SequenceTracker:
             return
         from aim.storage.context import Context
 
-        ctx = Context(dict(context or {}))
+        ctx = Context(cast(Any, dict(context or {})))
         info = self._seq_info(ctx.idx, name)
         step_list = enc.int_list(steps, f"metric {name!r}: steps")
         enc.check_steps(step_list, f"metric {name!r}")
@@ -197,12 +197,12 @@ class SequenceTracker:
         info.new = False
 
     def write_objects(
-        self, name: str, context: dict | None, step: int, timestamp: float, obj: Any, epoch: int | None
+        self, name: str, context: dict[str, Any] | None, step: int, timestamp: float, obj: Any, epoch: int | None
     ) -> None:
         """One object at ``step``, through Aim's ``RunTracker``; not into a metric series."""
         from aim.storage.context import Context
 
-        ctx = Context(dict(context or {}))
+        ctx = Context(cast(Any, dict(context or {})))
         if (ctx.idx, name) in self._seqs:
             raise ValueError(f"Aim sequence {name!r} in context {ctx.to_dict()!r} holds metric values")
         dtype = self._chunks.meta_run_tree.get(("traces", ctx.idx, name, "dtype"), None)

@@ -190,7 +190,7 @@ class AimRunWriter:
         *,
         name: str | None,
         description: str | None,
-        params: dict,
+        params: dict[str, Any],
         labels: Iterable[str],
         archived: bool,
     ) -> None:
@@ -250,7 +250,7 @@ class AimRunWriter:
     def write_points(
         self,
         name: str,
-        context: dict | None,
+        context: dict[str, Any] | None,
         steps: Sequence[int],
         values: Sequence[float],
         timestamps: Sequence[float],
@@ -270,7 +270,7 @@ class AimRunWriter:
     def write_objects(
         self,
         name: str,
-        context: dict | None,
+        context: dict[str, Any] | None,
         step: int,
         timestamp: float,
         obj: Any,

@@ -4,12 +4,12 @@
 - param value -> typed Python value                     `params.parse_param`
 - MLflow tags -> description, labels, user tags          `tags.split_tags`
 - a run       -> its Aim metadata                       `run_meta.run_meta`
-- artifact    -> Aim object kind                         `artifacts.artifact_kind`
-- artifacts   -> Aim media sequences (step images, ...)    `media.media_of`, `media.targets`
-- logged models -> the `mlflow.logged_models` param, `{model: ...}` series   `models`
+- artifact    -> Aim object kind                         `artifact_kinds.artifact_kind`
+- artifacts   -> Aim media sequences (step images, ...)    `media_names.media_of`, `media_names.targets`
+- logged models -> the `mlflow.logged_models` param, `{model: ...}` series   `model_series`
 """
 
-from .artifacts import artifact_kind
+from .artifact_kinds import artifact_kind
 from .keys import (
     ISO_639_1,
     SUBSET_PREFIXES,

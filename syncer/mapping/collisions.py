@@ -34,7 +34,7 @@ class KeyNames:
     def of(self, key: str, dataset_name: str | None = None) -> MappedMetric:
         m = self.mapper.map(key, dataset_name)
         if key in self.separated:
-            return MappedMetric(m.name, {**m.context, KEY_CONTEXT: key}, m.system)
+            return MappedMetric(m.name, {**m.context, KEY_CONTEXT: key}, m.system, f"collision: {KEY_CONTEXT} added")
         return m
 
 

@@ -7,14 +7,11 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import tomllib
 
 from ..errors import BadInput
-
-if TYPE_CHECKING:
-    from .collisions import KeyNames
 
 # ISO 639-1 two-letter language codes. A Hugging Face eval set named after one of these gets
 # a `lang` context, so Aim can group curves by language.
@@ -57,12 +54,21 @@ _SYSTEM_NAMES = {
 }
 _HF_EVAL_LOSS = re.compile(r"^eval_(?P<ds>.+)_loss$")
 
+# what `MappedMetric.rule` says of the default rules (a user rule: "rule <i>: <pattern>")
+RULE_HF = "default: Hugging Face eval sets"
+RULE_SUBSET = "default: subset prefix"
+RULE_SYSTEM = "default: system metrics"
+RULE_DATASET = "default: metric dataset"
+RULE_NONE = "none: kept as is"
+RULE_DISABLED = "none (--no-context-map)"
+
 
 @dataclass(frozen=True)
 class MappedMetric:
     name: str
     context: dict[str, Any]
     system: bool = False  # an Aim system metric (shown in Aim's System tab)
+    rule: str = field(default="", compare=False)  # which rule gave the name and context (the dry run says)
 
     @property
     def aim_name(self) -> str:
@@ -105,7 +111,7 @@ class Rule:
     name: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
 
-    def apply(self, key: str) -> MappedMetric | None:
+    def apply(self, key: str, label: str = "") -> MappedMetric | None:
         m = self.pattern.fullmatch(key)
         if not m:
             return None
@@ -116,7 +122,7 @@ class Rule:
             name = groups.get("name") or key
         ctx = dict(self.context)
         ctx.update({k: v for k, v in groups.items() if k != "name"})
-        return MappedMetric(name, ctx)
+        return MappedMetric(name, ctx, rule=label)
 
 
 class RulesFileError(BadInput):
@@ -187,24 +193,18 @@ class RunContextMapper:
         # longest first: `eval_xnli_de_loss` must pick `xnli_de` over `xnli`
         self._eval_sets = sorted(eval_sets, key=len, reverse=True)
 
-    def map_keys(self, keys: Iterable[str], *, known: set[str]) -> KeyNames:
-        """Every key of the run mapped, two keys never on one Aim name and context
-        (`collisions.resolve`); `known`: the keys synced before."""
-        from .collisions import resolve
-
-        return resolve(self, keys, known=known)
-
     def map(self, key: str, dataset_name: str | None = None) -> MappedMetric:
         if not self._mapper.enabled:
-            return MappedMetric(key, {})
+            return MappedMetric(key, {}, rule=RULE_DISABLED)
         mapped = self._map_key(key)
         if dataset_name and "dataset" not in mapped.context:  # rule 4 (MLflow 3 metric datasets)
-            mapped = MappedMetric(mapped.name, {**mapped.context, "dataset": dataset_name}, mapped.system)
+            rule = mapped.rule if mapped.rule != RULE_NONE else RULE_DATASET
+            mapped = MappedMetric(mapped.name, {**mapped.context, "dataset": dataset_name}, mapped.system, rule)
         return mapped
 
     def _map_key(self, key: str) -> MappedMetric:
-        for rule in self._mapper.rules:
-            hit = rule.apply(key)
+        for i, rule in enumerate(self._mapper.rules, 1):
+            hit = rule.apply(key, f"rule {i}: {rule.pattern.pattern}")
             if hit is not None:
                 return hit
         # rule 1: Hugging Face per-dataset eval keys
@@ -215,16 +215,16 @@ class RunContextMapper:
                     ctx: dict[str, Any] = {"subset": "eval", "dataset": ds}
                     if ds in ISO_639_1:
                         ctx["lang"] = ds
-                    return MappedMetric(key[len(prefix) :], ctx)
+                    return MappedMetric(key[len(prefix) :], ctx, rule=RULE_HF)
         # rule 3: MLflow system metrics -> Aim system metrics
         if key.startswith(SYSTEM_PREFIX) and len(key) > len(SYSTEM_PREFIX):
             rest = key[len(SYSTEM_PREFIX) :]
             m = _GPU_KEY.match(rest)
             if m:
-                return MappedMetric(f"gpu_{m.group('what')}", {"gpu": int(m.group("gpu"))}, True)
-            return MappedMetric(rest, {}, True)
+                return MappedMetric(f"gpu_{m.group('what')}", {"gpu": int(m.group("gpu"))}, True, RULE_SYSTEM)
+            return MappedMetric(rest, {}, True, RULE_SYSTEM)
         # rule 2: subset prefixes
         for prefix, subset in SUBSET_PREFIXES:
             if key.startswith(prefix) and len(key) > len(prefix):
-                return MappedMetric(key[len(prefix) :], {"subset": subset})
-        return MappedMetric(key, {})
+                return MappedMetric(key[len(prefix) :], {"subset": subset}, rule=RULE_SUBSET)
+        return MappedMetric(key, {}, rule=RULE_NONE)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..sources.base import Experiment, RunRecord
+from ..sources.records import Experiment, RunRecord
 from .params import parse_params
 from .tags import GIT_COMMIT_TAG, PARENT_TAG, SOURCE_TAG, split_tags, tag_labels
 
@@ -36,7 +36,7 @@ def run_meta(
 ) -> RunMeta:
     """`names`: run id -> run name of the runs listed with this one (parents of nested runs);
     `artifacts`: the `artifacts` param (every file listed, with what it was copied as);
-    `logged_models`: the run's MLflow 3 logged models (`mapping.models.models_param`)."""
+    `logged_models`: the run's MLflow 3 logged models (`mapping.model_series.models_param`)."""
     tags = split_tags(run.tags)
     parent = run.tags.get(PARENT_TAG)
     info: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""One listed file -> the Aim object it becomes, by the kind `mapping.media` gave it."""
+"""One listed file -> the Aim object it becomes, by the kind `mapping.media_names` gave it."""
 
 from __future__ import annotations
 
@@ -19,14 +19,15 @@ class NotShown(Exception):
 def aim_object(kind: str, local_file: str, path: str, *, caption: str, max_bytes: int | None = None) -> tuple[Any, str]:
     """(the Aim object, the kind it was copied as) for one file. Raises NotShown, or any
     decoder's error for a file that is broken."""
-    import aim
+    from aim.sdk.objects.audio import Audio
+    from aim.sdk.objects.text import Text
 
     data = read_regular(local_file, max_bytes)
     ext = os.path.splitext(path)[1].lower()
     if kind == "image":
         return (svg_image if ext == ".svg" else raster_image)(data, caption), "image"
     if kind == "table":
-        return aim.Text(table_text(data)), "table"
+        return Text(table_text(data)), "table"
     if kind == "figure":
         if not plotly_available():
             raise NotShown("a figure, but plotly is not installed where the syncer runs")
@@ -40,9 +41,9 @@ def aim_object(kind: str, local_file: str, path: str, *, caption: str, max_bytes
                 return figure_from_json(data), "figure"
             except (NotAFigure, ValueError):
                 pass  # any other JSON: text
-        return aim.Text(data.decode("utf-8", "replace")), "text"
+        return Text(data.decode("utf-8", "replace")), "text"
     if kind == "audio":
-        return aim.Audio(data, format=ext.lstrip("."), caption=caption), "audio"
+        return Audio(data, format=ext.lstrip("."), caption=caption), "audio"
     raise ValueError(f"unknown media kind {kind!r}")
 
 

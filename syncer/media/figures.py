@@ -55,14 +55,13 @@ def figure_from_html(data: bytes) -> Any:
 
 def _figure(doc: dict[str, Any]) -> Any:
     import plotly.io
-
-    import aim
+    from aim.sdk.objects.figure import Figure
 
     try:
         fig = plotly.io.from_json(json.dumps(doc))
     except ValueError as e:
         raise NotAFigure(f"not a valid plotly figure ({str(e).splitlines()[0][:120]})") from None
-    return aim.Figure(fig)
+    return Figure(fig)
 
 
 def _skip(text: str, pos: int) -> int:

@@ -14,11 +14,10 @@ BROWSER_FORMATS = {"png", "jpeg", "gif", "webp"}
 
 
 def raster_image(data: bytes, caption: str) -> Any:
+    from aim.sdk.objects.image import Image
     from PIL import Image as PILImage
-
-    import aim
 
     with PILImage.open(io.BytesIO(data)) as im:
         im.load()
         fmt = (im.format or "png").lower()
-        return aim.Image(im.copy(), caption=caption, format=fmt if fmt in BROWSER_FORMATS else "png")
+        return Image(im.copy(), caption=caption, format=fmt if fmt in BROWSER_FORMATS else "png")

@@ -1,170 +1,154 @@
-"""What every source hands the pipeline: experiments, runs, metric chunks, artifact files; and
-the interface each kind of store implements. Pure data, no MLflow import."""
+"""The interface every kind of store implements, and what a source is asked and answers.
+
+Sources are capabilities: they are given what to look at (`ListingAsk`: a full listing or only
+what can have changed, the runs last seen RUNNING, the paths file events named, ...) and return
+records (`Changes`) while counting what they read (`ReadStats`, the planner's counter handed to
+them when they are made). They hold no policy: when to list everything, which runs have gone
+quiet, what to read of each run is decided by the planner (`syncer.plan`, `syncer.listing`)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..errors import Stopped, StoreError, StoreReadFailed, StoreUnavailable
+from .cursors import Cursor, FileCursor, OrderCursor
+from .records import AnyRun, ArtifactFile, Experiment, LoggedModel, MetricChunk, RunRecord
 
 if TYPE_CHECKING:
-    from .cursors import Cursor
-    from .listing import Listing
-
-CHUNK_POINTS = 10_000  # points handed to the sink at a time (bounded memory)
+    from .location import StoreLocation
 
 
 @dataclass
-class Experiment:
-    id: str
-    name: str
-    lifecycle_stage: str = "active"
-    description: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
+class ReadStats:
+    """What a round read from the store. Made by the planner, handed to the source it reads
+    with; sources add to it, the planner starts it again each round (`reset`)."""
+
+    full: bool = False  # a full listing (every run looked at), not only what can have changed
+    runs_listed: int = 0  # runs whose cheap facts (a stat, a row, a listing entry) were looked at
+    runs_read: int = 0  # runs whose metadata (params, tags, meta.yaml) was read
+    histories: int = 0  # metric histories read (tailed, queried, fetched)
+    points: int = 0  # MLflow points read
+    requests: int = 0  # queries, HTTP requests or files opened
+    rows: int = 0  # rows or listing entries that came back
+
+    COUNTERS: ClassVar[tuple[str, ...]] = ("runs_listed", "runs_read", "histories", "points", "requests", "rows")
+
+    def __getitem__(self, name: str) -> int | bool:
+        """`stats.read["points"]`: a counter by name, as the round record (JSON) names it."""
+        if name != "full" and name not in self.COUNTERS:
+            raise KeyError(name)
+        value: int | bool = getattr(self, name)
+        return value
+
+    def count(self, **amounts: int) -> None:
+        """Add to counters from threads that read side by side (`+=` on an attribute is not atomic)."""
+        with _COUNTING:
+            for name, n in amounts.items():
+                setattr(self, name, getattr(self, name) + n)
+
+    def reset(self, *, full: bool) -> None:
+        """A new round's reads count from zero."""
+        with _COUNTING:
+            self.full = full
+            for name in self.COUNTERS:
+                setattr(self, name, 0)
+
+    def add(self, other: ReadStats) -> None:
+        """Fold in what another reader (a worker process) read in the same round."""
+        self.count(**{name: getattr(other, name) for name in self.COUNTERS})
+
+    def snapshot(self) -> ReadStats:
+        with _COUNTING:
+            return replace(self)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self.snapshot())
+
+
+_COUNTING = threading.Lock()  # some reads are made side by side (a server's searches, histories)
+
+
+@dataclass(frozen=True)
+class ListingAsk:
+    """What the planner asks a source to list in one round."""
+
+    full: bool  # every run of the experiments; else only what can have changed
+    since_ms: int | None = None  # when the previous listing began (wall clock, ms); None: never
+    lively: frozenset[str] = frozenset()  # runs last seen RUNNING that have not gone quiet
+    quiet: tuple[str, ...] = ()  # runs last seen RUNNING that have gone quiet (sorted): full listings only
+    paths: frozenset[str] = frozenset()  # paths file events named since the last round
+    last_experiments: tuple[str, ...] = ()  # ids of the experiments the previous round listed
+    moved: frozenset[str] = frozenset()  # experiments new, renamed, deleted or restored since then
 
 
 @dataclass
-class RunRecord:
-    run_id: str
-    experiment_id: str
-    name: str
-    status: str
-    start_time: int | None  # ms since epoch
-    end_time: int | None
-    lifecycle_stage: str
-    user: str | None
-    artifact_uri: str | None
-    params: dict[str, str]
-    tags: dict[str, str]
-    datasets: list[dict[str, Any]]
-    # key -> an opaque mark that changes when the key has new points (file size, latest value)
-    metric_marks: dict[str, Any]
-    fingerprint: str = ""
-    # False: params, datasets (and for file stores tags) are not read yet; `Source.load_details`
-    details_loaded: bool = True
-    # a digest of the local artifact folder (None: a remote artifact store, compared by listing)
-    artifacts_mark: str | None = None
-    # what the listing said of the run's MLflow 3 logged models, so that a source (in whichever
-    # process reads the run) need not ask when it has none; None: the listing did not say.
-    # Its model outputs (model id -> step), and whether the last listing of the store's logged
-    # models named the run as their source run
-    model_outputs: dict[str, int | None] | None = None
-    models_listed: bool | None = None
+class Changes:
+    """A source's answer to a `ListingAsk`."""
 
-    @property
-    def deleted(self) -> bool:
-        return self.lifecycle_stage == "deleted"
-
-    @property
-    def running(self) -> bool:
-        return self.status in ("RUNNING", "SCHEDULED")
-
-
-@dataclass
-class BrokenRun:
-    """A run the store lists but that cannot be read (the error says why)."""
-
-    run_id: str
-    experiment_id: str
-    error: str
-
-
-@dataclass
-class MetricChunk:
-    """Points of one metric key, in log order. `dataset_names` is None when no point has one."""
-
-    key: str
-    steps: list[int]
-    values: list[float]
-    timestamps: list[int]  # ms since epoch, MLflow's own
-    dataset_names: list[str | None] | None = None
-
-    def __len__(self) -> int:
-        return len(self.steps)
-
-
-@dataclass
-class ArtifactFile:
-    path: str  # relative to the run's artifact root, posix separators
-    size: int | None
-
-
-def fingerprint(*parts: Any) -> str:
-    """A short stable digest of JSON-able parts: what a run's metadata looked like."""
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-@dataclass
-class LoggedModel:
-    """An MLflow 3 logged model a run produced (`search_logged_models`)."""
-
-    model_id: str
-    name: str
-    run_id: str | None
-    step: int | None
-    status: str | None
-    artifact_location: str | None
-    creation_time: int | None  # ms
-    flavors: list[str] = field(default_factory=list)
-    params: dict[str, str] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-    # (key, value, step, timestamp ms, dataset name, dataset digest, run id that logged it) of the model's metrics
-    metrics: list[tuple[str, float, int, int, str | None, str | None, str | None]] = field(default_factory=list)
-    model_type: str | None = None
+    records: list[AnyRun]
+    gone: set[str] = field(default_factory=set)  # lively runs asked about that cannot be read any more
+    named: set[str] = field(default_factory=set)  # runs the file events named (they changed)
 
 
 class Source(ABC):
     """One MLflow store. Answers: which experiments and runs are there, which runs may have
-    changed since the last round, and the new points of a metric after a cursor."""
+    changed (`changes`), and the new points of a metric after a cursor (`read_metric`)."""
 
-    uri: str
-    kind: str = "?"
-    listing: Listing
-    stop: Any = None  # a threading.Event: a long listing stops at its next safe point when set
+    kind: ClassVar[str] = "?"
+    cursor_type: ClassVar[type[FileCursor] | type[OrderCursor]] = OrderCursor
+    prefetch_runs: ClassVar[int] = 1  # how many runs `prefetch` takes at once (1: it does nothing)
+
+    def __init__(self, location: StoreLocation, reads: ReadStats, stop: threading.Event | None = None):
+        self.location = location
+        self.uri = location.uri
+        self.reads = reads
+        self.stop = stop  # set: a long listing stops at its next safe point
+        self.answered = False  # the store answered once: later failures are glitches, not bad input
 
     def check_stop(self) -> None:
         if self.stop is not None and self.stop.is_set():
-            from ..errors import Stopped
-
             raise Stopped()
 
     def describe(self) -> str:
-        from ..redact import redact
+        return self.location.display
 
-        return redact(self.uri)
+    def failure(self, e: BaseException) -> StoreError | StoreUnavailable | StoreReadFailed:
+        """A failed MLflow call as one of our errors (see `mlflow_errors.mlflow_error`)."""
+        from .mlflow_errors import mlflow_error
+
+        return mlflow_error(self.uri, e, answered=self.answered)
+
+    # -- listing -------------------------------------------------------------------------------
+    def start_listing(self, ask: ListingAsk) -> None:  # noqa: B027 - most sources have nothing to start
+        """Called before `experiments()`: a source may send this round's quick listing now, side
+        by side with listing the experiments (a server's searches need only `ask.last_experiments`)."""
+
+    def experiments(self) -> list[Experiment]:
+        exps = self.list_experiments()
+        self.answered = True
+        return exps
 
     @abstractmethod
-    def experiments(self) -> list[Experiment]: ...
+    def list_experiments(self) -> list[Experiment]: ...
 
     @abstractmethod
-    def changes(self, experiments: list[Experiment], *, full: bool = False) -> list[RunRecord | BrokenRun]:
-        """The runs of these experiments that may have changed since the last call; every run
-        when `full` (the round's `self.listing.begin()` decides, as the Planner does; the first
-        call is a full one whatever it says). Counts what it read in `self.listing.stats`."""
+    def changes(self, experiments: list[Experiment], ask: ListingAsk) -> Changes:
+        """The runs of these experiments that may have changed since the previous listing
+        (`ask.since_ms`); every run when `ask.full`. Counts what it read in `self.reads`."""
 
-    def note_paths(self, paths: Iterable[str]) -> None:  # noqa: B027 - only local stores have file events
-        """File events named these paths (the daemon's watcher): look there next round."""
-
-    @abstractmethod
+    # -- reading a run ---------------------------------------------------------------------------
     def metric_changed(self, run: RunRecord, key: str, cursor: Cursor | None) -> bool:
         """Whether `key` of `run` may have points after `cursor` (None: never read)."""
+        mark = run.metric_marks.get(key)
+        return not isinstance(cursor, self.cursor_type) or mark is None or cursor.mark != mark.token
 
     @abstractmethod
     def read_metric(self, run: RunRecord, key: str, cursor: Cursor | None) -> Iterator[tuple[MetricChunk, Cursor]]:
         """Points of `key` logged after `cursor`, in chunks; each with the cursor after it."""
-
-    @abstractmethod
-    def list_artifacts(self, run: RunRecord) -> list[ArtifactFile]: ...
-
-    @abstractmethod
-    def fetch_artifact(self, run: RunRecord, path: str, dst_dir: str) -> str:
-        """A local file with the artifact's content (no copy for local artifact stores)."""
-
-    # how many runs `prefetch` can take at once (1: it does nothing, runs are read one by one)
-    prefetch_runs: int = 1
 
     def prefetch(self, items: list[tuple[RunRecord, list[str], dict[str, Cursor]]]) -> None:  # noqa: B027
         """About to sync these runs, (run, changed keys, cursors) each, in this order: a source
@@ -180,6 +164,13 @@ class Source(ABC):
         """The MLflow 3 logged models this run produced ([] where the store has none)."""
         return []
 
+    @abstractmethod
+    def list_artifacts(self, run: RunRecord) -> list[ArtifactFile]: ...
+
+    @abstractmethod
+    def fetch_artifact(self, run: RunRecord, path: str, dst_dir: str) -> str:
+        """A local file with the artifact's content (no copy for local artifact stores)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 
@@ -193,7 +184,7 @@ def history_estimate(run: RunRecord, keys: list[str]) -> int | None:
     estimate = 0
     for k in keys:
         mark = run.metric_marks.get(k)
-        step = mark[1] if isinstance(mark, tuple) and len(mark) > 1 and isinstance(mark[1], int) else None
+        step = mark.last_step if mark is not None else None
         if step is None or step < 0:
             return None
         estimate += step + 1

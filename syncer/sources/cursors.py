@@ -20,7 +20,9 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import ClassVar
+
+OrderKey = tuple[int, int, float]  # (timestamp ms, step, value as MLflow's database orders it)
 
 # MLflow's SQL stores keep NaN as 0 with is_nan set, and +-inf as +-max float: the value a
 # server orders by
@@ -40,12 +42,12 @@ def order_value(v: float) -> float:
 class FileCursor:
     offset: int = 0  # bytes of the metric file consumed (complete lines only)
     points: int = 0
-    mark: Any = None  # the file size the listing saw
+    mark: int | None = None  # the file size the listing saw
     tail: int = 0  # bytes after the last complete line when it was read (a line being written)
     bad: int = 0  # malformed lines before the offset (skipped; the run reports them while they are there)
     first_bad: str | None = None
 
-    kind = "file"
+    kind: ClassVar[str] = "file"
 
     @property
     def error(self) -> str | None:
@@ -61,16 +63,19 @@ class OrderCursor:
     value: float = -math.inf
     max_step: int = -(2**63)  # the largest step read
     points: int = 0
-    mark: Any = None  # the latest (timestamp, step, value) the listing saw
+    mark: OrderKey | None = None  # the latest (timestamp, step, value) the listing saw
 
-    kind = "order"
-    error = None
+    kind: ClassVar[str] = "order"
 
     @property
-    def last(self) -> tuple[int, int, float]:
+    def error(self) -> str | None:
+        return None
+
+    @property
+    def last(self) -> OrderKey:
         return (self.ts, self.step, self.value)
 
-    def after(self, points: list[tuple[int, int, float]]) -> OrderCursor:
+    def after(self, points: list[OrderKey]) -> OrderCursor:
         """The cursor once `points` (timestamp, step, order value), all new, are read too."""
         if not points:
             return self
@@ -100,6 +105,7 @@ def loads(text: str) -> Cursor | None:
         cls = _KINDS[doc.pop("kind")]
         if isinstance(doc.get("mark"), list):
             doc["mark"] = tuple(doc["mark"])
-        return cls(**doc)
+        cursor: Cursor = cls(**doc)
     except (ValueError, KeyError, TypeError):
         return None
+    return cursor

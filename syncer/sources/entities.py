@@ -4,10 +4,9 @@ MLflow's artifact repository for its artifact URI (any artifact store)."""
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
-from .base import ArtifactFile, Experiment, RunRecord
+from .records import ArtifactFile, Experiment, RunRecord
 from .uri import is_local_store, local_path
 
 log = logging.getLogger(__name__)
@@ -36,11 +35,6 @@ def datasets_from_inputs(inputs: Any) -> list[dict[str, Any]]:
                 item["context"] = tag.value
         out.append(item)
     return out
-
-
-def json_number(v: float) -> Any:
-    """JSON-safe stand-in for a float mark (NaN != NaN would always look changed)."""
-    return repr(v) if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def artifact_repo_list(run: RunRecord, tracking_uri: str | None = None) -> list[ArtifactFile]:

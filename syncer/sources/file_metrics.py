@@ -8,11 +8,10 @@ import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from ..errors import RunUnreadable
-from .base import CHUNK_POINTS, MetricChunk
 from .cursors import FileCursor
+from .records import CHUNK_POINTS, MetricChunk
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +32,19 @@ def parse_metric_line(line: bytes) -> tuple[int, float, int, str | None]:
     return ts, value, step, ds
 
 
-def read_metric_file(path: Path, key: str, start: FileCursor, *, mark: Any) -> Iterator[tuple[MetricChunk, FileCursor]]:
+def read_metric_file(path: Path, key: str, start: FileCursor) -> Iterator[tuple[MetricChunk, FileCursor]]:
     """Chunks of the points after `start`, each with the cursor after it (the last one also
     when nothing is new). Malformed lines are skipped and counted in the cursor; the bytes
     after the last newline are a line MLflow is still writing: left for later. The cursor's
-    mark is the file size seen here (`mark`, what the listing saw, when the file is gone)."""
+    mark is the file size seen here."""
     try:
         f = open(path, "rb")
     except OSError as e:
         raise RunUnreadable(f"metric {key!r}: {e.strerror}") from None
     with f:
-        size = os.fstat(f.fileno()).st_size
-        mark = size
+        mark = os.fstat(f.fileno()).st_size
         cur = replace(start, mark=mark)
-        if size < cur.offset:  # truncated or replaced: start again, writes are idempotent
+        if mark < cur.offset:  # truncated or replaced: start again, writes are idempotent
             log.warning("metric file %s shrank; reading it again", path)
             cur = FileCursor(mark=mark)
         f.seek(cur.offset)

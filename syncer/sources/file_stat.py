@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .base import fingerprint
+from .records import KeyMark, fingerprint
 
 # the files of these folders are stat'ed one by one (a tag is edited in place); params are
 # written once and never changed by MLflow, so for them the folders' mtimes say enough
@@ -67,7 +67,7 @@ class RunFacts:
     """One run folder, from stat: whether its metadata moved, how long each metric file is."""
 
     meta: str  # digest of meta.yaml's, the tags/inputs/outputs files', the params folders' and its models' stat
-    marks: dict[str, int]  # metric key -> file size
+    marks: dict[str, KeyMark]  # metric key -> its file's size
     stats: int  # how many entries were stat'ed
 
     @classmethod
@@ -83,7 +83,7 @@ class RunFacts:
         metrics = tree_stats(run_dir / "metrics")
         digest = fingerprint(meta.st_mtime_ns, meta.st_size, parts, models, experiment.name, experiment.lifecycle_stage)
         stats = 1 + sum(map(len, parts)) + sum(len(m[1]) for m in models) + len(metrics)
-        return cls(digest, {rel: size for rel, size, _ in metrics}, stats)
+        return cls(digest, {rel: KeyMark(size=size) for rel, size, _ in metrics}, stats)
 
 
 def model_stats(model_dir: Path) -> tuple[tuple[int, int] | None, list[tuple[str, int, int]]]:

@@ -2,8 +2,8 @@
 
 What changed is decided from `stat` first (`file_stat`): a round looks at the experiment
 folders (a new run folder changes its experiment folder), the RUNNING runs that have not gone
-quiet, and the run folders that file events named (`note_paths`); every `full_every_s` it
-stats every run folder, the safety net for changes no event reported. `meta.yaml` is read only
+quiet, and the run folders that file events named (`ListingAsk.paths`); a full listing stats
+every run folder, the safety net for changes no event reported. `meta.yaml` is read only
 for a run whose stat digest moved, its params, tags and inputs only when the pipeline needs
 them (`load_details`), with MLflow's own `FileStore` code, so stores written by MLflow 1.x/2.x
 read as MLflow reads them. Metric files are tailed from a byte offset up to the last complete
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +22,13 @@ from typing import Any
 
 from ..errors import RunUnreadable, StoreError, StoreUnavailable, one_line
 from . import mlflow_compat
-from .base import ArtifactFile, BrokenRun, Experiment, MetricChunk, RunRecord, Source
+from .base import Changes, ListingAsk, ReadStats, Source
 from .cursors import Cursor, FileCursor
 from .entities import artifact_repo_fetch, artifact_repo_list, datasets_from_inputs, experiment_from
 from .file_metrics import read_metric_file
 from .file_stat import RunFacts, artifacts_mark, experiments_mark, mtime_ns
-from .listing import Listing
+from .location import StoreLocation
+from .records import AnyRun, ArtifactFile, BrokenRun, Experiment, LoggedModel, MetricChunk, RunRecord
 from .uri import is_local_store, local_path
 
 log = logging.getLogger(__name__)
@@ -40,19 +42,21 @@ class _Known:
 
     run_dir: Path
     facts: RunFacts
-    record: RunRecord | BrokenRun
+    record: AnyRun
 
 
 class FileStoreSource(Source):
     """A local MLflow file store (`mlruns/`), with metric files tailed from a byte offset."""
 
     kind = "file"
+    cursor_type = FileCursor
 
-    def __init__(self, uri: str, *, must_exist: bool = True, full_every_s: float = 60.0):
-        self.uri = uri
-        root = local_path(uri)
-        assert root is not None
-        self.root = root.resolve()
+    def __init__(
+        self, location: StoreLocation, reads: ReadStats, *, must_exist: bool = True, stop: threading.Event | None = None
+    ):
+        super().__init__(location, reads, stop)
+        assert location.path is not None
+        self.root = location.path.resolve()
         if not self.root.exists():
             if must_exist:
                 raise StoreError(f"no MLflow store at {self.root}: the folder does not exist")
@@ -72,12 +76,10 @@ class FileStoreSource(Source):
 
         self.store = FileStore(str(self.root))
         self.internals = mlflow_compat.FileStoreInternals(self.store)
-        self.listing = Listing(full_every_s)
         self._known: dict[str, _Known] = {}  # run id -> the last look at its folder
         self._exp_mtime: dict[str, int | None] = {}  # experiment id -> its folder's mtime then
         self._exps: tuple[str, list[Experiment]] | None = None  # (experiments_mark, what MLflow said)
-        self._hinted_runs: set[str] = set()
-        self._hinted_exps: set[str] = set()
+        self._models: Any = None  # the logged models' reader (it keeps a cache), made when first asked
 
     def _looks_like_store(self) -> bool:
         try:
@@ -91,8 +93,10 @@ class FileStoreSource(Source):
         return False
 
     # -- file events -------------------------------------------------------------------------
-    def note_paths(self, paths: Iterable[str]) -> None:
-        """File events named these paths: look at their run (or experiment) folders next round."""
+    def _named(self, paths: Iterable[str]) -> tuple[set[str], set[str]]:
+        """The run folders and experiment folders these paths (of file events) lie in."""
+        runs: set[str] = set()
+        exps: set[str] = set()
         for p in paths:
             try:
                 parts = Path(p).resolve().relative_to(self.root).parts
@@ -101,14 +105,14 @@ class FileStoreSource(Source):
             if parts and parts[0] == ".trash":
                 parts = parts[1:]
             if len(parts) >= 3 or (len(parts) == 2 and parts[1] not in _RESERVED):
-                self._hinted_runs.add(parts[1])
-                self._hinted_exps.add(parts[0])
+                runs.add(parts[1])
+                exps.add(parts[0])
             elif parts:
-                self._hinted_exps.add(parts[0])
-        self.listing.wake(self._hinted_runs)
+                exps.add(parts[0])
+        return runs, exps
 
     # -- experiments and runs ----------------------------------------------------------------
-    def experiments(self) -> list[Experiment]:
+    def list_experiments(self) -> list[Experiment]:
         """MLflow's experiments, read again only when their folders' stats moved (MLflow's
         reader lists every run folder of every experiment: a cost that grows with the store)."""
         from mlflow.entities import ViewType
@@ -116,7 +120,7 @@ class FileStoreSource(Source):
         mark = experiments_mark(self.root)  # taken before reading: a change meanwhile shows next round
         if self._exps is not None and self._exps[0] == mark:
             return list(self._exps[1])
-        self.listing.stats.requests += 1
+        self.reads.count(requests=1)
         try:
             exps = self.store.search_experiments(view_type=ViewType.ALL, max_results=50_000)
         except Exception as e:  # whatever MLflow's reader raises, as one line
@@ -128,20 +132,18 @@ class FileStoreSource(Source):
         live = self.root / experiment_id
         return live if live.is_dir() else self.root / ".trash" / experiment_id
 
-    def changes(self, experiments: list[Experiment], *, full: bool = False) -> list[RunRecord | BrokenRun]:
+    def changes(self, experiments: list[Experiment], ask: ListingAsk) -> Changes:
         """The runs of these experiments that may have changed since the last round (all of
         them on a full listing), each stat'ed, `meta.yaml` read only where the stat moved."""
-        runs, exps = self._hinted_runs, self._hinted_exps
-        self._hinted_runs, self._hinted_exps = set(), set()
-        out: list[RunRecord | BrokenRun] = []
-        # a quick round's candidates: the runs file events named and those last seen RUNNING
-        # (few, whatever the store's size); each kept below only if in this experiment's folder
-        candidates = runs | self.listing.running_ids()
-        moved = self.listing.moved_experiments(experiments)
+        runs, exps = self._named(ask.paths)
+        out: list[AnyRun] = []
+        # a quick round's candidates: the runs file events named and those last seen RUNNING and
+        # not quiet (few, whatever the store's size); each kept below only if in this experiment's folder
+        candidates = runs | ask.lively
         for exp in experiments:
             exp_dir = self._experiment_dir(exp.id)
             mtime = mtime_ns(exp_dir)
-            relist = full or exp.id in moved
+            relist = ask.full or exp.id in ask.moved
             if relist or exp.id in exps or self._exp_mtime.get(exp.id, -1) != mtime:
                 self._exp_mtime[exp.id] = mtime
                 dirs = self._run_dirs(exp_dir)
@@ -151,27 +153,27 @@ class FileStoreSource(Source):
                     for rid in sorted(candidates)
                     if rid in self._known
                     and self._known[rid].run_dir.parent == exp_dir
-                    and (rid in runs or self._is_live(rid))
+                    and (rid in runs or self._is_live(rid, ask))
                 ]
             for run_dir in dirs:
                 self.check_stop()
-                if relist or run_dir.name not in self._known or run_dir.name in runs or self._is_live(run_dir.name):
+                if relist or run_dir.name in runs or self._is_live(run_dir.name, ask):
                     rec = self._look(exp, run_dir)
                     if rec is not None:
                         out.append(rec)
-        self.listing.note(out)
-        return out
+        return Changes(out, named=runs)
 
-    def _is_live(self, run_id: str) -> bool:
-        """A run worth a stat every round: RUNNING and not gone quiet, or not readable yet."""
+    def _is_live(self, run_id: str, ask: ListingAsk) -> bool:
+        """A run worth a stat every round: RUNNING and not gone quiet, or not seen yet, or not
+        readable yet."""
         known = self._known.get(run_id)
         if known is None:
             return True
         rec = known.record
-        return isinstance(rec, RunRecord) and rec.running and not rec.deleted and not self.listing.dormant(run_id)
+        return isinstance(rec, RunRecord) and rec.running and not rec.deleted and run_id not in ask.quiet
 
     def _run_dirs(self, exp_dir: Path) -> list[Path]:
-        self.listing.stats.requests += 1
+        self.reads.count(requests=1)
         try:
             entries = sorted(os.scandir(exp_dir), key=lambda e: e.name)
         except OSError:
@@ -180,14 +182,14 @@ class FileStoreSource(Source):
 
     def _look(self, exp: Experiment, run_dir: Path) -> RunRecord | BrokenRun | None:
         """The run in this folder: from the last look when its stat digest did not move."""
-        self.listing.stats.runs_listed += 1
+        self.reads.count(runs_listed=1)
         try:
             facts = RunFacts.of(run_dir, experiment=exp)
         except FileNotFoundError:
             return None  # no meta.yaml (yet): not a run folder
         except OSError as e:
             return BrokenRun(run_dir.name, exp.id, f"{type(e).__name__}: {one_line(e)}")
-        self.listing.stats.requests += facts.stats
+        self.reads.count(requests=facts.stats)
         known = self._known.get(run_dir.name)
         if known is not None and known.facts.meta == facts.meta:
             if isinstance(known.record, BrokenRun):
@@ -206,8 +208,7 @@ class FileStoreSource(Source):
         return rec
 
     def _read_meta(self, exp: Experiment, run_dir: Path, facts: RunFacts) -> RunRecord:
-        self.listing.stats.runs_read += 1
-        self.listing.stats.requests += 1
+        self.reads.count(runs_read=1, requests=1)
         info = self.internals.run_info(run_dir)
         if info is None or not getattr(info, "run_id", None):
             raise RunUnreadable("meta.yaml has no run id")
@@ -238,7 +239,7 @@ class FileStoreSource(Source):
 
     def _load_tags(self, run: RunRecord, info: Any) -> None:
         run.tags = self.internals.tags(info)
-        self.listing.stats.requests += len(run.tags)
+        self.reads.count(requests=len(run.tags))
 
     def load_details(self, run: RunRecord) -> None:
         """Params, tags and inputs of one run (read only when its metadata changed)."""
@@ -247,7 +248,7 @@ class FileStoreSource(Source):
         info = self.internals.run_info(self._experiment_dir(run.experiment_id) / run.run_id)
         self._load_tags(run, info)
         run.params = self.internals.params(info)
-        self.listing.stats.requests += len(run.params)
+        self.reads.count(requests=len(run.params))
         try:
             run.datasets = datasets_from_inputs(self.internals.inputs(info))
         except Exception as e:  # stores older than MLflow 2.4 have no inputs
@@ -256,17 +257,13 @@ class FileStoreSource(Source):
         run.details_loaded = True
 
     # -- metrics -----------------------------------------------------------------------------
-    def metric_changed(self, run: RunRecord, key: str, cursor: Cursor | None) -> bool:
-        return not isinstance(cursor, FileCursor) or cursor.mark != run.metric_marks.get(key)
-
     def read_metric(self, run: RunRecord, key: str, cursor: Cursor | None) -> Iterator[tuple[MetricChunk, Cursor]]:
         path = self._experiment_dir(run.experiment_id) / run.run_id / "metrics" / key
         start = cursor if isinstance(cursor, FileCursor) else FileCursor()
-        self.listing.stats.histories += 1
-        self.listing.stats.requests += 1
+        self.reads.count(histories=1, requests=1)
         done = start
-        for chunk, done in read_metric_file(path, key, start, mark=run.metric_marks.get(key)):
-            self.listing.stats.points += len(chunk)
+        for chunk, done in read_metric_file(path, key, start):
+            self.reads.count(points=len(chunk))
             yield chunk, done
         if done.tail and not run.running:
             log.warning(
@@ -290,7 +287,7 @@ class FileStoreSource(Source):
 
     def list_artifacts(self, run: RunRecord) -> list[ArtifactFile]:
         root = self._artifact_dir(run)
-        self.listing.stats.requests += 1
+        self.reads.count(requests=1)
         if root is None:
             return artifact_repo_list(run, tracking_uri=self.root.as_uri())
         from .local_artifacts import list_local_artifacts
@@ -300,11 +297,13 @@ class FileStoreSource(Source):
             log.warning("run %s: %s", run.run_id, w)
         return files
 
-    def logged_models(self, run: RunRecord) -> list[Any]:
-        from .models import FileStoreModels  # the models' reader keeps a cache: one per source
+    def logged_models(self, run: RunRecord) -> list[LoggedModel]:
+        from .logged_models import FileStoreModels
 
-        models = self.__dict__.setdefault("_logged_models", FileStoreModels(self.store))
-        return models.of(run, self._experiment_dir(run.experiment_id) / run.run_id)
+        if self._models is None:
+            self._models = FileStoreModels(self.store)
+        models: list[LoggedModel] = self._models.of(run, self._experiment_dir(run.experiment_id) / run.run_id)
+        return models
 
     def fetch_artifact(self, run: RunRecord, path: str, dst_dir: str) -> str:
         root = self._artifact_dir(run)

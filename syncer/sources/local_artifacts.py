@@ -10,7 +10,7 @@ import os
 import stat
 from pathlib import Path
 
-from .base import ArtifactFile
+from .records import ArtifactFile
 
 
 def list_local_artifacts(root: Path) -> tuple[list[ArtifactFile], list[str]]:

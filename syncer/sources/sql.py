@@ -4,7 +4,7 @@ read-only through MLflow's own table definitions (`sql_schema`), a few queries p
 What changed is found without reading any history:
 
 - runs: every round, the runs that are RUNNING or started, ended or were deleted since the last
-  round (one query on the `runs` table); every `full_every_s` all runs (restores, edits);
+  round (one query on the `runs` table); on a full listing all runs (restores, edits);
 - for those runs only: their `latest_metrics` rows (a key whose latest point moved has new
   points), their tags, their param and input counts (MLflow never changes a logged param);
 - new points of a key: keyset pages after the key's `OrderCursor`, served by the metrics
@@ -15,31 +15,29 @@ What changed is found without reading any history:
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
-from ..errors import StoreError
-from ..redact import redact
-from .base import (
-    CHUNK_POINTS,
-    PREFETCH_MAX_POINTS,
-    ArtifactFile,
-    BrokenRun,
-    Experiment,
-    LoggedModel,
-    MetricChunk,
-    RunRecord,
-    Source,
-    fingerprint,
-    first_reads,
-)
+from ..errors import StoreError, StoreUnavailable
+from .base import PREFETCH_MAX_POINTS, Changes, ListingAsk, ReadStats, Source, first_reads
 from .cursors import Cursor, OrderCursor
 from .entities import artifact_repo_fetch, artifact_repo_list
 from .file_stat import local_artifacts_mark
-from .listing import Listing
-from .mlflow_errors import mlflow_error
-from .models import Flavors, sql_logged_models
+from .location import StoreLocation
+from .logged_models import Flavors, sql_logged_models
+from .records import (
+    CHUNK_POINTS,
+    AnyRun,
+    ArtifactFile,
+    Experiment,
+    KeyMark,
+    LoggedModel,
+    MetricChunk,
+    RunRecord,
+    fingerprint,
+)
 from .sql_schema import open_read_only
 
 log = logging.getLogger(__name__)
@@ -55,13 +53,17 @@ _RUNNING = ("RUNNING", "SCHEDULED")
 class SqlSource(Source):
     kind = "sql"
 
-    def __init__(self, uri: str, *, full_every_s: float = 60.0):
-        self.uri = uri
-        self.engine, self.t = open_read_only(uri)
-        self.listing = Listing(full_every_s)
+    def __init__(
+        self, location: StoreLocation, reads: ReadStats, *, must_exist: bool = True, stop: threading.Event | None = None
+    ):
+        super().__init__(location, reads, stop)
+        if location.path is not None and not location.path.exists():
+            if must_exist:
+                raise StoreError(f"no MLflow database at {location.path} (from {location.display})")
+            raise StoreUnavailable(f"waiting for the MLflow database {location.path} to appear")
+        self.engine, self.t = open_read_only(location.uri)
         self.flavors = Flavors()
         self._prefetched: dict[tuple[str, str], list[Any]] = {}
-        self._since_ms: int | None = None  # when the last round started (ms)
         self._counts: dict[str, int] = {}  # experiment id -> how many runs it had
         self._ids: set[str] | None = None  # run ids known (None: take them from the next listing)
 
@@ -69,17 +71,17 @@ class SqlSource(Source):
         self.engine.dispose()
 
     def _rows(self, query: Any) -> list[Any]:
-        self.listing.stats.requests += 1
+        self.reads.count(requests=1)
         try:
             with self.engine.connect() as con:
                 rows = list(con.execute(query))
         except Exception as e:
-            raise mlflow_error(self.uri, e) from None
-        self.listing.stats.rows += len(rows)
+            raise self.failure(e) from None
+        self.reads.count(rows=len(rows))
         return rows
 
     # -- experiments and runs ----------------------------------------------------------------
-    def experiments(self) -> list[Experiment]:
+    def list_experiments(self) -> list[Experiment]:
         from sqlalchemy import select
 
         e, et = self.t.experiments, self.t.experiment_tags
@@ -94,16 +96,16 @@ class SqlSource(Source):
             out.append(Experiment(str(exp_id), name, stage, t.get("mlflow.note.content"), t))
         return out
 
-    def changes(self, experiments: list[Experiment], *, full: bool = False) -> list[RunRecord | BrokenRun]:
-        """The runs of these experiments that may have changed since the last call (all of
-        them on a full listing)."""
+    def changes(self, experiments: list[Experiment], ask: ListingAsk) -> Changes:
+        """The runs of these experiments that may have changed since the previous listing (all
+        of them on a full listing)."""
         from sqlalchemy import and_, or_, select
 
         r = self.t.runs
-        started = int(time.time() * 1000)
+        full = ask.full
         by_id = {e.id: e for e in experiments}
         if not by_id:
-            return []
+            return Changes([])
         cols = (
             r.c.run_uuid,
             r.c.experiment_id,
@@ -118,12 +120,13 @@ class SqlSource(Source):
         exp_ids = [int(i) for i in by_id]
         query = select(*cols).where(r.c.experiment_id.in_(exp_ids))
         new_ids = self._new_run_ids(exp_ids, full=full)
-        moved_exps = self.listing.moved_experiments(experiments)  # their runs all listed (quiet ones too)
-        if not full and self._since_ms is not None:
-            since = self._since_ms - _CLOCK_MARGIN_MS
+        moved_exps = ask.moved  # their runs all listed (quiet ones too)
+        quiet = set(ask.quiet)
+        if not full and ask.since_ms is not None:
+            since = ask.since_ms - _CLOCK_MARGIN_MS
             # runs seen RUNNING (not quiet) whatever they are now: `MlflowClient.update_run` ends a
             # run without an end time
-            lively = sorted(self.listing.running_ids() - set(self.listing.dormant_ids()))[:_LIVELY_MAX]
+            lively = sorted(ask.lively)[:_LIVELY_MAX]
             query = query.where(
                 or_(
                     r.c.status.in_(_RUNNING),
@@ -138,21 +141,20 @@ class SqlSource(Source):
         rows = self._rows(query)
         if full:
             self._ids = {row.run_uuid for row in rows} | (self._ids or set())
-        self._since_ms = started
         wanted = [
             row
             for row in rows
             if full
             or str(row.experiment_id) in moved_exps
             or row.status not in _RUNNING  # a quiet run that ended after all
-            or not self.listing.dormant(row.run_uuid)
+            or row.run_uuid not in quiet
         ]
-        self.listing.stats.runs_listed += len(wanted)
-        out: list[RunRecord | BrokenRun] = []
+        self.reads.count(runs_listed=len(wanted))
+        out: list[AnyRun] = []
         for i in range(0, len(wanted), _BATCH):
             self.check_stop()
             out.extend(self._records_for(wanted[i : i + _BATCH], by_id))
-        return self.listing.note(out)
+        return Changes(out)
 
     def _new_run_ids(self, exp_ids: list[int], *, full: bool) -> list[str]:
         """Runs created since the last round whatever start time their client gave them (an
@@ -184,11 +186,11 @@ class SqlSource(Source):
 
         ids = [row.run_uuid for row in rows]
         lm, tg, pr, inp = self.t.latest_metrics, self.t.tags, self.t.params, self.t.inputs
-        marks: dict[str, dict[str, Any]] = {i: {} for i in ids}
+        marks: dict[str, dict[str, KeyMark]] = {i: {} for i in ids}
         for run_id, key, step, ts, value in self._rows(
             select(lm.c.run_uuid, lm.c.key, lm.c.step, lm.c.timestamp, lm.c.value).where(lm.c.run_uuid.in_(ids))
         ):
-            marks[run_id][key] = (ts, step, value)
+            marks[run_id][key] = KeyMark(latest=(ts, step, value))
         tags: dict[str, dict[str, str]] = {i: {} for i in ids}
         for run_id, key, value in self._rows(select(tg.c.run_uuid, tg.c.key, tg.c.value).where(tg.c.run_uuid.in_(ids))):
             tags[run_id][key] = value
@@ -313,12 +315,9 @@ class SqlSource(Source):
                 item["context"] = row.tag_value
         run.datasets = list(datasets.values())
         run.details_loaded = True
-        self.listing.stats.runs_read += 1
+        self.reads.count(runs_read=1)
 
     # -- metrics -----------------------------------------------------------------------------
-    def metric_changed(self, run: RunRecord, key: str, cursor: Cursor | None) -> bool:
-        return not isinstance(cursor, OrderCursor) or cursor.mark != run.metric_marks.get(key)
-
     def prepare(self, run: RunRecord, keys: list[str], cursors: dict[str, Cursor]) -> None:
         """A run read for the first time: its keys' histories in one query, not one per key."""
         from sqlalchemy import select
@@ -346,15 +345,15 @@ class SqlSource(Source):
 
         m = self.t.metrics
         cur = cursor if isinstance(cursor, OrderCursor) else OrderCursor()
-        cur = OrderCursor(cur.ts, cur.step, cur.value, cur.max_step, cur.points, run.metric_marks.get(key))
-        self.listing.stats.histories += 1
+        cur = replace(cur, mark=latest_of(run, key))
+        self.reads.count(histories=1)
         fetched = self._prefetched.pop((run.run_id, key), None) if cursor is None else None
         if fetched is not None:  # the whole history, fetched with the run's other keys
             for i in range(0, max(len(fetched), 1), CHUNK_POINTS):
                 part = fetched[i : i + CHUNK_POINTS]
                 cur = cur.after([(ts, step, value) for ts, step, value, _nan in part])
                 yield _chunk(key, part), cur
-            self.listing.stats.points += cur.points
+            self.reads.count(points=cur.points)
             return
         cols = (m.c.timestamp, m.c.step, m.c.value, m.c.is_nan)
         start = cur
@@ -378,13 +377,13 @@ class SqlSource(Source):
             if len(page) < CHUNK_POINTS:
                 break
         if start.points == 0 and start.ts == OrderCursor().ts:
-            self.listing.stats.points += cur.points
+            self.reads.count(points=cur.points)
             return  # a first read: nothing lies before the cursor
         late = self._rows(self.late_points(run.run_id, key, start))
         if late:
             cur = cur.after([(ts, step, value) for ts, step, value, _nan in late])
             yield _chunk(key, late), cur
-        self.listing.stats.points += cur.points - (cursor.points if isinstance(cursor, OrderCursor) else 0)
+        self.reads.count(points=cur.points - (cursor.points if isinstance(cursor, OrderCursor) else 0))
 
     def late_points(self, run_id: str, key: str, cursor: OrderCursor) -> Any:
         """The query for the points at a step beyond every step read but logged with an earlier
@@ -399,11 +398,11 @@ class SqlSource(Source):
         )
 
     def logged_models(self, run: RunRecord) -> list[LoggedModel]:
-        self.listing.stats.requests += 1
+        self.reads.count(requests=1)
         try:
             return sql_logged_models(self.engine, self.t, run, self.flavors)
         except Exception as e:  # whatever the driver raised, classified by type
-            raise mlflow_error(self.uri, e) from None
+            raise self.failure(e) from None
 
     # -- artifacts ---------------------------------------------------------------------------
     def list_artifacts(self, run: RunRecord) -> list[ArtifactFile]:
@@ -412,19 +411,12 @@ class SqlSource(Source):
     def fetch_artifact(self, run: RunRecord, path: str, dst_dir: str) -> str:
         return artifact_repo_fetch(run, path, dst_dir)
 
-    def describe(self) -> str:
-        return redact(self.uri)
-
 
 def _chunk(key: str, rows: list[Any]) -> MetricChunk:
     return MetricChunk(key, [r[1] for r in rows], [float("nan") if r[3] else r[2] for r in rows], [r[0] for r in rows])
 
 
-def check_uri(uri: str) -> None:
-    """A one-line error for a SQL URI SQLAlchemy cannot even parse."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        make_url(uri)
-    except Exception as e:
-        raise StoreError(f"not a database URI: {redact(uri)} ({e})") from None
+def latest_of(run: RunRecord, key: str) -> tuple[int, int, float] | None:
+    """The latest point the listing saw of a key (what an OrderCursor remembers as its mark)."""
+    mark = run.metric_marks.get(key)
+    return mark.latest if mark is not None else None

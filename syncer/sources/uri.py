@@ -1,12 +1,11 @@
-"""What a tracking URI names: a local folder or database file, or something remote."""
+"""What a URI names on this machine: a local folder or database file, or something remote
+(tracking URIs, artifact URIs)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 from urllib.parse import urlparse
-
-from ..redact import redact
 
 
 def is_local_store(uri: str) -> bool:
@@ -26,12 +25,3 @@ def local_path(uri: str) -> Path | None:
         path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
         return Path(path) if path and path != ":memory:" else None
     return None
-
-
-def source_identity(uri: str) -> str:
-    """The key cursors are stored under: stable across spellings of the same local store."""
-    path = local_path(uri)
-    if path is not None:
-        scheme = "sqlite" if uri.startswith("sqlite:") else "file"
-        return f"{scheme}://{path.expanduser().resolve()}"
-    return redact(uri).rstrip("/")

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .artifacts import artifact_kind
+from .artifact_kinds import artifact_kind
 from .keys import MappedMetric, RunContextMapper
 
 LOGGED_ARTIFACTS_TAG = "mlflow.loggedArtifacts"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..sources.base import LoggedModel, fingerprint
+from ..sources.records import LoggedModel, ModelMetric, fingerprint
 from .keys import MappedMetric
 from .params import parse_params
 
@@ -34,8 +34,15 @@ def models_param(models: list[LoggedModel]) -> list[dict[str, Any]]:
                 "params": parse_params(m.params),
                 "tags": dict(m.tags),
                 "metrics": [
-                    {"key": k, "value": v, "step": s, "timestamp": t, "dataset_name": dn, "dataset_digest": dd}
-                    for k, v, s, t, dn, dd, _run in m.metrics
+                    {
+                        "key": x.key,
+                        "value": x.value,
+                        "step": x.step,
+                        "timestamp": x.timestamp,
+                        "dataset_name": x.dataset_name,
+                        "dataset_digest": x.dataset_digest,
+                    }
+                    for x in m.metrics
                 ],
                 "copied": False,  # listed, not copied: the files stay where MLflow keeps them
             }
@@ -57,21 +64,23 @@ def model_series(
     """[(Aim metric with `{model: name}`, [(step, value, timestamp ms)])] of the models' linked
     metrics that are not this run's own points (those arrive with the run's metrics)."""
     series: dict[tuple[str, bool, str], tuple[MappedMetric, Points]] = {}
-    for m, (key, value, step, ts, dataset, _digest, _by) in foreign_metrics(models, run_id=run_id, run_keys=run_keys):
-        target = model_metric(name_of(key, dataset), m.name)
+    for m, x in foreign_metrics(models, run_id=run_id, run_keys=run_keys):
+        target = model_metric(name_of(x.key, x.dataset_name), m.name)
         slot = (target.name, target.system, fingerprint(target.context))
-        series.setdefault(slot, (target, []))[1].append((step, value, ts))
+        series.setdefault(slot, (target, []))[1].append((x.step, x.value, x.timestamp))
     return [(target, sorted(points, key=lambda p: (p[2], p[0]))) for target, points in series.values()]
 
 
-def foreign_metrics(models: list[LoggedModel], *, run_id: str, run_keys: set[str]) -> Iterator[tuple[LoggedModel, Any]]:
+def foreign_metrics(
+    models: list[LoggedModel], *, run_id: str, run_keys: set[str]
+) -> Iterator[tuple[LoggedModel, ModelMetric]]:
     """(model, metric) of the models' linked metrics that this run did not log as its own."""
     for m in models:
         for metric in m.metrics:
-            if not (metric[6] == run_id and metric[0] in run_keys):
+            if not (metric.run_id == run_id and metric.key in run_keys):
                 yield m, metric
 
 
 def model_metric(mapped: MappedMetric, model_name: str) -> MappedMetric:
     """A model's metric: the key's mapping, with the model in the context."""
-    return MappedMetric(mapped.name, {**mapped.context, MODEL_CONTEXT: model_name}, mapped.system)
+    return MappedMetric(mapped.name, {**mapped.context, MODEL_CONTEXT: model_name}, mapped.system, mapped.rule)

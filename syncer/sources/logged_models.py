@@ -22,9 +22,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .base import LoggedModel, RunRecord
 from .file_stat import model_stats
 from .local_artifacts import read_regular
+from .records import LoggedModel, ModelMetric, RunRecord
 from .uri import is_local_store, local_path
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ def from_entity(m: Any, step: int | None, flavors: list[str]) -> LoggedModel:
         params=dict(m.params or {}),
         tags=dict(m.tags or {}),
         metrics=[
-            (x.key, x.value, x.step, x.timestamp, x.dataset_name, x.dataset_digest, x.run_id) for x in (m.metrics or [])
+            ModelMetric(x.key, x.value, x.step, x.timestamp, x.dataset_name, x.dataset_digest, x.run_id)
+            for x in (m.metrics or [])
         ],
         model_type=m.model_type,
     )
@@ -180,7 +181,7 @@ def sql_logged_models(engine: Any, t: Any, run: RunRecord, flavors: Flavors | No
         ids = [r.model_id for r in rows]
         params: dict[str, dict[str, str]] = {i: {} for i in ids}
         tags: dict[str, dict[str, str]] = {i: {} for i in ids}
-        metrics: dict[str, list[Any]] = {i: [] for i in ids}
+        metrics: dict[str, list[ModelMetric]] = {i: [] for i in ids}
         if ids:
             for mid, k, v in con.execute(
                 select(lp.c.model_id, lp.c.param_key, lp.c.param_value).where(lp.c.model_id.in_(ids))
@@ -194,7 +195,7 @@ def sql_logged_models(engine: Any, t: Any, run: RunRecord, flavors: Flavors | No
                 select(lmm).where(lmm.c.model_id.in_(ids)).order_by(lmm.c.metric_timestamp_ms, lmm.c.metric_step)
             ):
                 metrics[r.model_id].append(
-                    (
+                    ModelMetric(
                         r.metric_name,
                         r.metric_value,
                         r.metric_step,

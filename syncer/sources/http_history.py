@@ -1,0 +1,208 @@
+"""Metric histories from an MLflow server, for `http.HttpSource`: new points of a key from
+where its cursor stands, and the histories of runs read for the first time, many at once.
+
+- new points: `get-history-bulk-interval` from the largest step read. Chosen over paging
+  `get-history` from an offset (measured in bench/RESULTS.md, "history options"): the server
+  orders a `get-history` page by timestamp over the key's whole history (and the offset would
+  be a page token MLflow documents as unstable), while the bulk-interval endpoint reads only
+  the index range of the new steps. What it cannot return: points re-logged at a step below
+  the largest one read (a training resumed from an earlier checkpoint): read the database
+  directly (`postgresql://`, `sqlite:///`) where those matter;
+- a first read, a range the server had to sample (more than 2,500 new points), a step beyond
+  what the endpoint accepts (int32), or a server without the endpoint: the whole history, in
+  pages of `get-history`;
+- runs read for the first time (a backfill, a first round): each key's histories of up to 100
+  runs in one request (`get-history-bulk`, what MLflow's own UI charts read).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+from . import mlflow_compat
+from .base import PREFETCH_MAX_POINTS, ReadStats, first_reads, history_estimate
+from .cursors import Cursor, OrderCursor, OrderKey, order_value
+from .records import CHUNK_POINTS, MetricChunk, RunRecord
+
+log = logging.getLogger(__name__)
+
+PAGE_POINTS = 25_000  # MLflow's MAX_RESULTS_GET_METRIC_HISTORY
+PARALLEL_HISTORIES = 4  # a first read asks for this many histories at once
+BULK_MAX = 2500  # MLflow's MAX_RESULTS_PER_RUN for get-history-bulk-interval
+BULK_RUNS = 100  # MLflow's most run ids for get-history-bulk
+BULK_POINTS = 25_000  # and its most points
+PREFETCH_WINDOW_POINTS = 500_000  # points held at once for the runs of one prefetch
+_INT32_MAX = 2**31 - 1
+
+
+class ServerHistories:
+    """The histories part of a server source. `call(fn, *args)` makes a counted request with
+    the source's error mapping; `failure(e)` maps an exception the same way."""
+
+    def __init__(
+        self,
+        rest: mlflow_compat.RestInternals,
+        reads: ReadStats,
+        call: Callable[..., Any],
+        failure: Callable[[BaseException], Exception],
+        display: str,
+    ):
+        self.rest = rest
+        self.reads = reads
+        self._call = call
+        self._failure = failure
+        self._display = display
+        self._prefetched: dict[tuple[str, str], list[Any]] = {}  # (run, key) -> pages of its history
+        self._bulk_ok = True
+        self._bulk_runs_ok = True
+        self.dataset_runs: set[str] = set()  # runs whose latest points name MLflow 3 datasets
+
+    def prefetch(self, items: list[tuple[RunRecord, list[str], dict[str, Cursor]]]) -> None:
+        """Runs about to be read for the first time: each key's histories of up to BULK_RUNS runs
+        in one request instead of one request per run and key: on a server the requests, not
+        the points, are the cost. A batch the server cut short (more than BULK_POINTS points)
+        is split; what is not fetched here is read run by run as before."""
+        self._prefetched = {}
+        if not self._bulk_runs_ok:
+            return
+        by_key: dict[str, list[str]] = {}
+        for run, keys, cursors in items:
+            fresh = [k for k in keys if k not in cursors]
+            estimate = history_estimate(run, fresh)
+            if not fresh or estimate is None or estimate > PREFETCH_MAX_POINTS or run.run_id in self.dataset_runs:
+                continue  # long histories page as before; MLflow 3 datasets come with get-history only
+            for k in fresh:
+                by_key.setdefault(k, []).append(run.run_id)
+        held = 0  # points fetched: the window's histories are held until their runs are written
+        try:
+            for key, run_ids in by_key.items():
+                for i in range(0, len(run_ids), BULK_RUNS):
+                    if held >= PREFETCH_WINDOW_POINTS:
+                        return  # the rest, run by run
+                    held += self._fetch_together(key, run_ids[i : i + BULK_RUNS])
+        except mlflow_compat.EndpointMissing:
+            log.info("MLflow at %s has no get-history-bulk endpoint: histories are read run by run", self._display)
+            self._bulk_runs_ok = False
+        except Exception as e:
+            raise self._failure(e) from None
+
+    def _fetch_together(self, key: str, run_ids: list[str]) -> int:
+        """Fetch `key` of these runs at once (halves when the server cuts the answer short);
+        returns how many points are now held."""
+        from mlflow.entities import Metric
+        from mlflow.store.entities.paged_list import PagedList
+
+        self.reads.count(requests=1)
+        got = self.rest.history_of_runs(run_ids, key, BULK_POINTS)
+        self.reads.count(rows=len(got))
+        if len(got) >= BULK_POINTS:  # cut short: halves, down to one run per request
+            if len(run_ids) == 1:
+                return 0
+            half = len(run_ids) // 2
+            return self._fetch_together(key, run_ids[:half]) + self._fetch_together(key, run_ids[half:])
+        points: dict[str, list[Any]] = {r: [] for r in run_ids}
+        for run_id, ts, step, value in got:
+            points[run_id].append(Metric(key, value, ts, step))
+        for run_id, metrics in points.items():
+            self._prefetched[(run_id, key)] = [PagedList(metrics, None)]
+        return len(got)
+
+    def prepare(self, run: RunRecord, keys: list[str], cursors: dict[str, Cursor]) -> None:
+        """A run read for the first time: its keys' histories not prefetched with other runs'
+        fetched side by side (one request per key and page is all the REST API offers for one
+        run; the server answers several at once)."""
+        fresh = [k for k in first_reads(run, keys, cursors) if (run.run_id, k) not in self._prefetched]
+        if not fresh:
+            return
+
+        def fetch(key: str) -> list[Any]:
+            pages, token = [], None
+            while True:
+                page = self.rest.history_page(run.run_id, key, PAGE_POINTS, token)
+                pages.append(page)
+                token = page.token
+                if not token:
+                    return pages
+
+        try:
+            with ThreadPoolExecutor(PARALLEL_HISTORIES, thread_name_prefix="history") as pool:
+                got = list(pool.map(fetch, fresh))
+        except Exception as e:
+            raise self._failure(e) from None
+        self.reads.count(requests=sum(len(p) for p in got))
+        self._prefetched.update({(run.run_id, k): p for k, p in zip(fresh, got)})
+
+    def read_metric(self, run: RunRecord, key: str, cursor: Cursor | None) -> Iterator[tuple[MetricChunk, Cursor]]:
+        mark = run.metric_marks.get(key)
+        latest = mark.latest if mark is not None else None
+        cur = cursor if isinstance(cursor, OrderCursor) else None
+        self.reads.count(histories=1)
+        before = cur.points if cur is not None else 0
+        points = None
+        if cur is not None and self._bulk_ok and cur.max_step <= _INT32_MAX:
+            points = self._bulk_since(run.run_id, key, max(cur.max_step, -_INT32_MAX - 1))
+        if cur is None or points is None:  # the whole history, page by page
+            yield from self._whole_history(run, key, cur or OrderCursor(), latest)
+            return
+        start = replace(cur, mark=latest)
+        new = sorted((p for p in points if start.is_new(p[0], p[1], order_value(p[2]))), key=lambda p: p[:2])
+        done = start.after([(ts, step, order_value(v)) for ts, step, v in new])
+        yield MetricChunk(key, [p[1] for p in new], [p[2] for p in new], [p[0] for p in new]), done
+        self.reads.count(points=done.points - before)
+
+    def _bulk_since(self, run_id: str, key: str, start_step: int) -> list[tuple[int, int, float]] | None:
+        """The points at steps >= start_step, or None when the server sampled them (too many)
+        or lacks the endpoint."""
+        self.reads.count(requests=1)
+        try:
+            got = self.rest.bulk_interval(run_id, key, start_step, _INT32_MAX, BULK_MAX)
+        except mlflow_compat.EndpointMissing:
+            log.info("MLflow at %s has no get-history-bulk-interval endpoint: reading whole histories", self._display)
+            self._bulk_ok = False
+            return None
+        except Exception as e:
+            raise self._failure(e) from None
+        self.reads.count(rows=len(got))
+        return None if len(got) >= BULK_MAX else got
+
+    def _whole_history(
+        self, run: RunRecord, key: str, cur: OrderCursor, latest: OrderKey | None
+    ) -> Iterator[tuple[MetricChunk, OrderCursor]]:
+        start = replace(cur, mark=latest)
+        fetched = self._prefetched.pop((run.run_id, key), None)
+        pages = iter(fetched) if fetched is not None else None
+        token = None
+        done = start
+        yielded = False
+        while True:
+            page = (
+                next(pages)
+                if pages is not None
+                else self._call(self.rest.history_page, run.run_id, key, PAGE_POINTS, token)
+            )
+            self.reads.count(rows=len(page))
+            new = [m for m in page if start.is_new(m.timestamp, m.step, order_value(m.value))]
+            new.sort(key=lambda m: (m.timestamp, m.step))
+            for i in range(0, len(new), CHUNK_POINTS):
+                part = new[i : i + CHUNK_POINTS]
+                done = done.after([(m.timestamp, m.step, order_value(m.value)) for m in part])
+                names = [getattr(m, "dataset_name", None) or None for m in part]
+                chunk = MetricChunk(
+                    key,
+                    [m.step for m in part],
+                    [m.value for m in part],
+                    [m.timestamp for m in part],
+                    names if any(names) else None,
+                )
+                yield chunk, done
+                yielded = True
+            token = page.token
+            if not token:
+                break
+        if not yielded:
+            yield MetricChunk(key, [], [], []), done
+        self.reads.count(points=done.points - cur.points)
