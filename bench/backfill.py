@@ -45,89 +45,39 @@ import json
 import os
 import shutil
 import statistics
-import struct
-import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
-os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-OUT = BENCH / "out"
-sys.path.insert(0, str(BENCH))
+from benchkit import AIMLFLOW_PY, BENCH, OUT, ROOT, child_env, init_aim_repo, load, run_timed
+from fidelity import mlflow_points, verify
 
 DEFAULT_SYNCER = ROOT / ".venv" / "bin" / "syncer"
-DEFAULT_AIMLFLOW_PY = OUT / "aimlflow-venv" / "bin" / "python"
+if not DEFAULT_SYNCER.exists():  # a worktree or snapshot copy: the CLI of the venv running this
+    DEFAULT_SYNCER = Path(sys.executable).parent / "syncer"
 
 
-# --------------------------------------------------------------------------- running
+# --------------------------------------------------------------------------- the tools
+# Each tool: the command that converts STORE into the (initialised, empty) Aim repo REPO, and
+# whether it runs with this tree's syncer on PYTHONPATH. A new contender is one more entry.
 
 
-def ours_cmd(syncer: str, store: str, repo: str, no_context_map: bool = False) -> list[str]:
-    cmd = [syncer, "backfill", "--mlflow-tracking-uri", store, "--aim-repo", repo]
-    if no_context_map:
-        cmd.append("--no-context-map")
-    return cmd
+def ours_cmd(args, store: str, repo: str) -> list[str]:
+    cmd = [args.syncer, "backfill", "--mlflow-tracking-uri", store, "--aim-repo", repo]
+    return cmd + (["--no-context-map"] if args.no_context_map else [])
 
 
-def aimlflow_cmd(python: str, store: str, repo: str) -> list[str]:
-    return [
-        python,
-        str(BENCH / "aimlflow_backfill.py"),
-        "--mlflow-tracking-uri",
-        store,
-        "--aim-repo",
-        repo,
-        "--no-count",
-    ]
+def aimlflow_cmd(args, store: str, repo: str) -> list[str]:
+    script = str(BENCH / "aimlflow_backfill.py")
+    return [args.aimlflow_python, script, "--mlflow-tracking-uri", store, "--aim-repo", repo, "--no-count"]
 
 
-def init_aim_repo(path: Path) -> None:
-    """An empty, initialised Aim repo (aimlflow's CLI insists the directory exists)."""
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from aim.sdk.repo import Repo; Repo.from_path(sys.argv[1], init=True)",
-            str(path),
-        ],
-        check=True,
-    )
+TOOLS = {"ours": (ours_cmd, True), "aimlflow": (aimlflow_cmd, False)}
 
 
-def run_timed(cmd: list[str], log_prefix: Path) -> dict:
-    """Run cmd; return wall seconds, this child's peak RSS (MiB), rc, stdout."""
-    out_f = open(f"{log_prefix}.stdout", "w")
-    err_f = open(f"{log_prefix}.stderr", "w")
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, cwd=ROOT)
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    p.returncode = os.waitstatus_to_exitcode(status)
-    out_f.close()
-    err_f.close()
-    stdout = Path(f"{log_prefix}.stdout").read_text()
-    return {
-        "seconds": wall,
-        "max_rss_mb": ru.ru_maxrss / 1024,
-        "rc": p.returncode,
-        "user_s": ru.ru_utime,
-        "sys_s": ru.ru_stime,
-        "stdout": stdout,
-        "stderr_file": f"{log_prefix}.stderr",
-    }
-
-
-def one_round(tool: str, i: int, store: Path, args) -> dict:
-    # one work tree per store, so two invocations on different stores cannot collide
-    work = OUT / "work" / store.name / f"{tool}-{i}"
+def one_pass(tool: str, i: int, store: Path, args) -> dict:
+    """Copy the store, make an empty Aim repo (untimed), run the tool once (timed)."""
+    work = OUT / "work" / store.name / f"{tool}-{i}"  # one work tree per store: two stores never collide
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
@@ -135,145 +85,99 @@ def one_round(tool: str, i: int, store: Path, args) -> dict:
     shutil.copytree(store, store_copy)
     repo = work / "aim"
     init_aim_repo(repo)
-    if tool == "ours":
-        cmd = ours_cmd(args.syncer, str(store_copy), str(repo), args.no_context_map)
-    else:
-        cmd = aimlflow_cmd(args.aimlflow_python, str(store_copy), str(repo))
-    res = run_timed(cmd, work / "log")
+    make_cmd, own_tree = TOOLS[tool]
+    cmd = make_cmd(args, str(store_copy), str(repo))
+    res = run_timed(cmd, work / "log.stdout", stderr_log=work / "log.stderr", env=child_env(own_tree=own_tree))
     res.update(tool=tool, repeat=i, repo=str(repo), store=str(store_copy), cmd=cmd)
     if res["rc"] != 0:
-        tail = Path(res["stderr_file"]).read_text()[-3000:]
+        tail = (work / "log.stderr").read_text()[-3000:]
         raise SystemExit(f"{tool} run {i} failed (rc={res['rc']}): {' '.join(cmd)}\n{tail}")
     return res
 
 
-# --------------------------------------------------------------------------- reading back
+# --------------------------------------------------------------------------- one store
 
 
-def _vkey(v: float):
-    """Hashable, exact key for a float (NaN == NaN, -0.0 != 0.0)."""
-    return struct.pack("<d", float(v))
-
-
-def mlflow_points(tracking_uri: str) -> dict[str, dict]:
-    """{run_id: {"name":..., "points": Counter((step, value_bits, ts_ms))}} via MlflowClient."""
-    from mlflow import MlflowClient
-    from mlflow.entities import ViewType
-
-    client = MlflowClient(tracking_uri=str(tracking_uri))
-    store = client._tracking_client.store
-    local = type(store).__name__ in ("FileStore", "SqlAlchemyStore")  # unpaged calls work there
-    runs: dict[str, dict] = {}
-    for exp in client.search_experiments(view_type=ViewType.ALL):
-        token = None
-        while True:
-            page = client.search_runs(
-                [exp.experiment_id], run_view_type=ViewType.ALL, max_results=1000, page_token=token
-            )
-            for run in page:
-                pts: Counter = Counter()
-                for key in run.data.metrics:
-                    # the store's own call, unpaged: MlflowClient.get_metric_history pages by
-                    # 25,000 and a FileStore re-parses the whole file per page (quadratic)
-                    hist = (
-                        store.get_metric_history(run.info.run_id, key, max_results=None)
-                        if local
-                        else client.get_metric_history(run.info.run_id, key)
-                    )
-                    for m in hist:
-                        pts[(int(m.step), _vkey(m.value), int(m.timestamp))] += 1
-                runs[run.info.run_id] = {"name": run.info.run_name, "points": pts}
-            token = page.token
-            if not token:
-                break
-    return runs
-
-
-def _mlflow_id_of(aim_run) -> str | None:
-    try:
-        return aim_run["mlflow", "run_id"]
-    except (KeyError, TypeError):
-        pass
-    try:
-        v = aim_run.get("mlflow")
-        if isinstance(v, dict) and v.get("run_id"):
-            return v["run_id"]
-    except Exception:
-        pass
-    return aim_run.get("mlflow_run_id")  # aimlflow's key
-
-
-def aim_points(repo_path: str) -> dict[str, dict]:
-    """{mlflow_run_id: {"hash":..., "points": Counter((step, value_bits, ts_ms))}}."""
-    import aim_read
-
-    aim_read.index_repo(repo_path)
-    repo = aim_read.open_repo(repo_path)
-    runs: dict[str, dict] = {}
-    for run in repo.iter_runs():
-        rid = _mlflow_id_of(run)
-        pts: Counter = Counter()
-        for _name, _ctx, steps, vals, times in aim_read.iter_metric_series(run):
-            for s, v, t in zip(steps.tolist(), vals.tolist(), times.tolist()):
-                pts[(int(s), _vkey(v), int(round(t * 1000)))] += 1
-        if rid in runs:
-            runs[rid].setdefault("duplicates", []).append(run.hash)
-        else:
-            runs[rid] = {"hash": run.hash, "points": pts}
-    return runs
-
-
-def verify(mlflow_runs: dict, repo_path: str, max_report: int = 5) -> dict:
-    aim_runs = aim_points(repo_path)
-    problems: list[str] = []
-    ok_runs = 0
-    for rid, m in mlflow_runs.items():
-        a = aim_runs.get(rid)
-        if a is None:
-            problems.append(f"run {rid} ({m['name']}): no Aim run")
-            continue
-        if a.get("duplicates"):
-            problems.append(f"run {rid}: {len(a['duplicates']) + 1} Aim runs")
-        nm, na = sum(m["points"].values()), sum(a["points"].values())
-        if m["points"] == a["points"]:
-            ok_runs += 1
-            continue
-        missing = m["points"] - a["points"]
-        extra = a["points"] - m["points"]
-        # common cause: same (step, value), different timestamp
-        sv_m = Counter((s, v) for (s, v, _t), c in m["points"].items() for _ in range(c))
-        sv_a = Counter((s, v) for (s, v, _t), c in a["points"].items() for _ in range(c))
-        problems.append(
-            f"run {rid} ({m['name']}): mlflow {nm} points, aim {na}; "
-            f"{sum(missing.values())} missing, {sum(extra.values())} extra; "
-            f"(step,value) multisets {'equal (timestamps differ)' if sv_m == sv_a else 'differ'}"
-        )
-    stray = [a["hash"] for rid, a in aim_runs.items() if rid not in mlflow_runs]
-    if stray:
-        problems.append(f"{len(stray)} Aim runs with no MLflow run: {stray[:5]}")
-    return {
-        "ok": not problems,
-        "runs_ok": ok_runs,
-        "runs": len(mlflow_runs),
-        "problems": len(problems),
-        "first_problems": problems[:max_report],
-    }
-
-
-# --------------------------------------------------------------------------- main
-
-
-def summarise(rounds: list[dict], points: int) -> dict:
-    secs = [r["seconds"] for r in rounds]
+def summarise(passes: list[dict], points: int) -> dict:
+    secs = [r["wall_s"] for r in passes]
     med = statistics.median(secs)
     return {
         "median_seconds": round(med, 3),
         "min_seconds": round(min(secs), 3),
         "all_seconds": [round(s, 3) for s in secs],
         "points_per_s": round(points / med, 1),
-        "peak_rss_mb": round(max(r["max_rss_mb"] for r in rounds), 1),
-        "median_cpu_s": round(statistics.median(r["user_s"] + r["sys_s"] for r in rounds), 3),
+        "peak_rss_mb": round(max(r["max_rss_mb"] for r in passes), 1),
+        "median_cpu_s": round(statistics.median(r["cpu_s"] for r in passes), 3),
     }
+
+
+def measure_store(store: Path, tools: list[str], args) -> dict:
+    """Every tool on copies of one store, `--repeats` times interleaved; medians; fidelity."""
+    t0 = time.perf_counter()
+    source = mlflow_points(str(store))
+    points = sum(sum(r["points"].values()) for r in source.values())
+    print(
+        f"store {store}: {len(source)} runs, {points:,} points "
+        f"(read via MlflowClient in {time.perf_counter() - t0:.1f}s)",
+        flush=True,
+    )
+    passes: dict[str, list[dict]] = {t: [] for t in tools}
+    for i in range(args.repeats):
+        for tool in tools:  # interleaved, so drifting machine load hits both alike
+            r = one_pass(tool, i, store, args)
+            passes[tool].append(r)
+            extra = ""
+            if tool == "aimlflow" and r["output"].strip():
+                inner = json.loads(r["output"].strip().splitlines()[-1])
+                r["inner"] = inner
+                extra = f" (conversion call {inner['seconds']:.2f}s)"
+            print(f"  {tool:8s} #{i}: {r['wall_s']:7.2f}s wall{extra}, peak RSS {r['max_rss_mb']:.0f} MiB", flush=True)
+
+    result: dict = {
+        "store": str(store),
+        "runs": len(source),
+        "points": points,
+        "loadavg_at_end": load(),
+        "nproc": os.cpu_count(),
+        "tools": {},
+    }
+    for tool in tools:
+        result["tools"][tool] = summarise(passes[tool], points)
+        if tool == "aimlflow" and all("inner" in r for r in passes[tool]):
+            inner = statistics.median(r["inner"]["seconds"] for r in passes[tool])
+            result["tools"][tool]["median_conversion_call_seconds"] = round(inner, 3)
+            result["tools"][tool]["conversion_call_points_per_s"] = round(points / inner, 1)
+    if "ours" in tools and "aimlflow" in tools:
+        result["ratio_aimlflow_over_ours"] = round(
+            result["tools"]["aimlflow"]["median_seconds"] / result["tools"]["ours"]["median_seconds"], 2
+        )
+    if not args.no_verify and "ours" in tools:
+        result["verify_ours"] = verify(source, passes["ours"][0]["repo"])
+    if args.verify_aimlflow and "aimlflow" in tools:
+        result["verify_aimlflow"] = verify(source, passes["aimlflow"][0]["repo"])
+    return result
+
+
+def print_result(result: dict) -> None:
+    print()
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in result['loadavg_at_end'])} on {result['nproc']} CPUs")
+    print(f"{'tool':10s} {'median s':>9s} {'min s':>8s} {'points/s':>10s} {'peak RSS MiB':>13s} {'CPU s':>7s}")
+    for tool, s in result["tools"].items():
+        print(
+            f"{tool:10s} {s['median_seconds']:9.2f} {s['min_seconds']:8.2f} "
+            f"{s['points_per_s']:10,.0f} {s['peak_rss_mb']:13.0f} {s['median_cpu_s']:7.2f}"
+        )
+    if "ratio_aimlflow_over_ours" in result:
+        print(f"speed-up (aimlflow time / our time): {result['ratio_aimlflow_over_ours']}x")
+    for key in ("verify_ours", "verify_aimlflow"):
+        if key in result:
+            v = result[key]
+            print(f"{key}: {'OK' if v['ok'] else 'FAILED'} ({v['runs_ok']}/{v['runs']} runs exact)")
+            for p in v["first_problems"]:
+                print(f"    {p}")
+
+
+# --------------------------------------------------------------------------- main
 
 
 def main(argv=None) -> int:
@@ -292,16 +196,16 @@ def main(argv=None) -> int:
         help="use a one-run, one-metric store of N points (bench/out/store-single-N)",
     )
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", choices=("both", "ours", "aimlflow"), default="both")
+    ap.add_argument("--only", choices=("both", *TOOLS), default="both")
     ap.add_argument("--syncer", default=str(DEFAULT_SYNCER))
-    ap.add_argument("--aimlflow-python", default=str(DEFAULT_AIMLFLOW_PY))
+    ap.add_argument("--aimlflow-python", default=str(AIMLFLOW_PY))
     ap.add_argument("--no-context-map", action="store_true", help="pass --no-context-map to our syncer")
     ap.add_argument("--no-verify", action="store_true")
     ap.add_argument("--verify-aimlflow", action="store_true", help="also run the fidelity check on aimlflow's repo")
     ap.add_argument("--json-out", default=str(OUT / "backfill.json"))
     args = ap.parse_args(argv)
 
-    tools = ["ours", "aimlflow"] if args.only == "both" else [args.only]
+    tools = list(TOOLS) if args.only == "both" else [args.only]
     if "ours" in tools and not Path(args.syncer).exists():
         ap.error(f"{args.syncer} not found (our CLI not installed yet?); use --only aimlflow")
     if "aimlflow" in tools and not Path(args.aimlflow_python).exists():
@@ -319,67 +223,8 @@ def main(argv=None) -> int:
         info = generate_store(store, runs=args.runs, steps=args.steps, single_metric_points=args.single_metric_points)
         print(f"generated {store}: {info['points']:,} points, {info['runs']} runs, {info['seconds']:.1f}s", flush=True)
 
-    t0 = time.perf_counter()
-    source = mlflow_points(str(store))
-    points = sum(sum(r["points"].values()) for r in source.values())
-    print(
-        f"store {store}: {len(source)} runs, {points:,} points "
-        f"(read via MlflowClient in {time.perf_counter() - t0:.1f}s)",
-        flush=True,
-    )
-
-    rounds: dict[str, list[dict]] = {t: [] for t in tools}
-    for i in range(args.repeats):
-        for tool in tools:  # interleaved, so drifting machine load hits both alike
-            r = one_round(tool, i, store, args)
-            rounds[tool].append(r)
-            extra = ""
-            if tool == "aimlflow" and r["stdout"].strip():
-                inner = json.loads(r["stdout"].strip().splitlines()[-1])
-                r["inner"] = inner
-                extra = f" (conversion call {inner['seconds']:.2f}s)"
-            print(f"  {tool:8s} #{i}: {r['seconds']:7.2f}s wall{extra}, peak RSS {r['max_rss_mb']:.0f} MiB", flush=True)
-
-    result = {
-        "store": str(store),
-        "runs": len(source),
-        "points": points,
-        "loadavg_at_end": os.getloadavg(),
-        "nproc": os.cpu_count(),
-        "tools": {},
-    }
-    for tool in tools:
-        result["tools"][tool] = summarise(rounds[tool], points)
-        if tool == "aimlflow" and all("inner" in r for r in rounds[tool]):
-            inner = statistics.median(r["inner"]["seconds"] for r in rounds[tool])
-            result["tools"][tool]["median_conversion_call_seconds"] = round(inner, 3)
-            result["tools"][tool]["conversion_call_points_per_s"] = round(points / inner, 1)
-    if len(tools) == 2:
-        result["ratio_aimlflow_over_ours"] = round(
-            result["tools"]["aimlflow"]["median_seconds"] / result["tools"]["ours"]["median_seconds"], 2
-        )
-
-    if not args.no_verify and "ours" in tools:
-        result["verify_ours"] = verify(source, rounds["ours"][0]["repo"])
-    if args.verify_aimlflow and "aimlflow" in tools:
-        result["verify_aimlflow"] = verify(source, rounds["aimlflow"][0]["repo"])
-
-    print()
-    print(f"load average at end: {' '.join(f'{x:.2f}' for x in result['loadavg_at_end'])} on {result['nproc']} CPUs")
-    print(f"{'tool':10s} {'median s':>9s} {'min s':>8s} {'points/s':>10s} {'peak RSS MiB':>13s} {'CPU s':>7s}")
-    for tool, s in result["tools"].items():
-        print(
-            f"{tool:10s} {s['median_seconds']:9.2f} {s['min_seconds']:8.2f} "
-            f"{s['points_per_s']:10,.0f} {s['peak_rss_mb']:13.0f} {s['median_cpu_s']:7.2f}"
-        )
-    if "ratio_aimlflow_over_ours" in result:
-        print(f"speed-up (aimlflow time / our time): {result['ratio_aimlflow_over_ours']}x")
-    for key in ("verify_ours", "verify_aimlflow"):
-        if key in result:
-            v = result[key]
-            print(f"{key}: {'OK' if v['ok'] else 'FAILED'} ({v['runs_ok']}/{v['runs']} runs exact)")
-            for p in v["first_problems"]:
-                print(f"    {p}")
+    result = measure_store(store, tools, args)
+    print_result(result)
     Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json_out).write_text(json.dumps(result, indent=2))
     failed = "verify_ours" in result and not result["verify_ours"]["ok"]
