@@ -9,11 +9,13 @@ to OUT as JSON (NaN and infinities as Python's json writes them).
 `populate` logs one experiment (tags) with: a finished run (params, tags, several keys with
 explicit steps and timestamps, NaN/inf/-inf, two points at one step, a key with a late lower step
 logged after higher ones with a later timestamp and one with an older timestamp, a system metric, a
-dataset input where the client has them), a failed run with a nested child, a deleted run, a run
-left RUNNING, and a run ended with `update_run` (status FINISHED, no end time).
+dataset input where the client has them, a text artifact with --artifacts), a failed run with a
+nested child, a deleted run, a run left RUNNING, and a run ended with `update_run` (status
+FINISHED, no end time).
 OUT: {"mlflow": version, "experiment": name, "experiment_id": id,
       "runs": {label: {"run_id", "name", "status", "start", "end", "lifecycle_stage", "params",
-                       "tags", "metrics": {key: [[step, value, timestamp_ms], ...] in logging order}}}}
+                       "tags", "metrics": {key: [[step, value, timestamp_ms], ...] in logging order},
+                       and for "finished": "datasets" and "artifacts" where logged}}}
 """
 
 from __future__ import annotations
@@ -64,8 +66,7 @@ def new_run(client, exp_id, label, runs, *, name, start, tags=None, params=None)
 def populate(client: MlflowClient, uri: str, experiment: str, artifacts: str | None) -> dict:
     location = None
     if artifacts and not uri.startswith(("http://", "https://")):  # a database: not ./mlruns of the cwd
-        os.makedirs(artifacts, exist_ok=True)
-        location = "file://" + os.path.abspath(artifacts)
+        location = "file://" + os.path.abspath(os.path.join(artifacts, "store"))
     exp_id = client.create_experiment(
         experiment, artifact_location=location, tags={"team": "nlp", "mlflow.note.content": "legacy ✓"}
     )
@@ -97,6 +98,13 @@ def populate(client: MlflowClient, uri: str, experiment: str, artifacts: str | N
         ds = Dataset(name="xnli-en-train", digest="abc123", source_type="local", source='{"uri": "data/en.jsonl"}')
         client.log_inputs(rid, [DatasetInput(ds, [InputTag("mlflow.data.context", "training")])])
         runs["finished"]["datasets"] = [{"name": "xnli-en-train", "digest": "abc123", "context": "training"}]
+    if artifacts:  # through the server's artifact proxy (mlflow-artifacts:/), or into the folder
+        os.makedirs(artifacts, exist_ok=True)
+        path = os.path.join(artifacts, "predictions.txt")
+        with open(path, "w") as f:
+            f.write("premise\thypothesis\tpred\nDer Hund\tEin Tier\tentailment\n")
+        client.log_artifact(rid, path, "notes")
+        runs["finished"]["artifacts"] = ["notes/predictions.txt"]
     client.log_batch(rid, tags=[RunTag("stage", "final")])
     runs["finished"]["tags"]["stage"] = "final"
     client.set_terminated(rid, "FINISHED", end_time=T0 + 3_600_000)
@@ -140,6 +148,7 @@ def main() -> None:
     ap.add_argument("--experiment", default=None)
     ap.add_argument("--artifacts", default=None)
     a = ap.parse_args()
+    mlflow.set_tracking_uri(a.uri)  # 2.x resolves mlflow-artifacts:/ with the global URI, not the client's
     client = MlflowClient(tracking_uri=a.uri)
     if a.command == "populate":
         name = a.experiment or f"legacy {mlflow.__version__} ✓ {time.time_ns()}"

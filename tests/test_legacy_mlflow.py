@@ -53,6 +53,11 @@ def _check_read_back(uri: str, logged: dict, version: str) -> None:
             exp_points = sorted((s, ts, _as_stored(v)) for s, v, ts in points)
             assert [(s, ts) for s, ts, _ in got] == [(s, ts) for s, ts, _ in exp_points], (label, key)
             assert all(_same(a[2], b[2]) for a, b in zip(got, exp_points)), (label, key, got)
+    finished = logged["runs"]["finished"]
+    # not MlflowClient.list_artifacts: MLflow 3's asks for logged models, which a 2.x server lacks
+    with urllib.request.urlopen(f"{uri}/api/2.0/mlflow/artifacts/list?run_id={finished['run_id']}&path=notes") as r:
+        listed = [f["path"] for f in json.load(r)["files"]]
+    assert listed == finished["artifacts"] == ["notes/predictions.txt"]
     assert found[logged["runs"]["updated"]["run_id"]].info.end_time is None  # update_run sets no end time
     assert [s for s, _, _ in logged["runs"]["finished"]["metrics"]["resumed"]] == [10, 20, 30, 15]
 
