@@ -5,14 +5,16 @@ to OUT as JSON (NaN and infinities as Python's json writes them).
     python tests/legacy_mlflow_writer.py populate --uri URI --out OUT.json [--experiment NAME] [--artifacts DIR]
     python tests/legacy_mlflow_writer.py points RUN_ID KEY STEP:VALUE:TS [...] --uri URI --out OUT.json
     python tests/legacy_mlflow_writer.py end RUN_ID STATUS --uri URI --out OUT.json   (update_run: no end time)
+    python tests/legacy_mlflow_writer.py runs N --uri URI --out OUT.json [--experiment NAME]
 
 `populate` logs one experiment (tags) with: a finished run (params, tags, several keys with
 explicit steps and timestamps, NaN/inf/-inf, two points at one step, a key with a late lower step
 logged after higher ones with a later timestamp and one with an older timestamp, a system metric, a
 dataset input where the client has them, a text artifact with --artifacts), a failed run with a
 nested child, a deleted run, a run left RUNNING, and a run ended with `update_run` (status
-FINISHED, no end time).
-OUT: {"mlflow": version, "experiment": name, "experiment_id": id,
+FINISHED, no end time). `runs` logs N finished runs of 3 points each (`loss`, steps 0-2): more runs
+than MLflow <= 2.10's get-history-bulk takes at once (20).
+OUT of populate: {"mlflow": version, "experiment": name, "experiment_id": id,
       "runs": {label: {"run_id", "name", "status", "start", "end", "lifecycle_stage", "params",
                        "tags", "metrics": {key: [[step, value, timestamp_ms], ...] in logging order},
                        and for "finished": "datasets" and "artifacts" where logged}}}
@@ -141,7 +143,7 @@ def populate(client: MlflowClient, uri: str, experiment: str, artifacts: str | N
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("command", choices=("populate", "points", "end"))
+    ap.add_argument("command", choices=("populate", "points", "end", "runs"))
     ap.add_argument("args", nargs="*")
     ap.add_argument("--uri", required=True)
     ap.add_argument("--out", required=True)
@@ -159,6 +161,16 @@ def main() -> None:
         logged: dict = {}
         log_points(client, run_id, key, points, logged)
         out = {"run_id": run_id, "metrics": logged}
+    elif a.command == "runs":
+        exp_id = client.create_experiment(a.experiment or f"many {mlflow.__version__} {time.time_ns()}")
+        points = [[s, 1.0 / (s + 1), T0 + s] for s in range(3)]
+        ids = []
+        for i in range(int(a.args[0])):
+            run_id = client.create_run(exp_id, start_time=T0 + i, run_name=f"run-{i}").info.run_id
+            log_points(client, run_id, "loss", points, {})
+            client.set_terminated(run_id, "FINISHED", end_time=T0 + 100_000)
+            ids.append(run_id)
+        out = {"experiment_id": exp_id, "run_ids": ids, "metrics": {"loss": points}}
     else:
         run_id, status = a.args
         client.update_run(run_id, status=status)
