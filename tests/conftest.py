@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+# MLflow 2.x in venvs of their own, and a workspace-mode server (tests/legacy_mlflow.py)
+from legacy_mlflow import legacy_mlflow_factory, mlflow2, mlflow2_server, mlflow_workspace_server  # noqa: F401
+
 os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # MLflow 3 refuses file stores without it
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
