@@ -79,7 +79,7 @@ def _yaml_blocks(text: str) -> list:
 
 def test_readme_shows_both_ways_scraping_and_alerts_on_served_metrics():
     text = README.read_text()
-    assert "kubectl apply -k deploy/kubernetes" in text and "docker compose up" in text
+    assert re.search(r"^kubectl apply -k deploy/kubernetes$", text, re.M) and "docker compose up" in text
     assert "<!-- METRICS EXCERPT -->" in text
     secret = env(container(load(), "syncer"))[CREDENTIALS[0]]["secretKeyRef"]["name"]
     assert f"kubectl create secret generic {secret}" in text
