@@ -50,7 +50,8 @@ def _sandbox_reason() -> str | None:
     return None if p.returncode == 0 else f"unshare cannot make namespaces here: {p.stderr.decode().strip()}"
 
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(_sandbox_reason() is not None, reason=str(_sandbox_reason()))]
+SKIP = _sandbox_reason()
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(SKIP is not None, reason=str(SKIP))]
 
 
 def _home(dockerfile: Path) -> str:
@@ -84,9 +85,6 @@ def sandbox(
         'mount --rbind /sys "$R/sys"',
         f'mkdir -p "$R"{q(home)} && chown {sc["runAsUser"]}:{sc["runAsGroup"]} "$R"{q(home)}',
     ]
-    # this checkout and its Python, read-only at their own paths (they may lie under /root or /tmp)
-    for path in dict.fromkeys(str(Path(p).resolve()) for p in (ROOT, sys.prefix, sys.base_prefix)):
-        sh += [f'mkdir -p "$R"{q(path)}', f'mount --rbind {q(path)} "$R"{q(path)}']
     kinds = {v["name"]: v for v in spec["volumes"]}
     writable = []
     for vm in c["volumeMounts"]:
@@ -100,6 +98,11 @@ def sandbox(
             sh.append(f"mount --bind {q(str(volumes[vm['name']]))} {target}")
         if not vm.get("readOnly"):
             writable.append(vm["mountPath"])
+    # this checkout and its Python, read-only at their own paths (under /root or /tmp they would
+    # be hidden)
+    for path in dict.fromkeys(str(Path(p).resolve()) for p in (ROOT, sys.prefix, sys.base_prefix)):
+        t = f'"$R"{q(path)}'
+        sh += [f"mkdir -p {t}", f"mount --rbind {q(path)} {t}", f"mount -o remount,bind,ro {t}"]
     # everything else read-only: each mount below the new root, then the root itself
     keep = "|".join(re.escape(str(new_root) + p) for p in ["/proc", "/dev", "/sys", *writable])
     sh += [
