@@ -697,8 +697,16 @@ def test_compose_processes_on_localhost_runs_logged_to_mlflow_show_up_in_aim(tmp
         assert senv["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
         senv.update(MLFLOW_TRACKING_URI=uri, SYNCER_INTERVAL="1")
         sets = {"de": "deploy-de", "fr": "deploy-fr"}
+        # each its own metrics port on loopback (in compose each container has its own network)
         envs = {
-            k: {**base_env, **senv, "SYNCER_EXPERIMENTS": exp, "SYNCER_HEALTH_FILE": str(data / f"health-{k}")}
+            k: {
+                **base_env,
+                **senv,
+                "SYNCER_EXPERIMENTS": exp,
+                "SYNCER_HEALTH_FILE": str(data / f"health-{k}"),
+                "SYNCER_METRICS_PORT": str(free_port()),
+                "SYNCER_METRICS_HOST": "127.0.0.1",
+            }
             for k, exp in sets.items()
         }
         repo = Path(senv["SYNCER_AIM_REPO"])
