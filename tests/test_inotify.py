@@ -12,10 +12,15 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from syncer.aim import open_repo
 from syncer.cli import cli
 
 from conftest import T0, client_for, log_points, read_aim
@@ -185,6 +190,168 @@ def test_daemon_goes_on_without_file_events_with_one_warning(tmp_path, monkeypat
         if d.observer is not None:
             d.observer.stop()
             d.observer.join(10)
+
+
+# ---------------------------------------------------------------------------------------------
+# a host out of inotify instances: `syncer backfill` and `syncer sync` as real subprocesses
+
+# Runs `python -m syncer ...` where inotify instances are used up. "kernel" (as root): with an
+# effective uid whose every instance a holder process keeps (the kernel counts instances per
+# effective uid; other users, other tests, keep theirs), files still accessed as root (the
+# interpreter may live under /root); every inotify_init in the process fails with EMFILE, from
+# the kernel. "watchdog" (not root): watchdog's inotify_init fails as the kernel's does.
+WRAPPER = """
+import ctypes, os, runpy, sys
+mode, uid = sys.argv[1], int(sys.argv[2])
+del sys.argv[1:3]
+if mode == "kernel":
+    os.seteuid(uid)
+    ctypes.CDLL(None, use_errno=True).setfsuid(0)
+else:
+    from watchdog.observers import inotify_c
+    def inotify_init():
+        ctypes.set_errno(24)
+        return -1
+    inotify_c.inotify_init = inotify_init
+if sys.argv[1:] == ["--probe-inotify"]:  # what the syncer would get
+    from watchdog.observers import Observer
+    Observer()
+sys.argv[0] = "syncer"
+runpy.run_module("syncer", run_name="__main__", alter_sys=True)
+"""
+
+# as effective uid argv[1]: holds every inotify instance the kernel gives it, says how many and
+# why it stopped, then waits for stdin to close
+HOLDER = """
+import ctypes, os, resource, sys
+limit = int(open("/proc/sys/fs/inotify/max_user_instances").read())
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit + 64, limit + 64))  # fds are not the limit
+os.seteuid(int(sys.argv[1]))
+libc = ctypes.CDLL(None, use_errno=True)
+held = 0
+while libc.inotify_init() >= 0:
+    held += 1
+print(held, limit, ctypes.get_errno(), flush=True)
+sys.stdin.read()
+"""
+
+
+def _unused_uid() -> int:
+    """A uid no account and no running process has: its inotify instances are nobody else's."""
+    import pwd
+    import random
+
+    taken = {p.pw_uid for p in pwd.getpwall()}
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                taken |= {int(x) for ln in f if ln.startswith("Uid:") for x in ln.split()[1:]}
+        except (OSError, ValueError):
+            pass
+    return random.choice([u for u in range(61000, 62000) if u not in taken])
+
+
+@pytest.fixture
+def no_inotify():
+    """A command prefix running `python -m syncer` where no inotify instance can be had."""
+    if os.geteuid() != 0:
+        yield [sys.executable, "-c", WRAPPER, "watchdog", "0"]
+        return
+    if int(open("/proc/sys/fs/inotify/max_user_instances").read()) > 100_000:
+        pytest.skip("fs.inotify.max_user_instances is too high here to use up one uid's instances")
+    uid = _unused_uid()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(uid)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        held, limit, err = (int(x) for x in holder.stdout.readline().split())
+        assert (held, err) == (limit, errno.EMFILE), f"{held} of {limit} inotify instances held (errno {err})"
+        yield [sys.executable, "-c", WRAPPER, "kernel", str(uid)]
+    finally:
+        holder.stdin.close()
+        holder.wait(30)
+
+
+@pytest.mark.slow
+def test_backfill_and_sync_on_a_host_out_of_inotify_instances(no_inotify, tmp_path):
+    """`syncer backfill` and `syncer sync` where no inotify instance is left: exit 0, every point
+    exact; the daemon says once that file events are off, and why, and syncs on."""
+    probe = subprocess.run([*no_inotify, "--probe-inotify"], capture_output=True, text=True, cwd=tmp_path)
+    assert "inotify instance limit reached" in probe.stderr, probe.stderr  # the host this test means
+    uri = str(tmp_path / "mlruns")
+    client = client_for(uri)
+    exp_id = client.create_experiment("limits")
+    logged = dict(_add_run(client, exp_id, i) for i in range(3))
+    repo = tmp_path / "aim"
+    # made here: creating a repo, Aim runs its schema migration in a subprocess of its own, which
+    # the "kernel" mode would run as the bare uid (no access to this test's folders)
+    open_repo(repo)
+    bf = subprocess.run(
+        [*no_inotify, "backfill", "--mlflow-tracking-uri", uri, "--aim-repo", str(repo)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert bf.returncode == 0 and "Traceback" not in bf.stderr, bf.stdout + bf.stderr
+    _assert_points(read_aim(repo), logged)
+
+    log_path = tmp_path / "sync.log"
+    with open(log_path, "w") as log_file:
+        daemon = subprocess.Popen(
+            [*no_inotify, "sync", "--mlflow-tracking-uri", uri, "--aim-repo", str(repo), "--interval", "1"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while "file events are off" not in log_path.read_text():
+            assert daemon.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        for i in range(3, 5):  # logged while the daemon runs, one after the other
+            rid, points = _add_run(client, exp_id, i)
+            logged[rid] = points
+            _wait_for(lambda: _points_of(read_aim(repo), logged) == _points_of(None, logged), 60, log_path)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, log_path.read_text()
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    text = log_path.read_text()
+    _assert_points(read_aim(repo), logged)
+    assert text.count("file events are off") == 1, text
+    warning = next(ln for ln in text.splitlines() if "file events are off" in ln)
+    assert "inotify instance limit" in warning and "sysctl fs.inotify.max_user_instances=" in warning, warning
+    assert "Traceback" not in text, text
+
+
+def _points_of(aim: dict | None, logged: dict) -> dict:
+    if aim is None:  # what was logged
+        return {rid: [list(x) for x in zip(*points)] for rid, points in logged.items()}
+    out = {}
+    for rid in logged:
+        m = aim.get(rid, {}).get("metrics", {}).get(("loss", ()))
+        if m:
+            out[rid] = [m["steps"], m["values"], [round(t * 1000) for t in m["timestamps"]]]
+    return out
+
+
+def _assert_points(aim: dict, logged: dict) -> None:
+    assert _points_of(aim, logged) == _points_of(None, logged)
+
+
+def _wait_for(probe, timeout: float, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if probe():
+                return
+        except Exception:  # the daemon mid-write
+            pass
+        assert time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.3)
 
 
 if __name__ == "__main__":  # pragma: no cover
