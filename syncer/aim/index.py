@@ -4,7 +4,9 @@ A run is listed by ``Repo.iter_runs`` / ``get_run`` / queries / ``aim up`` only 
 chunk (``meta/chunks/<hash>``) has been copied into the repo index.  Aim itself indexes only from
 ``aim up``'s background indexer or ``aim storage reindex``; :func:`index_runs` calls that same
 indexing code (``RepoIndexManager.index``), so a run is visible at once (to ``aim up`` too,
-running or not).  Indexing records a stamp of the chunk's files (``index_cache/<hash>``: md5
+running or not).  It runs it on a manager made without the watchdog observers that
+``RepoIndexManager.__init__`` starts for ``aim up`` (:func:`indexer`): one inotify instance per
+repo, never released, would run a long-lived syncer out of them.  Indexing records a stamp of the chunk's files (``index_cache/<hash>``: md5
 over their paths, mtimes and sizes).
 
 A writer killed after writing but before indexing leaves the run unlisted (or listed as it
@@ -21,6 +23,8 @@ already listed are readable without it.
 Caveat (Aim 3.29): while ``aim up`` runs, its indexer thread and ``index_runs`` take turns on the
 index DB; ``index_runs`` retries, but Aim's indexer thread does not catch the lock error and
 stops if it loses the race (then only runs we index are re-indexed until ``aim up`` restarts).
+Reproduced with two ``syncer sync`` and ``aim up`` on one repo: the thread dies within seconds,
+every synced run stays listed by ``aim up`` with all its points (the syncers index them).
 ``close(index=False)`` + one ``index_runs`` per sync pass keeps the window small.
 """
 
