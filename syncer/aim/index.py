@@ -159,7 +159,8 @@ def chunk_stamp(repo: Any, run_hash: str) -> str | None:
     ``None`` when the chunk does not exist.  Stats the chunk's files, reads none."""
     if not os.path.isdir(os.path.join(repo.path, "meta", "chunks", run_hash)):
         return None
-    return indexer(repo)._get_run_checksum(run_hash)
+    stamp: str = indexer(repo)._get_run_checksum(run_hash)
+    return stamp
 
 
 def _open_index_for_reading(repo: Any) -> Any:
