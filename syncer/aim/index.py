@@ -6,8 +6,8 @@ chunk (``meta/chunks/<hash>``) has been copied into the repo index.  Aim itself 
 indexing code (``RepoIndexManager.index``), so a run is visible at once (to ``aim up`` too,
 running or not).  It runs it on a manager made without the watchdog observers that
 ``RepoIndexManager.__init__`` starts for ``aim up`` (:func:`indexer`): one inotify instance per
-repo, never released, would run a long-lived syncer out of them.  Indexing records a stamp of the chunk's files (``index_cache/<hash>``: md5
-over their paths, mtimes and sizes).
+repo, never released, would run a long-lived syncer out of them.  Indexing records a stamp of
+the chunk's files (``index_cache/<hash>``: md5 over their paths, mtimes and sizes).
 
 A writer killed after writing but before indexing leaves the run unlisted (or listed as it
 was): a writer's close therefore also indexes when it wrote nothing but the index's stamp
