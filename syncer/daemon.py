@@ -14,6 +14,7 @@ released and its index entry brought up to date.
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import threading
@@ -69,6 +70,35 @@ WRITER_EVENTS = [
     DirDeletedEvent,
 ]
 
+# without inotify, how long until watching the store is tried again (an instance freed, a limit
+# raised); meanwhile the rounds every --interval find the changes
+WATCH_RETRY_S = 300.0
+INOTIFY_LIMITS = {
+    errno.EMFILE: ("instance", "max_user_instances", 1024),
+    errno.ENOSPC: ("watch", "max_user_watches", 524288),
+}
+
+
+def watch_unavailable(path: Path, e: OSError, interval: float) -> str:
+    """The one warning when a store cannot be watched: file events are off, why, and the fix."""
+    found = INOTIFY_LIMITS.get(e.errno or 0)
+    head = f"file events are off: cannot watch {path} for changes"
+    tail = f"new data now arrives with the rounds (every {interval:g} s), not as soon as files change"
+    if found is None:
+        return f"{head} ({e.strerror or e}); {tail}"
+    what, knob, suggested = found
+    try:
+        now = Path(f"/proc/sys/fs/inotify/{knob}").read_text().strip()
+    except OSError:
+        now = "?"
+    return (
+        f"{head}: this user's inotify {what} limit is reached (fs.inotify.{knob} = {now}, "
+        f"shared by every process of the user); {tail}. To get them back, raise the limit "
+        f"(`sysctl fs.inotify.{knob}={suggested}`, kept across reboots in /etc/sysctl.d/) "
+        f"or stop processes holding inotify {what}s; the syncer tries again every "
+        f"{WATCH_RETRY_S / 60:g} minutes"
+    )
+
 
 class _Kick(FileSystemEventHandler):
     def __init__(self, daemon: Daemon, only: Path | None):
@@ -103,6 +133,8 @@ class Daemon:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
         )
         self.observer: BaseObserver | None = None
+        self._watch_failed = False  # warned that file events are off
+        self._watch_retry_at = 0.0  # monotonic time before which no new watch is tried
 
     # -- rounds ------------------------------------------------------------------------------
     def _open(self) -> RoundDriver:
@@ -206,18 +238,36 @@ class Daemon:
 
     # -- file events -------------------------------------------------------------------------
     def _ensure_watch(self) -> None:
-        if not self.cfg.watch or self.observer is not None:
+        """Watch a local store for changes; where inotify is out of instances or watches, go on
+        without file events (one warning) and try again every WATCH_RETRY_S."""
+        if not self.cfg.watch or self.observer is not None or time.monotonic() < self._watch_retry_at:
             return
         path = self.location.path
         if path is None or not path.exists():
             return
         path = path.resolve()
         watch_dir, only = (path, None) if path.is_dir() else (path.parent, path)
-        self.observer = Observer()
-        self.observer.schedule(_Kick(self, only), str(watch_dir), recursive=path.is_dir(), event_filter=WRITER_EVENTS)
-        self.observer.daemon = True
-        self.observer.start()
-        log.info("watching %s for changes", path)
+        observer: BaseObserver | None = None
+        try:
+            observer = Observer()  # inotify_init: EMFILE when this user has no instance left
+            observer.schedule(_Kick(self, only), str(watch_dir), recursive=path.is_dir(), event_filter=WRITER_EVENTS)
+            observer.daemon = True
+            observer.start()  # inotify_add_watch per folder: ENOSPC when out of watches
+        except OSError as e:
+            if observer is not None:
+                observer.stop()  # closes its inotify instance and the watches it got
+            self._watch_retry_at = time.monotonic() + WATCH_RETRY_S
+            if self._watch_failed:
+                log.debug("still no file events for %s: %s", path, e)
+            else:
+                self._watch_failed = True
+                log.warning("%s", watch_unavailable(path, e, self.cfg.interval))
+            return
+        self.observer = observer
+        if self._watch_failed:
+            log.info("file events are on again: watching %s for changes", path)
+        else:
+            log.info("watching %s for changes", path)
 
     # -- life cycle --------------------------------------------------------------------------
     def run(self) -> int:

@@ -54,7 +54,8 @@ INTERNALS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("filelock", ("SoftFileLock.lock_file", "SoftFileLock.timeout", "SoftFileLock.is_thread_local")),
     (
         "aim.sdk.index_manager",
-        ("RepoIndexManager.get_index_manager", "RepoIndexManager.index", "RepoIndexManager._get_run_checksum"),
+        # run on a manager made without its observers (index.indexer): see _indexer_problems
+        ("RepoIndexManager.index", "RepoIndexManager._get_run_checksum", "RepoIndexManager._stop_monitoring_chunk"),
     ),
     ("aim.sdk.tracker", ("RunTracker._track", "STEP_HASH_FUNCTIONS")),
     ("aim.sdk.sequence", ("SequenceV2Data.numpy",)),
@@ -124,6 +125,7 @@ def check_aim_compatibility() -> None:
     if not problems:
         problems += _encoding_problems()
         problems += _image_problems()
+        problems += _indexer_problems()
     if problems:
         raise AimInternalsChanged(
             "syncer.aim relies on Aim internals that are not as expected:\n  - "
@@ -210,3 +212,52 @@ def _image_problems() -> list[str]:
     except Exception as e:  # pragma: no cover - reported as a problem
         return [f"aim.Image cannot be made ({e!r})"]
     return []
+
+
+# the methods of Aim's RepoIndexManager that index.indexer calls
+INDEXER_METHODS = ("index", "_get_run_checksum")
+
+
+def _indexer_problems() -> list[str]:
+    """``index.indexer`` runs Aim's ``RepoIndexManager`` indexing code on a manager made without
+    its ``__init__`` (which creates a watchdog inotify observer that lives as long as the
+    process): that code must read nothing on ``self`` but what ``index.INDEXER_ATTRS`` sets, or
+    methods that themselves do (checked in their bytecode), or it would fail or watch again."""
+    from .index import INDEXER_ATTRS, _indexer_class
+
+    return self_attrs_problems(_indexer_class(), INDEXER_METHODS, INDEXER_ATTRS)
+
+
+def self_attrs_problems(cls: type, methods: tuple[str, ...], allowed: tuple[str, ...]) -> list[str]:
+    """Attributes that ``methods`` of ``cls`` (and the inherited methods they call on ``self``)
+    read or write on ``self`` beyond ``allowed`` and ``cls``'s own methods, one line each."""
+    import dis
+
+    problems: list[str] = []
+    todo, seen = list(methods), set()
+    while todo:
+        name = todo.pop()
+        if name in seen or name in vars(cls):  # a method of cls itself is ours
+            continue
+        seen.add(name)
+        code = getattr(getattr(cls, name, None), "__code__", None)
+        if code is None:
+            problems.append(f"{cls.__mro__[1].__name__}.{name} is not a Python function")
+            continue
+        ins = list(dis.get_instructions(code))
+        for a, b in zip(ins, ins[1:]):
+            loads = a.argval if isinstance(a.argval, tuple) else (a.argval,)  # LOAD_FAST_LOAD_FAST
+            if not (a.opname.startswith("LOAD_FAST") and loads[-1] == "self"):
+                continue
+            if b.opname not in ("LOAD_ATTR", "LOAD_METHOD", "STORE_ATTR", "DELETE_ATTR"):
+                continue
+            attr = b.argval
+            if attr in allowed:
+                continue
+            if callable(getattr(cls, attr, None)):
+                todo.append(attr)
+            else:
+                problems.append(
+                    f"{cls.__mro__[1].__name__}.{name} uses self.{attr}, which syncer.aim.index.indexer does not set"
+                )
+    return list(dict.fromkeys(problems))

@@ -4,8 +4,10 @@ A run is listed by ``Repo.iter_runs`` / ``get_run`` / queries / ``aim up`` only 
 chunk (``meta/chunks/<hash>``) has been copied into the repo index.  Aim itself indexes only from
 ``aim up``'s background indexer or ``aim storage reindex``; :func:`index_runs` calls that same
 indexing code (``RepoIndexManager.index``), so a run is visible at once (to ``aim up`` too,
-running or not).  Indexing records a stamp of the chunk's files (``index_cache/<hash>``: md5
-over their paths, mtimes and sizes).
+running or not).  It runs it on a manager made without the watchdog observers that
+``RepoIndexManager.__init__`` starts for ``aim up`` (:func:`indexer`): one inotify instance per
+repo, never released, would run a long-lived syncer out of them.  Indexing records a stamp of
+the chunk's files (``index_cache/<hash>``: md5 over their paths, mtimes and sizes).
 
 A writer killed after writing but before indexing leaves the run unlisted (or listed as it
 was): a writer's close therefore also indexes when it wrote nothing but the index's stamp
@@ -21,15 +23,19 @@ already listed are readable without it.
 Caveat (Aim 3.29): while ``aim up`` runs, its indexer thread and ``index_runs`` take turns on the
 index DB; ``index_runs`` retries, but Aim's indexer thread does not catch the lock error and
 stops if it loses the race (then only runs we index are re-indexed until ``aim up`` restarts).
+Reproduced with two ``syncer sync`` and ``aim up`` on one repo: the thread dies within seconds,
+every synced run stays listed by ``aim up`` with all its points (the syncers index them).
 ``close(index=False)`` + one ``index_runs`` per sync pass keeps the window small.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .repo import get_repo
@@ -112,16 +118,49 @@ class IndexFreshness:
         return index_stamps(self._repo, [self._hash]).get(self._hash) != self._stamp_at_open
 
 
+# What Aim's indexing code (``RepoIndexManager.index`` / ``_get_run_checksum``) reads on its
+# manager, all that :func:`indexer` sets; ``compat`` checks Aim's code reads nothing else.
+INDEXER_ATTRS = ("repo", "repo_path", "chunks_dir", "_corrupted_runs", "_watches")
+
+
+@functools.cache
+def _indexer_class() -> type:
+    from aim.sdk.index_manager import RepoIndexManager
+
+    class ObserverFreeIndexer(RepoIndexManager):
+        """Aim's ``RepoIndexManager`` indexing code without what its ``__init__`` starts: a
+        watchdog inotify ``Observer`` (an inotify instance and a thread, never released) and a
+        ``PollingObserver``, for ``aim up``'s background indexer, which the syncer never runs."""
+
+        def __init__(self, repo: Any) -> None:  # no super().__init__(): that makes the observers
+            self.repo = repo
+            self.repo_path = repo.path
+            self.chunks_dir = Path(repo.path) / "meta" / "chunks"
+            self._corrupted_runs: set[str] = set()
+            self._watches: dict[str, Any] = {}  # nothing monitored
+
+        def _stop_monitoring_chunk(self, run_hash: str) -> None:
+            """``index`` stops watching a finished run's chunk: nothing is watched here."""
+
+    return ObserverFreeIndexer
+
+
+def indexer(repo: Any) -> Any:
+    """Aim's own indexing code (``RepoIndexManager.index``, ``_get_run_checksum``) for ``repo``,
+    without the inotify observer that ``RepoIndexManager.get_index_manager`` would create and
+    keep for the life of the process (one inotify instance per repo: a long-lived process runs
+    out of them, 128 per user by default).  Cheap: nothing opened, nothing started."""
+    return _indexer_class()(repo)
+
+
 def chunk_stamp(repo: Any, run_hash: str) -> str | None:
     """Aim's freshness stamp of a run's meta chunk (md5 over its files' paths, mtimes and sizes:
     ``RepoIndexManager._get_run_checksum``), what indexing stores as ``index_cache/<hash>``;
     ``None`` when the chunk does not exist.  Stats the chunk's files, reads none."""
-    from aim.sdk.index_manager import RepoIndexManager
-
     if not os.path.isdir(os.path.join(repo.path, "meta", "chunks", run_hash)):
         return None
-    checksum: str | None = RepoIndexManager.get_index_manager(repo)._get_run_checksum(run_hash)
-    return checksum
+    stamp: str = indexer(repo)._get_run_checksum(run_hash)
+    return stamp
 
 
 def _open_index_for_reading(repo: Any) -> Any:
@@ -169,22 +208,20 @@ def index_runs(repo: Any, run_hashes: Iterable[str], *, attempts: int = INDEX_AT
     A repo without an index (made by an old Aim) reads every chunk directly: nothing to do
     (creating an index there would hide every other not-yet-indexed run)."""
     import aimrocks.errors
-    from aim.sdk.index_manager import RepoIndexManager
     from aim.sdk.repo import ContainerConfig
 
     hashes = list(dict.fromkeys(run_hashes))
     repo = get_repo(repo)
     if not hashes or not os.path.isdir(os.path.join(repo.path, "meta", "index")):
         return []
-    mgr = RepoIndexManager.get_index_manager(repo)
-    index_repo = mgr.repo  # the manager indexes through the Repo it was made for
+    mgr = indexer(repo)
     config = ContainerConfig("meta/index", None, True)  # how Repo._get_index_container pools it
     try:
         for tried in retrying(
             aimrocks.errors.RocksIOError, attempts=attempts, first_wait=INDEX_FIRST_DELAY, max_wait=INDEX_MAX_DELAY
         ):
             with tried:  # the index DB may be open in another process (aim up's indexer)
-                container = index_repo._get_index_container("meta", timeout=0)
+                container = repo._get_index_container("meta", timeout=0)
     except aimrocks.errors.RocksIOError as e:
         log.warning("Aim's run index is busy (%s); `aim up` will index %d run(s) itself", e, len(hashes))
         return hashes
@@ -196,11 +233,10 @@ def index_runs(repo: Any, run_hashes: Iterable[str], *, attempts: int = INDEX_AT
             if container.tree().get(("index_cache", h), None) is None:
                 failed.append(h)
     finally:
-        index_repo.container_pool.pop(config, None)
+        repo.container_pool.pop(config, None)
         container.close()  # flush and release the index DB at once
-        # drop cached read-only handles on the index: they would not see the new entries
-        for r in {id(repo): repo, id(index_repo): index_repo}.values():
-            r.container_pool.pop(ContainerConfig("meta", None, True), None)
+        # drop the cached read-only handle on the index: it would not see the new entries
+        repo.container_pool.pop(ContainerConfig("meta", None, True), None)
     if failed:
         log.warning("could not index Aim run(s) %s", ", ".join(failed))
     return failed
