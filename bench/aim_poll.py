@@ -84,7 +84,9 @@ def poll_main(argv: list[str]) -> int:
                 if metric is None and a.index and os.path.isdir(os.path.join(aim_dir, "meta", "chunks", h)):
                     from aim.sdk.index_manager import RepoIndexManager
 
-                    RepoIndexManager(repo).index(h)  # what aim up's index manager does
+                    # what aim up's index manager does; one manager per repo path for the whole process
+                    # (each new one holds an inotify instance for good)
+                    RepoIndexManager.get_index_manager(repo).index(h)
                     indexed += 1
                     repo.container_pool.clear()
                     run = repo.get_run(h)

@@ -29,7 +29,7 @@ def index_repo(path: str) -> int:
     from aim.sdk.index_manager import RepoIndexManager
 
     repo = open_repo(path)
-    mgr = RepoIndexManager.get_index_manager(repo)  # does not start any thread
+    mgr = RepoIndexManager.get_index_manager(repo)  # pooled per repo path: one watchdog observer at most
     index_db = repo.request_tree("meta", read_only=True)
     n = 0
     for run_hash in sorted(repo.list_all_runs()):

@@ -394,17 +394,19 @@ class DaemonRounds:
         import syncer
         from syncer.config import Config
         from syncer.logs import configure_logging
-        from syncer.runner import open_syncer
+        from syncer.runner import open_driver
 
         configure_logging(log_level)
         extra = {} if full_scan_interval is None else {"full_scan_interval": full_scan_interval}
         cfg = Config(tracking_uri=uri, aim_repo=Path(repo), **extra)
-        self._s = open_syncer(cfg, strict_experiments=False, must_exist=True, keep_open=True)
+        self._s = open_driver(cfg, strict_experiments=False, must_exist=True, role="daemon")
         self.syncer_file = syncer.__file__  # which tree's syncer this is
 
     def round(self, full: bool = False) -> RoundResult:
         st = self._s.round(full=full)
-        return RoundResult(points=st.points, runs_written=st.runs_written, errors=len(st.errors), read=dict(st.read))
+        return RoundResult(
+            points=st.points, runs_written=st.runs_written, errors=len(st.errors), read=st.read.as_dict()
+        )
 
     def close(self) -> None:
         self._s.close()

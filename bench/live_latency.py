@@ -50,6 +50,41 @@ def make_live_store(store: Path) -> tuple[object, str, int]:
     return client, run_id, log_point(client, run_id, 0, 1.0, METRIC)
 
 
+def _daemon_cmd(tool: str, store: Path, repo: Path) -> list[str]:
+    if tool == "aimlflow":
+        init_aim_repo(repo)
+        return [str(AIMLFLOW), "sync", "--mlflow-tracking-uri", str(store), "--aim-repo", str(repo)]
+    cmd = syncer_cmd("sync", "--mlflow-tracking-uri", str(store), "--aim-repo", str(repo))
+    cmd += ["--log-level", "debug", "--log-format", "json"]
+    return cmd + (["--interval", "10"] if tool == "ours" else ["--no-watch", "--interval", "1"])
+
+
+def _wait_until_ours_is_up(tool: str, name: str, dlog: Lines, work: Path) -> None:
+    """Ours has logged "syncing" and a first round (and "watching" with events)."""
+    ok = dlog.wait_for(lambda x: log_message(x).startswith("syncing "), 60)
+    ok = ok and dlog.wait_for(is_round, 120)
+    if tool == "ours":
+        ok = ok and dlog.wait_for(lambda x: log_message(x).startswith("watching "), 30)
+    if not ok:
+        raise RuntimeError(f"{name}: the daemon did not come up; see {work / 'daemon.log'}")
+
+
+def _log_points(client, run_id: str, points: dict, args) -> tuple[dict[int, float], list[float]]:
+    """Log args.points points, one every args.period s; -> (when each was logged, call times)."""
+    logged: dict[int, float] = {}
+    call_s: list[float] = []
+    t_start = time.monotonic()
+    for i in range(1, args.points + 1):
+        delay = t_start + i * args.period - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        t0 = time.monotonic()
+        points[i] = (1.0 / (i + 1), log_point(client, run_id, i, 1.0 / (i + 1), METRIC))
+        logged[i] = time.monotonic()
+        call_s.append(logged[i] - t0)
+    return logged, call_s
+
+
 def latency(tool: str, args) -> dict:
     """tool: 'ours' (events), 'ours-poll' (--no-watch --interval 1), 'aimlflow'."""
     name = {"ours": "latency-ours", "ours-poll": "latency-ours-poll", "aimlflow": "latency-aimlflow"}[tool]
@@ -58,13 +93,7 @@ def latency(tool: str, args) -> dict:
     client, run_id, ts0 = make_live_store(store)
     points: dict[int, tuple[float, int]] = {0: (1.0, ts0)}
     load_before = load()
-    if tool == "aimlflow":
-        init_aim_repo(repo)
-        cmd = [str(AIMLFLOW), "sync", "--mlflow-tracking-uri", str(store), "--aim-repo", str(repo)]
-    else:
-        cmd = syncer_cmd("sync", "--mlflow-tracking-uri", str(store), "--aim-repo", str(repo))
-        cmd += ["--log-level", "debug", "--log-format", "json"]
-        cmd += ["--interval", "10"] if tool == "ours" else ["--no-watch", "--interval", "1"]
+    cmd = _daemon_cmd(tool, store, repo)
     print(f"[{name}] {' '.join(cmd)}", flush=True)
     env = child_env(own_tree=tool != "aimlflow")
     daemon = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
@@ -76,12 +105,7 @@ def latency(tool: str, args) -> dict:
     try:
         # ready: ours has logged "syncing" and a first round (and "watching" with events)
         if tool != "aimlflow":
-            ok = dlog.wait_for(lambda x: log_message(x).startswith("syncing "), 60)
-            ok = ok and dlog.wait_for(is_round, 120)
-            if tool == "ours":
-                ok = ok and dlog.wait_for(lambda x: log_message(x).startswith("watching "), 30)
-            if not ok:
-                raise RuntimeError(f"{name}: the daemon did not come up; see {work / 'daemon.log'}")
+            _wait_until_ours_is_up(tool, name, dlog, work)
         reader = subprocess.Popen(
             reader_cmd,
             stdout=subprocess.PIPE,
@@ -94,19 +118,9 @@ def latency(tool: str, args) -> dict:
         if not rlog.wait_for(lambda x: isinstance(x, dict) and 0 in x.get("new", ()), 180):
             raise RuntimeError(f"{name}: the reader never saw step 0; see {work}")
         time.sleep(1.0)  # let the first round's aftermath settle
-        # the writer
-        logged: dict[int, float] = {}
-        call_s: list[float] = []
         t_start = time.monotonic()
         load_writer = load()
-        for i in range(1, args.points + 1):
-            delay = t_start + i * args.period - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            t0 = time.monotonic()
-            points[i] = (1.0 / (i + 1), log_point(client, run_id, i, 1.0 / (i + 1), METRIC))
-            logged[i] = time.monotonic()
-            call_s.append(logged[i] - t0)
+        logged, call_s = _log_points(client, run_id, points, args)  # the writer
         t_last = time.monotonic()
         wanted = set(logged)
 
