@@ -427,7 +427,7 @@ def test_dockerfile_copies_exist_and_pass_its_dockerignore():
                     [src] if (ROOT / src).is_file() else [str(p.relative_to(ROOT)) for p in (ROOT / src).rglob("*.py")]
                 )
                 assert files and all(dockerignore_allows(ignore, f) for f in files), (df.name, src)
-        for heavy in (".venv/bin/python", "training/cli.py", "tests/conftest.py"):
+        for heavy in (".venv/bin/python", "training/commands.py", "tests/conftest.py"):
             assert not dockerignore_allows(ignore, heavy), (ignore.name, heavy)
 
 

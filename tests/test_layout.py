@@ -135,3 +135,103 @@ def test_only_syncer_aim_touches_aim_internals():
         if "aim" not in p.relative_to(SYNCER).parts[:1] and any(internal.match(ln) for ln in p.read_text().splitlines())
     ]
     assert not hits, hits
+
+
+def _syncer_import_graph() -> dict[str, set[str]]:
+    """module -> the syncer modules it imports, every import statement counted (module level,
+    inside functions, under TYPE_CHECKING); `from pkg import sub` names the submodule only."""
+    mods = {}
+    for p in SYNCER.rglob("*.py"):
+        parts = list(p.relative_to(ROOT).with_suffix("").parts)
+        is_pkg = parts[-1] == "__init__"
+        mods[".".join(parts[:-1] if is_pkg else parts)] = (p, is_pkg)
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, (p, is_pkg) in mods.items():
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = m.split(".") if is_pkg else m.split(".")[:-1]
+                    base = base[: len(base) - (node.level - 1)]
+                    prefix = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    prefix = node.module or ""
+                subs = [f"{prefix}.{a.name}" for a in node.names if f"{prefix}.{a.name}" in mods]
+                targets = subs + ([prefix] if len(subs) < len(node.names) else [])
+            else:
+                continue
+            graph[m].update(t for t in targets if t in mods and t != m)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circle_between_syncer_modules():
+    graph = _syncer_import_graph()
+    assert len(graph) > 50 and "syncer.sources.base" in graph["syncer.sources.files"]  # the graph is real
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # and cycles are found
+    assert _cycles(graph) == []
+
+
+def test_every_room_has_a_name_unique_in_the_tree():
+    """A module's file name says where it lives: no two modules of syncer/, training/, tests/ or
+    bench/ share one (package markers and pytest's conftest aside)."""
+    seen: dict[str, list[str]] = {}
+    for top in ("syncer", "training", "tests", "bench"):
+        for p in (ROOT / top).rglob("*.py"):
+            if p.name not in ("__init__.py", "__main__.py", "conftest.py"):
+                seen.setdefault(p.name, []).append(p.relative_to(ROOT).as_posix())
+    clashes = {name: paths for name, paths in seen.items() if len(paths) > 1}
+    assert not clashes, clashes
+
+
+def test_the_pre_commit_hooks_run_the_make_gate():
+    """`.pre-commit-config.yaml` and `make lint` run the same tools on the same folders."""
+    import yaml
+
+    makefile = (ROOT / "Makefile").read_text()
+    linted = re.search(r"^LINTED := (.+)$", makefile, re.M).group(1).split()
+    hooks = {
+        h["id"]: h for r in yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())["repos"] for h in r["hooks"]
+    }
+    assert hooks["ruff-check"]["entry"].endswith("ruff check") and hooks["ruff-format"]["entry"].endswith(
+        "format --check"
+    )
+    assert hooks["mypy"]["entry"].endswith("mypy") and "tests/unit" in hooks["unit-tests"]["entry"]
+    for hook in ("ruff-check", "ruff-format"):
+        assert hooks[hook]["files"] == "^(" + "|".join(linted) + ")/", hook
+    assert sorted(linted) == ["bench", "syncer", "tests", "training"]

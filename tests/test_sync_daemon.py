@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT, MlflowServer, free_port, read_aim, run_syncer, store_uri, syncer_cmd
 
 pytestmark = pytest.mark.slow
-WRITER = Path(__file__).parent / "writer.py"
+WRITER = Path(__file__).parent / "live_writer.py"
 
 
 class Daemon:

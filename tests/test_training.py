@@ -343,7 +343,7 @@ TRAINER_KEYS = (
 
 def _main(argv) -> tuple[int, str]:
     """`python -m training ...` in this process; (exit code, stderr)."""
-    from training.cli import main
+    from training.commands import main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
@@ -635,7 +635,7 @@ def provenance(tiny_home, tmp_path_factory):
     study = tmp / "study"
     commit = _new_checkout(study, "xnli-study", SECRET_REMOTE)
     by_c = _cli_run(
-        [sys.executable, "-c", "import sys; from training.cli import main; sys.exit(main())"],
+        [sys.executable, "-c", "import sys; from training.commands import main; sys.exit(main())"],
         study,
         tmp / "c",
         tiny_home,
@@ -698,7 +698,7 @@ def test_outside_a_git_checkout_there_are_no_git_tags(tmp_path):
 
 
 def test_cli_rejects_a_language_the_offline_data_lacks_in_one_line(tmp_path, capsys):
-    from training.cli import main
+    from training.commands import main
 
     code = main(
         [

@@ -54,11 +54,11 @@ names MLflow system metrics get are chosen in ``syncer.mapping``.
 
 from .compat import AimInternalsChanged, check_aim_compatibility
 from .encoding import MAX_ABS_STEP
-from .index import close_writers, index_missing, index_runs, index_writers
+from .index import index_missing, index_runs
 from .locks import AimRunLocked
 from .repo import fresh_repo, open_repo, repo_id, run_hashes
 from .structured import set_experiment_description
-from .writer import AimRunWriter
+from .writer import AimRunWriter, close_writers, index_writers
 
 __all__ = [
     "MAX_ABS_STEP",

@@ -36,14 +36,10 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from .repo import get_repo
-
-if TYPE_CHECKING:
-    from .writer import AimRunWriter
+from typing import Any
 
 from ..retry import retrying
+from .repo import get_repo
 
 log = logging.getLogger(__name__)
 
@@ -240,42 +236,6 @@ def index_runs(repo: Any, run_hashes: Iterable[str], *, attempts: int = INDEX_AT
     if failed:
         log.warning("could not index Aim run(s) %s", ", ".join(failed))
     return failed
-
-
-def index_writers(writers: Iterable[AimRunWriter]) -> list[AimRunWriter]:
-    """Flush the given open writers (of one repo) and copy their runs, as they are now, into
-    the run index in one pass (one open of the index DB), keeping them open for writing.
-    Returns the writers not indexed now (the index is busy: try again later)."""
-    writers = [w for w in writers if not w.closed]
-    if not writers:
-        return []
-    for w in writers:
-        w.flush()  # the indexer reads the chunk through its own read-only handle: WAL on disk
-    failed = set(index_runs(writers[0].repo, [w.hash for w in writers]))
-    for w in writers:
-        if w.hash not in failed:
-            w.freshness.indexed()
-    return [w for w in writers if w.hash in failed]
-
-
-def close_writers(writers: Iterable[AimRunWriter], *, index: bool = True) -> list[str]:
-    """Close several writers (of one repo), then index those that need it in one pass: what a
-    long-lived syncer does when it stops.  Every writer is closed even if one fails (the first
-    error is raised after).  Returns the hashes not indexed (``index=False``: all that need it)."""
-    todo: list[str] = []
-    error: BaseException | None = None
-    repo = None
-    for w in list(writers):
-        repo = w.repo
-        try:
-            if w.close(index=False, look=index):
-                todo.append(w.hash)
-        except BaseException as e:  # raised after the others are closed
-            error = error or e
-    missed = index_runs(repo, todo) if (index and todo) else todo
-    if error is not None:
-        raise error
-    return missed
 
 
 def index_missing(repo: Any, *, stale: bool = True) -> list[str]:

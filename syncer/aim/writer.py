@@ -283,3 +283,39 @@ class AimRunWriter:
         same step again overwrites it."""
         self._check_open()
         self._sequences.write_objects(name, context, step, timestamp, obj, epoch)
+
+
+def index_writers(writers: Iterable[AimRunWriter]) -> list[AimRunWriter]:
+    """Flush the given open writers (of one repo) and copy their runs, as they are now, into
+    the run index in one pass (one open of the index DB), keeping them open for writing.
+    Returns the writers not indexed now (the index is busy: try again later)."""
+    writers = [w for w in writers if not w.closed]
+    if not writers:
+        return []
+    for w in writers:
+        w.flush()  # the indexer reads the chunk through its own read-only handle: WAL on disk
+    failed = set(_index.index_runs(writers[0].repo, [w.hash for w in writers]))
+    for w in writers:
+        if w.hash not in failed:
+            w.freshness.indexed()
+    return [w for w in writers if w.hash in failed]
+
+
+def close_writers(writers: Iterable[AimRunWriter], *, index: bool = True) -> list[str]:
+    """Close several writers (of one repo), then index those that need it in one pass: what a
+    long-lived syncer does when it stops.  Every writer is closed even if one fails (the first
+    error is raised after).  Returns the hashes not indexed (``index=False``: all that need it)."""
+    todo: list[str] = []
+    error: BaseException | None = None
+    repo = None
+    for w in list(writers):
+        repo = w.repo
+        try:
+            if w.close(index=False, look=index):
+                todo.append(w.hash)
+        except BaseException as e:  # raised after the others are closed
+            error = error or e
+    missed = _index.index_runs(repo, todo) if (index and todo) else todo
+    if error is not None:
+        raise error
+    return missed

@@ -1,6 +1,6 @@
 """A training-like writer process for the daemon tests (run as a subprocess).
 
-    python tests/writer.py URI EXPERIMENT SECONDS OUT.json [EVERY]
+    python tests/live_writer.py URI EXPERIMENT SECONDS OUT.json [EVERY]
 
 Logs a long run with a point every EVERY s (default 0.2) and, meanwhile, short runs that start and finish
 within a second (between two syncer rounds). Writes what it logged to OUT.json at the end.
