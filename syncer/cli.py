@@ -41,10 +41,14 @@ class CliError(click.ClickException):
         super().__init__(redact(" ".join(str(message).split())))
 
 
-class ExperimentName(click.ParamType[str, str]):
-    """An experiment name or id; from the environment, several: space-separated or a JSON list."""
+class NameList(click.ParamType[str, str]):
+    """An experiment or workspace name (or id); from the environment, several: space-separated or
+    a JSON list."""
 
     name = "NAME"
+
+    def __init__(self, env: str):
+        self.env = env  # ENV's key of the variable
 
     def split_envvar_value(self, rv: str) -> list[str]:
         text = rv.strip()
@@ -54,9 +58,9 @@ class ExperimentName(click.ParamType[str, str]):
             try:
                 names = json.loads(text)
             except ValueError as e:
-                raise click.BadParameter(f"{ENV['experiments']} is not a JSON list: {e}") from None
+                raise click.BadParameter(f"{ENV[self.env]} is not a JSON list: {e}") from None
             if not isinstance(names, list) or not all(isinstance(n, str | int) for n in names):
-                raise click.BadParameter(f"{ENV['experiments']} must be a JSON list of names")
+                raise click.BadParameter(f"{ENV[self.env]} must be a JSON list of names")
             return [str(n) for n in names]
         return text.split()
 
@@ -93,10 +97,19 @@ def _common(f: F) -> F:
             "--experiment",
             "experiments",
             multiple=True,
-            type=ExperimentName(),
+            type=NameList("experiments"),
             help="Only this MLflow experiment (name or id). Repeatable; env: space-separated names, or a JSON "
             'list for names with spaces: \'["xnli fine tune", "other"]\'.',
             env="experiments",
+        ),
+        _env_option(
+            "--workspace",
+            "workspaces",
+            multiple=True,
+            type=NameList("workspaces"),
+            help="Only this MLflow workspace (MLflow >= 3.10 servers and databases with workspaces; "
+            "default: every workspace). Repeatable; env: space-separated names or a JSON list.",
+            env="workspaces",
         ),
         _env_option(
             "--exclude-artifacts",
@@ -168,11 +181,13 @@ def _config(kw: dict[str, Any], **extra: Any) -> Config:
     if kw.get("context_map") and not kw["context_map"].is_file():
         raise CliError(f"context-map file {kw['context_map']} does not exist")
     experiments = tuple(kw.pop("experiments"))
+    workspaces = tuple(kw.pop("workspaces"))
     return Config(
         tracking_uri=kw.pop("tracking_uri"),
         aim_repo=kw.pop("aim_repo"),
         state_path=kw.pop("state_path"),
         experiments=experiments,
+        workspaces=workspaces,
         exclude_artifacts=tuple(kw.pop("exclude_artifacts")),
         artifacts=not kw.pop("no_artifacts"),
         max_artifact_bytes=kw.pop("max_artifact_bytes"),

@@ -26,6 +26,7 @@ ENV = {
     "health_file": "SYNCER_HEALTH_FILE",
     "workers": "SYNCER_WORKERS",
     "full_scan_interval": "SYNCER_FULL_SCAN_INTERVAL",
+    "workspaces": "SYNCER_WORKSPACES",
 }
 
 STATE_FILE = Path(".aim") / "mlflow-syncer" / "state.sqlite"
@@ -44,6 +45,7 @@ class Config:
     aim_repo: Path
     state_path: Path | None = None
     experiments: tuple[str, ...] = ()
+    workspaces: tuple[str, ...] = ()  # MLflow workspaces to read (empty: every workspace)
     exclude_artifacts: tuple[str, ...] = ()
     artifacts: bool = True
     max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES

@@ -70,10 +70,10 @@ class RunPipeline:
         """Sync one run as planned. A run another writer holds is skipped this round."""
         exp, run = work.exp, work.run
         if isinstance(run, BrokenRun):
-            msg = f"run {run.run_id} (experiment {exp.name!r}) cannot be read: {run.error}"
+            msg = f"run {run.run_id} (experiment {exp.aim_name!r}) cannot be read: {run.error}"
             log.warning(msg)
             stats.errors.append(msg)
-            self.state.save_error(run.run_id, aim_run_hash(run.run_id), exp.name, run.error)
+            self.state.save_error(run.run_id, aim_run_hash(run.run_id), exp.aim_name, run.error)
             self.pool.drop(aim_run_hash(run.run_id))
             return
         try:
@@ -109,7 +109,7 @@ class RunPipeline:
             with_labels=self.options.tag_labels,
             logged_models=found.models_param,
         )
-        sink = self.pool.open(aim_hash, exp.name)
+        sink = self.pool.open(aim_hash, exp.aim_name)
         done = False
         try:
             if work.meta_changed or found.changed:
@@ -133,7 +133,7 @@ class RunPipeline:
         self._remember(work, run, aim_hash, error, found.models_digest)
         stats.runs_written += 1
         for e in errors:
-            msg = f"run {run.run_id} ({run.name!r}, experiment {exp.name!r}): {e}"
+            msg = f"run {run.run_id} ({run.name!r}, experiment {exp.aim_name!r}): {e}"
             log.warning(msg)
             stats.errors.append(msg)
 
@@ -144,7 +144,7 @@ class RunPipeline:
         self.state.save_run(
             run.run_id,
             aim_hash,
-            work.exp.name,
+            work.exp.aim_name,
             run.fingerprint,
             run.status,
             error,

@@ -58,21 +58,21 @@ class Plan:
 
 
 def select_experiments(exps: list[Experiment], wanted: tuple[str, ...], *, strict: bool) -> list[Experiment]:
-    """The experiments named (names or ids), or all of them. `strict`: one that matches
-    nothing is an error (backfill); else it may appear later (sync)."""
+    """The experiments named (names, `workspace/name`s or ids), or all of them. `strict`: one
+    that matches nothing is an error (backfill); else it may appear later (sync)."""
     if not wanted:
         return exps
     picked: list[Experiment] = []
     missing = []
     for w in wanted:
-        hits = [e for e in exps if w in (e.id, e.name)]
+        hits = [e for e in exps if w in (e.id, e.name, e.aim_name)]
         if not hits:
             missing.append(w)
         picked.extend(h for h in hits if h not in picked)
     if missing:
         msg = "unknown MLflow experiment(s): " + ", ".join(repr(m) for m in missing)
         if strict:
-            raise BadInput(msg + f" (known: {', '.join(repr(e.name) for e in exps[:10])})")
+            raise BadInput(msg + f" (known: {', '.join(repr(e.aim_name) for e in exps[:10])})")
         log.debug(msg)
     return picked
 
@@ -132,7 +132,7 @@ class Planner:
             else:
                 prev = self.state.run(run.run_id)
                 if prev is not None and prev.error:
-                    plan.still_failing.append(f"run {run.run_id} (experiment {exp.name!r}): {prev.error}")
+                    plan.still_failing.append(f"run {run.run_id} (experiment {exp.aim_name!r}): {prev.error}")
         self.listing.end()
         return plan
 

@@ -95,7 +95,7 @@ def dry_run(cfg: Config, options: Options, echo: Callable[[str], None]) -> None:
     """Print what `syncer backfill` would write with these settings (`options`: the pipeline's
     Options, rules loaded). Raises the usual errors (StoreError, BadInput) for bad input."""
     location = StoreLocation.parse(cfg.tracking_uri)
-    source = open_source(location, ReadStats(), must_exist=True)
+    source = open_source(location, ReadStats(), must_exist=True, workspaces=cfg.workspaces)
     identity = location.identity
     try:
         with tempfile.TemporaryDirectory(prefix="syncer-dry-run-") as tmp:
@@ -161,7 +161,7 @@ def _report(
     for exp in everything.experiments:
         works = [w for w in everything.todo if w.exp.id == exp.id]
         written = [w for w in works if w.run.run_id in todo]
-        echo(f"experiment {exp.name!r} (id {exp.id}): {len(works)} runs, {len(written)} would be written")
+        echo(f"experiment {exp.aim_name!r} (id {exp.id}): {len(works)} runs, {len(written)} would be written")
         for i, w in enumerate(written):
             if i == MAX_RUNS_SHOWN:
                 echo(f"  … and {len(written) - MAX_RUNS_SHOWN} more")

@@ -107,7 +107,7 @@ class RoundDriver:
         """The descriptions of the experiments with runs to write, once a round (they may change
         between rounds)."""
         for exp in {w.exp.id: w.exp for w in todo}.values():
-            set_experiment_meta(self.repo, exp.name, exp.description)
+            set_experiment_meta(self.repo, exp.aim_name, exp.description)
 
     def _finish(self, stats: RoundStats, t0: float) -> RoundStats:
         stats.seconds = time.monotonic() - t0

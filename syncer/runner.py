@@ -71,7 +71,7 @@ def open_driver(
     location = StoreLocation.parse(cfg.tracking_uri)
     reads = ReadStats()
     stop = threading.Event()
-    source = open_source(location, reads, must_exist=must_exist, stop=stop)
+    source = open_source(location, reads, must_exist=must_exist, stop=stop, workspaces=cfg.workspaces)
     try:
         # bad input fails here, before an Aim repo is created for it
         if must_exist:

@@ -43,6 +43,7 @@ def run_meta(
         "run_id": run.run_id,
         "experiment_id": run.experiment_id,
         "experiment_name": exp.name,
+        **({"workspace": exp.workspace} if exp.workspace is not None else {}),
         # Aim experiments have a description but no tags: MLflow's experiment tags live here
         "experiment_tags": {k: v for k, v in exp.tags.items() if not k.startswith("mlflow.")},
         "run_name": run.name,
@@ -76,7 +77,7 @@ def run_meta(
         description = f"{description}\n\n({note})" if description else f"({note})"
     active = run.running and not run.deleted
     return RunMeta(
-        experiment=exp.name,
+        experiment=exp.aim_name,
         name=run.name,
         description=description,
         params=params,

@@ -39,12 +39,17 @@ __all__ = [
 
 
 def open_source(
-    location: StoreLocation, reads: ReadStats, *, must_exist: bool = True, stop: threading.Event | None = None
+    location: StoreLocation,
+    reads: ReadStats,
+    *,
+    must_exist: bool = True,
+    stop: threading.Event | None = None,
+    workspaces: tuple[str, ...] = (),
 ) -> Source:
-    """The source for a store (its kind's module imported now). Raises StoreError, or
-    StoreUnavailable when the store may appear later and `must_exist` is False, with a one-line
-    reason."""
+    """The source for a store (its kind's module imported now); `workspaces`: the MLflow
+    workspaces to read (empty: all). Raises StoreError, or StoreUnavailable when the store may
+    appear later and `must_exist` is False, with a one-line reason."""
     kind = next(k for k in KINDS if k.name == location.kind)
     cls = getattr(importlib.import_module(kind.module), kind.cls)
-    source: Source = cls(location, reads, must_exist=must_exist, stop=stop)
+    source: Source = cls(location, reads, must_exist=must_exist, stop=stop, workspaces=workspaces)
     return source

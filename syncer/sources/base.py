@@ -102,11 +102,18 @@ class Source(ABC):
     cursor_type: ClassVar[type[FileCursor] | type[OrderCursor]] = OrderCursor
     prefetch_runs: ClassVar[int] = 1  # how many runs `prefetch` takes at once (1: it does nothing)
 
-    def __init__(self, location: StoreLocation, reads: ReadStats, stop: threading.Event | None = None):
+    def __init__(
+        self,
+        location: StoreLocation,
+        reads: ReadStats,
+        stop: threading.Event | None = None,
+        workspaces: tuple[str, ...] = (),
+    ):
         self.location = location
         self.uri = location.uri
         self.reads = reads
         self.stop = stop  # set: a long listing stops at its next safe point
+        self.workspaces = workspaces  # the MLflow workspaces to list (empty: every one)
         self.answered = False  # the store answered once: later failures are glitches, not bad input
 
     def check_stop(self) -> None:

@@ -52,9 +52,15 @@ class FileStoreSource(Source):
     cursor_type = FileCursor
 
     def __init__(
-        self, location: StoreLocation, reads: ReadStats, *, must_exist: bool = True, stop: threading.Event | None = None
+        self,
+        location: StoreLocation,
+        reads: ReadStats,
+        *,
+        must_exist: bool = True,
+        stop: threading.Event | None = None,
+        workspaces: tuple[str, ...] = (),
     ):
-        super().__init__(location, reads, stop)
+        super().__init__(location, reads, stop, workspaces)
         assert location.path is not None
         self.root = location.path.resolve()
         if not self.root.exists():

@@ -53,11 +53,17 @@ class HttpSource(Source):
     prefetch_runs = BULK_RUNS
 
     def __init__(
-        self, location: StoreLocation, reads: ReadStats, *, must_exist: bool = True, stop: threading.Event | None = None
+        self,
+        location: StoreLocation,
+        reads: ReadStats,
+        *,
+        must_exist: bool = True,
+        stop: threading.Event | None = None,
+        workspaces: tuple[str, ...] = (),
     ):
         from mlflow.tracking import MlflowClient
 
-        super().__init__(location, reads, stop)
+        super().__init__(location, reads, stop, workspaces)
         mlflow_compat.check_mlflow_compatibility()
         # keep MLflow's HTTP retries short: the daemon has its own back-off
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")

@@ -11,6 +11,7 @@ from typing import Any
 from .cursors import OrderKey
 
 CHUNK_POINTS = 10_000  # points handed to the sink at a time (bounded memory)
+DEFAULT_WORKSPACE = "default"  # MLflow's workspace of every experiment made without one
 
 
 @dataclass
@@ -20,6 +21,16 @@ class Experiment:
     lifecycle_stage: str = "active"
     description: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    workspace: str | None = None  # its MLflow workspace (MLflow >= 3.10); None: the store has none
+
+    @property
+    def aim_name(self) -> str:
+        """The Aim experiment it becomes: the workspace is part of its identity, so same-named
+        experiments of two workspaces never merge (`team-a/xnli`); the default workspace and
+        stores without workspaces keep the bare name."""
+        if self.workspace in (None, DEFAULT_WORKSPACE):
+            return self.name
+        return f"{self.workspace}/{self.name}"
 
 
 @dataclass(frozen=True)

@@ -54,9 +54,15 @@ class SqlSource(Source):
     kind = "sql"
 
     def __init__(
-        self, location: StoreLocation, reads: ReadStats, *, must_exist: bool = True, stop: threading.Event | None = None
+        self,
+        location: StoreLocation,
+        reads: ReadStats,
+        *,
+        must_exist: bool = True,
+        stop: threading.Event | None = None,
+        workspaces: tuple[str, ...] = (),
     ):
-        super().__init__(location, reads, stop)
+        super().__init__(location, reads, stop, workspaces)
         if location.path is not None and not location.path.exists():
             if must_exist:
                 raise StoreError(f"no MLflow database at {location.path} (from {location.display})")
