@@ -301,7 +301,7 @@ def test_times_info_and_visibility_after_close(repo_path):
 
     fin = repo.get_run("fin")
     assert abs(fin.creation_time - (T0 + 0.123)) < 1e-3
-    assert abs(fin.created_at.replace(tzinfo=datetime.timezone.utc).timestamp() - (T0 + 0.123)) < 1e-3  # naive UTC
+    assert abs(fin.created_at.replace(tzinfo=datetime.UTC).timestamp() - (T0 + 0.123)) < 1e-3  # naive UTC
     assert abs(fin.end_time - (T0 + 3600.456)) < 1e-3
     assert abs(fin.duration - 3600.333) < 2e-3
     assert fin.active is False and fin.archived is False

@@ -32,7 +32,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -403,7 +403,7 @@ def test_runs_page_and_metrics_grouped_by_lang_in_chromium(trained_ui, chrome, t
     assert {row["experiment"] for row in table} == {"xnli_fine-tune", "xnli_feature-extraction"}
     for row in table:
         start = api[row["hash"]]["props"]["creation_time"]
-        assert row["date"] == datetime.fromtimestamp(start, timezone.utc).strftime("%H:%M:%S · %d %b, %y")
+        assert row["date"] == datetime.fromtimestamp(start, UTC).strftime("%H:%M:%S · %d %b, %y")
     html = chrome.js("document.documentElement.outerHTML")
     assert all(f"/runs/{h}" in html for h in api)  # run name links point to each run's page
     chrome.screenshot(tmp_path / "runs-trained.png")
@@ -729,7 +729,7 @@ def test_runs_table_shows_mlflow_dates_and_durations_in_chromium(crafted, crafte
     assert [row["run"] for row in table] == visible  # newest MLflow start first; the deleted run hidden
     for row in table:
         r = runs[row["run"]]
-        start = datetime.fromtimestamp(r["start"] / 1000, timezone.utc)
+        start = datetime.fromtimestamp(r["start"] / 1000, UTC)
         assert row["date"] == start.strftime("%H:%M:%S · %d %b, %y"), row  # MLflow's start: "22:13:20 · 14 Nov, 23"
         if r["shown"]:
             assert row["duration"] == r["shown"], row

@@ -35,7 +35,7 @@ _MISSING = object()
 
 def utc_naive(ts: float) -> _dt.datetime:
     """Seconds since the epoch -> naive UTC datetime, as Aim's structured DB stores them."""
-    return _dt.datetime.fromtimestamp(float(ts), tz=_dt.timezone.utc).replace(tzinfo=None)
+    return _dt.datetime.fromtimestamp(float(ts), tz=_dt.UTC).replace(tzinfo=None)
 
 
 class RunRow:

@@ -47,7 +47,7 @@ from .structured import RunRow
 from .tracker import SequenceTracker
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 # private bookkeeping inside the run's meta tree (not params: the UI never shows it)
 OWN_KEY = "__mlflow_aim_syncer"

@@ -4,12 +4,11 @@ MLflow's system metrics as Aim's. Pure, except for reading a rules file."""
 from __future__ import annotations
 
 import re
+import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from ..errors import BadInput
 
