@@ -142,7 +142,14 @@ class Planner:
             return RunWork(exp, run, prev) if (prev is None or prev.error != run.error) else None
         meta_changed = prev is None or prev.fingerprint != run.fingerprint
         cursors = self.state.cursors(run.run_id)
-        changed = [k for k in sorted(run.metric_marks) if self.source.metric_changed(run, k, cursors.get(k))]
+        # a run resumed, or ending after a resume, on a store that counts no points: keys read
+        # again although their marks did not move (steps logged again below the last one read)
+        prev_status = prev.status if prev is not None else None
+        recheck = {k for k, c in cursors.items() if self.source.recheck(run, prev_status, c)}
+        run.recheck = bool(recheck)
+        changed = [
+            k for k in sorted(run.metric_marks) if k in recheck or self.source.metric_changed(run, k, cursors.get(k))
+        ]
         list_artifacts = self.artifacts and (meta_changed or self._artifacts_moved(run, prev, full=full, relist=relist))
         if not (meta_changed or changed or list_artifacts):
             return None

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import Stopped, StoreError, StoreReadFailed, StoreUnavailable
 from .cursors import Cursor, FileCursor, OrderCursor
-from .records import AnyRun, ArtifactFile, Experiment, LoggedModel, MetricChunk, RunRecord
+from .records import RUNNING_STATUSES, AnyRun, ArtifactFile, Experiment, LoggedModel, MetricChunk, RunRecord
 
 if TYPE_CHECKING:
     from .location import StoreLocation
@@ -101,6 +101,8 @@ class Source(ABC):
     kind: ClassVar[str] = "?"
     cursor_type: ClassVar[type[FileCursor] | type[OrderCursor]] = OrderCursor
     prefetch_runs: ClassVar[int] = 1  # how many runs `prefetch` takes at once (1: it does nothing)
+    # a store whose listing gives no point counts (a server): `recheck`
+    recheck_on_status: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -149,9 +151,25 @@ class Source(ABC):
 
     # -- reading a run ---------------------------------------------------------------------------
     def metric_changed(self, run: RunRecord, key: str, cursor: Cursor | None) -> bool:
-        """Whether `key` of `run` may have points after `cursor` (None: never read)."""
+        """Whether `key` of `run` may have points `cursor` has not read (None: never read)."""
         mark = run.metric_marks.get(key)
-        return not isinstance(cursor, self.cursor_type) or mark is None or cursor.mark != mark.token
+        if not isinstance(cursor, self.cursor_type) or mark is None:
+            return True
+        if isinstance(cursor, OrderCursor):
+            return cursor.stale(mark.latest, mark.count)
+        return cursor.mark != mark.token
+
+    def recheck(self, run: RunRecord, prev_status: str | None, cursor: Cursor | None) -> bool:
+        """Whether a key already read must be read again from where MLflow's order says although
+        its mark did not move: on a store whose listing counts no points, a run resumed (ended,
+        now RUNNING again: `start_run(run_id=...)`), and one such run ending (its keys read while
+        it was resumed). A resumed run logs its steps again below the last one read, which
+        moves no latest point; see `RunRecord.recheck`."""
+        if not self.recheck_on_status or not isinstance(cursor, OrderCursor) or prev_status in (None, run.status):
+            return False
+        if run.running:
+            return prev_status not in RUNNING_STATUSES
+        return cursor.resumed
 
     @abstractmethod
     def read_metric(self, run: RunRecord, key: str, cursor: Cursor | None) -> Iterator[tuple[MetricChunk, Cursor]]:

@@ -1,25 +1,32 @@
 """How far a metric of a run has been read: one typed cursor per kind of store, stored as JSON.
 
 - `FileCursor`: a byte offset into the metric file, up to the last complete line. Exact: a
-  file only grows (a file that shrank is read again from the start).
+  file only grows (a file that shrank is read again from the start), and a point logged late,
+  whatever its step and timestamp, is a line after the offset.
 - `OrderCursor` (SQL databases, MLflow servers): the last point read in MLflow's own order of a
   history, (timestamp, step, value), and the largest step read. New points are those after
-  that point in that order (logged later) plus those at a step beyond the largest one (a
-  writer whose clock is behind); each point is read once, so counts are exact. A point logged
-  later with both an earlier timestamp and an earlier step than everything read cannot be told
-  from history without re-reading it: it arrives with a full re-read (a fresh state).
+  that point in that order (logged later, at any step: a run resumed from a checkpoint logs
+  its steps again) plus those at a step beyond the largest one (a writer whose clock is
+  behind); each point is read once, so counts are exact. A point logged later with both an
+  earlier timestamp and an earlier step than everything read (a client replaying a buffer
+  with its own timestamps) lies *before* the cursor: only the key's point count shows it
+  (`hidden`), and it is found by reading the key's history once more (`syncer.sources.sql`,
+  `syncer.sources.http_history`).
 
 Both carry `points`: how many MLflow points lie before the cursor (what `syncer status`
 shows; stored as a number, never summed, so concurrent or repeated syncs cannot inflate it),
 and `mark`: what the store's listing said about the key when it was read (a file size, the
-latest (timestamp, step, value)), so an unchanged key is not read at all.
+latest (timestamp, step, value)), so an unchanged key is not read at all. An `OrderCursor`
+also keeps `seen`, the key's point count the listing gave when it was read (SQL stores; None
+where the store gives none, and in cursors stored before it existed): a count that moved while
+the latest point did not is a late point below the last step (`stale`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import ClassVar
 
 OrderKey = tuple[int, int, float]  # (timestamp ms, step, value as MLflow's database orders it)
@@ -64,6 +71,10 @@ class OrderCursor:
     max_step: int = -(2**63)  # the largest step read
     points: int = 0
     mark: OrderKey | None = None  # the latest (timestamp, step, value) the listing saw
+    seen: int | None = None  # the key's point count the listing saw (None: the store gives none)
+    # read while its run was resumed, on a store that counts no points: read again from MLflow's
+    # order when the run ends (the steps it logged again below the last one moved no mark)
+    resumed: bool = False
 
     kind: ClassVar[str] = "order"
 
@@ -80,13 +91,42 @@ class OrderCursor:
         if not points:
             return self
         last = max([self.last, *points])
-        return OrderCursor(
-            last[0], last[1], last[2], max(self.max_step, *(p[1] for p in points)), self.points + len(points), self.mark
+        return replace(
+            self,
+            ts=last[0],
+            step=last[1],
+            value=last[2],
+            max_step=max(self.max_step, *(p[1] for p in points)),
+            points=self.points + len(points),
         )
 
     def is_new(self, ts: int, step: int, value: float) -> bool:
         """Whether a point (value in order form) was not read before this cursor."""
         return (ts, step, value) > self.last or step > self.max_step
+
+    def is_after(self, ts: int, step: int, value: float) -> bool:
+        """Whether a point (value in order form) lies after the last point read in MLflow's
+        order: the first point of a page from offset `points` must, unless points were
+        inserted before the cursor (`hidden`)."""
+        return (ts, step, value) > self.last
+
+    def stale(self, latest: OrderKey | None, count: int | None) -> bool:
+        """Whether a key the listing describes by its latest point and its point count (None:
+        not given) may hold points this cursor has not read: the latest point moved, or the
+        count differs from the one seen when it was read (from the points read, for a cursor
+        that saw none: what a cursor stored before counts were kept missed shows so)."""
+        if latest != self.mark:
+            return True
+        if count is None:
+            return False
+        return count != (self.seen if self.seen is not None else self.points)
+
+    def hidden(self, count: int | None) -> int:
+        """How many points a key of `count` points holds before this cursor without it having
+        read them: logged late with an earlier timestamp at a step already read (0 when the
+        count is not known or not larger: points the listing did not count yet are read by
+        the next round)."""
+        return max(count - self.points, 0) if count is not None else 0
 
 
 Cursor = FileCursor | OrderCursor

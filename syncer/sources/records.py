@@ -11,6 +11,7 @@ from typing import Any
 from .cursors import OrderKey
 
 CHUNK_POINTS = 10_000  # points handed to the sink at a time (bounded memory)
+RUNNING_STATUSES = ("RUNNING", "SCHEDULED")  # a run still going
 DEFAULT_WORKSPACE = "default"  # MLflow's workspace of every experiment made without one
 
 
@@ -37,10 +38,13 @@ class Experiment:
 class KeyMark:
     """What a cheap listing says of one metric key of a run; it moves when the key has new
     points. File stores: the metric file's size. SQL stores and servers: the key's latest point
-    in MLflow's order (`latest_metrics`, a search result's metrics)."""
+    in MLflow's order (`latest_metrics`, a search result's metrics), which holds the greatest
+    (step, timestamp, value) and so does not move for a point logged below the last step; SQL
+    stores add the key's point count, which does."""
 
     size: int | None = None
     latest: OrderKey | None = None
+    count: int | None = None  # how many points the key has (SQL stores; None: not given)
 
     @property
     def token(self) -> int | OrderKey | None:
@@ -79,6 +83,9 @@ class RunRecord:
     # models named the run as their source run
     model_outputs: dict[str, int | None] | None = None
     models_listed: bool | None = None
+    # set by the planner: keys already read are read from where MLflow's order of their history
+    # says, not only from their last step (a store without point counts: `Source.recheck`)
+    recheck: bool = False
 
     @property
     def deleted(self) -> bool:
@@ -86,7 +93,7 @@ class RunRecord:
 
     @property
     def running(self) -> bool:
-        return self.status in ("RUNNING", "SCHEDULED")
+        return self.status in RUNNING_STATUSES
 
 
 @dataclass

@@ -5,11 +5,10 @@ What changed is found without reading any history:
 
 - runs: every round, the runs that are RUNNING or started, ended or were deleted since the last
   round (one query on the `runs` table); on a full listing all runs (restores, edits);
-- for those runs only: their `latest_metrics` rows (a key whose latest point moved has new
-  points), their tags, their param and input counts (MLflow never changes a logged param);
-- new points of a key: keyset pages after the key's `OrderCursor`, served by the metrics
-  primary key (key, timestamp, step, ...) for points logged later, and by the index on
-  (run_uuid, key, step) for points beyond the largest step read (a writer with a clock behind).
+- for those runs only: their `latest_metrics` rows and each key's point count (a key whose
+  latest point or count moved has new points), their tags, their param and input counts
+  (MLflow never changes a logged param);
+- new points of a key: `sql_history` (keyset pages after the key's `OrderCursor`).
 """
 
 from __future__ import annotations
@@ -17,27 +16,25 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 from ..errors import StoreError, StoreUnavailable
-from .base import PREFETCH_MAX_POINTS, Changes, ListingAsk, ReadStats, Source, first_reads
+from .base import Changes, ListingAsk, ReadStats, Source
 from .cursors import Cursor, OrderCursor
 from .entities import artifact_repo_fetch, artifact_repo_list
 from .file_stat import local_artifacts_mark
 from .location import StoreLocation
 from .logged_models import Flavors, sql_logged_models
 from .records import (
-    CHUNK_POINTS,
     AnyRun,
     ArtifactFile,
     Experiment,
-    KeyMark,
     LoggedModel,
     MetricChunk,
     RunRecord,
     fingerprint,
 )
+from .sql_history import SqlHistories
 from .sql_schema import open_read_only
 
 log = logging.getLogger(__name__)
@@ -69,7 +66,7 @@ class SqlSource(Source):
             raise StoreUnavailable(f"waiting for the MLflow database {location.path} to appear")
         self.engine, self.t = open_read_only(location.uri)
         self.flavors = Flavors()
-        self._prefetched: dict[tuple[str, str], list[Any]] = {}
+        self.histories = SqlHistories(self.t, self._rows, reads)
         self._counts: dict[str, int] = {}  # experiment id -> how many runs it had
         self._ids: set[str] | None = None  # run ids known (None: take them from the next listing)
 
@@ -191,12 +188,8 @@ class SqlSource(Source):
         from sqlalchemy import func, select
 
         ids = [row.run_uuid for row in rows]
-        lm, tg, pr, inp = self.t.latest_metrics, self.t.tags, self.t.params, self.t.inputs
-        marks: dict[str, dict[str, KeyMark]] = {i: {} for i in ids}
-        for run_id, key, step, ts, value in self._rows(
-            select(lm.c.run_uuid, lm.c.key, lm.c.step, lm.c.timestamp, lm.c.value).where(lm.c.run_uuid.in_(ids))
-        ):
-            marks[run_id][key] = KeyMark(latest=(ts, step, value))
+        tg, pr, inp = self.t.tags, self.t.params, self.t.inputs
+        marks = self.histories.key_marks(ids)  # latest point and point count of each key
         tags: dict[str, dict[str, str]] = {i: {} for i in ids}
         for run_id, key, value in self._rows(select(tg.c.run_uuid, tg.c.key, tg.c.value).where(tg.c.run_uuid.in_(ids))):
             tags[run_id][key] = value
@@ -323,85 +316,15 @@ class SqlSource(Source):
         run.details_loaded = True
         self.reads.count(runs_read=1)
 
-    # -- metrics -----------------------------------------------------------------------------
+    # -- metrics (sql_history) ---------------------------------------------------------------
     def prepare(self, run: RunRecord, keys: list[str], cursors: dict[str, Cursor]) -> None:
-        """A run read for the first time: its keys' histories in one query, not one per key."""
-        from sqlalchemy import select
-
-        self._prefetched = {}
-        fresh = first_reads(run, keys, cursors)
-        if not fresh:
-            return
-        m = self.t.metrics
-        rows = self._rows(
-            select(m.c.key, m.c.timestamp, m.c.step, m.c.value, m.c.is_nan)
-            .where(m.c.run_uuid == run.run_id, m.c.key.in_(fresh))
-            .order_by(m.c.key, m.c.timestamp, m.c.step, m.c.value)
-            .limit(PREFETCH_MAX_POINTS + 1)
-        )
-        if len(rows) > PREFETCH_MAX_POINTS:
-            return  # more than the latest steps said: key by key
-        by_key: dict[str, list[Any]] = {k: [] for k in fresh}
-        for key, *rest in rows:
-            by_key[key].append(tuple(rest))
-        self._prefetched = {(run.run_id, k): v for k, v in by_key.items()}
+        self.histories.prepare(run, keys, cursors)
 
     def read_metric(self, run: RunRecord, key: str, cursor: Cursor | None) -> Iterator[tuple[MetricChunk, Cursor]]:
-        from sqlalchemy import select, tuple_
-
-        m = self.t.metrics
-        cur = cursor if isinstance(cursor, OrderCursor) else OrderCursor()
-        cur = replace(cur, mark=latest_of(run, key))
-        self.reads.count(histories=1)
-        fetched = self._prefetched.pop((run.run_id, key), None) if cursor is None else None
-        if fetched is not None:  # the whole history, fetched with the run's other keys
-            for i in range(0, max(len(fetched), 1), CHUNK_POINTS):
-                part = fetched[i : i + CHUNK_POINTS]
-                cur = cur.after([(ts, step, value) for ts, step, value, _nan in part])
-                yield _chunk(key, part), cur
-            self.reads.count(points=cur.points)
-            return
-        cols = (m.c.timestamp, m.c.step, m.c.value, m.c.is_nan)
-        start = cur
-        yielded = False
-        while True:  # points logged after the cursor, in MLflow's order, a page at a time
-            page = self._rows(
-                select(*cols)
-                .where(
-                    m.c.key == key,
-                    m.c.run_uuid == run.run_id,
-                    m.c.timestamp >= cur.ts,
-                    tuple_(m.c.timestamp, m.c.step, m.c.value) > tuple_(cur.ts, cur.step, cur.value),
-                )
-                .order_by(m.c.timestamp, m.c.step, m.c.value)
-                .limit(CHUNK_POINTS)
-            )
-            if page or not yielded:
-                cur = cur.after([(ts, step, value) for ts, step, value, _nan in page])
-                yield _chunk(key, page), cur
-                yielded = True
-            if len(page) < CHUNK_POINTS:
-                break
-        if start.points == 0 and start.ts == OrderCursor().ts:
-            self.reads.count(points=cur.points)
-            return  # a first read: nothing lies before the cursor
-        late = self._rows(self.late_points(run.run_id, key, start))
-        if late:
-            cur = cur.after([(ts, step, value) for ts, step, value, _nan in late])
-            yield _chunk(key, late), cur
-        self.reads.count(points=cur.points - (cursor.points if isinstance(cursor, OrderCursor) else 0))
+        return self.histories.read_metric(run, key, cursor)
 
     def late_points(self, run_id: str, key: str, cursor: OrderCursor) -> Any:
-        """The query for the points at a step beyond every step read but logged with an earlier
-        timestamp (a writer whose clock is behind), through the (run_uuid, key, step) index:
-        `timestamp + 0` keeps planners off the primary key (key, timestamp, ...), which sqlite
-        picks otherwise and which scans the key's points of every run in the store."""
-        from sqlalchemy import select
-
-        m = self.t.metrics
-        return select(m.c.timestamp, m.c.step, m.c.value, m.c.is_nan).where(
-            m.c.run_uuid == run_id, m.c.key == key, m.c.step > cursor.max_step, m.c.timestamp + 0 < cursor.ts
-        )
+        return self.histories.late_points(run_id, key, cursor)
 
     def logged_models(self, run: RunRecord) -> list[LoggedModel]:
         self.reads.count(requests=1)
@@ -416,13 +339,3 @@ class SqlSource(Source):
 
     def fetch_artifact(self, run: RunRecord, path: str, dst_dir: str) -> str:
         return artifact_repo_fetch(run, path, dst_dir)
-
-
-def _chunk(key: str, rows: list[Any]) -> MetricChunk:
-    return MetricChunk(key, [r[1] for r in rows], [float("nan") if r[3] else r[2] for r in rows], [r[0] for r in rows])
-
-
-def latest_of(run: RunRecord, key: str) -> tuple[int, int, float] | None:
-    """The latest point the listing saw of a key (what an OrderCursor remembers as its mark)."""
-    mark = run.metric_marks.get(key)
-    return mark.latest if mark is not None else None
