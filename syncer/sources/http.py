@@ -51,6 +51,7 @@ _Early = tuple[list[str], list["Future[dict[str, Any]]"]]
 class HttpSource(Source):
     kind = "http"
     prefetch_runs = BULK_RUNS
+    recheck_on_status = True  # its listing counts no points (see Source.recheck)
 
     def __init__(
         self,

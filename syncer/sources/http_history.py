@@ -137,11 +137,19 @@ class ServerHistories:
         self._prefetched.update({(run.run_id, k): p for k, p in zip(fresh, got)})
 
     def read_metric(self, run: RunRecord, key: str, cursor: Cursor | None) -> Iterator[tuple[MetricChunk, Cursor]]:
+        cur = cursor if isinstance(cursor, OrderCursor) else None
+        resumed = cur is not None and run.running and (cur.resumed or run.recheck)  # read again at its end
+        for chunk, done in self._read(run, key, cur):
+            yield chunk, replace(done, resumed=resumed)
+
+    def _read(self, run: RunRecord, key: str, cur: OrderCursor | None) -> Iterator[tuple[MetricChunk, OrderCursor]]:
         mark = run.metric_marks.get(key)
         latest = mark.latest if mark is not None else None
-        cur = cursor if isinstance(cursor, OrderCursor) else None
         self.reads.count(histories=1)
         before = cur.points if cur is not None else 0
+        if cur is not None and relogged(run, cur, latest):
+            yield from self._from_offset(run, key, replace(cur, mark=latest))
+            return
         points = None
         if cur is not None and self._bulk_ok and cur.max_step <= _INT32_MAX:
             points = self._bulk_since(run.run_id, key, max(cur.max_step, -_INT32_MAX - 1))
@@ -153,6 +161,44 @@ class ServerHistories:
         done = start.after([(ts, step, order_value(v)) for ts, step, v in new])
         yield MetricChunk(key, [p[1] for p in new], [p[2] for p in new], [p[0] for p in new]), done
         self.reads.count(points=done.points - before)
+
+    def _from_offset(self, run: RunRecord, key: str, start: OrderCursor) -> Iterator[tuple[MetricChunk, OrderCursor]]:
+        """The points after the cursor in MLflow's order, whatever their step: `get-history`
+        from offset `start.points` (where the cursor's last point lies in that order unless
+        points were inserted before it), one point first. That point lying before the cursor
+        means points were logged late with an earlier timestamp at a step read: the whole
+        history, once. A server that pages no history (MLflow 2.x) sends the whole history."""
+        from mlflow.exceptions import MlflowException
+
+        self.reads.count(requests=1)
+        try:
+            page = self.rest.history_page(run.run_id, key, 1, self.rest.offset_token(start.points))
+        except MlflowException as e:
+            if e.error_code != "INVALID_PARAMETER_VALUE":
+                raise self._failure(e) from None
+            log.info("MLflow at %s takes no history offsets: reading the whole history", self._display)
+            page = None
+        except Exception as e:
+            raise self._failure(e) from None
+        if page is None or len(page) > 1:  # no page from an offset: what came is the whole history
+            if page is not None:
+                self._prefetched[(run.run_id, key)] = [page]
+            yield from self._whole_history(run, key, start, start.mark)
+            return
+        self.reads.count(rows=len(page))
+        if page and not start.is_after(page[0].timestamp, page[0].step, order_value(page[0].value)):
+            yield from self._whole_history(run, key, start, start.mark, everything=True)
+            return
+        pages = [page]
+        token = page.token
+        while token:  # the rest of the tail
+            pages.append(self._call(self.rest.history_page, run.run_id, key, PAGE_POINTS, token))
+            self.reads.count(rows=len(pages[-1]))
+            token = pages[-1].token
+        new = sorted((m for p in pages for m in p), key=lambda m: (m.timestamp, m.step))
+        done = start.after([(m.timestamp, m.step, order_value(m.value)) for m in new])
+        yield _metric_chunk(key, new), done
+        self.reads.count(points=len(new))
 
     def _bulk_since(self, run_id: str, key: str, start_step: int) -> list[tuple[int, int, float]] | None:
         """The points at steps >= start_step, or None when the server sampled them (too many)
@@ -170,14 +216,19 @@ class ServerHistories:
         return None if len(got) >= BULK_MAX else got
 
     def _whole_history(
-        self, run: RunRecord, key: str, cur: OrderCursor, latest: OrderKey | None
+        self, run: RunRecord, key: str, cur: OrderCursor, latest: OrderKey | None, *, everything: bool = False
     ) -> Iterator[tuple[MetricChunk, OrderCursor]]:
-        start = replace(cur, mark=latest)
+        """The points of the whole history the cursor has not read (`everything`: all of them,
+        the cursor built again). Points before the cursor it did not read (more of them than it
+        counts) were logged late with an earlier timestamp at a step read: a second pass with
+        `everything`."""
+        start = OrderCursor(mark=latest, seen=cur.seen) if everything else replace(cur, mark=latest)
         fetched = self._prefetched.pop((run.run_id, key), None)
         pages = iter(fetched) if fetched is not None else None
         token = None
         done = start
         yielded = False
+        before = 0  # points of the history that lie before the cursor
         while True:
             page = (
                 next(pages)
@@ -186,23 +237,41 @@ class ServerHistories:
             )
             self.reads.count(rows=len(page))
             new = [m for m in page if start.is_new(m.timestamp, m.step, order_value(m.value))]
+            before += len(page) - len(new)
             new.sort(key=lambda m: (m.timestamp, m.step))
             for i in range(0, len(new), CHUNK_POINTS):
                 part = new[i : i + CHUNK_POINTS]
                 done = done.after([(m.timestamp, m.step, order_value(m.value)) for m in part])
-                names = [getattr(m, "dataset_name", None) or None for m in part]
-                chunk = MetricChunk(
-                    key,
-                    [m.step for m in part],
-                    [m.value for m in part],
-                    [m.timestamp for m in part],
-                    names if any(names) else None,
-                )
-                yield chunk, done
+                yield _metric_chunk(key, part), done
                 yielded = True
             token = page.token
             if not token:
                 break
         if not yielded:
             yield MetricChunk(key, [], [], []), done
-        self.reads.count(points=done.points - cur.points)
+        self.reads.count(points=done.points - start.points)
+        if before > cur.points and not everything:
+            yield from self._whole_history(run, key, cur, latest, everything=True)
+
+
+def relogged(run: RunRecord, cur: OrderCursor, latest: OrderKey | None) -> bool:
+    """Whether a key must be read from where MLflow's order of its history says rather than from
+    its last step read: its run was resumed or ended (`RunRecord.recheck`), it was asked for
+    with its latest point unmoved (the planner's recheck), or that point moved without going
+    beyond the last step read (a step logged again: a resumed run logs its steps again, and
+    the ones below the last step move nothing)."""
+    if run.recheck or latest == cur.mark:
+        return True
+    return latest is not None and latest[1] <= cur.max_step
+
+
+def _metric_chunk(key: str, metrics: list[Any]) -> MetricChunk:
+    """MLflow Metric entities (with their MLflow 3 dataset names) as one chunk."""
+    names = [getattr(m, "dataset_name", None) or None for m in metrics]
+    return MetricChunk(
+        key,
+        [m.step for m in metrics],
+        [m.value for m in metrics],
+        [m.timestamp for m in metrics],
+        names if any(names) else None,
+    )

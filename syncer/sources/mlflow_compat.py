@@ -146,6 +146,17 @@ class RestInternals:
         """A PagedList of Metric (in MLflow's (timestamp, step, value) order) with `.token`."""
         return self.store.get_metric_history(run_id, key, max_results=max_results, page_token=page_token)
 
+    @staticmethod
+    def offset_token(offset: int) -> str:
+        """The page token of a get-history page that starts `offset` points into the history
+        (in MLflow's (timestamp, step, value) order): what the server's own tokens hold
+        (`SearchUtils.create_page_token`, a format MLflow calls unstable; a server that refuses
+        it answers INVALID_PARAMETER_VALUE, and the caller reads the whole history instead)."""
+        from mlflow.utils.search_utils import SearchUtils
+
+        token = SearchUtils.create_page_token(offset)
+        return token.decode("ascii") if isinstance(token, bytes) else str(token)
+
     def history_of_runs(self, run_ids: list[str], key: str, max_results: int) -> list[tuple[str, int, int, float]]:
         """(run id, timestamp, step, value) of every point of `key` in these runs (at most 100),
         the first `max_results` of them in (run id, timestamp, step, value) order."""
