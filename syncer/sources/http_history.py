@@ -251,6 +251,8 @@ class ServerHistories:
             yield MetricChunk(key, [], [], []), done
         self.reads.count(points=done.points - start.points)
         if before > cur.points and not everything:
+            if fetched is not None:  # the history came whole (a server that pages none): used again
+                self._prefetched[(run.run_id, key)] = fetched
             yield from self._whole_history(run, key, cur, latest, everything=True)
 
 
