@@ -15,6 +15,7 @@ import json
 import pytest
 from syncer.config import Config
 from syncer.runner import open_driver
+from syncer.sources.cursors import OrderCursor
 
 from conftest import STORE_KINDS, T0, client_for, log_points, read_aim, store_uri
 
@@ -184,6 +185,29 @@ def test_cursors_stored_before_counts_existed_keep_working_and_repair_what_they_
         _log(client, run, logged, "loss", LATE["older"])  # what the previous version never read
         st = s.round()
         assert st.read["histories"] == 1 and st.read["points"] == H + 2, st.as_dict()
+        _idle(s)
+        _assert_exact(tmp_path / "aim", run, logged, kind="sqlite")
+    finally:
+        s.close()
+
+
+def test_a_read_from_the_start_cut_short_goes_on_in_the_next_round(tmp_path):
+    """The key read again from its start commits its cursor as it goes (a long history, a crash
+    halfway): the next round reads on from there, even though no mark moves any more."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = client_for(uri)
+    exp = client.create_experiment("cut-short")
+    run, logged = _run(client, exp, finished=False)
+    s = _syncer(uri, tmp_path, "cut-short")
+    try:
+        s.round()
+        _log(client, run, logged, "loss", LATE["older"][:1])  # step 15 at T0 + 1500: second in MLflow's order
+        # what a round that stopped after re-sending the first point of the key's history left
+        mark = (LAST_TS, 10 * H, float(H))
+        halfway = OrderCursor(ts=T0 + 1000, step=10, value=1.0, max_step=10, points=1, mark=mark, seen=H + 1)
+        s.state.save_cursors(run, [("loss", halfway)])
+        st = s.round()
+        assert st.read["histories"] == 1 and st.read["points"] == H, st.as_dict()  # the rest, once
         _idle(s)
         _assert_exact(tmp_path / "aim", run, logged, kind="sqlite")
     finally:

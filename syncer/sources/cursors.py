@@ -112,14 +112,15 @@ class OrderCursor:
 
     def stale(self, latest: OrderKey | None, count: int | None) -> bool:
         """Whether a key the listing describes by its latest point and its point count (None:
-        not given) may hold points this cursor has not read: the latest point moved, or the
-        count differs from the one seen when it was read (from the points read, for a cursor
-        that saw none: what a cursor stored before counts were kept missed shows so)."""
+        not given) may hold points this cursor has not read: the latest point moved, the count
+        differs from the one seen when it was read (from the points read, for a cursor that saw
+        none: what a cursor stored before counts were kept missed shows so), or the count is
+        above the points read (a read again from the start that stopped halfway: it goes on)."""
         if latest != self.mark:
             return True
         if count is None:
             return False
-        return count != (self.seen if self.seen is not None else self.points)
+        return count != (self.seen if self.seen is not None else self.points) or self.hidden(count) > 0
 
     def hidden(self, count: int | None) -> int:
         """How many points a key of `count` points holds before this cursor without it having

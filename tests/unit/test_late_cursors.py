@@ -41,6 +41,7 @@ BEFORE_COUNTS = OrderCursor(ts=1_000, step=30, value=3.0, max_step=30, points=3,
         (BEFORE_COUNTS, LATEST, 4, True),  # ... and a point it missed is read (what it never could)
         (replace_seen := OrderCursor(points=5, mark=LATEST, seen=4), LATEST, 4, False),  # more read than counted
         (replace_seen, LATEST, 5, True),  # the count caught up with points read after the listing: once
+        (OrderCursor(points=2, mark=LATEST, seen=4), LATEST, 4, True),  # a read from the start cut short: on
     ],
 )
 def test_when_a_key_is_read_again(cursor, latest, count, stale):
