@@ -9,7 +9,9 @@ the sink, remember each file listed (`State.save_artifact`).
   named from the path through the metric-key mapper, at step 0 with the run's time;
 - MLflow 3 logged models: the `mlflow.logged_models` param, and their linked metrics that are
   not the run's own as `{model: <name>}` series; listed with the run's metadata and artifacts,
-  written when they changed.
+  written when they changed;
+- the packages the run ran with, from its `requirements.txt` and its models' environment files
+  (`run_packages`), for Aim's `__system_params`.
 
 A file that cannot be converted is listed with `copied_as: None` and its `error`, and tried
 again the next time the run's artifacts are listed."""
@@ -29,6 +31,7 @@ from .mapping import ContextMapper
 from .mapping.collisions import resolve
 from .mapping.media_names import Media, Target, full_size_of, media_of, targets
 from .mapping.model_series import model_series, models_digest, models_param
+from .run_packages import RunPackages
 from .sink import RunSink
 from .sources import RunRecord, Source
 from .sources.records import LoggedModel
@@ -39,7 +42,7 @@ from .state import State
 class Found:
     """What `Artifacts.find` found for one run; `Artifacts.write` writes what is new of it."""
 
-    listed: list[dict[str, Any]] | None  # the `artifacts` param (None: not listed this time)
+    listed: list[dict[str, Any]] | None  # the `mlflow.artifacts` param (None: not listed this time)
     new: list[dict[str, Any]] = field(default_factory=list)  # listed entries not converted yet
     media: dict[str, Media] = field(default_factory=dict)  # path -> what it is
     targets: dict[str, Target] = field(default_factory=dict)  # owner -> its Aim sequence
@@ -47,6 +50,8 @@ class Found:
     models_digest: str | None = None  # what they looked like (kept in the state)
     models_changed: bool = False
     revised: bool = False  # `write` changed an entry of `listed` (a file that could not be converted)
+    packages: dict[str, str] | None = None  # {name: version} from the files it logged (None: not listed)
+    packages_from: list[str] = field(default_factory=list)  # the files that gave them
 
     @property
     def changed(self) -> bool:
@@ -63,6 +68,7 @@ class Artifacts:
         self.state = state
         self.exclude = exclude
         self.max_bytes = max_bytes
+        self.packages = RunPackages(source)
 
     # -- finding -------------------------------------------------------------------------------
     def find(self, run: RunRecord, work: Any, errors: list[str], mapper: ContextMapper) -> Found:
@@ -74,10 +80,12 @@ class Artifacts:
             found.models_digest = models_digest(found.models)
             seen = work.prev.models_digest if work.prev is not None else None
             found.models_changed = found.models_digest != seen and (bool(found.models) or seen is not None)
+        if found.listed is not None:
+            found.packages, found.packages_from = self.packages.of(run, found.listed, found.models, errors)
         return found
 
     def listing(self, run: RunRecord, errors: list[str], mapper: ContextMapper, *, known: Iterable[str] = ()) -> Found:
-        """Every artifact of the run not excluded, as the `artifacts` param lists it (path, size,
+        """Every artifact of the run not excluded, as the `mlflow.artifacts` param lists it (path, size,
         URI, what it is copied as and where to: `Found.listed`, None when the artifact store
         cannot be listed now), and what each medium is. `known`: the metric keys synced before."""
         try:

@@ -147,6 +147,23 @@ def _common(f: F) -> F:
             env="no_tag_labels",
         ),
         _env_option(
+            "--no-label-tag",
+            "no_label_tags",
+            multiple=True,
+            metavar="KEY",
+            help="Keep this MLflow tag (a glob on its key) out of Aim's labels; it stays in the `tags` param. "
+            "Tags whose value is a UUID or a hex digest (per-run ids) are left out by default. Repeatable.",
+            env="no_label_tags",
+        ),
+        _env_option(
+            "--label-tag",
+            "label_tags",
+            multiple=True,
+            metavar="KEY",
+            help="Make this MLflow tag (a glob on its key) a label whatever its value. Repeatable.",
+            env="label_tags",
+        ),
+        _env_option(
             "--state",
             "state_path",
             type=click.Path(dir_okay=False, path_type=Path),
@@ -194,6 +211,8 @@ def _config(kw: dict[str, Any], **extra: Any) -> Config:
         context_map=kw.pop("context_map"),
         context_mapping=not kw.pop("no_context_map"),
         tag_labels=not kw.pop("no_tag_labels"),
+        no_label_tags=tuple(kw.pop("no_label_tags")),
+        label_tags=tuple(kw.pop("label_tags")),
         **kw,
         **extra,
     )
@@ -338,6 +357,7 @@ def status(aim_repo: Path, state_path: Path | None, show_aim: bool) -> None:
     try:
         rounds = st.last_rounds()
         rows = list(st.report())
+        key_points = list(st.key_points()) if show_aim else []
     finally:
         st.close()
     for key, (t, ok, summary) in sorted(rounds.items()):
@@ -354,6 +374,13 @@ def status(aim_repo: Path, state_path: Path | None, show_aim: bool) -> None:
                 f"{read.get('requests', 0)} requests/queries/files "
                 f"({'a full listing' if read.get('full') else 'only what could have changed'})"
             )
+        with_runs = len({r["experiment"] for r in rows if r["source"] == key})
+        empty = int(summary.get("experiments") or 0) - with_runs
+        if empty > 0:
+            click.echo(
+                f"  it listed {summary.get('experiments')} MLflow experiments: {empty} without runs "
+                f"(MLflow's `Default` is one when nothing was logged to it), so nothing of them is in Aim"
+            )
     width = max([len(str(r["experiment"])) for r in rows] + [10])
     for source in sorted({r["source"] for r in rows}):
         click.echo(f"source {source}")
@@ -362,24 +389,36 @@ def status(aim_repo: Path, state_path: Path | None, show_aim: bool) -> None:
             click.echo(f"  {str(r['experiment']):<{width}}  {r['runs']:>6}  {r['points']:>10}  {len(r['errors'])}")
             for e in r["errors"]:
                 click.echo(f"      ! {e}")
+        click.echo("  (points: MLflow points read; Aim keeps one value per step of a key, see --aim)")
     if show_aim:
-        _print_aim_summary(cfg.aim_repo)
+        _print_aim_summary(cfg.aim_repo, key_points)
 
 
-def _print_aim_summary(repo: Path) -> None:
-    from .report import summarize_repo
+def _print_aim_summary(repo: Path, key_points: list[tuple[str, str, str, int]]) -> None:
+    from .report import collapse_note, summarize_repo
 
-    click.echo(f"\nin Aim ({repo}):")
-    for exp in summarize_repo(repo):
+    exps = summarize_repo(repo, key_points)
+    runs = sum(len(e["runs"]) for e in exps)
+    click.echo(f"\nin Aim ({repo}): {_count(len(exps), 'experiment')}, {_count(runs, 'run')}")
+    for exp in exps:
         click.echo(
             f"  experiment {exp['experiment']}: {len(exp['runs'])} runs ({', '.join(sorted(exp['runs']))}), "
-            f"{exp['points']} points"
+            f"{exp['points']:,} points"
         )
+        note = collapse_note(exp)
+        if note:
+            click.echo(f"    {note}")
+        if exp["model_points"]:
+            click.echo(f"    ({exp['model_points']:,} of the points are logged models' metrics, under {{model: ...}})")
         for name, contexts in sorted(exp["metrics"].items()):
             ctxs = sorted(contexts)
             shown = ", ".join("{" + ", ".join(f"{k}: {v}" for k, v in c) + "}" if c else "{}" for c in ctxs[:8])
             more = f", ... ({len(ctxs)} contexts)" if len(ctxs) > 8 else ""
             click.echo(f"    {name:<28} {shown}{more}")
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def _stop_on_signals(stop: threading.Event) -> list[int]:

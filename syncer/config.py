@@ -18,6 +18,8 @@ ENV = {
     "context_map": "SYNCER_CONTEXT_MAP",
     "no_context_map": "SYNCER_NO_CONTEXT_MAP",
     "no_tag_labels": "SYNCER_NO_TAG_LABELS",
+    "no_label_tags": "SYNCER_NO_LABEL_TAGS",
+    "label_tags": "SYNCER_LABEL_TAGS",
     "state": "SYNCER_STATE",
     "log_level": "SYNCER_LOG_LEVEL",
     "log_format": "SYNCER_LOG_FORMAT",
@@ -52,6 +54,8 @@ class Config:
     context_map: Path | None = None
     context_mapping: bool = True
     tag_labels: bool = True
+    no_label_tags: tuple[str, ...] = ()  # tag keys (globs) kept out of Aim's labels
+    label_tags: tuple[str, ...] = ()  # tag keys (globs) made labels whatever their value
     interval: float = 10.0
     full_scan_interval: float = 60.0  # seconds between full listings of the store (edits, deletions)
     watch: bool = True

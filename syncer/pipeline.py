@@ -14,7 +14,7 @@ from .artifacts import Artifacts
 from .config import DEFAULT_MAX_ARTIFACT_BYTES
 from .errors import RunLocked, RunUnreadable, Stopped, one_line
 from .logs import OnceLog
-from .mapping import PARENT_TAG, ContextMapper, MappedMetric, run_meta
+from .mapping import PARENT_TAG, ContextMapper, LabelPolicy, MappedMetric, run_meta
 from .mapping.collisions import resolve
 from .plan import RunWork
 from .round_stats import RoundStats
@@ -38,6 +38,7 @@ class Options:
     max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES
     mapper: ContextMapper = field(default_factory=ContextMapper)
     tag_labels: bool = True
+    labels: LabelPolicy = field(default_factory=LabelPolicy)  # which tags become labels
     # backfill: an --experiment that matches nothing is an error; sync: it may appear later
     strict_experiments: bool = True
 
@@ -107,7 +108,10 @@ class RunPipeline:
             found.listed or [],
             tracking_uri=self.source.describe(),
             with_labels=self.options.tag_labels,
+            labels=self.options.labels,
             logged_models=found.models_param,
+            packages=found.packages,
+            packages_from=found.packages_from,
         )
         sink = self.pool.open(aim_hash, exp.aim_name)
         done = False
@@ -116,7 +120,7 @@ class RunPipeline:
                 sink.set_info(meta)
             cursors = self._sync_metrics(run, work, sink, errors, stats)
             stats.artifacts += self.artifacts.write(run, sink, found, errors, self.options.mapper)
-            if found.revised:  # a file that could not be converted: the `artifacts` param says so
+            if found.revised:  # a file that could not be converted: the `mlflow.artifacts` param says so
                 sink.set_info(meta)
             # times and the active flag last: a run shows as finished only once it has its data
             sink.set_times(meta)

@@ -68,7 +68,7 @@ class Preview:
             if target is None:
                 continue
             mapped = MappedMetric(target.name, target.context)
-            rule = "collision: kept its MLflow name" if target.collided else run_mapper.map(m.key).rule
+            rule = "collision: kept its MLflow name" if target.collided else run_mapper.map_media(m.key).rule
             self.add(run.run_id, "step image" if m.step_image else m.kind, m.key, mapped, rule)
         for model, metric in foreign_metrics(found.models or [], run_id=run.run_id, run_keys=set(run.metric_marks)):
             mapped = run_mapper.map(metric.key, metric.dataset_name)

@@ -1,32 +1,111 @@
-"""What landed in an Aim repo, read back through Aim's public SDK (`syncer status --aim`)."""
+"""What landed in an Aim repo, read back through Aim's public SDK (`syncer status --aim`), and
+how it adds up against the MLflow points the state says were read."""
 
 from __future__ import annotations
 
 import os
+from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
+from .mapping import ContextMapper
+from .mapping.collisions import resolve
 
-def summarize_repo(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """What landed, read back through Aim's public SDK: per experiment, its runs and, per metric
-    name, the contexts it has (e.g. accuracy by lang)."""
+MODEL_CONTEXT = "model"  # `{model: <name>}` series: a logged model's metrics, not one of the run's keys
+
+
+def mlflow_points_by_name(key_points: Iterable[tuple[str, str, str, int]]) -> dict[str, dict[str, int]]:
+    """{Aim hash: {Aim metric name: MLflow points read}} from the state's (experiment, hash, key,
+    points), each key named as the default rules name it (a run synced with other rules shows its
+    difference under "other")."""
+    keys: dict[str, dict[str, int]] = defaultdict(dict)
+    for _exp, aim_hash, key, n in key_points:
+        keys[aim_hash][key] = int(n or 0)
+    out: dict[str, dict[str, int]] = {}
+    mapper = ContextMapper()
+    for aim_hash, read in keys.items():
+        names = resolve(mapper.for_run(read), read, known=set())
+        by_name: dict[str, int] = defaultdict(int)
+        for key, n in read.items():
+            by_name[names.of(key).aim_name] += n
+        out[aim_hash] = dict(by_name)
+    return out
+
+
+def summarize_repo(
+    path: str | os.PathLike[str], key_points: Iterable[tuple[str, str, str, int]] = ()
+) -> list[dict[str, Any]]:
+    """What landed, read back through Aim's public SDK: per experiment, its runs, per metric name
+    the contexts it has (e.g. accuracy by lang), its points; with the state's `key_points`, the
+    MLflow points they came from (`mlflow_points`, of the runs found in Aim) and, per metric name,
+    how many of those Aim holds as one (`collapsed`: points of one key at a step another point of
+    it has; Aim keeps one value per step), and the points of logged models' metrics
+    (`model_points`, not the run's own keys)."""
     from aim.sdk.repo import Repo
 
     from .config import repo_root
 
+    mlflow = mlflow_points_by_name(key_points)
     repo = Repo(str(repo_root(path)))
     exps: dict[str, dict[str, Any]] = {}
     try:
         for run in repo.iter_runs():
-            exp = exps.setdefault(
-                run.experiment or "(none)",
-                {"experiment": run.experiment or "(none)", "runs": [], "metrics": {}, "points": 0},
-            )
+            name = run.experiment or "(none)"
+            exp = exps.setdefault(name, _new_experiment(name))
             exp["runs"].append(run.name + (" (archived)" if run.archived else ""))
-            for name, context, _ in run.iter_metrics_info():  # run.metrics() skips archived runs
-                m: Any = run.get_metric(name, context)
-                exp["metrics"].setdefault(m.name, set()).add(tuple(sorted(m.context.to_dict().items())))
+            in_aim: dict[str, int] = defaultdict(int)
+            for metric, context, _ in run.iter_metrics_info():  # run.metrics() skips archived runs
+                m: Any = run.get_metric(metric, context)
+                ctx = m.context.to_dict()
+                exp["metrics"].setdefault(m.name, set()).add(tuple(sorted(ctx.items())))
                 steps, _ = m.data.numpy()
                 exp["points"] += len(steps)
+                if MODEL_CONTEXT in ctx:
+                    exp["model_points"] += len(steps)
+                else:
+                    in_aim[m.name] += len(steps)
+            _add_up(exp, mlflow.get(run.hash), in_aim)
     finally:
         repo.close()
     return sorted(exps.values(), key=lambda e: e["experiment"])
+
+
+def _new_experiment(name: str) -> dict[str, Any]:
+    return {
+        "experiment": name,
+        "runs": [],
+        "metrics": {},
+        "points": 0,
+        "mlflow_points": 0,
+        "model_points": 0,
+        "collapsed": defaultdict(int),
+    }
+
+
+def _add_up(exp: dict[str, Any], read: dict[str, int] | None, in_aim: dict[str, int]) -> None:
+    """Fold one run's MLflow points (by Aim name) and its Aim points into its experiment's sums."""
+    if read is None:  # not in this state (another state file, or synced before it was made)
+        return
+    exp["mlflow_points"] += sum(read.values())
+    other = 0
+    for name in set(read) | set(in_aim):
+        diff = read.get(name, 0) - in_aim.get(name, 0)
+        if name in read and name in in_aim and diff > 0:
+            exp["collapsed"][name] += diff
+        else:
+            other += diff
+    if other:
+        exp["collapsed"]["other"] += other
+
+
+def collapse_note(exp: dict[str, Any]) -> str | None:
+    """One line that says why an experiment's Aim points are fewer than the MLflow points read."""
+    collapsed = {k: v for k, v in exp["collapsed"].items() if v}
+    if not exp["mlflow_points"] or not collapsed:
+        return None
+    total = sum(collapsed.values())
+    named = ", ".join(f"{k} {v:,}" for k, v in sorted(collapsed.items(), key=lambda kv: (-kv[1], kv[0])))
+    return (
+        f"from {exp['mlflow_points']:,} MLflow points: {total:,} of them repeat a step their key already has "
+        f"and Aim keeps one value per step (the later one): {named}"
+    )

@@ -10,7 +10,7 @@ from typing import Literal
 from .config import Config
 from .listing import ListingPolicy
 from .logs import OnceLog
-from .mapping import ContextMapper, load_rules
+from .mapping import ContextMapper, LabelPolicy, load_rules
 from .pipeline import Options, RunPipeline
 from .plan import Planner, select_experiments
 from .rounds import Progress, RoundDriver
@@ -35,6 +35,7 @@ def options_from(cfg: Config, *, strict_experiments: bool) -> Options:
         max_artifact_bytes=cfg.max_artifact_bytes,
         mapper=ContextMapper(rules, enabled=cfg.context_mapping),
         tag_labels=cfg.tag_labels,
+        labels=LabelPolicy(exclude=cfg.no_label_tags, include=cfg.label_tags),
         strict_experiments=strict_experiments,
     )
 

@@ -48,6 +48,7 @@ class RunSink:
             params=meta.params,
             labels=meta.labels,
             archived=meta.archived,
+            note=meta.note,
         )
 
     def set_times(self, meta: RunMeta) -> None:

@@ -22,6 +22,9 @@ from .sources.cursors import Cursor, FileCursor, dumps, loads
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3
+# what a synced run's Aim metadata looks like; a state from an older layout sends every run's
+# metadata again at its next round (2: the artifacts listing under `mlflow`, `__system_params`, notes)
+AIM_LAYOUT = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS runs (
@@ -164,6 +167,11 @@ class State:
                 self.db.execute("BEGIN IMMEDIATE")
                 self._add_run_columns(_V2_RUN_COLUMNS)
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        if int(self._meta("aim_layout") or 1) < AIM_LAYOUT:  # runs synced before: metadata again, once
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.execute("UPDATE runs SET fingerprint = NULL")
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('aim_layout', ?)", (str(AIM_LAYOUT),))
 
     def _add_run_columns(self, columns: Iterable[str]) -> None:
         """Add these columns ("name TYPE") to the runs table where missing (in a transaction)."""
@@ -346,6 +354,12 @@ class State:
                 "points": points,
                 "errors": errors.split("\n") if errors else [],
             }
+
+    def key_points(self) -> Iterator[tuple[str, str, str, int]]:
+        """(experiment, Aim hash, MLflow key, MLflow points read) of every synced key, every source."""
+        yield from self.db.execute(
+            "SELECT r.experiment, r.aim_hash, m.key, m.points FROM metrics m JOIN runs r USING (source, run_id)"
+        )
 
     def last_rounds(self) -> dict[str, tuple[float, bool, dict[str, Any]]]:
         return {

@@ -312,7 +312,11 @@ def read_aim(repo_path: Path | str) -> dict[str, dict]:
             "name": run.name,
             "experiment": run.experiment,
             "description": run.description,
-            "params": {k: run.get(k) for k in ("hparams", "mlflow", "tags", "datasets", "artifacts")},
+            # the artifacts listing lives under `mlflow` (`run.mlflow.artifacts`), not among the params' top keys
+            "params": {
+                **{k: run.get(k) for k in ("hparams", "mlflow", "tags", "datasets")},
+                "artifacts": mlflow_info.get("artifacts"),
+            },
             "metrics": metrics,
             "archived": run.archived,
             "active": run.active,

@@ -8,6 +8,7 @@ the UI takes from here:
   ``finalized_at`` is only a fallback for the end time (which lives in the meta tree) and is
   kept equal to it;
 * name, description, experiment (with its description), tags (the Tags column);
+* notes (the run page's Notes tab shows the one updated last, ``note`` table);
 * the archived flag: ``Run.metrics()`` / ``Repo.query_metrics(q)`` / ``query_runs(q)`` add
   ``run.archived == False`` to every query that does not mention ``run.archived``, so an
   archived run (MLflow deleted) lists no metrics there, as with Aim's own SDK.  Its Run page
@@ -65,6 +66,13 @@ class RunRow:
         self.pending.update(
             name=name, description=description, archived=archived, labels=labels, labels_remove=labels_remove
         )
+
+    def set_note(self, text: str | None, *, before: str | None) -> None:
+        """The run note this writer keeps: the note whose text is ``before`` (what it wrote last
+        time) becomes ``text``; none such: a new note; ``text`` None: that note is removed.
+        Nothing pending when the note is as written last time."""
+        if text != before:
+            self.pending.update(note=text, note_before=before)
 
     def set_times(self, created_at: float, ended_at: float | None) -> None:
         """Creation and end time (seconds); nothing pending when they are as last committed (a
@@ -131,6 +139,8 @@ class RunRow:
                 setattr(model, attr, p[attr])
         if "archived" in p and bool(model.is_archived) != p["archived"]:
             model.is_archived = p["archived"]
+        if "note" in p:
+            _apply_note(session, model, p["note"], p["note_before"])
         if "labels" in p:
             attached = {t.name: t for t in model.tags}
             for tag_name in p["labels_remove"]:
@@ -144,6 +154,37 @@ class RunRow:
                         session.add(tag)
                     model.tags.append(tag)
                     attached[tag_name] = tag
+
+
+def _apply_note(session: Any, model: Any, text: str | None, before: str | None) -> None:
+    """Aim's `Run.add_note` / `update_note` / `remove_note` (sql_engine.entities), on the run's
+    row in this session; an audit-log entry each, as Aim writes."""
+    from aim.storage.structured.sql_engine.models import Note as NoteModel
+    from aim.storage.structured.sql_engine.models import NoteAuditLog
+
+    ours = next((n for n in model.notes if before is not None and n.content == before), None)
+    if ours is None and text is not None:
+        ours = next((n for n in model.notes if n.content == text), None)  # already there (a crash after)
+        if ours is not None:
+            return
+        note = NoteModel(text)
+        session.add(note)
+        model.notes.append(note)
+        session.flush()  # its id, for the audit log
+        session.add(_audit(NoteAuditLog, note.id, "Created", None, text))
+    elif ours is not None and text is None:
+        session.add(_audit(NoteAuditLog, ours.id, "Deleted", None, None))
+        model.notes.remove(ours)
+        session.delete(ours)
+    elif ours is not None and ours.content != text:
+        session.add(_audit(NoteAuditLog, ours.id, "Updated", ours.content, text))
+        ours.content = text
+
+
+def _audit(model: Any, note_id: Any, action: str, before: str | None, after: str | None) -> Any:
+    entry = model(action=action, before=before, after=after)
+    entry.note_id = note_id
+    return entry
 
 
 def set_experiment_description(repo: Any, name: str, description: str | None) -> None:

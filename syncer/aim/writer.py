@@ -13,7 +13,8 @@ list of sequences with their last value / step / min / max (``traces``), and the
 ``end_time`` key (``finalized_at`` in the structured DB is only a fallback, kept equal);
 ``active = not end_time``; ``duration = end_time - creation_time`` (or ``now - creation``).
 Bookkeeping of ours there: ``__mlflow_aim_syncer/labels`` (the tags this writer added, so later
-syncs can drop the ones MLflow no longer has).
+syncs can drop the ones MLflow no longer has) and ``__mlflow_aim_syncer/note`` (the text of the
+run note this writer wrote, so a later sync updates that note and no other).
 
 Crash-safe order: series data before its metadata (a crash in between leaves metadata that
 lags, never metadata pointing at missing points); everything durable at :meth:`flush` (structured
@@ -193,6 +194,7 @@ class AimRunWriter:
         params: dict[str, Any],
         labels: Iterable[str],
         archived: bool,
+        note: str | None | object = _MISSING,
     ) -> None:
         """Set the run's state (idempotent; call with the full desired state every sync).
 
@@ -202,7 +204,10 @@ class AimRunWriter:
           cannot store are kept as their ``repr``);
         * ``labels``: Aim run tags; missing ones are added, ones this writer added earlier and
           no longer listed are removed, tags added by hand in Aim are left alone;
-        * ``archived``: Aim's archived flag (MLflow deleted run -> archived).
+        * ``archived``: Aim's archived flag (MLflow deleted run -> archived);
+        * ``note``: the text of the run note this writer keeps (Aim's Notes tab shows the note
+          updated last); ``None`` removes it; left out: notes untouched.  Notes written in Aim's UI
+          are left alone.
         Structured-DB fields are committed by :meth:`flush` / :meth:`close`."""
         self._check_open()
         labels = list(dict.fromkeys(str(x) for x in labels if str(x)))
@@ -214,9 +219,15 @@ class AimRunWriter:
             labels=labels,
             labels_remove=[t for t in ours_before if t not in set(labels)],
         )
-        params = dict(params)
         chunks = self.chunks
         batch = chunks.meta.batch()
+        if note is not _MISSING:
+            note_before = chunks.meta_run_tree.get((OWN_KEY, "note"), None)
+            note_text = str(note) if note else None
+            self.row.set_note(note_text, before=note_before)
+            if note_before != note_text:
+                chunks.tree_set(batch, ("meta", "chunks", self.hash, OWN_KEY, "note"), note_text)
+        params = dict(params)
         if chunks.meta_run_tree.get("attrs", None) != params or chunks.meta_tree.get("attrs", None) != params:
             for path in (("meta", "chunks", self.hash, "attrs"), ("meta", "attrs")):
                 # as Aim leaves it after `run[...] = {}` (on open) and `run[key] = ...`: the

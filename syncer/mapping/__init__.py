@@ -2,7 +2,8 @@
 
 - metric key  -> (Aim metric name, context)            `keys.ContextMapper`
 - param value -> typed Python value                     `params.parse_param`
-- MLflow tags -> description, labels, user tags          `tags.split_tags`
+- MLflow tags -> description, labels, user tags          `tags.split_tags`, `tags.LabelPolicy`
+- git tags, entry point, logged requirements -> Aim's `__system_params`   `system_params`
 - a run       -> its Aim metadata                       `run_meta.run_meta`
 - artifact    -> Aim object kind                         `artifact_kinds.artifact_kind`
 - artifacts   -> Aim media sequences (step images, ...)    `media_names.media_of`, `media_names.targets`
@@ -26,6 +27,7 @@ from .keys import (
 )
 from .params import parse_param, parse_params
 from .run_meta import RunMeta, run_meta
+from .system_params import SYSTEM_PARAMS, system_params
 from .tags import (
     GIT_COMMIT_TAG,
     NOTE_TAG,
@@ -33,7 +35,9 @@ from .tags import (
     RUN_NAME_TAG,
     SOURCE_TAG,
     USER_TAG,
+    LabelPolicy,
     TagSplit,
+    is_identifier,
     split_tags,
     tag_labels,
 )
@@ -46,9 +50,11 @@ __all__ = [
     "RUN_NAME_TAG",
     "SOURCE_TAG",
     "SUBSET_PREFIXES",
+    "SYSTEM_PARAMS",
     "SYSTEM_PREFIX",
     "USER_TAG",
     "ContextMapper",
+    "LabelPolicy",
     "MappedMetric",
     "Rule",
     "RulesFileError",
@@ -57,6 +63,7 @@ __all__ = [
     "TagSplit",
     "artifact_kind",
     "hf_eval_sets",
+    "is_identifier",
     "load_rules",
     "parse_param",
     "parse_params",
@@ -64,5 +71,6 @@ __all__ = [
     "split_tags",
     "system_metric",
     "system_metric_name",
+    "system_params",
     "tag_labels",
 ]

@@ -41,7 +41,8 @@ SYSTEM_PREFIX = "system/"
 AIM_SYSTEM_PREFIX = "__system__"  # aim.ext.resource.configs.AIM_RESOURCE_METRIC_PREFIX
 # MLflow names per-GPU system metrics `system/gpu_<i>_<what>`; Aim keeps the device in the context.
 _GPU_KEY = re.compile(r"^gpu_(?P<gpu>\d+)_(?P<what>.+)$")
-# MLflow system metric (without `system/` and the GPU index) -> Aim's resource-tracker name
+# MLflow system metric (without `system/` and the GPU index) -> the name Aim's resource tracker
+# gives it, for those Aim's UI shows on its System tab (the others keep their MLflow name)
 _SYSTEM_NAMES = {
     "cpu_utilization_percentage": "cpu",
     "system_memory_usage_percentage": "memory_percent",
@@ -52,12 +53,14 @@ _SYSTEM_NAMES = {
     "gpu_temperature_celsius": "gpu_temp",
 }
 _HF_EVAL_LOSS = re.compile(r"^eval_(?P<ds>.+)_loss$")
+_LANG_SUFFIX = re.compile(r"^(?P<name>.+)_(?P<lang>[a-z]{2})$")
 
 # what `MappedMetric.rule` says of the default rules (a user rule: "rule <i>: <pattern>")
 RULE_HF = "default: Hugging Face eval sets"
 RULE_SUBSET = "default: subset prefix"
 RULE_SYSTEM = "default: system metrics"
 RULE_DATASET = "default: metric dataset"
+RULE_LANG = "default: artifact <name>_<lang>"
 RULE_NONE = "none: kept as is"
 RULE_DISABLED = "none (--no-context-map)"
 
@@ -76,15 +79,18 @@ class MappedMetric:
 
 
 def system_metric(name: str) -> tuple[str, dict[str, Any]]:
-    """MLflow system metric -> (Aim system-metric name, context).
+    """MLflow system metric -> (Aim name, context).
 
-    Aim's Run page puts every metric whose name starts with ``__system__`` in its *System* tab
-    (and names ``__system__cpu``, ``__system__memory_percent``, ``__system__disk_percent``,
-    ``__system__gpu``, ``__system__gpu_memory_percent``, ``__system__gpu_power_watts``,
-    ``__system__gpu_temp`` nicely in the explorers); Aim's own resource tracker keeps the GPU
-    index in the context ``{"gpu": i}``.  Accepts ``system/gpu_0_utilization_percentage``,
-    ``gpu_0_utilization_percentage`` or ``gpu_utilization_percentage`` (GPU index already moved
-    to the context); other names keep their MLflow name after ``__system__``."""
+    Aim's Run page shows on its *System* tab only the names its UI knows (aim_ui
+    ``config/systemMetrics``: ``__system__cpu``, ``__system__p_memory_percent``,
+    ``__system__memory_percent``, ``__system__disk_percent``, ``__system__gpu``,
+    ``__system__gpu_memory_percent``, ``__system__gpu_power_watts``, ``__system__gpu_temp``);
+    any other ``__system__`` name lands in the Metrics tab under its raw name. So the MLflow
+    metrics Aim has a name for get it, and the others keep their readable MLflow name
+    (``system/disk_usage_megabytes``, ``system/network_receive_megabytes``, ...).  Aim's own
+    resource tracker keeps the GPU index in the context ``{"gpu": i}``, and so do both.
+    Accepts ``system/gpu_0_utilization_percentage``, ``gpu_0_utilization_percentage`` or
+    ``gpu_utilization_percentage`` (GPU index already moved to the context)."""
     if name.startswith(AIM_SYSTEM_PREFIX):
         return name, {}
     rest = name[len(SYSTEM_PREFIX) :] if name.startswith(SYSTEM_PREFIX) else name
@@ -93,7 +99,8 @@ def system_metric(name: str) -> tuple[str, dict[str, Any]]:
     if m:
         ctx = {"gpu": int(m.group("gpu"))}
         rest = f"gpu_{m.group('what')}"
-    return AIM_SYSTEM_PREFIX + _SYSTEM_NAMES.get(rest, rest), ctx
+    aim = _SYSTEM_NAMES.get(rest)
+    return (AIM_SYSTEM_PREFIX + aim, ctx) if aim is not None else (SYSTEM_PREFIX + rest, ctx)
 
 
 def system_metric_name(name: str) -> str:
@@ -192,6 +199,25 @@ class RunContextMapper:
         # longest first: `eval_xnli_de_loss` must pick `xnli_de` over `xnli`
         self._eval_sets = sorted(eval_sets, key=len, reverse=True)
 
+    @property
+    def langs(self) -> frozenset[str]:
+        """The languages the run's metrics get a `{lang: ...}` for (its eval sets named by an ISO
+        639-1 code)."""
+        return frozenset(ds for ds in self._eval_sets if ds in ISO_639_1)
+
+    def map_media(self, key: str) -> MappedMetric:
+        """A media sequence's name (an artifact's path without extension, a step image's key):
+        as a metric key, and one that no rule maps named `<name>_<lang>`, with a language the
+        run's metrics have (`confusion_matrix_de` beside `eval_de_loss`), gets the same
+        `{lang: ...}`: `confusion_matrix {lang: de}`."""
+        mapped = self.map(key)
+        if mapped.rule != RULE_NONE:
+            return mapped
+        m = _LANG_SUFFIX.match(key)
+        if m and m.group("lang") in self.langs:
+            return MappedMetric(m.group("name"), {"lang": m.group("lang")}, rule=RULE_LANG)
+        return mapped
+
     def map(self, key: str, dataset_name: str | None = None) -> MappedMetric:
         if not self._mapper.enabled:
             return MappedMetric(key, {}, rule=RULE_DISABLED)
@@ -215,13 +241,14 @@ class RunContextMapper:
                     if ds in ISO_639_1:
                         ctx["lang"] = ds
                     return MappedMetric(key[len(prefix) :], ctx, rule=RULE_HF)
-        # rule 3: MLflow system metrics -> Aim system metrics
+        # rule 3: MLflow system metrics -> Aim system metrics (its System tab), or readable names
         if key.startswith(SYSTEM_PREFIX) and len(key) > len(SYSTEM_PREFIX):
-            rest = key[len(SYSTEM_PREFIX) :]
-            m = _GPU_KEY.match(rest)
-            if m:
-                return MappedMetric(f"gpu_{m.group('what')}", {"gpu": int(m.group("gpu"))}, True, RULE_SYSTEM)
-            return MappedMetric(rest, {}, True, RULE_SYSTEM)
+            name, ctx = system_metric(key)
+            if name.startswith(AIM_SYSTEM_PREFIX):
+                rest = key[len(SYSTEM_PREFIX) :]
+                m = _GPU_KEY.match(rest)
+                return MappedMetric(f"gpu_{m.group('what')}" if m else rest, ctx, True, RULE_SYSTEM)
+            return MappedMetric(name, ctx, rule=RULE_SYSTEM)
         # rule 2: subset prefixes
         for prefix, subset in SUBSET_PREFIXES:
             if key.startswith(prefix) and len(key) > len(prefix):

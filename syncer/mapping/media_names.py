@@ -12,8 +12,9 @@ MLflow's own spellings, read from `MlflowClient.log_image` / `log_table` / `log_
 - `log_figure` writes what the figure library writes: png/jpeg/svg/pdf for matplotlib, html (or
   an image through kaleido) for plotly.
 
-Names go through the metric-key mapper (`keys.RunContextMapper`): a step image's key, any other
-file's path without its extension. When two sequences (or a sequence and a metric of the run)
+Names go through the metric-key mapper (`keys.RunContextMapper.map_media`): a step image's key, any
+other file's path without its extension; `<name>_<lang>` with a language the run's metrics carry
+gets the `{lang: ...}` they get. When two sequences (or a sequence and a metric of the run)
 would land on the same name and context, the first keeps it and the others are written under
 their MLflow name (the key, or the path) with context `{kind: <kind>}`."""
 
@@ -179,7 +180,7 @@ def targets(
     out: dict[str, Target] = {}
     for owner in sorted(owners, key=lambda o: (o not in early, o)):
         m = owners[owner]
-        mapped = mapper.map(m.key)
+        mapped = mapper.map_media(m.key)
         target = Target(mapped.name, dict(mapped.context))
         if _slot(target.name, target.context) in taken:
             target = Target(owner, {"kind": aim_kind(m.kind)}, collided=True)

@@ -1,5 +1,5 @@
-"""One MLflow run -> what its Aim run carries: name, description, params, labels, archived
-flag, creation and end time. Pure."""
+"""One MLflow run -> what its Aim run carries: name, description, note, params (Aim's
+`__system_params` among them), labels, archived flag, creation and end time. Pure."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 
 from ..sources.records import Experiment, RunRecord
 from .params import parse_params
-from .tags import GIT_COMMIT_TAG, PARENT_TAG, SOURCE_TAG, split_tags, tag_labels
+from .system_params import SYSTEM_PARAMS, system_params
+from .tags import GIT_COMMIT_TAG, NOTE_TAG, PARENT_TAG, SOURCE_TAG, LabelPolicy, split_tags
 
 
 @dataclass
@@ -16,7 +17,8 @@ class RunMeta:
     experiment: str
     name: str
     description: str | None
-    params: dict[str, Any]  # everything under run[...] keys: hparams, mlflow, tags, datasets, artifacts
+    note: str | None  # MLflow's note (`mlflow.note.content`): the Aim run's note (its Notes tab)
+    params: dict[str, Any]  # run[...]: hparams, mlflow (artifacts in it), tags, datasets, __system_params
     labels: list[str]
     archived: bool
     created_at: float  # seconds
@@ -32,11 +34,15 @@ def run_meta(
     *,
     tracking_uri: str,
     with_labels: bool = True,
+    labels: LabelPolicy | None = None,
     logged_models: list[dict[str, Any]] | None = None,
+    packages: dict[str, str] | None = None,
+    packages_from: list[str] | None = None,
 ) -> RunMeta:
     """`names`: run id -> run name of the runs listed with this one (parents of nested runs);
-    `artifacts`: the `artifacts` param (every file listed, with what it was copied as);
-    `logged_models`: the run's MLflow 3 logged models (`mapping.model_series.models_param`)."""
+    `artifacts`: the `mlflow.artifacts` param (every file listed, with what it was copied as);
+    `logged_models`: the run's MLflow 3 logged models (`mapping.model_series.models_param`);
+    `packages`: {name: version} from the files the run logged (`packages_from`: which)."""
     tags = split_tags(run.tags)
     parent = run.tags.get(PARENT_TAG)
     info: dict[str, Any] = {
@@ -62,6 +68,10 @@ def run_meta(
     }
     if logged_models:
         info["logged_models"] = logged_models
+    if artifacts:  # under `mlflow`, not first among the Overview's params: `run.mlflow.artifacts`
+        info["artifacts"] = artifacts
+    if packages_from and packages:
+        info["packages_from"] = list(packages_from)
     params: dict[str, Any] = {
         "hparams": parse_params(run.params),
         "mlflow": info,
@@ -69,8 +79,9 @@ def run_meta(
     }
     if run.datasets:
         params["datasets"] = run.datasets
-    if artifacts:
-        params["artifacts"] = artifacts
+    system = system_params(run.tags, packages)
+    if system:
+        params[SYSTEM_PARAMS] = system
     description = tags.description
     if parent and names.get(parent):
         note = f"child of {names[parent]!r}"
@@ -80,8 +91,9 @@ def run_meta(
         experiment=exp.aim_name,
         name=run.name,
         description=description,
+        note=run.tags.get(NOTE_TAG) or None,
         params=params,
-        labels=tag_labels(tags.user_tags) if with_labels else [],
+        labels=(labels or LabelPolicy()).labels(tags.user_tags) if with_labels else [],
         archived=run.deleted or exp.lifecycle_stage == "deleted",
         created_at=(run.start_time or 0) / 1000.0,
         ended_at=None if (active or run.end_time is None) else run.end_time / 1000.0,

@@ -10,6 +10,7 @@ from syncer.mapping import (
     load_rules,
     parse_param,
     split_tags,
+    system_metric,
     tag_labels,
 )
 
@@ -81,17 +82,29 @@ def test_subset_prefixes(key, name, context):
 
 
 @pytest.mark.parametrize(
-    "key, name, context",
+    "key, aim_name, context, system",
     [
-        ("system/cpu_utilization_percentage", "cpu_utilization_percentage", {}),
-        ("system/system_memory_usage_megabytes", "system_memory_usage_megabytes", {}),
-        ("system/gpu_0_utilization_percentage", "gpu_utilization_percentage", {"gpu": 0}),
-        ("system/gpu_3_memory_usage_megabytes", "gpu_memory_usage_megabytes", {"gpu": 3}),
+        # the names Aim's System tab shows (aim_ui config/systemMetrics)
+        ("system/cpu_utilization_percentage", "__system__cpu", {}, True),
+        ("system/system_memory_usage_percentage", "__system__memory_percent", {}, True),
+        ("system/disk_usage_percentage", "__system__disk_percent", {}, True),
+        ("system/gpu_0_utilization_percentage", "__system__gpu", {"gpu": 0}, True),
+        ("system/gpu_1_memory_usage_percentage", "__system__gpu_memory_percent", {"gpu": 1}, True),
+        ("system/gpu_0_power_usage_watts", "__system__gpu_power_watts", {"gpu": 0}, True),
+        # the others keep their readable MLflow name: a raw `__system__...` would land in the Metrics tab
+        ("system/system_memory_usage_megabytes", "system/system_memory_usage_megabytes", {}, False),
+        ("system/disk_usage_megabytes", "system/disk_usage_megabytes", {}, False),
+        ("system/disk_available_megabytes", "system/disk_available_megabytes", {}, False),
+        ("system/network_receive_megabytes", "system/network_receive_megabytes", {}, False),
+        ("system/network_transmit_megabytes", "system/network_transmit_megabytes", {}, False),
+        ("system/gpu_3_memory_usage_megabytes", "system/gpu_memory_usage_megabytes", {"gpu": 3}, False),
     ],
 )
-def test_system_metrics(key, name, context):
+def test_system_metrics(key, aim_name, context, system):
     m = ContextMapper().for_run([key]).map(key)
-    assert (m.name, m.context, m.system) == (name, context, True)
+    assert (m.aim_name, m.context, m.system) == (aim_name, context, system)
+    assert system_metric(key) == (aim_name, context)
+    assert m.aim_name.startswith("__system__") == system  # never a raw internal name in the Metrics tab
 
 
 def test_mlflow3_dataset_name_becomes_context():
