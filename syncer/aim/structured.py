@@ -173,9 +173,12 @@ def _apply_note(session: Any, model: Any, text: str | None, before: str | None) 
         session.flush()  # its id, for the audit log
         session.add(_audit(NoteAuditLog, note.id, "Created", None, text))
     elif ours is not None and text is None:
+        from sqlalchemy import delete
+
         session.add(_audit(NoteAuditLog, ours.id, "Deleted", None, None))
-        model.notes.remove(ours)
-        session.delete(ours)
+        # as Aim's remove_note: a plain DELETE (the ORM would detach the audit log from the note)
+        session.execute(delete(NoteModel).where(NoteModel.id == ours.id))
+        session.expire(model, ["notes"])
     elif ours is not None and ours.content != text:
         session.add(_audit(NoteAuditLog, ours.id, "Updated", ours.content, text))
         ours.content = text
