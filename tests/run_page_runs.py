@@ -135,7 +135,7 @@ def aim_tracked_run(checkout: Path, repo: Path) -> str:
     shim = checkout.parent / "pkg-resources-stand-in"
     shim.mkdir(exist_ok=True)
     (shim / "pkg_resources.py").write_text(PKG_RESOURCES)
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(checkout.parent), "PYTHONPATH": str(shim)}
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(checkout.parent), "PYTHONPATH": str(shim)}
     env["LANG"] = "C.UTF-8"
     p = subprocess.run(
         [sys.executable, "aim_run.py", str(repo)], cwd=checkout, env=env, capture_output=True, text=True, timeout=300

@@ -110,7 +110,9 @@ def test_backfill_fidelity(any_store, tmp_path, aim_repo):
     assert arts["plots/confusion_de.png"]["copied_as"] == "image"
     assert arts["predictions.txt"]["copied_as"] == "text"
     assert all(a["uri"].endswith(p) for p, a in arts.items())
-    assert fin["objects"] == ["plots/confusion_de", "predictions"]  # media names pass the mapping, no extension
+    # media names pass the mapping, no extension; `<name>_de` beside the run's `eval_de_*` metrics gets {lang: de}
+    assert fin["objects"] == ["plots/confusion", "predictions"]
+    assert arts["plots/confusion_de.png"]["context"] == {"lang": "de"}
 
     # dataset inputs
     assert fin["params"]["datasets"] == [

@@ -197,7 +197,7 @@ def test_the_pod_converts_runs_with_a_read_only_root(running_pod):
 
     def copied():
         info = json.loads(_get(f"{api}/runs/{h}/info/")[1])
-        return {a["path"]: a.get("copied_as") for a in info["params"].get("artifacts") or []}
+        return {a["path"]: a.get("copied_as") for a in info["params"]["mlflow"].get("artifacts") or []}
 
     arts = _wait("the finished run's artifacts", copied, 120, p.procs, alive=("syncer", "aim"))
     assert arts["plots/confusion_de.png"] == "image" and arts["predictions.txt"] == "text", arts
