@@ -98,7 +98,14 @@ def test_dry_run_prints_runs_and_the_key_table_and_creates_no_repo(store):
     ]
     assert table["system/cpu_utilization_percentage"][:2] == ["metric", "__system__cpu"]
     assert table["eval/de/samples"] == ["step image", "de/samples", "{subset: eval}", "1", "default: subset prefix"]
-    assert table["plots/confusion_matrix_de"] == ["image", "plots/confusion_matrix_de", "{}", "1", "none: kept as is"]
+    # `<name>_<lang>` with a language the run's metrics have: the same {lang} they get
+    assert table["plots/confusion_matrix_de"] == [
+        "image",
+        "plots/confusion_matrix",
+        "{lang: de}",
+        "1",
+        "default: artifact <name>_<lang>",
+    ]
 
 
 def test_dry_run_shows_which_rule_of_a_rules_file_matched(store):
