@@ -391,34 +391,9 @@ def status(aim_repo: Path, state_path: Path | None, show_aim: bool) -> None:
                 click.echo(f"      ! {e}")
         click.echo("  (points: MLflow points read; Aim keeps one value per step of a key, see --aim)")
     if show_aim:
-        _print_aim_summary(cfg.aim_repo, key_points)
+        from .report import print_summary
 
-
-def _print_aim_summary(repo: Path, key_points: list[tuple[str, str, str, int]]) -> None:
-    from .report import collapse_note, summarize_repo
-
-    exps = summarize_repo(repo, key_points)
-    runs = sum(len(e["runs"]) for e in exps)
-    click.echo(f"\nin Aim ({repo}): {_count(len(exps), 'experiment')}, {_count(runs, 'run')}")
-    for exp in exps:
-        click.echo(
-            f"  experiment {exp['experiment']}: {len(exp['runs'])} runs ({', '.join(sorted(exp['runs']))}), "
-            f"{exp['points']:,} points"
-        )
-        note = collapse_note(exp)
-        if note:
-            click.echo(f"    {note}")
-        if exp["model_points"]:
-            click.echo(f"    ({exp['model_points']:,} of the points are logged models' metrics, under {{model: ...}})")
-        for name, contexts in sorted(exp["metrics"].items()):
-            ctxs = sorted(contexts)
-            shown = ", ".join("{" + ", ".join(f"{k}: {v}" for k, v in c) + "}" if c else "{}" for c in ctxs[:8])
-            more = f", ... ({len(ctxs)} contexts)" if len(ctxs) > 8 else ""
-            click.echo(f"    {name:<28} {shown}{more}")
-
-
-def _count(n: int, what: str) -> str:
-    return f"{n} {what}{'' if n == 1 else 's'}"
+        print_summary(cfg.aim_repo, key_points, click.echo)
 
 
 def _stop_on_signals(stop: threading.Event) -> list[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .mapping import ContextMapper
@@ -109,3 +109,31 @@ def collapse_note(exp: dict[str, Any]) -> str | None:
         f"from {exp['mlflow_points']:,} MLflow points: {total:,} of them repeat a step their key already has "
         f"and Aim keeps one value per step (the later one): {named}"
     )
+
+
+def print_summary(
+    repo: str | os.PathLike[str], key_points: Iterable[tuple[str, str, str, int]], echo: Callable[[str], object]
+) -> None:
+    """`syncer status --aim`: per experiment, its runs and points, what collapsed, each metric's contexts."""
+    exps = summarize_repo(repo, key_points)
+    runs = sum(len(e["runs"]) for e in exps)
+    echo(f"\nin Aim ({repo}): {_count(len(exps), 'experiment')}, {_count(runs, 'run')}")
+    for exp in exps:
+        echo(
+            f"  experiment {exp['experiment']}: {len(exp['runs'])} runs ({', '.join(sorted(exp['runs']))}), "
+            f"{exp['points']:,} points"
+        )
+        note = collapse_note(exp)
+        if note:
+            echo(f"    {note}")
+        if exp["model_points"]:
+            echo(f"    ({exp['model_points']:,} of the points are logged models' metrics, under {{model: ...}})")
+        for name, contexts in sorted(exp["metrics"].items()):
+            ctxs = sorted(contexts)
+            shown = ", ".join("{" + ", ".join(f"{k}: {v}" for k, v in c) + "}" if c else "{}" for c in ctxs[:8])
+            more = f", ... ({len(ctxs)} contexts)" if len(ctxs) > 8 else ""
+            echo(f"    {name:<28} {shown}{more}")
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"

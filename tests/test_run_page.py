@@ -213,3 +213,27 @@ def test_upgrade_rewrites_old_runs_once_with_one_listing(tmp_path):
     assert [n["content"] for n in after.props.notes] == ["n"]
     assert "0 updated" in sync_with(None, uri, repo)  # once
     print(json.dumps(after["mlflow"]["artifacts"], indent=1))
+
+
+def test_status_says_what_collapsed_and_which_experiments_have_no_runs(tmp_path):
+    """A Trainer logs `epoch` with every log line, so several times at one step: Aim keeps one value
+    per step, and `status --aim` says so instead of leaving fewer points unexplained."""
+    uri = str(tmp_path / "mlruns")
+    client = client_for(uri)
+    run = client.create_run(client.create_experiment("trainer"), run_name="t")
+    client.create_experiment("empty")  # listed, no runs: nothing of it in Aim
+    for step, n in ((0, 3), (10, 2)):
+        for i in range(n):
+            client.log_metric(
+                run.info.run_id, "epoch", step / 10 + i * 0.001, step=step, timestamp=1_700_000_000_000 + i
+            )
+        client.log_metric(run.info.run_id, "loss", 1.0, step=step)
+    client.set_terminated(run.info.run_id)
+    repo = tmp_path / "aim"
+    out = sync_with(None, uri, repo)
+    assert "2 experiments, 1 runs" in out and "4 points" in out, out
+    st = run_syncer("status", "--aim-repo", str(repo), "--aim", check=True).stdout
+    assert "it listed 2 MLflow experiments: 1 without runs" in st, st
+    assert "in Aim (" in st and "1 experiment, 1 run" in st, st
+    assert "trainer: 1 runs (t), 4 points" in st, st
+    assert "from 7 MLflow points: 3 of them repeat a step their key already has" in st and ": epoch 3" in st, st
