@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import one_line
+from .errors import Stopped, one_line
 from .mapping import ContextMapper
 from .mapping.collisions import resolve
 from .mapping.media_names import Media, Target, full_size_of, media_of, targets
@@ -90,6 +90,8 @@ class Artifacts:
         cannot be listed now), and what each medium is. `known`: the metric keys synced before."""
         try:
             files = self.source.list_artifacts(run)
+        except Stopped:
+            raise
         except Exception as e:  # any artifact store's failure: the metrics go on
             errors.append(f"cannot list artifacts: {one_line(e)}")
             return Found(None)
@@ -142,6 +144,8 @@ class Artifacts:
     def _models(self, run: RunRecord, errors: list[str]) -> list[LoggedModel] | None:
         try:
             return self.source.logged_models(run)
+        except Stopped:
+            raise
         except Exception as e:  # any store's failure: the rest of the run goes on
             errors.append(f"cannot list logged models: {one_line(e)}")
             return None
@@ -187,6 +191,8 @@ class Artifacts:
                     except NotShown as e:
                         found.revised |= _revise(entry, None, note=str(e))
                         continue
+                    except Stopped:
+                        raise
                     except Exception as e:  # any decoder error of a user's file: listed only
                         errors.append(f"artifact {path!r} cannot be converted: {one_line(e)}")
                         found.revised |= _revise(entry, None, error=one_line(e))

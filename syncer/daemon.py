@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import threading
 import time
@@ -56,6 +57,11 @@ DEBOUNCE_S = 0.2  # wait this long after a file event: MLflow writes a batch as 
 # job logging every 0.1 s would otherwise push it back forever)
 MAX_EVENT_DELAY_S = 0.5
 JOB_ID = "round"
+# SIGTERM to exit within 10 s (deploy/README.md): the round in flight gets this long to reach a
+# safe point (a request to MLflow is not waited for: `sources.http_calls`); one that has not by
+# then (a write that hangs) is left behind, like a SIGKILL: nothing committed is lost, and what
+# it had not committed is read again at the next start
+STOP_GRACE_S = 7.0
 # only what a writer does: with reads included (open / close-without-write), a round's own
 # directory listings flood inotify's queue, and watchdog re-walks the whole store on every
 # overflow, which lists every directory again (a 1,000-run store kept a core busy)
@@ -309,12 +315,23 @@ class Daemon:
         # no new rounds. Not wait=True: apscheduler would wait for the round in flight while
         # holding its job-store lock, which that round needs to reschedule itself (a deadlock)
         self.scheduler.shutdown(wait=False)
-        with self._running:  # the round in flight stops at its next safe point; none starts after
+        # the round in flight stops at its next safe point; none starts after
+        if not self._running.acquire(timeout=STOP_GRACE_S):
+            log.warning(
+                "the round in flight did not stop within %.0f s: exiting without it (what it had "
+                "not committed is read again at the next start)",
+                STOP_GRACE_S,
+            )
+            logging.shutdown()
+            os._exit(2 if self.fatal else 0)  # its thread would be waited for at exit
+        try:
             if self.observer is not None:
                 self.observer.join(timeout=2)
             # no round uses them now: close the Aim runs kept open (lock freed, index up to
             # date); state is committed per chunk
             self._close()
+        finally:
+            self._running.release()
         log.info("stopped in %.1f s", time.monotonic() - t0)
         return 2 if self.fatal else 0
 

@@ -67,9 +67,10 @@ class ListingPolicy:
         )
 
     def moved_experiments(self, experiments: Iterable[Experiment]) -> frozenset[str]:
-        """The experiments new since the last round, or renamed, deleted or restored: their runs
-        carry the experiment's name and stage, so a quick round lists them all (rare; a few)."""
-        now = {e.id: (e.name, e.lifecycle_stage) for e in experiments}
+        """The experiments new since the last round, or renamed, deleted, restored or moved to
+        another workspace: their runs carry the experiment's Aim name and stage, so a quick round
+        lists them all (rare; a few)."""
+        now = {e.id: (e.aim_name, e.lifecycle_stage) for e in experiments}
         before, self._experiments = self._experiments, now
         self._last_ids = tuple(now)
         return frozenset() if before is None else frozenset(i for i, m in now.items() if before.get(i) != m)

@@ -12,7 +12,10 @@ where its cursor stands, and the histories of runs read for the first time, many
   what the endpoint accepts (int32), or a server without the endpoint: the whole history, in
   pages of `get-history`;
 - runs read for the first time (a backfill, a first round): each key's histories of up to 100
-  runs in one request (`get-history-bulk`, what MLflow's own UI charts read).
+  runs of one workspace in one request (`get-history-bulk`, what MLflow's own UI charts read;
+  20 runs up to MLflow 2.10, which refuses more).
+
+What a server lacks (`server_features`) is said by `use` before the first read.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ log = logging.getLogger(__name__)
 PAGE_POINTS = 25_000  # MLflow's MAX_RESULTS_GET_METRIC_HISTORY
 PARALLEL_HISTORIES = 4  # a first read asks for this many histories at once
 BULK_MAX = 2500  # MLflow's MAX_RESULTS_PER_RUN for get-history-bulk-interval
-BULK_RUNS = 100  # MLflow's most run ids for get-history-bulk
+BULK_RUNS = 100  # MLflow's most run ids for get-history-bulk (from 2.11)
+BULK_RUNS_OLD = 20  # ... up to MLflow 2.10
 BULK_POINTS = 25_000  # and its most points
 PREFETCH_WINDOW_POINTS = 500_000  # points held at once for the runs of one prefetch
 _INT32_MAX = 2**31 - 1
@@ -59,7 +63,15 @@ class ServerHistories:
         self._prefetched: dict[tuple[str, str], list[Any]] = {}  # (run, key) -> pages of its history
         self._bulk_ok = True
         self._bulk_runs_ok = True
+        self.bulk_runs = BULK_RUNS  # run ids the server takes in one get-history-bulk request
         self.dataset_runs: set[str] = set()  # runs whose latest points name MLflow 3 datasets
+
+    def use(self, *, bulk_runs: int, bulk_interval: bool) -> None:
+        """What the server offers: run ids a get-history-bulk request takes (0: no such
+        endpoint), and whether it has get-history-bulk-interval."""
+        self.bulk_runs = bulk_runs
+        self._bulk_runs_ok = self._bulk_runs_ok and bulk_runs > 0
+        self._bulk_ok = self._bulk_ok and bulk_interval
 
     def prefetch(self, items: list[tuple[RunRecord, list[str], dict[str, Cursor]]]) -> None:
         """Runs about to be read for the first time: each key's histories of up to BULK_RUNS runs
@@ -69,21 +81,21 @@ class ServerHistories:
         self._prefetched = {}
         if not self._bulk_runs_ok:
             return
-        by_key: dict[str, list[str]] = {}
+        by_key: dict[tuple[str | None, str], list[str]] = {}  # (workspace, key) -> runs
         for run, keys, cursors in items:
             fresh = [k for k in keys if k not in cursors]
             estimate = history_estimate(run, fresh)
             if not fresh or estimate is None or estimate > PREFETCH_MAX_POINTS or run.run_id in self.dataset_runs:
                 continue  # long histories page as before; MLflow 3 datasets come with get-history only
             for k in fresh:
-                by_key.setdefault(k, []).append(run.run_id)
+                by_key.setdefault((self.rest.workspace_of(run.run_id), k), []).append(run.run_id)
         held = 0  # points fetched: the window's histories are held until their runs are written
         try:
-            for key, run_ids in by_key.items():
-                for i in range(0, len(run_ids), BULK_RUNS):
+            for (_ws, key), run_ids in by_key.items():
+                for i in range(0, len(run_ids), self.bulk_runs):
                     if held >= PREFETCH_WINDOW_POINTS:
                         return  # the rest, run by run
-                    held += self._fetch_together(key, run_ids[i : i + BULK_RUNS])
+                    held += self._fetch_together(key, run_ids[i : i + self.bulk_runs])
         except mlflow_compat.EndpointMissing:
             log.info("MLflow at %s has no get-history-bulk endpoint: histories are read run by run", self._display)
             self._bulk_runs_ok = False
@@ -97,7 +109,15 @@ class ServerHistories:
         from mlflow.store.entities.paged_list import PagedList
 
         self.reads.count(requests=1)
-        got = self.rest.history_of_runs(run_ids, key, BULK_POINTS)
+        try:
+            got = self.rest.history_of_runs(run_ids, key, BULK_POINTS)
+        except Exception as e:
+            if len(run_ids) <= BULK_RUNS_OLD or not _too_many_runs(e):
+                raise
+            log.info("MLflow at %s takes %d runs a get-history-bulk request", self._display, BULK_RUNS_OLD)
+            self.bulk_runs = BULK_RUNS_OLD
+            parts = [run_ids[i : i + BULK_RUNS_OLD] for i in range(0, len(run_ids), BULK_RUNS_OLD)]
+            return sum(self._fetch_together(key, part) for part in parts)
         self.reads.count(rows=len(got))
         if len(got) >= BULK_POINTS:  # cut short: halves, down to one run per request
             if len(run_ids) == 1:
@@ -277,3 +297,8 @@ def _metric_chunk(key: str, metrics: list[Any]) -> MetricChunk:
         [m.timestamp for m in metrics],
         names if any(names) else None,
     )
+
+
+def _too_many_runs(e: BaseException) -> bool:
+    """MLflow <= 2.10's answer to more than 20 run ids (one that did not say its version)."""
+    return getattr(e, "error_code", None) == "INVALID_PARAMETER_VALUE" and "run_id" in str(e)

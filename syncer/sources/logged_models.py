@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +58,12 @@ def from_entity(m: Any, step: int | None, flavors: list[str]) -> LoggedModel:
 
 class Flavors:
     """Flavor names of logged models, from their `MLmodel` file, remembered once the model is
-    finalized (its files no longer change)."""
+    finalized (its files no longer change). `executor`: where a server's artifact repository
+    downloads (one that carries the caller's MLflow workspace; see `http_calls`)."""
 
-    def __init__(self, tracking_uri: str | None = None):
+    def __init__(self, tracking_uri: str | None = None, executor: Executor | None = None):
         self.tracking_uri = tracking_uri
+        self.executor = executor
         self._known: dict[str, list[str]] = {}
 
     def of(self, model_id: str, artifact_location: str | None, status: str | None) -> list[str]:
@@ -85,6 +88,12 @@ class Flavors:
             if path is None:
                 return []
             data = read_regular(path / "MLmodel", MLMODEL_MAX_BYTES)
+        elif self.executor is not None:
+            from .mlflow_compat import artifact_repository
+
+            repo = artifact_repository(location.rstrip("/"), self.tracking_uri, self.executor)
+            with tempfile.TemporaryDirectory(prefix="syncer-mlmodel-") as tmp:
+                data = read_regular(repo.download_artifacts("MLmodel", tmp), MLMODEL_MAX_BYTES)
         else:
             import mlflow.artifacts
 

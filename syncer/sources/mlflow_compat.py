@@ -2,7 +2,9 @@
 
 MLflow's public API has no way to (a) read one run folder of a file store without listing the
 whole experiment, (b) get each latest metric's step and timestamp from `search_runs` (only
-values in `RunData.metrics`), nor (c) say which SQL schema revisions it reads. Every use of
+values in `RunData.metrics`), (c) say which SQL schema revisions it reads, (d) send one request
+to one workspace while another thread reads another (`mlflow.set_workspace` is process-wide),
+nor (e) ask a server for its version or a history from a start step. Every use of
 such an internal goes through this module; `check_mlflow_compatibility()` verifies they exist
 (called when a source opens, and by tests/test_mlflow_compat.py) and fails loudly, naming what
 changed, when MLflow moves them.
@@ -11,6 +13,10 @@ changed, when MLflow moves them.
 from __future__ import annotations
 
 import importlib
+import re
+from collections.abc import Iterator
+from concurrent.futures import Executor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,10 @@ INTERNALS: tuple[tuple[str, str], ...] = (
     ("mlflow.utils.rest_utils", "http_request"),
     ("mlflow.store.db.utils", "_get_latest_schema_revision"),
     ("mlflow.store.db.utils", "_get_alembic_config"),
+    ("mlflow.utils.rest_utils", "verify_rest_response"),
+    ("mlflow.utils.workspace_context", "ServerWorkspaceContext"),
+    ("mlflow.utils.workspace_context", "get_request_workspace"),
+    ("mlflow.store.artifact.artifact_repo", "ArtifactRepository.download_artifacts"),
 )
 
 
@@ -85,6 +95,22 @@ def _instance_internals() -> list[str]:
             return ["MlflowClient()._tracking_client.store is no longer a RestStore with get_host_creds"]
     except Exception as e:
         return [f"MlflowClient()._tracking_client.store cannot be read ({e!r})"]
+    try:  # what workspace_bound sets is what MLflow's requests send
+        from mlflow.utils.workspace_context import ServerWorkspaceContext, get_request_workspace
+
+        with ServerWorkspaceContext("syncer-check"):
+            if get_request_workspace() != "syncer-check":
+                return ["mlflow.utils.workspace_context.ServerWorkspaceContext no longer sets the request's workspace"]
+    except Exception as e:
+        return [f"mlflow.utils.workspace_context cannot bind a workspace ({e!r})"]
+    try:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        repo = get_artifact_repository("file:///nonexistent/syncer-check")
+        if not isinstance(repo.thread_pool, Executor) or not isinstance(repo.max_workers, int):
+            return ["an MLflow artifact repository no longer downloads through its `thread_pool`"]
+    except Exception as e:
+        return [f"an MLflow artifact repository's thread_pool cannot be read ({e!r})"]
     return []
 
 
@@ -127,24 +153,80 @@ class FileStoreInternals:
         return self.store._get_all_inputs(info)
 
 
+@contextmanager
+def workspace_bound(workspace: str | None) -> Iterator[None]:
+    """MLflow's requests made by this thread meanwhile carry `workspace` (the X-MLFLOW-WORKSPACE
+    header); None: whatever MLflow sends by itself (nothing, unless MLFLOW_WORKSPACE is set).
+    Only this thread's context: not `mlflow.set_workspace`, which also sets the environment."""
+    if workspace is None:
+        yield
+        return
+    from mlflow.utils.workspace_context import ServerWorkspaceContext
+
+    with ServerWorkspaceContext(workspace):
+        yield
+
+
+def artifact_repository(artifact_uri: str, tracking_uri: str | None, executor: Executor) -> Any:
+    """MLflow's artifact repository for a URI, downloading through `executor` (one that carries
+    the caller's workspace into its threads) instead of its own thread pool."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    repo = get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
+    repo.thread_pool = executor
+    return repo
+
+
 class EndpointMissing(Exception):
-    """The server does not have a REST endpoint (an older MLflow)."""
+    """The server does not have a REST endpoint (an older MLflow): it answered a 404 that is not
+    MLflow's JSON (Flask's own page; MLflow's client calls it ENDPOINT_NOT_FOUND). A JSON 404
+    (RESOURCE_DOES_NOT_EXIST: a run, an experiment, a workspace not there) is not this."""
+
+
+def endpoint_missing(e: BaseException) -> bool:
+    """Whether an MLflow client call failed because the server lacks the endpoint."""
+    from mlflow.exceptions import MlflowException, RestException
+
+    return (
+        isinstance(e, EndpointMissing)
+        or isinstance(e, MlflowException)
+        and not isinstance(e, RestException)
+        and e.error_code == "ENDPOINT_NOT_FOUND"
+    )
+
+
+_VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
+Requester = Any  # http_calls.Calls, or anything with its `run(fn, *args, workspace=..)`
 
 
 class RestInternals:
     """The parts of MLflow's REST client (`RestStore`, `http_request`) that MlflowClient does not
-    expose: one page of a metric history, and the bulk-interval endpoint with a start step."""
+    expose: one page of a metric history, the bulk-interval endpoint with a start step, a key's
+    histories of many runs, the server's version and info. `calls` makes each request (see
+    `http_calls.Calls`: a stop does not wait for it), bound to the workspace `workspace_of`
+    gives for the run asked about."""
 
     BULK_INTERVAL = "/api/2.0/mlflow/metrics/get-history-bulk-interval"
     # what MLflow's UI charts read: one key's histories of up to 100 runs in one request
     BULK_RUNS = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
+    VERSION = "/version"  # plain text, MLflow >= 2.1
+    SERVER_INFO = "/api/3.0/mlflow/server-info"  # JSON, MLflow 3.x (workspaces_enabled from 3.10)
 
-    def __init__(self, client: Any):
+    def __init__(self, client: Any, calls: Requester | None = None, workspace_of: Any = None):
         self.store = client._tracking_client.store
+        self.calls = calls
+        self.workspace_of = workspace_of or (lambda _run_id: None)
+
+    def _run(self, run_id: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.calls is None:
+            with workspace_bound(self.workspace_of(run_id)):
+                return fn(*args, **kwargs)
+        return self.calls.run(fn, *args, workspace=self.workspace_of(run_id), **kwargs)
 
     def history_page(self, run_id: str, key: str, max_results: int, page_token: str | None) -> Any:
         """A PagedList of Metric (in MLflow's (timestamp, step, value) order) with `.token`."""
-        return self.store.get_metric_history(run_id, key, max_results=max_results, page_token=page_token)
+        get = self.store.get_metric_history
+        return self._run(run_id, get, run_id, key, max_results=max_results, page_token=page_token)
 
     @staticmethod
     def offset_token(offset: int) -> str:
@@ -158,27 +240,29 @@ class RestInternals:
         return token.decode("ascii") if isinstance(token, bytes) else str(token)
 
     def history_of_runs(self, run_ids: list[str], key: str, max_results: int) -> list[tuple[str, int, int, float]]:
-        """(run id, timestamp, step, value) of every point of `key` in these runs (at most 100),
-        the first `max_results` of them in (run id, timestamp, step, value) order."""
-        resp = self._get(self.BULK_RUNS, {"run_id": run_ids, "metric_key": key, "max_results": max_results})
+        """(run id, timestamp, step, value) of every point of `key` in these runs (all of one
+        workspace; at most as many as the server takes), the first `max_results` of them in
+        (run id, timestamp, step, value) order."""
+        params = {"run_id": run_ids, "metric_key": key, "max_results": max_results}
+        resp = self._run(run_ids[0], self._get, self.BULK_RUNS, params)
         return [
             (m["run_id"], int(m["timestamp"]), int(m.get("step", 0)), float(m["value"]))
             for m in resp.json().get("metrics", [])
         ]
 
     def _get(self, endpoint: str, params: dict[str, Any]) -> Any:
-        """A GET through MLflow's own HTTP client (its credentials, retries and TLS settings);
-        EndpointMissing on a 404 (a server without it)."""
-        from mlflow.utils.rest_utils import http_request
+        """A GET through MLflow's own HTTP client (its credentials, retries and TLS settings) and
+        its check of the answer: EndpointMissing on a 404 that is not MLflow's (a server without
+        the endpoint); MLflow's RestException for an error MLflow answered."""
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
 
         resp = http_request(self.store.get_host_creds(), endpoint, "GET", raise_on_status=False, params=params)
-        if resp.status_code == 404:
-            raise EndpointMissing(endpoint)
-        if resp.status_code != 200:
-            from mlflow.exceptions import MlflowException
-
-            raise MlflowException(f"{endpoint} answered {resp.status_code}: {resp.text[:200]}")
-        return resp
+        try:
+            return verify_rest_response(resp, endpoint)
+        except Exception as e:
+            if endpoint_missing(e):
+                raise EndpointMissing(endpoint) from None
+            raise
 
     def bulk_interval(
         self, run_id: str, key: str, start_step: int, end_step: int, max_results: int
@@ -186,5 +270,37 @@ class RestInternals:
         """(timestamp, step, value) of the points with start_step <= step <= end_step; the
         server samples them when there are more than max_results."""
         params = {"run_ids": run_id, "metric_key": key, "start_step": start_step, "end_step": end_step}
-        resp = self._get(self.BULK_INTERVAL, {**params, "max_results": max_results})
+        resp = self._run(run_id, self._get, self.BULK_INTERVAL, {**params, "max_results": max_results})
         return [(int(m["timestamp"]), int(m.get("step", 0)), float(m["value"])) for m in resp.json().get("metrics", [])]
+
+    def has(self, endpoint: str, params: dict[str, Any]) -> bool:
+        """Whether the server has a GET endpoint: any answer but a 404 page that is not MLflow's
+        (a JSON error about the parameters or the run says it is there)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._get(endpoint, params)
+        except EndpointMissing:
+            return False
+        except MlflowException:
+            return True
+        return True
+
+    def version(self) -> tuple[int, ...] | None:
+        """The server's MLflow version (`GET /version`, MLflow >= 2.1); None when it does not say
+        (MLflow 2.0, or something in front of it that does not pass /version on)."""
+        from mlflow.utils.rest_utils import http_request
+
+        # a server answering 5xx fails as every other request does (retried, then raised)
+        resp = http_request(self.store.get_host_creds(), self.VERSION, "GET")
+        found = _VERSION.match(resp.text.strip()) if resp.status_code == 200 else None
+        return tuple(int(x) for x in found.groups() if x is not None) if found else None
+
+    def server_info(self) -> dict[str, Any]:
+        """`GET /api/3.0/mlflow/server-info` (MLflow 3: store type, workspaces_enabled); {} where
+        the server lacks it."""
+        try:
+            info = self._get(self.SERVER_INFO, {}).json()
+        except EndpointMissing:
+            return {}
+        return info if isinstance(info, dict) else {}
