@@ -129,7 +129,7 @@ class HttpSource(Source):
         """Asked once (two requests at most), at the first listing; said in one line."""
         if self._features is None:
             try:
-                found = discover(self.rest, self.calls)
+                found = discover(self.rest, self.calls, self.client)
             except Stopped:
                 raise
             except Exception as e:

@@ -1,18 +1,18 @@
 """What an MLflow server offers the HTTP source, found once per source: its version
 (`GET /version`, MLflow >= 2.1) says which endpoints and filters it has. A server that does not
-say (MLflow 2.0, a proxy in front of it) is asked whether it has the history endpoints (a 404
-that is not MLflow's JSON: `mlflow_compat.EndpointMissing`, never a JSON 404 of a run not there),
-searched only with filters every 2.x takes, and its logged models are found missing at the
-first listing. Boundaries, from the release wheels' code and real servers:
+say (MLflow 2.0, a proxy in front of it) is asked whether it has logged models and the history
+endpoints (a 404 that is not MLflow's JSON: `mlflow_compat.EndpointMissing`, never a JSON 404
+of a run not there) and searched only with filters every 2.x takes. Boundaries, from the
+release wheels' code and real servers:
 
-| what                                   | from MLflow | before that                            |
-|----------------------------------------|-------------|----------------------------------------|
-| logged models (`logged-models/search`) | 3.0         | none: a run has no logged models       |
-| `get-history-bulk` (a key of many runs)| 2.2         | histories read run by run              |
-| ... with up to 100 run ids             | 2.11        | 20 run ids a request                   |
-| `get-history-bulk-interval`            | 2.11        | new points by paging `get-history`     |
-| `run_id NOT IN (...)` in a search      | 2.3         | the quiet runs left out after the search|
-| workspaces (`server-info`)             | 3.10        | none: one unnamed workspace            |
+| what                                    | from MLflow | before that                              |
+|-----------------------------------------|-------------|------------------------------------------|
+| logged models (`logged-models/search`)  | 3.0         | none: a run has no logged models         |
+| `get-history-bulk` (a key of many runs) | 2.2         | histories read run by run                |
+| ... with up to 100 run ids              | 2.11        | 20 run ids a request                     |
+| `get-history-bulk-interval`             | 2.11        | new points by paging `get-history`       |
+| `run_id NOT IN (...)` in a search       | 2.3         | the quiet runs left out after the search |
+| workspaces (`server-info`)              | 3.10        | none: one unnamed workspace              |
 """
 
 from __future__ import annotations
@@ -81,10 +81,12 @@ class ServerFeatures:
         return (logging.INFO if lacks or self.workspaces else logging.DEBUG), line
 
 
-def discover(rest: Any, calls: Any) -> ServerFeatures:
-    """Ask the server (`rest`: mlflow_compat.RestInternals; `calls`: http_calls.Calls): its
-    version; where it may have workspaces, whether they are on; where it does not say its
-    version, whether it has the history endpoints."""
+def discover(rest: Any, calls: Any, client: Any) -> ServerFeatures:
+    """Ask the server (`rest`: mlflow_compat.RestInternals; `calls`: http_calls.Calls; `client`:
+    an MlflowClient for it): its version; where it may have workspaces, whether they are on;
+    where it does not say its version, whether it has logged models and the history endpoints."""
+    from .mlflow_compat import endpoint_missing
+
     features = ServerFeatures.of_version(calls.run(rest.version))
     if features.may_have_workspaces:
         features.workspaces = bool(calls.run(rest.server_info).get("workspaces_enabled"))
@@ -93,9 +95,13 @@ def discover(rest: Any, calls: Any) -> ServerFeatures:
         features.bulk_runs = UNKNOWN_BULK_RUNS if calls.run(rest.has, rest.BULK_RUNS, probe) else 0
         probe = {"run_ids": NO_RUN, "metric_key": "loss", "max_results": 1}
         features.bulk_interval = calls.run(rest.has, rest.BULK_INTERVAL, probe)
+        try:
+            calls.run(client.search_logged_models, experiment_ids=["0"], max_results=1)
+        except Exception as e:  # any other answer says the endpoint is there
+            features.logged_models = not endpoint_missing(e)
     return features
 
 
 def requests_made(features: ServerFeatures) -> int:
     """How many requests `discover` made to find these."""
-    return 1 + features.may_have_workspaces + 2 * (features.version is None)
+    return 1 + features.may_have_workspaces + 3 * (features.version is None)
