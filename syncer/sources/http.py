@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -55,6 +56,7 @@ PAGE_RUNS = 1000
 PAGE_MODELS = 100  # MLflow's most for search_logged_models
 _CLOCK_MARGIN_MS = 5 * 60 * 1000  # start/end times are stamped by the clients' clocks
 _DORMANT_FILTER_MAX = 200  # at most this many quiet runs are named in a NOT IN filter
+_ARTIFACTS_WORKSPACE = re.compile(r"^mlflow-artifacts:(?://[^/]*)?/workspaces/([^/]+)/")  # a workspace server's
 
 # a quick listing sent early: (the quiet runs its RUNNING search left out, the two searches)
 _Early = tuple[list[str], list["Future[dict[str, Any]]"]]
@@ -163,8 +165,12 @@ class HttpSource(Source):
     # -- experiments and runs ----------------------------------------------------------------
     def start_listing(self, ask: ListingAsk) -> None:
         """A quick round's searches need only the last round's experiments: sent now, side by
-        side with listing the experiments. One new since is in `ask.moved` (all its runs searched)."""
+        side with listing the experiments. One new since is in `ask.moved` (all its runs searched).
+        Not on a server with workspaces: a search is sent to the experiment's workspace, which
+        only this round's listing says (a workspace deleted since moves its experiments)."""
         self._early = None
+        if self._features is not None and self._features.workspaces:
+            return
         if not ask.full and ask.since_ms is not None and ask.last_experiments:
             self._early = self._send_quick_searches(list(ask.last_experiments), ask)
 
@@ -413,6 +419,17 @@ class HttpSource(Source):
     # -- artifacts ---------------------------------------------------------------------------
     def list_artifacts(self, run: RunRecord) -> list[ArtifactFile]:
         ws = self._learn(run)
+        kept = _ARTIFACTS_WORKSPACE.search(run.artifact_uri or "") if ws is not None else None
+        if kept and kept.group(1) != ws:  # moved out of a workspace deleted with SET_DEFAULT
+            if kept.group(1) not in self._warned:
+                self._warned.add(kept.group(1))
+                log.warning(
+                    "runs moved to workspace %r when workspace %r was deleted keep their artifacts under "
+                    "it, which MLflow no longer serves: their artifacts are not read (copies made before stay)",
+                    ws,
+                    kept.group(1),
+                )
+            return []
         self.reads.count(requests=1)
         files: list[ArtifactFile] = self.calls.run(artifact_repo_list, run, tracking_uri=self.uri, workspace=ws)
         return files
