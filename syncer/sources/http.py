@@ -20,24 +20,23 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import re
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
-from ..errors import REFUSED, BadInput, Stopped
+from ..errors import REFUSED, Stopped
 from . import mlflow_compat
 from .base import Changes, ListingAsk, ReadStats, Source
 from .cursors import Cursor, order_value
 from .entities import artifact_repo_fetch, artifact_repo_list, datasets_from_inputs, experiment_from
 from .http_calls import Calls, DaemonExecutor
 from .http_history import BULK_RUNS, ServerHistories
+from .http_workspaces import WorkspaceMap
 from .location import StoreLocation
 from .logged_models import Flavors, client_logged_models
 from .records import (
-    DEFAULT_WORKSPACE,
     AnyRun,
     ArtifactFile,
     Experiment,
@@ -56,7 +55,6 @@ PAGE_RUNS = 1000
 PAGE_MODELS = 100  # MLflow's most for search_logged_models
 _CLOCK_MARGIN_MS = 5 * 60 * 1000  # start/end times are stamped by the clients' clocks
 _DORMANT_FILTER_MAX = 200  # at most this many quiet runs are named in a NOT IN filter
-_ARTIFACTS_WORKSPACE = re.compile(r"^mlflow-artifacts:(?://[^/]*)?/workspaces/([^/]+)/")  # a workspace server's
 
 # a quick listing sent early: (the quiet runs its RUNNING search left out, the two searches)
 _Early = tuple[list[str], list["Future[dict[str, Any]]"]]
@@ -89,16 +87,13 @@ class HttpSource(Source):
             self.client = MlflowClient(tracking_uri=self.uri)
         except Exception as e:  # a bad URI, a missing driver
             raise self.failure(e) from None
-        self.strict = must_exist  # a --workspace the server lacks: an error (else a warning, once)
         self.calls = Calls(stop)
+        self.ws = WorkspaceMap(location.display, workspaces, strict=must_exist)  # which workspace is whose
         self._executor = DaemonExecutor(4)  # artifact downloads, in the caller's workspace
-        self.rest = mlflow_compat.RestInternals(self.client, self.calls, self._workspace_of_run)
+        self.rest = mlflow_compat.RestInternals(self.client, self.calls, self.ws.of_run)
         self.histories = ServerHistories(self.rest, reads, self._call, self._failure_or_stop, location.display)
         self.flavors = Flavors(self.uri, self._executor)
         self._features: ServerFeatures | None = None  # asked at the first listing
-        self._exp_ws: dict[str, str | None] = {}  # experiment id -> its workspace, as last listed
-        self._run_exp: dict[str, str] = {}  # run id -> experiment id, of every run seen
-        self._warned: set[str] = set()  # workspaces named that the server lacks, said once
         self._models: dict[str, str] = {}  # run id -> digest of its logged models, as of the last full listing
         self._models_ok = True  # said once when the server cannot list logged models
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="search")  # quick rounds' searches
@@ -144,23 +139,13 @@ class HttpSource(Source):
             self._features = found
         return self._features
 
-    def _workspace_of_run(self, run_id: str) -> str | None:
-        exp = self._run_exp.get(run_id)
-        return self._exp_ws.get(exp) if exp is not None else None
-
     def _learn(self, run: RunRecord) -> str | None:
         """The workspace of a run handed in (a worker's source has not listed it): its
         experiment's, listed again once if this source has not seen it."""
-        self._run_exp[run.run_id] = run.experiment_id
-        if self.features.workspaces and run.experiment_id not in self._exp_ws:
+        self.ws.experiment_of[run.run_id] = run.experiment_id
+        if self.features.workspaces and run.experiment_id not in self.ws.of_experiment:
             self.list_experiments()
-        return self._exp_ws.get(run.experiment_id)
-
-    def _by_workspace(self, exp_ids: list[str]) -> dict[str | None, list[str]]:
-        groups: dict[str | None, list[str]] = {}
-        for i in exp_ids:
-            groups.setdefault(self._exp_ws.get(i), []).append(i)
-        return groups
+        return self.ws.of_experiment.get(run.experiment_id)
 
     # -- experiments and runs ----------------------------------------------------------------
     def start_listing(self, ask: ListingAsk) -> None:
@@ -176,9 +161,10 @@ class HttpSource(Source):
 
     def list_experiments(self) -> list[Experiment]:
         out: list[Experiment] = []
-        for ws in self._workspaces_to_list():
+        names = lambda: [w.name for w in self._call(self.client.list_workspaces)]  # noqa: E731
+        for ws in self.ws.to_list(self.features.workspaces, names):
             out.extend(self._experiments_in(ws))
-        self._exp_ws = {e.id: e.workspace for e in out}
+        self.ws.of_experiment = {e.id: e.workspace for e in out}
         return out
 
     def _experiments_in(self, workspace: str | None) -> list[Experiment]:
@@ -198,28 +184,6 @@ class HttpSource(Source):
             token = page.token
             if not token:
                 return [replace(experiment_from(e), workspace=workspace) for e in exps]
-
-    def _workspaces_to_list(self) -> list[str | None]:
-        """The server's workspaces to read (every one, or those named); [None] for a server
-        without workspaces (everything is in its one, unnamed)."""
-        if not self.features.workspaces:
-            other = [w for w in self.workspaces if w != DEFAULT_WORKSPACE]
-            if other:
-                self._unknown_workspaces(other, "the server has no workspaces: MLflow >= 3.10 in workspace mode")
-            return [None] if not self.workspaces or DEFAULT_WORKSPACE in self.workspaces else []
-        names = [w.name for w in self._call(self.client.list_workspaces)]
-        missing = [w for w in self.workspaces if w not in names]
-        if missing:
-            self._unknown_workspaces(missing, f"known: {', '.join(names)}")
-        return [w for w in names if w in (self.workspaces or names)]
-
-    def _unknown_workspaces(self, names: list[str], why: str) -> None:
-        msg = f"unknown MLflow workspace(s) at {self.describe()}: {', '.join(repr(n) for n in names)} ({why})"
-        if self.strict:
-            raise BadInput(msg)
-        if not set(names) <= self._warned:
-            self._warned.update(names)
-            log.warning("%s; looked for again every round", msg)
 
     def changes(self, experiments: list[Experiment], ask: ListingAsk) -> Changes:
         from mlflow.entities import ViewType
@@ -275,7 +239,7 @@ class HttpSource(Source):
         """A run last seen RUNNING that the searches no longer return: its status changed without
         an end time. None where it cannot be read (deleted for good: the full listing says so)."""
         try:
-            return self._call(self.client.get_run, run_id, workspace=self._workspace_of_run(run_id))
+            return self._call(self.client.get_run, run_id, workspace=self.ws.of_run(run_id))
         except REFUSED as e:  # not StoreUnavailable: an unreachable server fails the round
             log.debug("run %s, last seen RUNNING, cannot be read: %s", run_id, e)
             return None
@@ -284,7 +248,7 @@ class HttpSource(Source):
         """The runs of these experiments the filter matches (a search per workspace), less
         `leave_out`."""
         found: dict[str, Any] = {}
-        for ws, ids in self._by_workspace(exp_ids).items():
+        for ws, ids in self.ws.by_workspace(exp_ids).items():
             token = None
             while True:
                 page = self._call(
@@ -309,7 +273,7 @@ class HttpSource(Source):
         None asked for where the server has none (MLflow 2.x); when it cannot say now, what it
         said last time."""
         parts: dict[str, list[Any]] = {}
-        for ws, ids in self._by_workspace(exp_ids).items() if self.features.logged_models else ():
+        for ws, ids in self.ws.by_workspace(exp_ids).items() if self.features.logged_models else ():
             token = None
             while True:
                 try:
@@ -342,7 +306,7 @@ class HttpSource(Source):
 
     def _record(self, experiment: Experiment, r: Any) -> RunRecord:
         info, data = r.info, r.data
-        self._run_exp[info.run_id] = info.experiment_id
+        self.ws.experiment_of[info.run_id] = info.experiment_id
         latest = mlflow_compat.metric_objs(data)
         marks = {m.key: KeyMark(latest=(m.timestamp, m.step, order_value(m.value))) for m in latest}
         if any(getattr(m, "dataset_name", None) for m in latest):
@@ -419,16 +383,7 @@ class HttpSource(Source):
     # -- artifacts ---------------------------------------------------------------------------
     def list_artifacts(self, run: RunRecord) -> list[ArtifactFile]:
         ws = self._learn(run)
-        kept = _ARTIFACTS_WORKSPACE.search(run.artifact_uri or "") if ws is not None else None
-        if kept and kept.group(1) != ws:  # moved out of a workspace deleted with SET_DEFAULT
-            if kept.group(1) not in self._warned:
-                self._warned.add(kept.group(1))
-                log.warning(
-                    "runs moved to workspace %r when workspace %r was deleted keep their artifacts under "
-                    "it, which MLflow no longer serves: their artifacts are not read (copies made before stay)",
-                    ws,
-                    kept.group(1),
-                )
+        if self.ws.artifacts_left_behind(run.artifact_uri, ws):
             return []
         self.reads.count(requests=1)
         files: list[ArtifactFile] = self.calls.run(artifact_repo_list, run, tracking_uri=self.uri, workspace=ws)

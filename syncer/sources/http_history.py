@@ -300,5 +300,6 @@ def _metric_chunk(key: str, metrics: list[Any]) -> MetricChunk:
 
 
 def _too_many_runs(e: BaseException) -> bool:
-    """MLflow <= 2.10's answer to more than 20 run ids (one that did not say its version)."""
-    return getattr(e, "error_code", None) == "INVALID_PARAMETER_VALUE" and "run_id" in str(e)
+    """MLflow <= 2.10's answer to more than 20 run ids (a server that did not say its version):
+    the request's other parameters are valid on every version."""
+    return getattr(e, "error_code", None) == "INVALID_PARAMETER_VALUE"
