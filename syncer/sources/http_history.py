@@ -36,8 +36,7 @@ log = logging.getLogger(__name__)
 PAGE_POINTS = 25_000  # MLflow's MAX_RESULTS_GET_METRIC_HISTORY
 PARALLEL_HISTORIES = 4  # a first read asks for this many histories at once
 BULK_MAX = 2500  # MLflow's MAX_RESULTS_PER_RUN for get-history-bulk-interval
-BULK_RUNS = 100  # MLflow's most run ids for get-history-bulk (from 2.11)
-BULK_RUNS_OLD = 20  # ... up to MLflow 2.10
+BULK_RUNS = 100  # MLflow's most run ids for get-history-bulk (from 2.11; 20 before: `use`)
 BULK_POINTS = 25_000  # and its most points
 PREFETCH_WINDOW_POINTS = 500_000  # points held at once for the runs of one prefetch
 _INT32_MAX = 2**31 - 1
@@ -109,15 +108,7 @@ class ServerHistories:
         from mlflow.store.entities.paged_list import PagedList
 
         self.reads.count(requests=1)
-        try:
-            got = self.rest.history_of_runs(run_ids, key, BULK_POINTS)
-        except Exception as e:
-            if len(run_ids) <= BULK_RUNS_OLD or not _too_many_runs(e):
-                raise
-            log.info("MLflow at %s takes %d runs a get-history-bulk request", self._display, BULK_RUNS_OLD)
-            self.bulk_runs = BULK_RUNS_OLD
-            parts = [run_ids[i : i + BULK_RUNS_OLD] for i in range(0, len(run_ids), BULK_RUNS_OLD)]
-            return sum(self._fetch_together(key, part) for part in parts)
+        got = self.rest.history_of_runs(run_ids, key, BULK_POINTS)
         self.reads.count(rows=len(got))
         if len(got) >= BULK_POINTS:  # cut short: halves, down to one run per request
             if len(run_ids) == 1:
@@ -298,8 +289,3 @@ def _metric_chunk(key: str, metrics: list[Any]) -> MetricChunk:
         names if any(names) else None,
     )
 
-
-def _too_many_runs(e: BaseException) -> bool:
-    """MLflow <= 2.10's answer to more than 20 run ids (a server that did not say its version):
-    the request's other parameters are valid on every version."""
-    return getattr(e, "error_code", None) == "INVALID_PARAMETER_VALUE"
