@@ -43,6 +43,16 @@ AIMLFLOW = OUT / "aimlflow-venv" / "bin" / "aimlflow"
 # --------------------------------------------------------------------------- children
 
 
+def legacy_env(python: Path) -> dict[str, str]:
+    """The environment of another MLflow's processes (an MLflow 2.x venv's `python`): its venv's
+    bin first on PATH (2.x's `mlflow server` starts `gunicorn` from it), nothing of this project."""
+    drop = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "MLFLOW_TRACKING_URI")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    venv = Path(python).parent.parent
+    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(venv), PYTHONUNBUFFERED="1")
+    return env
+
+
 def child_env(own_tree: bool = True, **extra: str) -> dict[str, str]:
     """The environment of every child. `own_tree`: `import syncer` finds the tree this file is
     in (never an editable install elsewhere); off for aimlflow's venv."""

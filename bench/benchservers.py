@@ -104,10 +104,13 @@ class Postgres:
 
 
 class MlflowServer:
-    """`mlflow server` over a sqlite database, one uvicorn worker, on a free port of 127.0.0.1."""
+    """`mlflow server` over a sqlite database, one worker, on a free port of 127.0.0.1; `python`:
+    the interpreter whose MLflow serves it (an MLflow 2.x venv's, with `env` from
+    benchkit.legacy_env), the project's by default."""
 
-    def __init__(self, db: Path, workdir: Path):
+    def __init__(self, db: Path, workdir: Path, python: Path = PY, env: dict[str, str] | None = None):
         self.db, self.workdir = db, workdir
+        self.python, self.env = python, env
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -118,12 +121,12 @@ class MlflowServer:
         args += ["--artifacts-destination", str(self.workdir / "artifacts"), "--workers", "1"]
         with open(self.workdir / "server.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [str(PY), "-m", "mlflow", "server", *args],
+                [str(self.python), "-m", "mlflow", "server", *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
                 start_new_session=True,
-                env=child_env(),
+                env=self.env if self.env is not None else child_env(),
             )
         wait_http(self.uri + "/health", timeout=120, proc=self.proc)
         return self

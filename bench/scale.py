@@ -12,6 +12,9 @@ here, the `python -m syncer` children included, imports `syncer` from the tree t
     .venv/bin/python bench/scale.py run --sizes 100,1000 --kinds file,sqlite --passes 2
     .venv/bin/python bench/scale.py latency                  # log -> visible, 1,000-run file store
     .venv/bin/python bench/scale.py history-options          # get-history vs bulk-interval, 50k points
+    .venv/bin/python bench/scale.py run --sizes 1000 --kinds server,server2 --passes 2 \
+        --mlflow2-python "$(.venv/bin/python tests/legacy_mlflow.py install 2.9.2 | cut -d' ' -f1)"
+                                                             # an MLflow 2.x server next to 3.x
     .venv/bin/python bench/scale.py report                   # markdown tables from results.jsonl
 
 Per (kind, size), `run` makes one *session* (scale_session.py) on a fresh working copy of the
@@ -40,7 +43,7 @@ from scale_history import history_options_part
 from scale_latency import latency_part
 from scale_report import report
 from scale_session import session
-from scale_stores import KINDS, Stores
+from scale_stores import KINDS, OPTIONAL_KINDS, Stores
 
 SIZES = (100, 1000, 5000)
 
@@ -53,6 +56,9 @@ def gen(stores: Stores, kinds: list[str], sizes: list[int]) -> None:
                 e = stores.ensure(k, n)
                 checked = time.perf_counter() - t
                 print(f"[gen] {k}-{n}: {e['du']}, generated in {e['seconds']} s (checked {checked:.1f} s)", flush=True)
+        if "server2" in kinds:
+            e = stores.ensure("server2", n)
+            print(f"[gen] server2-{n} (MLflow {e['mlflow']}): {e['du']}, generated in {e['seconds']} s", flush=True)
 
 
 def latency(stores: Stores, out: Path, a: argparse.Namespace) -> None:
@@ -108,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new", type=int, nargs="+", default=[1, 100], help="history-options: new points to read")
     ap.add_argument("--reps", type=int, default=20, help="history-options: requests per case")
     ap.add_argument("--since", default=None, help="report: only results started at or after this ISO time")
+    ap.add_argument(
+        "--mlflow2-python",
+        default=None,
+        help="kind server2: the python of a venv with MLflow 2.x (`python tests/legacy_mlflow.py install 2.9.2`)",
+    )
     a = ap.parse_args(argv)
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -119,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         ap.error(f"--sizes wants numbers of runs separated by commas, not {a.sizes!r}")
     kinds = [k for k in a.kinds.split(",") if k]
-    unknown = sorted(set(kinds) - set(KINDS))
+    unknown = sorted(set(kinds) - set(KINDS) - set(OPTIONAL_KINDS))
     if unknown:
-        ap.error(f"unknown --kinds {','.join(unknown)} (choose from {','.join(KINDS)})")
+        ap.error(f"unknown --kinds {','.join(unknown)} (choose from {','.join(KINDS + OPTIONAL_KINDS)})")
+    if "server2" in kinds and not a.mlflow2_python:
+        ap.error("--kinds server2 needs --mlflow2-python")
     if a.command == "latency":
         kinds, sizes = ["file"], [a.size]
     if a.command == "history-options":
@@ -129,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     pg = Postgres(out / "pg").start() if "postgres" in kinds else None
     print(f"syncer from {syncer_file()}; git {git_state()}; load {load()}", flush=True)
     try:
-        stores = Stores(out, pg)
+        stores = Stores(out, pg, Path(a.mlflow2_python) if a.mlflow2_python else None)
         if a.command == "gen":
             gen(stores, kinds, sizes)
         elif a.command == "latency":

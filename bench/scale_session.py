@@ -42,7 +42,7 @@ from scale_stores import Stores, WorkStore
 def measure_backfill(ws: WorkStore, repo: Path, logs: Path) -> dict[str, Any]:
     cmd = syncer_cmd("backfill", "--mlflow-tracking-uri", ws.uri, "--aim-repo", str(repo))
     serving = ws.serving_pid()
-    srv0 = tree_cpu(serving) if ws.kind == "server" else None
+    srv0 = tree_cpu(serving) if ws.kind in ("server", "server2") else None
     l0 = load()
     r = run_timed(cmd, logs / "backfill.log")
     text, wall = r["output"], r["wall_s"]
@@ -142,7 +142,7 @@ def session(kind: str, n: int, stores: Stores, out: Path, args, pass_no: int) ->
     }
     t = time.perf_counter()
     with WorkStore(kind, n, stores, work) as ws:
-        res["store"] = {k: ws.entry.get(k) for k in ("du", "points", "runs", "seconds")}
+        res["store"] = {k: ws.entry.get(k) for k in ("du", "points", "runs", "seconds", "mlflow")}
         if ws.server is not None:
             res["server_start_s"] = ws.server_start_s
         print(f"[{kind}-{n}] backfill ...", flush=True)

@@ -1,6 +1,10 @@
 """The stores of bench/scale.py: generated once per (kind, size) under <out>/stores (PostgreSQL's
 in the private cluster under <out>/pg) and reused across invocations, and the fresh working copy
-one measurement works on (`WorkStore`)."""
+one measurement works on (`WorkStore`).
+
+`server2`: an MLflow 2.x `mlflow server` (the venv of `--mlflow2-python`, e.g. the one
+`python tests/legacy_mlflow.py install 2.9.2` prints) over a sqlite database that MLflow wrote
+with its own schema (gen_scale.py run by that python: the same content as the other kinds)."""
 
 from __future__ import annotations
 
@@ -11,21 +15,25 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchkit import legacy_env
 from benchservers import MlflowServer, Postgres
 from gen_scale import verify, write_file_store, write_sql_store
 from scale_content import GEN_VERSION, RUNNING_ID, points_total
 
 KINDS = ("file", "sqlite", "postgres", "server")
+OPTIONAL_KINDS = ("server2",)  # an MLflow 2.x server: only when asked for, with --mlflow2-python
 
 
 class Stores:
     """Generated stores under <out>/stores (and the PostgreSQL cluster under <out>/pg), reused
     across invocations; `manifest.json` says what each holds (rebuilt when GEN_VERSION moves)."""
 
-    def __init__(self, out: Path, pg: Postgres | None):
+    def __init__(self, out: Path, pg: Postgres | None, mlflow2: Path | None = None):
         self.dir = out / "stores"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.pg = pg
+        self.mlflow2 = mlflow2  # an MLflow 2.x venv's python, for the server2 kind
+        self._mlflow2_version: str | None = None
         self.manifest_path = self.dir / "manifest.json"
         self.manifest: dict[str, Any] = (
             json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else {}
@@ -43,9 +51,25 @@ class Stores:
     def sqlite(self, n: int) -> Path:
         return self.dir / f"sqlite-{n}.db"
 
+    @property
+    def mlflow2_version(self) -> str:
+        if self.mlflow2 is None:
+            raise SystemExit("the server2 kind needs --mlflow2-python (an MLflow 2.x venv's python)")
+        if self._mlflow2_version is None:
+            code = "import mlflow; print(mlflow.__version__)"
+            env = legacy_env(self.mlflow2)
+            p = subprocess.run([str(self.mlflow2), "-c", code], capture_output=True, text=True, env=env)
+            self._mlflow2_version = p.stdout.strip().splitlines()[-1]
+        return self._mlflow2_version
+
+    def sqlite2(self, n: int) -> Path:
+        return self.dir / f"sqlite-mlflow{self.mlflow2_version}-{n}.db"
+
     def ensure(self, kind: str, n: int) -> dict[str, Any]:
         """Build (or just confirm) the cached store of one kind and size; the server kind is the
         sqlite one. Returns its manifest entry."""
+        if kind == "server2":
+            return self._ensure_sqlite2(n)
         if kind == "server":
             kind = "sqlite"
         name = f"{kind}-{n}"
@@ -106,6 +130,34 @@ class Stores:
             raise ValueError(kind)
         return self.manifest[name]
 
+    def _ensure_sqlite2(self, n: int) -> dict[str, Any]:
+        """The sqlite store written by the MLflow 2.x of --mlflow2-python (its own schema)."""
+        assert self.mlflow2 is not None
+        path = self.sqlite2(n)
+        name = path.stem
+        if not (self._ok(name) and path.exists()):
+            print(f"[gen] sqlite store of MLflow {self.mlflow2_version}, {n:,} runs -> {path}", flush=True)
+            cmd = [str(self.mlflow2), str(Path(__file__).with_name("gen_scale.py")), "--kind", "sqlite"]
+            p = subprocess.run(
+                [*cmd, "--runs", str(n), "--out", str(path)],
+                capture_output=True,
+                text=True,
+                env=legacy_env(self.mlflow2),
+            )
+            if p.returncode != 0:
+                raise SystemExit(f"gen_scale.py with {self.mlflow2} failed:\n{p.stderr[-3000:]}")
+            info = json.loads(p.stdout.strip().splitlines()[-1])
+            self.manifest[name] = {
+                **info,
+                "gen_version": GEN_VERSION,
+                "runs": n,
+                "points": points_total(n),
+                "du": du(path),
+                "mlflow": self.mlflow2_version,
+            }
+            self._save()
+        return self.manifest[name]
+
 
 def du(path: Path) -> str:
     p = subprocess.run(["du", "-sh", str(path)], capture_output=True, text=True)
@@ -140,12 +192,16 @@ class WorkStore:
             pg.disconnect(f"scale_{n}")  # a template must have no sessions (this process verified it)
             pg.sql(f"CREATE DATABASE {self.db} TEMPLATE scale_{n}")
             self.uri = pg.url(self.db)
-        elif kind == "server":
+        elif kind in ("server", "server2"):
             dst = self.work / "server" / "mlflow.db"
             dst.parent.mkdir(parents=True)
-            shutil.copyfile(self.stores.sqlite(n), dst)
+            legacy = self.stores.mlflow2 if kind == "server2" else None
+            shutil.copyfile(self.stores.sqlite2(n) if legacy else self.stores.sqlite(n), dst)
             t = time.perf_counter()
-            self.server = MlflowServer(dst, self.work / "server").start()
+            if legacy is not None:
+                self.server = MlflowServer(dst, self.work / "server", legacy, legacy_env(legacy)).start()
+            else:
+                self.server = MlflowServer(dst, self.work / "server").start()
             self.server_start_s = round(time.perf_counter() - t, 1)
             self.uri = self.server.uri
         return self
