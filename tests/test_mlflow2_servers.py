@@ -87,12 +87,57 @@ def _problems(text: str) -> list[str]:
     return [line for line in text.splitlines() if " WARNING " in line or " ERROR " in line or "Traceback" in line]
 
 
-def test_backfill_then_sync_exit_0_with_exactly_what_was_logged(legacy, tmp_path):
+def _driver(uri: str, repo: Path, *experiments: str):
+    cfg = Config(tracking_uri=uri, aim_repo=repo, experiments=experiments, artifacts=False, full_scan_interval=3600)
+    return open_driver(cfg, strict_experiments=True, must_exist=True, role="daemon")
+
+
+def _round_costs(version: str, uri: str, repo: Path, many: dict, logged: dict, write_point) -> None:
+    """Counted in requests: a first read of many runs takes ceil(runs / what the server accepts)
+    get-history-bulk requests (one get-history per run where it has none), nothing for logged
+    models; an idle quick round 3 (the experiments, two searches), one new point one more: as on
+    MLflow 3 (tests/test_incremental.py)."""
+    s = _driver(uri, repo / "many", many["experiment_id"])
+    try:
+        first = s.round()
+        cap = _cap(version)
+        histories = -(-MANY // cap) if cap else MANY
+        assert not first.errors and first.points == 3 * MANY, first.as_dict()
+        assert first.read["requests"] == 1 + 1 + histories, first.as_dict()  # experiments, one search
+        idle = s.round()
+        assert not idle.read["full"] and idle.read["requests"] == 3 and idle.read["histories"] == 0, idle.as_dict()
+    finally:
+        s.close()
+    s = _driver(uri, repo / "one", logged["experiment_id"])
+    try:
+        assert not s.round().errors
+        write_point()
+        one = s.round()
+        assert not one.errors and one.points == 1, one.as_dict()
+        assert one.read["requests"] == 3 + 1 and one.read["histories"] == 1, one.as_dict()
+        assert s.round().read["requests"] == 3
+    finally:
+        s.close()
+
+
+def test_backfill_and_sync_exit_0_with_exactly_what_was_logged(legacy, tmp_path):
     """Before: every run ended in 'cannot list logged models' (exit 1, the daemon never healthy),
     and 2.9.2 refused get-history-bulk of more than 20 runs (exit 2)."""
     mlflow, server = legacy
     logged = mlflow.write(server.uri, tmp_path / "w")
     many = mlflow.write(server.uri, tmp_path / "w", "runs", str(MANY))
+    running = logged["runs"]["running"]
+
+    def log(*points: tuple[int, float]) -> None:
+        ts = running["metrics"]["loss"][-1][2] + 1000
+        new = [[s, v, ts + i] for i, (s, v) in enumerate(points)]
+        mlflow.write(
+            server.uri, tmp_path / "w", "points", running["run_id"], "loss", *(f"{s}:{v}:{t}" for s, v, t in new)
+        )
+        running["metrics"]["loss"] += new
+
+    _round_costs(mlflow.version, server.uri, tmp_path / "counted", many, logged, lambda: log((2, 0.8)))
+
     repo = tmp_path / "aim"
     picked = ("--experiment", logged["experiment_id"], "--experiment", many["experiment_id"])
     p = run_syncer("backfill", "--mlflow-tracking-uri", server.uri, "--aim-repo", str(repo), *picked, "--workers", "2")
@@ -101,21 +146,18 @@ def test_backfill_then_sync_exit_0_with_exactly_what_was_logged(legacy, tmp_path
     assert "run(s) with errors" not in p.stdout + p.stderr
     assert_exact(read_aim(repo), logged, many)
 
-    # the daemon: one more point for the RUNNING run, which then ends without an end time
-    running = logged["runs"]["running"]
+    # the daemon: more points for the RUNNING run, which then ends without an end time
     health = tmp_path / "health"
     d = Daemon(server.uri, repo, *picked, "--health-file", str(health), interval=1).start()
     try:
-        ts = running["metrics"]["loss"][-1][2] + 1000
-        mlflow.write(server.uri, tmp_path / "w", "points", running["run_id"], "loss", f"2:0.8:{ts}", f"3:0.7:{ts + 1}")
+        log((3, 0.7), (4, 0.6))
         ended = mlflow.write(server.uri, tmp_path / "w", "end", running["run_id"], "FINISHED")
-        running["metrics"]["loss"] += [[2, 0.8, ts], [3, 0.7, ts + 1]]
         running.update(status="FINISHED", end=ended["end"])
 
         def caught_up() -> dict | None:
             aim = read_aim(repo)
             run = aim[running["run_id"]]
-            return aim if run["active"] is False and len(next(iter(run["metrics"].values()))["steps"]) == 4 else None
+            return aim if run["active"] is False and len(next(iter(run["metrics"].values()))["steps"]) == 5 else None
 
         aim = wait_for(caught_up, 120)
         assert_exact(aim, logged, many)
@@ -126,42 +168,3 @@ def test_backfill_then_sync_exit_0_with_exactly_what_was_logged(legacy, tmp_path
         assert not _problems(d.text()), d.text()
     finally:
         d.kill()
-
-
-def _driver(uri: str, repo: Path, *experiments: str):
-    cfg = Config(tracking_uri=uri, aim_repo=repo, experiments=experiments, artifacts=False, full_scan_interval=3600)
-    return open_driver(cfg, strict_experiments=True, must_exist=True, role="daemon")
-
-
-def test_a_round_costs_what_is_new(legacy, tmp_path):
-    """Counted in requests: a first read of many runs takes ceil(runs / what the server accepts)
-    get-history-bulk requests (one get-history per run where it has none), nothing for logged
-    models; an idle quick round 3 (the experiments, two searches) and one new point one more,
-    as on MLflow 3."""
-    mlflow, server = legacy
-    many = mlflow.write(server.uri, tmp_path / "w", "runs", str(MANY))
-    s = _driver(server.uri, tmp_path / "many", many["experiment_id"])
-    try:
-        first = s.round()
-        cap = _cap(mlflow.version)
-        histories = -(-MANY // cap) if cap else MANY
-        assert not first.errors and first.points == 3 * MANY, first.as_dict()
-        assert first.read["requests"] == 1 + 1 + histories, first.as_dict()  # experiments, one search
-        idle = s.round()
-        assert not idle.read["full"] and idle.read["requests"] == 3 and idle.read["histories"] == 0, idle.as_dict()
-    finally:
-        s.close()
-
-    logged = mlflow.write(server.uri, tmp_path / "w", "populate")
-    running = logged["runs"]["running"]
-    s = _driver(server.uri, tmp_path / "one", logged["experiment_id"])
-    try:
-        assert not s.round().errors
-        ts = running["metrics"]["loss"][-1][2] + 1000
-        mlflow.write(server.uri, tmp_path / "w", "points", running["run_id"], "loss", f"2:0.8:{ts}")
-        one = s.round()
-        assert not one.errors and one.points == 1, one.as_dict()
-        assert one.read["requests"] == 3 + 1 and one.read["histories"] == 1, one.as_dict()
-        assert s.round().read["requests"] == 3
-    finally:
-        s.close()
