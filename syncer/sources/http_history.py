@@ -288,4 +288,3 @@ def _metric_chunk(key: str, metrics: list[Any]) -> MetricChunk:
         [m.timestamp for m in metrics],
         names if any(names) else None,
     )
-
