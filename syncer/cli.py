@@ -313,13 +313,41 @@ def backfill(workers: int, dry_run: bool, **kw: Any) -> None:
     "next one ten times as far off.",
     env="full_scan_interval",
 )
+@_env_option(
+    "--metrics-port",
+    type=click.IntRange(min=1, max=65535),
+    help="Serve Prometheus metrics (/metrics) and probes (/healthz: liveness, /readyz: readiness) on "
+    "this port [default: off].",
+    env="metrics_port",
+)
+@_env_option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics port listens on (0.0.0.0 in a container, for probes and Prometheus).",
+    env="metrics_host",
+)
 @_one_line_errors
-def sync(interval: float, no_watch: bool, health_file: Path | None, full_scan_interval: float, **kw: Any) -> None:
+def sync(
+    interval: float,
+    no_watch: bool,
+    health_file: Path | None,
+    full_scan_interval: float,
+    metrics_port: int | None,
+    metrics_host: str,
+    **kw: Any,
+) -> None:
     """Convert what exists, then keep following the MLflow store until stopped (SIGINT/SIGTERM)."""
     from .daemon import run_daemon
 
     cfg = _config(
-        kw, interval=interval, watch=not no_watch, health_file=health_file, full_scan_interval=full_scan_interval
+        kw,
+        interval=interval,
+        watch=not no_watch,
+        health_file=health_file,
+        full_scan_interval=full_scan_interval,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
     sys.exit(run_daemon(cfg))
 

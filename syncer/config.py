@@ -29,6 +29,8 @@ ENV = {
     "workers": "SYNCER_WORKERS",
     "full_scan_interval": "SYNCER_FULL_SCAN_INTERVAL",
     "workspaces": "SYNCER_WORKSPACES",
+    "metrics_port": "SYNCER_METRICS_PORT",
+    "metrics_host": "SYNCER_METRICS_HOST",
 }
 
 STATE_FILE = Path(".aim") / "mlflow-syncer" / "state.sqlite"
@@ -60,6 +62,8 @@ class Config:
     full_scan_interval: float = 60.0  # seconds between full listings of the store (edits, deletions)
     watch: bool = True
     health_file: Path | None = None
+    metrics_port: int | None = None  # `sync`: serve /metrics, /healthz, /readyz on it (None: off)
+    metrics_host: str = "127.0.0.1"
     log_level: str = "info"
     log_format: str = "text"
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES
 from apscheduler.schedulers.background import BackgroundScheduler
 from watchdog.events import (
     DirCreatedEvent,
@@ -47,6 +48,7 @@ from .errors import Fatal, RetryLater, Stopped, one_line
 from .retry import backoff_delay
 from .rounds import RoundDriver
 from .runner import heal, open_driver
+from .service_health import RoundObserver
 from .sources import StoreLocation
 
 log = logging.getLogger("syncer.daemon")
@@ -141,6 +143,17 @@ class Daemon:
         self.observer: BaseObserver | None = None
         self._watch_failed = False  # warned that file events are off
         self._watch_retry_at = 0.0  # monotonic time before which no new watch is tried
+        self.observe = self._observer()  # the metrics endpoint, or no one
+
+    def _observer(self) -> RoundObserver:
+        """Who hears how the rounds go: the metrics endpoint (--metrics-port), else no one."""
+        if self.cfg.metrics_port is None:
+            return RoundObserver()
+        from .service_metrics import ServiceMetrics
+
+        return ServiceMetrics(
+            self.cfg.interval, self.cfg.metrics_host, self.cfg.metrics_port, loop_running=lambda: self.scheduler.running
+        )
 
     # -- rounds ------------------------------------------------------------------------------
     def _open(self) -> RoundDriver:
@@ -167,23 +180,29 @@ class Daemon:
             self._dirty.clear()
             with self._kick_lock:
                 paths, self._paths, self._first_kick = self._paths, set(), None
+            self.observe.round_started()
             try:
                 stats = self._open().round(paths=paths)
             except Stopped:
                 log.info("round cut short: stopping")
+                self.observe.round_skipped(cut=True)
                 return
             except RetryLater as e:  # unreachable, or a store that answered before refusing a read
+                self.observe.round_failed(str(e), source=True)
                 self._retry_later(str(e))
                 return
             except Fatal as e:  # an unusable Aim repo, changed library internals, bad input
+                self.observe.round_failed(str(e))
                 self._die(str(e))
                 return
             except Exception as e:  # a bug or an unexpected failure: log it, keep the daemon alive
                 log.error(
                     "round failed: %s: %s", type(e).__name__, one_line(e), exc_info=log.isEnabledFor(logging.DEBUG)
                 )
+                self.observe.round_failed(f"{type(e).__name__}: {one_line(e)}")
                 self._retry_later(None)
                 return
+            self.observe.round_ended(stats)
             if self._failures:
                 log.info("MLflow store %s is readable; catching up", self._describe())
             self._failures = 0
@@ -201,6 +220,7 @@ class Daemon:
         for run in runs:
             yield run
             self._touch_health()
+            self.observe.beat()
 
     def _touch_health(self) -> None:
         if self.cfg.health_file:
@@ -219,6 +239,7 @@ class Daemon:
     def _die(self, message: str) -> None:
         self.fatal = message
         log.error(message)
+        self.observe.stopping(message)
         self.stopping.set()
 
     def _reschedule(self, delay: float) -> None:
@@ -281,17 +302,30 @@ class Daemon:
         # *yet* (a sidecar starting first) is waited for
         from .aim import open_repo
 
-        open_repo(self.cfg.aim_repo)  # an unusable Aim repo is fatal at once
+        self.observe.start()  # the metrics port first: probes answer while the rest starts
         try:
+            open_repo(self.cfg.aim_repo)  # an unusable Aim repo is fatal at once
             self._open()
+            self.observe.source_answered()
         except RetryLater as e:
             log.warning("%s", e)
+            self.observe.source_failed(str(e))
+        except BaseException:
+            self.observe.close()
+            raise
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         log.info("syncing %s -> %s every %.3g s", self._describe(), self.cfg.aim_repo, self.cfg.interval)
+        if self.cfg.metrics_port is not None:
+            log.info(
+                "metrics on http://%s:%d/metrics (probes: /healthz, /readyz)",
+                self.cfg.metrics_host,
+                self.cfg.metrics_port,
+            )
         self.scheduler.add_job(
             self.round, "interval", seconds=self.cfg.interval, id=JOB_ID, next_run_time=datetime.now()
         )
+        self.scheduler.add_listener(lambda _event: self.observe.round_skipped(), EVENT_JOB_MAX_INSTANCES)
         self.scheduler.start()
         while not self.stopping.wait(0.5):
             pass
@@ -302,6 +336,7 @@ class Daemon:
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: finishing the current round and stopping", signal.Signals(signum).name)
+        self.observe.stopping(f"received {signal.Signals(signum).name}")
         self.stopping.set()
         if self.driver is not None:
             self.driver.stop.set()
@@ -332,6 +367,7 @@ class Daemon:
             self._close()
         finally:
             self._running.release()
+        self.observe.close()
         log.info("stopped in %.1f s", time.monotonic() - t0)
         return 2 if self.fatal else 0
 

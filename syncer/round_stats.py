@@ -23,6 +23,13 @@ class RoundStats:
     locked: list[str] = field(default_factory=list)
     read: ReadStats = field(default_factory=ReadStats)  # what the source read
     seconds: float = 0.0
+    # for the lag the metrics endpoint shows (not logged): when the round's listing began (wall
+    # clock, s), the Aim hashes of the RUNNING runs it listed, and for each run the round worked
+    # on whether it is RUNNING with listed points still not in Aim after the round (held by
+    # another writer, an error)
+    listed_at: float = 0.0
+    running: set[str] = field(default_factory=set)
+    behind: dict[str, bool] = field(default_factory=dict)
 
     def summary(self) -> str:
         line = (

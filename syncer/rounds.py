@@ -21,7 +21,7 @@ from .logs import OnceLog
 from .pipeline import RunPipeline
 from .plan import Plan, Planner, RunWork
 from .round_stats import RoundStats
-from .sink import set_experiment_meta
+from .sink import aim_run_hash, set_experiment_meta
 from .sink_pool import SinkPool
 from .sources import RunRecord, Source
 from .state import State
@@ -73,7 +73,7 @@ class RoundDriver:
     def round(self, *, full: bool = False, paths: Iterable[str] = ()) -> RoundStats:
         """One round over the store (`full`: every run looked at, as backfill does; `paths`:
         what file events named since the last round)."""
-        t0 = time.monotonic()
+        t0, listed_at = time.monotonic(), time.time()
         plan = self.planner.plan(full=full, paths=paths)
         stats = RoundStats(experiments=len(plan.experiments), runs=plan.runs, still_failing=plan.still_failing)
         for msg in plan.still_failing:  # runs that still fail as they did: said once per process
@@ -84,6 +84,7 @@ class RoundDriver:
         else:
             self._sync_here(plan, stats)
         self.pool.settle(plan.active)
+        stats.listed_at, stats.running, stats.behind = listed_at, plan.active, self._behind(plan.todo)
         return self._finish(stats, t0)
 
     def _sync_here(self, plan: Plan, stats: RoundStats) -> None:
@@ -108,6 +109,18 @@ class RoundDriver:
         between rounds)."""
         for exp in {w.exp.id: w.exp for w in todo}.values():
             set_experiment_meta(self.repo, exp.aim_name, exp.description)
+
+    def _behind(self, todo: list[RunWork]) -> dict[str, bool]:
+        """Per run of the round (Aim hash): RUNNING with points the listing saw that are still
+        not in Aim, as the listing's marks compare with the cursors now committed."""
+        behind = {}
+        for w in todo:
+            late = False
+            if isinstance(w.run, RunRecord) and w.run.running and not w.run.deleted and w.changed_keys:
+                done = self.state.cursors(w.run.run_id)
+                late = any(self.source.metric_changed(w.run, k, done.get(k)) for k in w.changed_keys)
+            behind[aim_run_hash(w.run.run_id)] = late
+        return behind
 
     def _finish(self, stats: RoundStats, t0: float) -> RoundStats:
         stats.seconds = time.monotonic() - t0
