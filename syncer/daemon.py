@@ -305,8 +305,7 @@ class Daemon:
         self.observe.start()  # the metrics port first: probes answer while the rest starts
         try:
             open_repo(self.cfg.aim_repo)  # an unusable Aim repo is fatal at once
-            self._open()
-            self.observe.source_answered()
+            self._open()  # a server is first asked by the first round
         except RetryLater as e:
             log.warning("%s", e)
             self.observe.source_failed(str(e))

@@ -48,7 +48,7 @@ class RoundObserver:
 
     def round_started(self) -> None: ...
     def beat(self) -> None:
-        """A run of the round in flight is done."""
+        """A run of the round in flight is done (MLflow answered its listing)."""
 
     def round_ended(self, stats: RoundStats) -> None: ...
     def round_failed(self, reason: str, *, source: bool = False) -> None:
@@ -57,7 +57,6 @@ class RoundObserver:
     def round_skipped(self, *, cut: bool = False) -> None:
         """A round was due while the previous one still ran, or (`cut`) was cut short by a stop."""
 
-    def source_answered(self) -> None: ...
     def source_failed(self, reason: str) -> None: ...
     def stopping(self, reason: str) -> None: ...
     def problem(self, name: str, reason: str | None) -> None:
@@ -109,6 +108,7 @@ class RoundWatch(RoundObserver):
         self._lock = threading.Lock()
         self.alive_at = clock()  # the last sign of life of the loop
         self.in_flight: float | None = None  # when the round in flight started
+        self.scheduling = False  # a round has started: the scheduler runs from now on
         self.last_good: float | None = None  # when the last round ended (monotonic, wall)
         self.last_good_wall = 0.0
         self.last_failure: str | None = None  # why the last round failed (None once one ends)
@@ -122,10 +122,12 @@ class RoundWatch(RoundObserver):
     def round_started(self) -> None:
         with self._lock:
             self.in_flight = self.alive_at = self.clock()
+            self.scheduling = True
 
     def beat(self) -> None:
-        with self._lock:
+        with self._lock:  # a run done: MLflow answered this round's listing
             self.alive_at = self.clock()
+            self.source_down, self.source_known = None, True
 
     def round_ended(self, stats: RoundStats) -> None:
         with self._lock:
@@ -146,10 +148,6 @@ class RoundWatch(RoundObserver):
         if cut:
             with self._lock:
                 self.in_flight, self.alive_at = None, self.clock()
-
-    def source_answered(self) -> None:
-        with self._lock:
-            self.source_down, self.source_known = None, True
 
     def source_failed(self, reason: str) -> None:
         with self._lock:
@@ -186,7 +184,7 @@ class RoundWatch(RoundObserver):
         with self._lock:
             if self.stop_reason:
                 return False, f"stopping: {self.stop_reason}"
-            if not self.loop_running():
+            if self.scheduling and not self.loop_running():
                 return False, "the round scheduler is not running"
             quiet = self.clock() - self.alive_at
             if self.in_flight is not None and quiet > max(STALLED_S, 10 * self.interval):

@@ -138,9 +138,6 @@ class ServiceMetrics(RoundObserver):
         self.rounds.labels("skipped").inc()
         self.watch.round_skipped(cut=cut)
 
-    def source_answered(self) -> None:
-        self.watch.source_answered()
-
     def source_failed(self, reason: str) -> None:
         self.watch.source_failed(reason)
 

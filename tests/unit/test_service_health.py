@@ -71,8 +71,9 @@ def test_an_unreachable_source_is_not_ready_at_once_with_why():
     assert w.readiness() == (True, "ok") and w.source_up()
     w.source_failed("waiting for the MLflow store folder /x to appear")
     assert not w.readiness()[0]
-    w.source_answered()
-    assert w.readiness()[0]
+    w.round_started()
+    w.beat()  # a run of the round in flight done: MLflow answered its listing
+    assert w.readiness()[0] and w.source_up()
 
 
 def test_a_problem_and_a_stop_make_it_not_ready():
@@ -88,9 +89,10 @@ def test_a_problem_and_a_stop_make_it_not_ready():
 
 
 def test_liveness_fails_when_the_loop_stops_or_stalls():
-    running = [True]
+    running = [False]  # starting: the scheduler starts with the first round
     w, clock = watch(interval=10.0, running=running)
     assert w.liveness() == (True, "ok")
+    running[0] = True
     clock.t += IDLE_S - 1  # back-off between failed rounds, a slow start: still alive
     assert w.liveness() == (True, "ok")
     clock.t += 2
