@@ -15,8 +15,10 @@ credential scrubber (`redact`), and nothing else on a page comes from the store.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -40,7 +42,6 @@ READ_COUNTERS = {
     "points": ("syncer_read_points_total", "Points read from MLflow"),
     "requests": ("syncer_read_requests_total", "Queries, HTTP requests or files opened to read MLflow"),
 }
-POLL_S = 1.0  # how often the server's loop looks for a shutdown request
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
@@ -183,16 +184,26 @@ class ServiceMetrics(RoundObserver):
             self._server = make_server(self.host, self.port, self.app(), Server, handler_class=_QuietHandler)
         except OSError as e:
             raise BadInput(f"cannot serve metrics on {self.host}:{self.port}: {e.strerror or e}") from None
+        # no poll interval: the loop sleeps until a request comes (an idle daemon wakes for none)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(POLL_S,), name="metrics-http", daemon=True
+            target=self._server.serve_forever, args=(None,), name="metrics-http", daemon=True
         )
         self._thread.start()
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        """Stop serving: ask the loop to stop, then wake it with a connection of our own (it
+        waits for requests without a timeout), until it has stopped."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        stopper = threading.Thread(target=server.shutdown, daemon=True)
+        stopper.start()
+        deadline = time.monotonic() + 5
+        while stopper.is_alive() and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                socket.create_connection(server.server_address[:2], timeout=1).close()
+            stopper.join(0.05)
+        server.server_close()
 
 
 def _text(start_response: StartResponse, status: str, text: str) -> list[bytes]:

@@ -122,8 +122,15 @@ def test_counters_move_with_what_was_written_and_readyz_follows_the_server(tmp_p
         run = c.create_run(c.get_experiment_by_name("metrics").experiment_id, run_name="more").info.run_id
         log_points(c, run, "acc", [(s, s / 10, int(time.time() * 1000)) for s in range(3)])
         before = m
+        # a RUNNING run written to its listed points: caught up (the server's marks match the cursors)
         m = wait_for(
-            "three more points", lambda: (m := pages.metrics())["syncer_points_written_total"] == total + 3 and m, d
+            "three more points, caught up",
+            lambda: (
+                (m := pages.metrics())["syncer_points_written_total"] == total + 3
+                and m["syncer_lag_seconds"] == 0
+                and m
+            ),
+            d,
         )
         assert m["syncer_runs_written_total"] > before["syncer_runs_written_total"]
         assert m["syncer_read_points_total"] >= before["syncer_read_points_total"] + 3
