@@ -64,7 +64,7 @@ class RoundObserver:
         reason; None: it is over."""
 
 
-def one_line(text: str) -> str:
+def reason_line(text: str) -> str:
     line = " ".join(text.split())
     return line if len(line) <= REASON_MAX else line[:REASON_MAX] + "…"
 
@@ -140,7 +140,7 @@ class RoundWatch(RoundObserver):
     def round_failed(self, reason: str, *, source: bool = False) -> None:
         with self._lock:
             self.in_flight, self.alive_at = None, self.clock()
-            self.last_failure = one_line(reason)
+            self.last_failure = reason_line(reason)
             if source:
                 self.source_down = self.last_failure
 
@@ -151,18 +151,18 @@ class RoundWatch(RoundObserver):
 
     def source_failed(self, reason: str) -> None:
         with self._lock:
-            self.source_down = one_line(reason)
+            self.source_down = reason_line(reason)
 
     def stopping(self, reason: str) -> None:
         # no lock: called from a signal handler, on the thread that may hold it
-        self.stop_reason = self.stop_reason or one_line(reason)
+        self.stop_reason = self.stop_reason or reason_line(reason)
 
     def problem(self, name: str, reason: str | None) -> None:
         with self._lock:
             if reason is None:
                 self.problems.pop(name, None)
             else:
-                self.problems[name] = one_line(reason)
+                self.problems[name] = reason_line(reason)
 
     # -- what follows --------------------------------------------------------------------------
     def lag(self) -> float:
