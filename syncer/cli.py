@@ -328,26 +328,13 @@ def backfill(workers: int, dry_run: bool, **kw: Any) -> None:
     env="metrics_host",
 )
 @_one_line_errors
-def sync(
-    interval: float,
-    no_watch: bool,
-    health_file: Path | None,
-    full_scan_interval: float,
-    metrics_port: int | None,
-    metrics_host: str,
-    **kw: Any,
-) -> None:
+def sync(interval: float, no_watch: bool, health_file: Path | None, full_scan_interval: float, **kw: Any) -> None:
     """Convert what exists, then keep following the MLflow store until stopped (SIGINT/SIGTERM)."""
     from .daemon import run_daemon
 
+    # --metrics-port and --metrics-host reach Config by their names, in kw
     cfg = _config(
-        kw,
-        interval=interval,
-        watch=not no_watch,
-        health_file=health_file,
-        full_scan_interval=full_scan_interval,
-        metrics_port=metrics_port,
-        metrics_host=metrics_host,
+        kw, interval=interval, watch=not no_watch, health_file=health_file, full_scan_interval=full_scan_interval
     )
     sys.exit(run_daemon(cfg))
 
