@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import StoreError, StoreUnavailable
+from ..errors import StoreError, StoreReadFailed, StoreUnavailable
 from .base import Changes, ListingAsk, ReadStats, Source
 from .cursors import Cursor, OrderCursor
 from .entities import artifact_repo_fetch, artifact_repo_list
@@ -37,7 +37,7 @@ from .records import (
     fingerprint,
 )
 from .sql_history import SqlHistories
-from .sql_schema import check_workspaces, open_read_only, workspace_column, workspace_filter
+from .sql_schema import check_workspaces, experiments_query, open_read_only, read_again_if_upgraded
 
 log = logging.getLogger(__name__)
 
@@ -94,15 +94,12 @@ class SqlSource(Source):
     def list_experiments(self) -> list[Experiment]:
         from sqlalchemy import select
 
-        e, et = self.t.experiments, self.t.experiment_tags
+        et = self.t.experiment_tags
         tags: dict[str, dict[str, str]] = {}
         for exp_id, key, value in self._rows(select(et.c.experiment_id, et.c.key, et.c.value)):
             tags.setdefault(str(exp_id), {})[key] = value
-        query = select(e.c.experiment_id, e.c.name, e.c.lifecycle_stage, *workspace_column(self.t))
-        if self.workspaces:
-            query = query.where(workspace_filter(self.t, self.workspaces))
         out = []
-        for exp_id, name, stage, *ws in self._rows(query.order_by(e.c.experiment_id)):
+        for exp_id, name, stage, *ws in self._rows(experiments_query(self.t, self.workspaces)):
             t = tags.get(str(exp_id), {})
             out.append(Experiment(str(exp_id), name, stage, t.get("mlflow.note.content"), t, *ws))
         return out
@@ -112,8 +109,10 @@ class SqlSource(Source):
         of them on a full listing)."""
         from sqlalchemy import and_, or_, select
 
-        r = self.t.runs
         full = ask.full
+        if full:
+            self._upgraded()
+        r = self.t.runs
         by_id = {e.id: e for e in experiments}
         if not by_id:
             return Changes([])
@@ -166,6 +165,16 @@ class SqlSource(Source):
             self.check_stop()
             out.extend(self._records_for(wanted[i : i + _BATCH], by_id))
         return Changes(out)
+
+    def _upgraded(self) -> None:
+        """A full listing checks the schema revision: what an upgraded database has is read."""
+        self.reads.count(requests=1)
+        try:
+            self.t = read_again_if_upgraded(self.engine, self.t, self.uri)
+        except StoreError as e:  # its tables gone mid-upgrade: a glitch once it answered
+            raise StoreReadFailed(str(e)) from None
+        except Exception as e:
+            raise self.failure(e) from None
 
     def _new_run_ids(self, exp_ids: list[int], *, full: bool) -> list[str]:
         """Runs created since the last round whatever start time their client gave them (an

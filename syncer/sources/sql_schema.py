@@ -217,6 +217,20 @@ def open_read_only(uri: str) -> tuple[Any, SqlTables]:
     return engine, found
 
 
+def read_again_if_upgraded(engine: Any, t: SqlTables, uri: str) -> SqlTables:
+    """The database's tables read again when its revision moved since (`mlflow db upgrade` while
+    the syncer follows it: logged models, workspaces appear); `t` otherwise. One query."""
+    from sqlalchemy import text
+
+    with engine.connect() as con:
+        if con.execute(text("SELECT version_num FROM alembic_version")).scalar() == t.revision:
+            return t
+        found = _reflect(con, redact(uri))
+    log.info("the MLflow database %s moved from schema %s to %s", redact(uri), t.revision, found.revision)
+    _say_revision(redact(uri), found)
+    return found
+
+
 def _engine(uri: str) -> Any:
     from sqlalchemy import create_engine, event
 
@@ -350,19 +364,19 @@ def _mlflow_version() -> str:
 
 
 # -- workspaces (MLflow >= 3.10: experiments.workspace) ------------------------------------------
-def workspace_column(t: SqlTables) -> tuple[Any, ...]:
-    """What to select for an experiment's workspace: nothing where the database has none."""
-    return (t.experiments.c.workspace,) if t.has_workspaces else ()
+def experiments_query(t: SqlTables, workspaces: tuple[str, ...]) -> Any:
+    """(id, name, lifecycle stage[, workspace]) of the experiments of these workspaces (all when
+    none is named); the workspace only where the database has them. A database without
+    workspaces holds the default one's experiments only (what MLflow 3.10's migration makes of them)."""
+    from sqlalchemy import false, select, true
 
-
-def workspace_filter(t: SqlTables, workspaces: tuple[str, ...]) -> Any:
-    """The experiments of these workspaces. A database without workspaces holds the default
-    workspace's experiments only (what MLflow 3.10's migration makes of them)."""
-    from sqlalchemy import false, true
-
-    if t.has_workspaces:
-        return t.experiments.c.workspace.in_(workspaces)
-    return true() if DEFAULT_WORKSPACE in workspaces else false()
+    e = t.experiments
+    query = select(e.c.experiment_id, e.c.name, e.c.lifecycle_stage, *((e.c.workspace,) if t.has_workspaces else ()))
+    if workspaces and t.has_workspaces:
+        query = query.where(e.c.workspace.in_(workspaces))
+    elif workspaces:
+        query = query.where(true() if DEFAULT_WORKSPACE in workspaces else false())
+    return query.order_by(e.c.experiment_id)
 
 
 def check_workspaces(engine: Any, t: SqlTables, wanted: tuple[str, ...], shown: str, *, strict: bool) -> None:
