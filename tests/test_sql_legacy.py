@@ -130,6 +130,30 @@ def test_sqlite_database_of_mlflow_2(legacy_mlflow_factory, version, tmp_path):
 
     aim = _follow(mlflow2, uri, tmp_path / "aim", logged, tmp_path, lambda: _digest(db))
     check_exact(aim, logged, version)
+    assert _late_points_plan(db, logged["runs"]["finished"]["run_id"]) == [
+        "SEARCH metrics USING INDEX index_metrics_run_uuid (run_uuid=?)"
+    ]
+
+
+def _late_points_plan(db: Path, run: str) -> list[str]:
+    """How sqlite finds a run's points logged late beyond the last step read, in a database
+    without MLflow 3's (run_uuid, key, step) index: through metrics(run_uuid), the run's own points,
+    not the primary key (key, ...), which holds the key's points of every run in the store."""
+    import sqlite3
+
+    from syncer.sources import ReadStats, StoreLocation
+    from syncer.sources.cursors import OrderCursor
+    from syncer.sources.sql import SqlSource
+
+    source = SqlSource(StoreLocation.parse(f"sqlite:///{db}"), ReadStats())
+    try:
+        assert not source.t.has_run_key_step_index
+        query = source.late_points(run, "loss", OrderCursor(ts=2**40, step=49, value=0.0, max_step=49, points=50))
+        sql = str(query.compile(source.engine, compile_kwargs={"literal_binds": True}))
+    finally:
+        source.close()
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        return [str(row[-1]) for row in con.execute("EXPLAIN QUERY PLAN " + sql)]
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------------
@@ -212,3 +236,41 @@ def test_postgres_database_of_mlflow_2(legacy_mlflow_factory, postgres, version,
 
     wait_for(logged_by_now, 30)
     check_read_only_sessions(seen)
+
+
+def test_a_database_upgraded_under_the_daemon_is_read_as_it_is_now(legacy_mlflow_factory, tmp_path):
+    """`mlflow db upgrade` (to the installed MLflow's schema) while `syncer sync` follows a 2.x
+    database: the next full listing reads the tables again, and a logged model (MLflow 3) made
+    after the upgrade reaches its run in Aim."""
+    import subprocess
+    import sys
+
+    from conftest import client_for
+
+    mlflow2 = legacy_mlflow_factory(LEGACY_VERSIONS[-1])
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    logged = mlflow2.write(uri, tmp_path / "writer")
+    run = logged["runs"]["finished"]["run_id"]
+    repo = tmp_path / "aim"
+    daemon = Daemon(uri, repo, "--no-context-map", "--full-scan-interval", "1", interval=0.5).start()
+    try:
+        wait_for(lambda: run in read_aim(repo), 120)
+        up = subprocess.run(
+            [sys.executable, "-m", "mlflow", "db", "upgrade", uri], capture_output=True, text=True, timeout=600
+        )
+        assert up.returncode == 0, up.stderr[-3000:]
+        client = client_for(uri)
+        model = client.create_logged_model(logged["experiment_id"], name="clf", source_run_id=run)
+        client.finalize_logged_model(model.model_id, "READY")
+
+        def with_model() -> bool:
+            models = read_aim(repo)[run]["params"]["mlflow"].get("logged_models") or []
+            return [m.get("model_id") for m in models] == [model.model_id]
+
+        wait_for(with_model, 120)
+        assert "moved from schema 0584bdc529eb to" in daemon.text(), daemon.text()
+        rc, _ = daemon.stop(signal.SIGTERM, timeout=60)
+        assert rc == 0, daemon.text()
+    finally:
+        daemon.kill()

@@ -170,7 +170,7 @@ class SqlSource(Source):
         """A full listing checks the schema revision: what an upgraded database has is read."""
         self.reads.count(requests=1)
         try:
-            self.t = read_again_if_upgraded(self.engine, self.t, self.uri)
+            self.t = self.histories.t = read_again_if_upgraded(self.engine, self.t, self.uri)
         except StoreError as e:  # its tables gone mid-upgrade: a glitch once it answered
             raise StoreReadFailed(str(e)) from None
         except Exception as e:
