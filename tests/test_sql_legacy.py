@@ -127,6 +127,12 @@ def test_sqlite_database_of_mlflow_2(legacy_mlflow_factory, version, tmp_path):
     (said,) = [ln for ln in p.stderr.splitlines() if "older schema" in ln]
     assert "logged models (MLflow >= 3.0)" in said and "workspaces (MLflow >= 3.10)" in said, said
     assert ("dataset inputs" in said) is (version == OLDEST_2X), said
+    if version == OLDEST_2X:  # no workspaces: the default one holds every experiment, none other exists
+        _backfill(uri, tmp_path / "default", "--workspace", "default")
+        assert set(read_aim(tmp_path / "default")) == set(read_aim(tmp_path / "aim"))
+        p = run_syncer("backfill", "--mlflow-tracking-uri", uri, "--aim-repo", str(tmp_path / "a"), "--workspace", "a")
+        assert p.returncode == 2 and "unknown MLflow workspace(s)" in p.stderr and "MLflow < 3.10" in p.stderr
+        assert _digest(db) == before
 
     aim = _follow(mlflow2, uri, tmp_path / "aim", logged, tmp_path, lambda: _digest(db))
     check_exact(aim, logged, version)
