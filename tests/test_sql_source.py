@@ -69,16 +69,62 @@ def test_database_without_mlflow_tables_is_refused_unchanged(tmp_path):
     assert _digest(other) == before and not (tmp_path / "aim").exists()
 
 
-def test_older_and_newer_schemas_are_refused_with_what_to_do(tmp_path):
+def _many_runs(tmp_path, n: int = 10):
+    """A database with `n` finished runs of 5 points each (8 or more: a backfill spreads them
+    over its worker processes)."""
+    db = tmp_path / "mlflow.db"
+    client = client_for(f"sqlite:///{db}")
+    exp = client.create_experiment("revisions", artifact_location=(tmp_path / "artifacts").as_uri())
+    runs = {}
+    for i in range(n):
+        run = client.create_run(exp, run_name=f"r{i}", start_time=T0).info.run_id
+        runs[run] = [(s, float(i * s), T0 + s) for s in range(5)]
+        log_points(client, run, "loss", runs[run])
+        client.set_terminated(run, "FINISHED", end_time=T0 + 100)
+    return db, runs
+
+
+def test_other_schema_revisions_are_read_and_an_unknown_one_is_said_once(tmp_path):
+    """A revision the installed MLflow knows (an older one) is read with one info line; one it
+    does not know (a newer MLflow's) with ONE warning naming it, whatever the worker processes;
+    the file unchanged, every point there."""
+    db, runs = _many_runs(tmp_path)
+    older = "0584bdc529eb"  # MLflow 2.22's head
+    assert older in sql_schema.known_revisions()
+    for rev, level in ((older, "INFO"), ("ffffffffffff", "WARNING")):
+        with sqlite3.connect(db) as con:
+            con.execute("UPDATE alembic_version SET version_num = ?", (rev,))
+        before = _digest(db)
+        repo = tmp_path / f"aim-{rev}"
+        p = run_syncer(
+            "backfill", "--mlflow-tracking-uri", f"sqlite:///{db}", "--aim-repo", str(repo), "--workers", "2"
+        )
+        assert p.returncode == 0, p.stderr
+        assert _digest(db) == before
+        said = [ln for ln in p.stderr.splitlines() if "syncer.sources.sql_schema:" in ln]
+        assert all(rev in ln for ln in said), said
+        assert len(said) == 1 and f" {level} " in said[0], p.stderr
+        assert [ln for ln in p.stderr.splitlines() if " WARNING " in ln] == (said if level == "WARNING" else [])
+        aim = read_aim(repo)
+        assert {r: aim[r]["metrics"][("loss", ())]["values"] for r in runs} == {
+            r: [v for _s, v, _t in pts] for r, pts in runs.items()
+        }
+
+
+def test_a_database_lacking_what_every_mlflow_has_is_refused_unchanged(tmp_path):
+    """Columns every MLflow database has had since 2.0: one line naming what is missing, and
+    what to do (an older MLflow's: upgrade it; an unknown one's: a server of its version)."""
     db, _run = _mlflow_db(tmp_path)
-    older = sorted(sql_schema.known_revisions() - {sql_schema.latest_revision()})[0]
-    for rev, needle in ((older, "older schema"), ("ffffffffffff", "newer MLflow")):
+    with sqlite3.connect(db) as con:
+        con.execute("ALTER TABLE runs DROP COLUMN deleted_time")
+        con.execute("DROP TABLE latest_metrics")
+    for rev, needle in (("89d4b8295536", "upgrade it with `mlflow db upgrade`"), ("ffffffffffff", "server")):
         with sqlite3.connect(db) as con:
             con.execute("UPDATE alembic_version SET version_num = ?", (rev,))
         before = _digest(db)
         p = run_syncer("backfill", "--mlflow-tracking-uri", f"sqlite:///{db}", "--aim-repo", str(tmp_path / "aim"))
-        _one_line_error(p, needle)
-        assert _digest(db) == before
+        _one_line_error(p, rev, "latest_metrics, runs.deleted_time", needle)
+        assert _digest(db) == before and not (tmp_path / "aim").exists()
 
 
 def test_postgres_read_through_a_read_only_role(postgres, tmp_path):

@@ -9,7 +9,7 @@ file, read once per model).
   its models and steps (a file store keeps no index from runs to the models naming them),
   MLflow's `FileStore.get_logged_model` reads each, again only when the model's folder moved;
 - SQL stores: `sql_logged_models(engine, run)`: MLflow's own tables (`SqlLoggedModel*`,
-  `SqlInput` for the outputs), read-only, four queries;
+  `SqlInput` for the outputs), read-only, four queries (none in a database of MLflow < 3.0);
 - servers: `client_logged_models(client, run)`: `search_logged_models` for the run's experiment
   filtered on `source_run_id`, and the run's outputs.
 """
@@ -26,6 +26,7 @@ from typing import Any
 from .file_stat import model_stats
 from .local_artifacts import read_regular
 from .records import LoggedModel, ModelMetric, RunRecord
+from .sql_schema import COLUMNS
 from .uri import is_local_store, local_path
 
 log = logging.getLogger(__name__)
@@ -157,29 +158,57 @@ def _outputs(folder: Path) -> dict[str, int | None]:
 
 
 # -- SQL stores ----------------------------------------------------------------------------------
+def model_marks_query(t: Any, ids: list[str]) -> Any:
+    """(run id, then what the logged models it produced look like: how many, when one was last
+    updated, how many metrics and the latest) for these runs: a score another run logs to one
+    later is in the model's rows, not this run's. One query (databases of MLflow >= 3.0)."""
+    from sqlalchemy import func, select
+
+    lm, lmm = t.logged_models, t.logged_model_metrics
+    return (
+        select(
+            lm.c.source_run_id,
+            func.count(func.distinct(lm.c.model_id)),
+            func.max(lm.c.last_updated_timestamp_ms),  # a status or tag set moves it
+            func.count(lmm.c.model_id),
+            func.max(lmm.c.metric_timestamp_ms),
+        )
+        .select_from(lm.outerjoin(lmm, lmm.c.model_id == lm.c.model_id))
+        .where(lm.c.source_run_id.in_(ids))
+        .group_by(lm.c.source_run_id)
+    )
+
+
 def sql_logged_models(engine: Any, t: Any, run: RunRecord, flavors: Flavors | None = None) -> list[LoggedModel]:
     """The run's logged models from MLflow's own tables (`t`: `sql_schema.SqlTables`), through a
-    (read-only) SQLAlchemy engine."""
+    (read-only) SQLAlchemy engine; [] for a database of MLflow < 3.0 (no such tables). Only the
+    columns `sql_schema.COLUMNS` names are read (a newer MLflow's database may have more)."""
     from mlflow.entities import LoggedModelStatus
     from sqlalchemy import or_, select
 
+    if not t.has_logged_models:
+        return []
     lm, lp, lt, lmm = t.logged_models, t.logged_model_params, t.logged_model_tags, t.logged_model_metrics
     inp = t.inputs
     flavors = flavors or Flavors()
+    model_cols = [lm.c[c] for c in COLUMNS["logged_models"]]
+    metric_cols = [lmm.c[c] for c in COLUMNS["logged_model_metrics"]]
     with engine.connect() as con:
-        steps = {
-            mid: step
-            for mid, step in con.execute(
-                select(inp.c.destination_id, inp.c.step).where(
-                    inp.c.source_type == _RUN_OUTPUT,
-                    inp.c.source_id == run.run_id,
-                    inp.c.destination_type == _MODEL_OUTPUT,
+        steps: dict[str, int | None] = {}
+        if t.has_input_steps:
+            steps = {
+                mid: step
+                for mid, step in con.execute(
+                    select(inp.c.destination_id, inp.c.step).where(
+                        inp.c.source_type == _RUN_OUTPUT,
+                        inp.c.source_id == run.run_id,
+                        inp.c.destination_type == _MODEL_OUTPUT,
+                    )
                 )
-            )
-        }
+            }
         rows = list(
             con.execute(
-                select(lm)
+                select(*model_cols)
                 .where(
                     or_(lm.c.source_run_id == run.run_id, lm.c.model_id.in_(list(steps))),
                     lm.c.lifecycle_stage != "deleted",
@@ -201,7 +230,9 @@ def sql_logged_models(engine: Any, t: Any, run: RunRecord, flavors: Flavors | No
             ):
                 tags[mid][k] = v
             for r in con.execute(
-                select(lmm).where(lmm.c.model_id.in_(ids)).order_by(lmm.c.metric_timestamp_ms, lmm.c.metric_step)
+                select(*metric_cols)
+                .where(lmm.c.model_id.in_(ids))
+                .order_by(lmm.c.metric_timestamp_ms, lmm.c.metric_step)
             ):
                 metrics[r.model_id].append(
                     ModelMetric(

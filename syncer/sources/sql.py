@@ -1,5 +1,7 @@
 """SQL tracking stores (sqlite, PostgreSQL, MySQL through SQLAlchemy), read directly and
-read-only through MLflow's own table definitions (`sql_schema`), a few queries per round.
+read-only through MLflow's own table definitions (`sql_schema`), a few queries per round. Any
+schema from MLflow 2.0's on: what a database lacks (dataset inputs, logged models, workspaces) is
+never queried; experiments carry their workspace where the database has them (MLflow >= 3.10).
 
 What changed is found without reading any history:
 
@@ -18,13 +20,13 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import StoreError, StoreUnavailable
+from ..errors import StoreError, StoreReadFailed, StoreUnavailable
 from .base import Changes, ListingAsk, ReadStats, Source
 from .cursors import Cursor, OrderCursor
 from .entities import artifact_repo_fetch, artifact_repo_list
 from .file_stat import local_artifacts_mark
 from .location import StoreLocation
-from .logged_models import Flavors, sql_logged_models
+from .logged_models import Flavors, model_marks_query, sql_logged_models
 from .records import (
     AnyRun,
     ArtifactFile,
@@ -35,7 +37,7 @@ from .records import (
     fingerprint,
 )
 from .sql_history import SqlHistories
-from .sql_schema import open_read_only
+from .sql_schema import check_workspaces, experiments_query, open_read_only, read_again_if_upgraded
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,11 @@ class SqlSource(Source):
                 raise StoreError(f"no MLflow database at {location.path} (from {location.display})")
             raise StoreUnavailable(f"waiting for the MLflow database {location.path} to appear")
         self.engine, self.t = open_read_only(location.uri)
+        try:
+            check_workspaces(self.engine, self.t, workspaces, location.display, strict=must_exist)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self.flavors = Flavors()
         self.histories = SqlHistories(self.t, self._rows, reads)
         self._counts: dict[str, int] = {}  # experiment id -> how many runs it had
@@ -87,16 +94,14 @@ class SqlSource(Source):
     def list_experiments(self) -> list[Experiment]:
         from sqlalchemy import select
 
-        e, et = self.t.experiments, self.t.experiment_tags
+        et = self.t.experiment_tags
         tags: dict[str, dict[str, str]] = {}
         for exp_id, key, value in self._rows(select(et.c.experiment_id, et.c.key, et.c.value)):
             tags.setdefault(str(exp_id), {})[key] = value
         out = []
-        for exp_id, name, stage in self._rows(
-            select(e.c.experiment_id, e.c.name, e.c.lifecycle_stage).order_by(e.c.experiment_id)
-        ):
+        for exp_id, name, stage, *ws in self._rows(experiments_query(self.t, self.workspaces)):
             t = tags.get(str(exp_id), {})
-            out.append(Experiment(str(exp_id), name, stage, t.get("mlflow.note.content"), t))
+            out.append(Experiment(str(exp_id), name, stage, t.get("mlflow.note.content"), t, *ws))
         return out
 
     def changes(self, experiments: list[Experiment], ask: ListingAsk) -> Changes:
@@ -104,8 +109,10 @@ class SqlSource(Source):
         of them on a full listing)."""
         from sqlalchemy import and_, or_, select
 
-        r = self.t.runs
         full = ask.full
+        if full:
+            self._upgraded()
+        r = self.t.runs
         by_id = {e.id: e for e in experiments}
         if not by_id:
             return Changes([])
@@ -159,6 +166,16 @@ class SqlSource(Source):
             out.extend(self._records_for(wanted[i : i + _BATCH], by_id))
         return Changes(out)
 
+    def _upgraded(self) -> None:
+        """A full listing checks the schema revision: what an upgraded database has is read."""
+        self.reads.count(requests=1)
+        try:
+            self.t = self.histories.t = read_again_if_upgraded(self.engine, self.t, self.uri)
+        except StoreError as e:  # its tables gone mid-upgrade: a glitch once it answered
+            raise StoreReadFailed(str(e)) from None
+        except Exception as e:
+            raise self.failure(e) from None
+
     def _new_run_ids(self, exp_ids: list[int], *, full: bool) -> list[str]:
         """Runs created since the last round whatever start time their client gave them (an
         import of old runs): found by a count per experiment, then the ids of those that moved."""
@@ -196,21 +213,26 @@ class SqlSource(Source):
         n_params = dict(
             self._rows(select(pr.c.run_uuid, func.count()).where(pr.c.run_uuid.in_(ids)).group_by(pr.c.run_uuid))
         )
-        n_inputs = dict(
-            self._rows(
-                select(inp.c.destination_id, func.count())
-                .where(inp.c.destination_type == "RUN", inp.c.destination_id.in_(ids))
-                .group_by(inp.c.destination_id)
+        n_inputs: dict[str, int] = {}
+        n_outputs: dict[str, int] = {}
+        if self.t.has_datasets:  # MLflow >= 2.4
+            n_inputs = dict(
+                self._rows(
+                    select(inp.c.destination_id, func.count())
+                    .where(inp.c.destination_type == "RUN", inp.c.destination_id.in_(ids))
+                    .group_by(inp.c.destination_id)
+                )
             )
-        )
-        n_outputs = dict(  # MLflow 3 logged models the run produced (a new checkpoint moves it)
-            self._rows(
-                select(inp.c.source_id, func.count())
-                .where(inp.c.source_type == "RUN_OUTPUT", inp.c.source_id.in_(ids))
-                .group_by(inp.c.source_id)
+        models: dict[str, tuple[Any, ...]] = {}
+        if self.t.has_logged_models:  # MLflow >= 3.0
+            n_outputs = dict(  # logged models the run produced (a new checkpoint moves it)
+                self._rows(
+                    select(inp.c.source_id, func.count())
+                    .where(inp.c.source_type == "RUN_OUTPUT", inp.c.source_id.in_(ids))
+                    .group_by(inp.c.source_id)
+                )
             )
-        )
-        models = self._model_marks(ids)
+            models = {run_id: tuple(rest) for run_id, *rest in self._rows(model_marks_query(self.t, ids))}
         out = []
         for row in rows:
             exp = by_id[str(row.experiment_id)]
@@ -242,42 +264,30 @@ class SqlSource(Source):
                 n_inputs.get(row.run_uuid, 0),
                 n_outputs.get(row.run_uuid, 0),
                 models.get(row.run_uuid),
-                exp.name,
+                exp.aim_name,  # its workspace too: a run whose experiment moved to another is written again
                 exp.lifecycle_stage,
             )
             rec.artifacts_mark = local_artifacts_mark(rec.artifact_uri)
             out.append(rec)
         return out
 
-    def _model_marks(self, ids: list[str]) -> dict[str, tuple[Any, ...]]:
-        """run id -> what the MLflow 3 logged models it produced look like: how many, when one
-        was last updated, how many metrics and the latest (a score another run logs to one later is in
-        the model's rows, not this run's). One query."""
-        from sqlalchemy import func, select
-
-        lm, lmm = self.t.logged_models, self.t.logged_model_metrics
-        rows = self._rows(
-            select(
-                lm.c.source_run_id,
-                func.count(func.distinct(lm.c.model_id)),
-                func.max(lm.c.last_updated_timestamp_ms),  # a status or tag set moves it
-                func.count(lmm.c.model_id),
-                func.max(lmm.c.metric_timestamp_ms),
-            )
-            .select_from(lm.outerjoin(lmm, lmm.c.model_id == lm.c.model_id))
-            .where(lm.c.source_run_id.in_(ids))
-            .group_by(lm.c.source_run_id)
-        )
-        return {run_id: tuple(rest) for run_id, *rest in rows}
-
     def load_details(self, run: RunRecord) -> None:
         """Params and datasets of one run (read only when its metadata changed)."""
-        from sqlalchemy import and_, select
+        from sqlalchemy import select
 
         if run.details_loaded:
             return
-        pr, inp, ds, it = self.t.params, self.t.inputs, self.t.datasets, self.t.input_tags
-        run.params = {k: v for k, v in self._rows(select(pr.c.key, pr.c.value).where(pr.c.run_uuid == run.run_id))}
+        pr = self.t.params
+        params = {k: v for k, v in self._rows(select(pr.c.key, pr.c.value).where(pr.c.run_uuid == run.run_id))}
+        run.datasets = self._datasets(run.run_id) if self.t.has_datasets else []  # MLflow >= 2.4
+        run.params = params
+        run.details_loaded = True
+        self.reads.count(runs_read=1)
+
+    def _datasets(self, run_id: str) -> list[dict[str, Any]]:
+        from sqlalchemy import and_, select
+
+        inp, ds, it = self.t.inputs, self.t.datasets, self.t.input_tags
         rows = self._rows(
             select(
                 inp.c.input_uuid,
@@ -294,7 +304,7 @@ class SqlSource(Source):
                     it, and_(it.c.input_uuid == inp.c.input_uuid)
                 )
             )
-            .where(inp.c.destination_type == "RUN", inp.c.destination_id == run.run_id)
+            .where(inp.c.destination_type == "RUN", inp.c.destination_id == run_id)
             .order_by(inp.c.input_uuid)
         )
         datasets: dict[str, dict[str, Any]] = {}
@@ -312,9 +322,7 @@ class SqlSource(Source):
                 item["profile"] = row.dataset_profile
             if row.tag == "mlflow.data.context":
                 item["context"] = row.tag_value
-        run.datasets = list(datasets.values())
-        run.details_loaded = True
-        self.reads.count(runs_read=1)
+        return list(datasets.values())
 
     # -- metrics (sql_history) ---------------------------------------------------------------
     def prepare(self, run: RunRecord, keys: list[str], cursors: dict[str, Cursor]) -> None:
@@ -327,6 +335,8 @@ class SqlSource(Source):
         return self.histories.late_points(run_id, key, cursor)
 
     def logged_models(self, run: RunRecord) -> list[LoggedModel]:
+        if not self.t.has_logged_models:  # MLflow < 3.0: none
+            return []
         self.reads.count(requests=1)
         try:
             return sql_logged_models(self.engine, self.t, run, self.flavors)

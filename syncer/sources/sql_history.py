@@ -144,12 +144,15 @@ class SqlHistories:
         """The query for the points at a step beyond every step read but logged with an earlier
         timestamp (a writer whose clock is behind), through the (run_uuid, key, step) index:
         `timestamp + 0` keeps planners off the primary key (key, timestamp, ...), which sqlite
-        picks otherwise and which scans the key's points of every run in the store."""
+        picks otherwise and which scans the key's points of every run in the store. Databases
+        without that index (MLflow 2.x): `key || ''` too, so that the run's points are read
+        through metrics(run_uuid) (2,000 runs of 3,000 points: 1-9 ms a query, not 130-500 ms)."""
         from sqlalchemy import select
 
         m = self.t.metrics
+        key_of = m.c.key if self.t.has_run_key_step_index else m.c.key + ""
         return select(m.c.timestamp, m.c.step, m.c.value, m.c.is_nan).where(
-            m.c.run_uuid == run_id, m.c.key == key, m.c.step > cursor.max_step, m.c.timestamp + 0 < cursor.ts
+            m.c.run_uuid == run_id, key_of == key, m.c.step > cursor.max_step, m.c.timestamp + 0 < cursor.ts
         )
 
 
