@@ -90,17 +90,31 @@ def system_metric(name: str) -> tuple[str, dict[str, Any]]:
     (``system/disk_usage_megabytes``, ``system/network_receive_megabytes``, ...).  Aim's own
     resource tracker keeps the GPU index in the context ``{"gpu": i}``, and so do both.
     Accepts ``system/gpu_0_utilization_percentage``, ``gpu_0_utilization_percentage`` or
-    ``gpu_utilization_percentage`` (GPU index already moved to the context)."""
+    ``gpu_utilization_percentage`` (GPU index already moved to the context). A multi-node job's
+    metrics (``system/<node id>/cpu_utilization_percentage``, MLflow's
+    ``MLFLOW_SYSTEM_METRICS_NODE_ID``) keep the node as a context ``{"node": <id>}``, like the GPU."""
     if name.startswith(AIM_SYSTEM_PREFIX):
         return name, {}
-    rest = name[len(SYSTEM_PREFIX) :] if name.startswith(SYSTEM_PREFIX) else name
-    ctx: dict[str, Any] = {}
-    m = _GPU_KEY.match(rest)
-    if m:
-        ctx = {"gpu": int(m.group("gpu"))}
-        rest = f"gpu_{m.group('what')}"
+    rest, ctx = split_system_key(name[len(SYSTEM_PREFIX) :] if name.startswith(SYSTEM_PREFIX) else name)
     aim = _SYSTEM_NAMES.get(rest)
     return (AIM_SYSTEM_PREFIX + aim, ctx) if aim is not None else (SYSTEM_PREFIX + rest, ctx)
+
+
+def split_system_key(rest: str) -> tuple[str, dict[str, Any]]:
+    """A system metric's key after ``system/`` -> (the metric, its node and GPU as context):
+    ``node-1/gpu_0_utilization_percentage`` -> (``gpu_utilization_percentage``,
+    ``{"node": "node-1", "gpu": 0}``)."""
+    ctx: dict[str, Any] = {}
+    if "/" in rest:
+        node, metric = rest.split("/", 1)
+        if node and metric:
+            ctx["node"] = node
+            rest = metric
+    m = _GPU_KEY.match(rest)
+    if m:
+        ctx["gpu"] = int(m.group("gpu"))
+        rest = f"gpu_{m.group('what')}"
+    return rest, ctx
 
 
 def system_metric_name(name: str) -> str:
@@ -245,9 +259,8 @@ class RunContextMapper:
         if key.startswith(SYSTEM_PREFIX) and len(key) > len(SYSTEM_PREFIX):
             name, ctx = system_metric(key)
             if name.startswith(AIM_SYSTEM_PREFIX):
-                rest = key[len(SYSTEM_PREFIX) :]
-                m = _GPU_KEY.match(rest)
-                return MappedMetric(f"gpu_{m.group('what')}" if m else rest, ctx, True, RULE_SYSTEM)
+                metric, _ = split_system_key(key[len(SYSTEM_PREFIX) :])
+                return MappedMetric(metric, ctx, True, RULE_SYSTEM)
             return MappedMetric(name, ctx, rule=RULE_SYSTEM)
         # rule 2: subset prefixes
         for prefix, subset in SUBSET_PREFIXES:

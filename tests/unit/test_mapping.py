@@ -98,6 +98,10 @@ def test_subset_prefixes(key, name, context):
         ("system/network_receive_megabytes", "system/network_receive_megabytes", {}, False),
         ("system/network_transmit_megabytes", "system/network_transmit_megabytes", {}, False),
         ("system/gpu_3_memory_usage_megabytes", "system/gpu_memory_usage_megabytes", {"gpu": 3}, False),
+        # a multi-node job's metrics (MLFLOW_SYSTEM_METRICS_NODE_ID): the node kept as a context, like the GPU
+        ("system/node-1/cpu_utilization_percentage", "__system__cpu", {"node": "node-1"}, True),
+        ("system/node-1/gpu_2_utilization_percentage", "__system__gpu", {"node": "node-1", "gpu": 2}, True),
+        ("system/worker0/disk_usage_megabytes", "system/disk_usage_megabytes", {"node": "worker0"}, False),
     ],
 )
 def test_system_metrics(key, aim_name, context, system):
