@@ -131,7 +131,16 @@ def test_a_workspace_deleted_into_the_default_one_moves_its_experiments(mlflow_w
     try:
         wait_for(lambda: read_aim(repo)[run]["experiment"] == f"{ws}/{name}", 120)
         _rest(uri, "default", f"3.0/mlflow/workspaces/{ws}?mode=SET_DEFAULT", method="DELETE")
-        moved = wait_for(lambda: (got := read_aim(repo)[run])["experiment"] == name and got, 120)
+        # the Aim experiment (structured DB) and the params (the run, through its index entry) are
+        # written one after the other: wait for both
+        moved = wait_for(
+            lambda: (
+                (got := read_aim(repo)[run])["experiment"] == name
+                and got["params"]["mlflow"].get("workspace") == "default"
+                and got
+            ),
+            120,
+        )
         assert moved["params"]["mlflow"]["workspace"] == "default"
         assert moved["metrics"][("loss", ())]["values"] == [1.0]
         rc, _ = daemon.stop(signal.SIGTERM, timeout=60)
