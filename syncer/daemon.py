@@ -304,11 +304,12 @@ class Daemon:
 
         self.observe.start()  # the metrics port first: probes answer while the rest starts
         try:
-            open_repo(self.cfg.aim_repo)  # an unusable Aim repo is fatal at once
-            self._open()  # a server is first asked by the first round
-        except RetryLater as e:
-            log.warning("%s", e)
-            self.observe.source_failed(str(e))
+            try:
+                self._open()  # a bad URI, a repo inside the store: one line, exit 2, nothing created
+            except RetryLater as e:  # a server is first asked by the first round; a store may come later
+                log.warning("%s", e)
+                self.observe.source_failed(str(e))
+                open_repo(self.cfg.aim_repo)  # an unusable Aim repo is fatal at once; made for the store to come
         except BaseException:
             self.observe.close()
             raise
