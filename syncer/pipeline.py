@@ -71,11 +71,7 @@ class RunPipeline:
         """Sync one run as planned. A run another writer holds is skipped this round."""
         exp, run = work.exp, work.run
         if isinstance(run, BrokenRun):
-            msg = f"run {run.run_id} (experiment {exp.aim_name!r}) cannot be read: {run.error}"
-            log.warning(msg)
-            stats.errors.append(msg)
-            self.state.save_error(run.run_id, aim_run_hash(run.run_id), exp.aim_name, run.error)
-            self.pool.drop(aim_run_hash(run.run_id))
+            self._broken(work, run.run_id, run.error, stats)
             return
         try:
             self._sync_run(work, run, names, stats)
@@ -83,6 +79,17 @@ class RunPipeline:
             msg = f"run {run.run_id} ({run.name!r}) skipped this round: {one_line(e)}"
             self.once.warning(msg)
             stats.locked.append(msg)
+        except RunUnreadable as e:  # found while reading it (a tag file MLflow cannot read): this run only
+            self._broken(work, run.run_id, f"{type(e).__name__}: {one_line(e)}", stats)
+
+    def _broken(self, work: RunWork, run_id: str, error: str, stats: RoundStats) -> None:
+        """A run that cannot be read: named in a warning, its error kept (the next backfill says
+        it again while it is there), its metadata sent again once it reads (`State.save_error`)."""
+        msg = f"run {run_id} (experiment {work.exp.aim_name!r}) cannot be read: {error}"
+        self.once.warning(msg)
+        stats.errors.append(msg)
+        self.state.save_error(run_id, aim_run_hash(run_id), work.exp.aim_name, error)
+        self.pool.drop(aim_run_hash(run_id))
 
     def _parent_name(self, run: RunRecord, names: dict[str, str]) -> dict[str, str]:
         """{parent id: its name} of a nested run: listed with it, else as it was last synced."""

@@ -294,9 +294,12 @@ class State:
         )
 
     def save_error(self, run_id: str, aim_hash: str, experiment: str, error: str) -> None:
+        """A run that cannot be read now: its error, and no fingerprint, so that once it reads
+        again its metadata is sent again (and the error cleared) whatever changed to fix it."""
         self.db.execute(
             """INSERT INTO runs (source, run_id, aim_hash, experiment, error, updated_at) VALUES (?,?,?,?,?,?)
-               ON CONFLICT(source, run_id) DO UPDATE SET error=excluded.error, updated_at=excluded.updated_at""",
+               ON CONFLICT(source, run_id) DO UPDATE SET error=excluded.error, updated_at=excluded.updated_at,
+                 fingerprint=NULL""",
             (self.source, run_id, aim_hash, experiment, error, time.time()),
         )
 
