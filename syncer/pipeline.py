@@ -16,6 +16,7 @@ from .errors import RunLocked, RunUnreadable, Stopped, one_line
 from .logs import OnceLog
 from .mapping import PARENT_TAG, ContextMapper, LabelPolicy, MappedMetric, run_meta
 from .mapping.collisions import resolve
+from .mapping.pinned import Pinned, pin
 from .plan import RunWork
 from .round_stats import RoundStats
 from .sink import RunSink, aim_run_hash
@@ -168,9 +169,11 @@ class RunPipeline:
     def _sync_metrics(
         self, run: RunRecord, work: RunWork, sink: RunSink, errors: list[str], stats: RoundStats
     ) -> dict[str, Cursor]:
-        """Write the new points of the changed keys; returns every cursor of the run after."""
-        run_mapper = self.options.mapper.for_run(run.metric_marks)
-        names = resolve(run_mapper, run.metric_marks, known=set(work.cursors))
+        """Write the new points of the changed keys; returns every cursor of the run after. A key
+        synced before keeps the Aim name and context its points went to (`mapping.pinned`)."""
+        pins = self.state.key_names(run.run_id)
+        run_mapper = Pinned(self.options.mapper.for_run(run.metric_marks), pins)
+        names = resolve(run_mapper, run.metric_marks, known=set(work.cursors) | set(pins))
         for note in names.collisions:
             self.once.warning(f"run {run.run_id} ({run.name!r}): {note}")
         cursors = dict(work.cursors)
@@ -181,7 +184,8 @@ class RunPipeline:
             nonlocal pending, pending_points
             if pending:
                 sink.flush()  # durable in Aim first, then the cursors: a crash re-sends, never skips
-                self.state.save_cursors(run.run_id, pending)
+                where = {k: pin(names.of(k)) for k, _ in pending if k not in pins}
+                self.state.save_cursors(run.run_id, pending, where)
             pending, pending_points = [], 0
 
         try:

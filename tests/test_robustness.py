@@ -158,3 +158,45 @@ def test_credentials_in_malformed_uris_are_never_printed(tmp_path):
         for command in commands:
             p = run_syncer(command, "--mlflow-tracking-uri", uri, "--aim-repo", str(tmp_path / "aim"), timeout=120)
             assert p.returncode == 2 and "PW5SECRET" not in p.stderr + p.stdout, p.stderr
+
+
+# 4 -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["file", "sqlite"])
+def test_a_key_keeps_its_aim_series_when_the_run_gains_keys_that_would_map_it_elsewhere(kind, tmp_path):
+    """`eval_de_accuracy` synced while the run has no `eval_de_loss` is `de_accuracy {subset: eval}`;
+    once `eval_de_loss` appears the rules would make it `accuracy {subset: eval, dataset: de, lang:
+    de}`: its later points must still join its first ones (in the daemon, after a restart, and in
+    a backfill on the same repo), never land in a second series."""
+    uri = str(tmp_path / "mlruns") if kind == "file" else f"sqlite:///{tmp_path / 'mlflow.db'}"
+    repo = tmp_path / "aim"
+    c = client_for(uri)
+    run = c.create_run(c.create_experiment("hf"), run_name="r", start_time=T0).info.run_id
+    log_points(c, run, "eval_de_accuracy", [(s, 0.1 * s, T0 + s) for s in range(3)])
+
+    def driver():
+        cfg = Config(tracking_uri=uri, aim_repo=repo)
+        return open_driver(cfg, strict_experiments=False, must_exist=True, role="daemon")
+
+    d = driver()
+    try:
+        d.listing.full_every_s = 0.0
+        d.round()
+        log_points(c, run, "eval_de_loss", [(s, 1.0, T0 + 10 + s) for s in range(5)])
+        log_points(c, run, "eval_de_accuracy", [(s, 0.1 * s, T0 + s) for s in range(3, 5)])
+        d.round()
+    finally:
+        d.close()
+    log_points(c, run, "eval_de_accuracy", [(5, 0.5, T0 + 5)])
+    d = driver()  # a restart
+    try:
+        d.listing.full_every_s = 0.0
+        d.round()
+    finally:
+        d.close()
+    c.set_terminated(run, "FINISHED", end_time=T0 + 100)
+    assert _backfill(uri, repo).returncode == 0
+    metrics = read_aim(repo)[run]["metrics"]
+    accuracy = {k: v for k, v in metrics.items() if "accuracy" in k[0]}
+    assert list(accuracy) == [("de_accuracy", (("subset", "eval"),))], list(metrics)
+    assert accuracy[("de_accuracy", (("subset", "eval"),))]["steps"] == [0, 1, 2, 3, 4, 5]
+    assert metrics[("loss", (("dataset", "de"), ("lang", "de"), ("subset", "eval")))]["steps"] == [0, 1, 2, 3, 4]
