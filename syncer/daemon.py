@@ -130,6 +130,11 @@ class Daemon:
         self.location = StoreLocation.parse(cfg.tracking_uri)
         self.stopping = threading.Event()
         self.fatal: str | None = None
+        # why the daemon is not healthy now (its last round failed: the store unreachable, the Aim
+        # repo's filesystem full, a bug; or it stopped); None once a round went well. The health
+        # file is touched only while this is None; a readiness endpoint reports it.
+        self.unhealthy: str | None = None
+        self._ever_opened = False  # the store was opened once (before: waiting for it to appear)
         self.driver: RoundDriver | None = None
         self._failures = 0
         self._dirty = threading.Event()
@@ -161,6 +166,7 @@ class Daemon:
             self.driver = open_driver(
                 self.cfg, strict_experiments=False, must_exist=False, role="daemon", progress=self._beat
             )
+            self._ever_opened = True
             heal(self.driver)
             if self.stopping.is_set():
                 self.driver.stop.set()
@@ -200,12 +206,13 @@ class Daemon:
                     "round failed: %s: %s", type(e).__name__, one_line(e), exc_info=log.isEnabledFor(logging.DEBUG)
                 )
                 self.observe.round_failed(f"{type(e).__name__}: {one_line(e)}")
-                self._retry_later(None)
+                self._retry_later(None, f"round failed: {type(e).__name__}: {one_line(e)}")
                 return
             self.observe.round_ended(stats)
             if self._failures:
                 log.info("MLflow store %s is readable; catching up", self._describe())
             self._failures = 0
+            self.unhealthy = None
             lvl = logging.INFO if (stats.runs_written or stats.errors) else logging.DEBUG
             log.log(lvl, "round: %s", stats.summary(), extra={"event": "round", "round": stats.as_dict()})
             if not stats.errors:  # a run another writer holds is not the daemon's failure
@@ -223,13 +230,18 @@ class Daemon:
             self.observe.beat()
 
     def _touch_health(self) -> None:
-        if self.cfg.health_file:
+        """Touched while healthy only: after a failed round, not again until a round goes well
+        (a round failing at the same place each time may still write other runs first)."""
+        if self.cfg.health_file and self.unhealthy is None:
             self.cfg.health_file.parent.mkdir(parents=True, exist_ok=True)
             self.cfg.health_file.touch()
 
-    def _retry_later(self, message: str | None) -> None:
+    def _retry_later(self, message: str | None, why: str | None = None) -> None:
         self._failures += 1
+        self.unhealthy = message or why or "the last round failed"
         delay = backoff_delay(self._failures, self.cfg.interval)
+        if not self._ever_opened:  # a store not there yet: looked for every interval, not less often
+            delay = min(delay, self.cfg.interval)
         if message:
             log.warning("%s; retrying in %.0f s", message, delay)
         if self.driver is not None and self._failures > 1:
@@ -237,7 +249,7 @@ class Daemon:
         self._reschedule(delay)
 
     def _die(self, message: str) -> None:
-        self.fatal = message
+        self.fatal = self.unhealthy = message
         log.error(message)
         self.observe.stopping(message)
         self.stopping.set()
@@ -309,6 +321,7 @@ class Daemon:
             except RetryLater as e:  # a server is first asked by the first round; a store may come later
                 log.warning("%s", e)
                 self.observe.source_failed(str(e))
+                self.unhealthy = str(e)
                 open_repo(self.cfg.aim_repo)  # an unusable Aim repo is fatal at once; made for the store to come
         except BaseException:
             self.observe.close()
