@@ -200,3 +200,70 @@ def test_a_key_keeps_its_aim_series_when_the_run_gains_keys_that_would_map_it_el
     assert list(accuracy) == [("de_accuracy", (("subset", "eval"),))], list(metrics)
     assert accuracy[("de_accuracy", (("subset", "eval"),))]["steps"] == [0, 1, 2, 3, 4, 5]
     assert metrics[("loss", (("dataset", "de"), ("lang", "de"), ("subset", "eval")))]["steps"] == [0, 1, 2, 3, 4]
+
+
+# a failed round -------------------------------------------------------------------------------
+def _media_store(store: Path, tmp_path: Path) -> list[str]:
+    """Finished runs, each with a text artifact (converted through a temporary folder)."""
+    c = client_for(str(store))
+    exp = c.create_experiment("media")
+    runs = []
+    for i in range(3):
+        run = _run(c, exp, f"r{i}")
+        note = tmp_path / f"note{i}.txt"
+        note.write_text("hello\n")
+        c.log_artifact(run, str(note))
+        runs.append(run)
+    return runs
+
+
+def test_a_failed_round_is_not_forgotten_by_the_quick_rounds_after_it(tmp_path, monkeypatch):
+    """With no usable temporary folder a round fails; the quick rounds after it must not report
+    ok while the runs it did not write are missing: the next listing is a full one (failing the
+    same way), the failure is recorded, and once the folder is back every run arrives."""
+    import tempfile
+
+    store, repo = tmp_path / "mlruns", tmp_path / "aim"
+    runs = _media_store(store, tmp_path)
+    d = open_driver(
+        Config(tracking_uri=str(store), aim_repo=repo), strict_experiments=False, must_exist=True, role="daemon"
+    )
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
+        for _ in range(2):
+            with pytest.raises(FileNotFoundError):
+                d.round()
+        ((_when, ok, summary),) = d.state.last_rounds().values()
+        assert not ok and summary["failed"].startswith("FileNotFoundError"), summary
+        monkeypatch.undo()
+        st = d.round()
+        assert not st.errors and st.read["full"], st.as_dict()
+    finally:
+        d.close()
+    aim = read_aim(repo)
+    assert set(aim) == set(runs) and all(aim[r]["objects"] == ["note0", "note1", "note2"][i : i + 1] for i, r in enumerate(runs))
+    st = run_syncer("status", "--aim-repo", str(repo))
+    assert "(ok," in st.stdout and "it failed" not in st.stdout, st.stdout
+
+
+@pytest.mark.slow
+def test_a_daemon_whose_rounds_keep_failing_is_not_reported_healthy(tmp_path):
+    from test_sync_daemon import Daemon, wait_for
+
+    store, repo, health = tmp_path / "mlruns", tmp_path / "aim", tmp_path / "health"
+    _media_store(store, tmp_path)
+    site = tmp_path / "site"  # no usable temporary folder in the daemon's process
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(f"import tempfile\ntempfile.tempdir = {str(tmp_path / 'gone')!r}\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    args = ("--health-file", str(health), "--full-scan-interval", "600", "--no-watch")
+    d = Daemon(str(store), repo, *args, interval=0.5, env=env).start()
+    try:
+        wait_for(lambda: "round failed: FileNotFoundError" in d.text(), 120)
+        touched = health.stat().st_mtime if health.exists() else None
+        wait_for(lambda: d.text().count("round failed: FileNotFoundError") >= 3, 120)
+        assert (health.stat().st_mtime if health.exists() else None) == touched, d.text()
+        st = run_syncer("status", "--aim-repo", str(repo))
+        assert "(failed," in st.stdout and "it failed: FileNotFoundError" in st.stdout, st.stdout
+    finally:
+        d.kill()
