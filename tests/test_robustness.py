@@ -241,7 +241,8 @@ def test_a_failed_round_is_not_forgotten_by_the_quick_rounds_after_it(tmp_path, 
     finally:
         d.close()
     aim = read_aim(repo)
-    assert set(aim) == set(runs) and all(aim[r]["objects"] == ["note0", "note1", "note2"][i : i + 1] for i, r in enumerate(runs))
+    assert set(aim) == set(runs)
+    assert [aim[r]["objects"] for r in runs] == [["note0"], ["note1"], ["note2"]]
     st = run_syncer("status", "--aim-repo", str(repo))
     assert "(ok," in st.stdout and "it failed" not in st.stdout, st.stdout
 
