@@ -44,7 +44,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from .config import Config
-from .errors import Fatal, RetryLater, Stopped, one_line
+from .errors import Fatal, RetryLater, Stopped, StoreError, StoreUnavailable, one_line
 from .retry import backoff_delay
 from .rounds import RoundDriver
 from .runner import heal, open_driver
@@ -77,6 +77,11 @@ WRITER_EVENTS = [
     DirMovedEvent,
     DirDeletedEvent,
 ]
+
+# a store that appears while the daemon waits for it is being made: MLflow creates a database's
+# tables, then migrates them revision by revision; what it looks like meanwhile (no tables yet, an
+# older schema) is not final for this long after it first answered so
+APPEARING_GRACE_S = 120.0
 
 # without inotify, how long until watching the store is tried again (an instance freed, a limit
 # raised); meanwhile the rounds every --interval find the changes
@@ -135,6 +140,8 @@ class Daemon:
         # file is touched only while this is None; a readiness endpoint reports it.
         self.unhealthy: str | None = None
         self._ever_opened = False  # the store was opened once (before: waiting for it to appear)
+        self._was_missing = False  # the store was not there when first looked for
+        self._appeared_at: float | None = None  # when a store that was missing first answered
         self.driver: RoundDriver | None = None
         self._failures = 0
         self._dirty = threading.Event()
@@ -195,9 +202,14 @@ class Daemon:
                 return
             except RetryLater as e:  # unreachable, or a store that answered before refusing a read
                 self.observe.round_failed(str(e), source=True)
+                self._note_missing(e)
                 self._retry_later(str(e))
                 return
             except Fatal as e:  # an unusable Aim repo, changed library internals, bad input
+                if self._still_appearing(e):
+                    self.observe.round_failed(str(e), source=True)
+                    self._retry_later(f"{e} (the store appeared a moment ago: looked at again)")
+                    return
                 self.observe.round_failed(str(e))
                 self._die(str(e))
                 return
@@ -220,6 +232,20 @@ class Daemon:
             self._ensure_watch()
         if self._dirty.is_set():  # changes arrived while we were busy
             self.kick()
+
+    def _note_missing(self, e: RetryLater) -> None:
+        if isinstance(e, StoreUnavailable) and not self._ever_opened:
+            self._was_missing = True
+
+    def _still_appearing(self, e: Fatal) -> bool:
+        """A store that was missing and now says it is no store of ours may still be being made
+        (a database MLflow is creating and migrating): looked at again for APPEARING_GRACE_S."""
+        if not (isinstance(e, StoreError) and self._was_missing and not self._ever_opened):
+            return False
+        now = time.monotonic()
+        if self._appeared_at is None:
+            self._appeared_at = now
+        return now - self._appeared_at < APPEARING_GRACE_S
 
     def _beat(self, runs: Iterable[T]) -> Iterator[T]:
         """Runs of a round, touching the health file after each: a first round that backfills a
@@ -321,6 +347,7 @@ class Daemon:
             except RetryLater as e:  # a server is first asked by the first round; a store may come later
                 log.warning("%s", e)
                 self.observe.source_failed(str(e))
+                self._note_missing(e)
                 self.unhealthy = str(e)
                 open_repo(self.cfg.aim_repo)  # an unusable Aim repo is fatal at once; made for the store to come
         except BaseException:
