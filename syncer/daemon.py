@@ -349,7 +349,10 @@ class Daemon:
                 self.observe.source_failed(str(e))
                 self._note_missing(e)
                 self.unhealthy = str(e)
-                open_repo(self.cfg.aim_repo)  # an unusable Aim repo is fatal at once; made for the store to come
+                try:
+                    open_repo(self.cfg.aim_repo)  # an unusable Aim repo is fatal at once; made for the store to come
+                except RetryLater as full:  # no room for it: waited for, like the store
+                    log.warning("%s", full)
         except BaseException:
             self.observe.close()
             raise

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInput
+from .errors import BadInput, RepoFull
 from .sources.cursors import Cursor, FileCursor, dumps, loads
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,8 @@ class State:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
         except sqlite3.DatabaseError as e:
+            if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:  # not damaged: no room
+                raise RepoFull(f"the sync state {self.path} cannot be written: its filesystem is full") from None
             raise _damaged(self.path, e) from None
 
     @staticmethod

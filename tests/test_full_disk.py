@@ -148,3 +148,37 @@ def test_the_daemon_on_a_full_disk_stays_up_unhealthy_and_resumes_by_itself(smal
         assert rc == 0 and took < 10, d.text()[-3000:]
     finally:
         d.kill()
+
+
+def test_a_repo_that_cannot_be_made_for_lack_of_space_is_waited_for(small_fs, tmp_path):
+    """The disk already full when the syncer starts: backfill says so in one line (not "the state is
+    damaged", not "cannot open the repo"), exit 2, nothing to clean up; the daemon waits, and
+    syncs once space is freed."""
+    mnt, _grow = small_fs
+    store, repo = tmp_path / "mlruns", mnt / "aim"
+    c = client_for(str(store))
+    exp = c.create_experiment("small")
+    runs = {}
+    for i in range(2):
+        run = c.create_run(exp, run_name=f"r{i}", start_time=T0).info.run_id
+        c.log_metric(run, "loss", 1.0, timestamp=T0, step=0)
+        c.set_terminated(run, "FINISHED", end_time=T0 + 1)
+        runs[run] = 1
+    ballast = mnt / "ballast"
+    with open(ballast, "wb") as f:  # leaves less than the 64 MiB the syncer keeps free
+        f.write(b"\0" * (60 * 1024 * 1024))
+    p = run_syncer("backfill", "--mlflow-tracking-uri", str(store), "--aim-repo", str(repo), "--full-disk-wait", "0")
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("Error: ")]
+    assert len(lines) == 1 and "filesystem is full" in lines[0] and f"mounted at {mnt}" in lines[0], p.stderr
+    assert "Traceback" not in p.stderr and "delete it" not in p.stderr, p.stderr
+    d = Daemon(str(store), repo, "--no-watch", interval=1).start(ready=False)
+    try:
+        wait_for(lambda: d.text().count("filesystem is full") >= 3, 120)
+        assert d.proc.poll() is None, d.text()[-3000:]
+        ballast.unlink()
+        wait_for(lambda: _exact(repo, runs), 180)
+        rc, took = d.stop(signal.SIGTERM, timeout=30)
+        assert rc == 0 and took < 10, d.text()[-3000:]
+    finally:
+        d.kill()

@@ -22,8 +22,16 @@ RESERVE_BYTES = 64 * 1024 * 1024
 
 
 def free_bytes(path: str | os.PathLike[str]) -> int:
-    st = os.statvfs(path)
+    st = os.statvfs(_existing(path))
     return st.f_bavail * st.f_frsize
+
+
+def _existing(path: str | os.PathLike[str]) -> Path:
+    """``path``, or its nearest folder that exists (a repo not created yet)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
 
 
 def short(path: str | os.PathLike[str]) -> bool:
@@ -45,9 +53,9 @@ def describe(path: str | os.PathLike[str]) -> str:
     """`the Aim repo's filesystem is full: <path> is on <type> mounted at <mount point> (<size>,
     <free> free; ...)`: what a full-disk error says."""
     where = Path(path)
-    mount, fstype = _mount_of(where)
+    mount, fstype = _mount_of(_existing(where))
     try:
-        st = os.statvfs(where)
+        st = os.statvfs(_existing(where))
         size, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
         room = f"{_mib(size)} MiB, {_mib(free)} MiB free"
     except OSError as e:
