@@ -165,14 +165,21 @@ def test_a_repo_that_cannot_be_made_for_lack_of_space_is_waited_for(small_fs, tm
         c.set_terminated(run, "FINISHED", end_time=T0 + 1)
         runs[run] = 1
     ballast = mnt / "ballast"
-    with open(ballast, "wb") as f:  # leaves less than the 64 MiB the syncer keeps free
-        f.write(b"\0" * (60 * 1024 * 1024))
+    with open(ballast, "wb") as f:  # the filesystem full to the last byte
+        try:
+            while True:
+                f.write(b"\0" * 1024 * 1024)
+                f.flush()
+        except OSError:
+            pass
     p = run_syncer("backfill", "--mlflow-tracking-uri", str(store), "--aim-repo", str(repo), "--full-disk-wait", "0")
     assert p.returncode == 2, p.stderr
     lines = [ln for ln in p.stderr.splitlines() if ln.startswith("Error: ")]
     assert len(lines) == 1 and "filesystem is full" in lines[0] and f"mounted at {mnt}" in lines[0], p.stderr
     assert "Traceback" not in p.stderr and "delete it" not in p.stderr, p.stderr
-    d = Daemon(str(store), repo, "--no-watch", interval=1).start(ready=False)
+    d = Daemon(str(store), repo, "--no-watch", interval=1)
+    d.log = tmp_path / "daemon.log"  # not on the full filesystem
+    d.start(ready=False)
     try:
         wait_for(lambda: d.text().count("filesystem is full") >= 3, 120)
         assert d.proc.poll() is None, d.text()[-3000:]

@@ -59,7 +59,11 @@ def open_repo(path: str | os.PathLike[str], attempts: int = OPEN_ATTEMPTS) -> tu
         return Repo.from_path(str(root), init=created or not _schema_ready(root))
 
     try:
-        for tried in retrying(busy, attempts=attempts, first_wait=OPEN_FIRST_DELAY, max_wait=OPEN_MAX_DELAY):
+
+        def held(e: BaseException) -> bool:  # by another process (not a full disk: that is not waited out here)
+            return isinstance(e, busy) and not space.short(root)
+
+        for tried in retrying(held, attempts=attempts, first_wait=OPEN_FIRST_DELAY, max_wait=OPEN_MAX_DELAY):
             with tried:
                 repo = attempt()
         return repo, created
