@@ -18,7 +18,7 @@ import click
 
 from . import __version__
 from .config import ENV, Config, parse_size
-from .errors import RepoFull, Stopped, SyncerError
+from .errors import Stopped, SyncerError
 from .logs import configure_logging
 from .redact import redact
 
@@ -280,12 +280,7 @@ def backfill(workers: int, full_disk_wait: float, dry_run: bool, **kw: Any) -> N
     stopped = _stop_on_signals(driver.stop)
     try:
         heal(driver)
-        while True:
-            try:
-                stats = driver.round(full=True)
-                break
-            except RepoFull as e:  # waited for a while, then exit 2 with the message
-                driver.wait_for_space(e, full_disk_wait)
+        stats = driver.round(full=True, room_wait=full_disk_wait)  # a full disk: waited for, then exit 2
     except Stopped:
         log.warning("backfill stopped at a safe point; run it again to finish (nothing is sent twice)")
         sys.exit(128 + (stopped[0] if stopped else signal.SIGTERM))

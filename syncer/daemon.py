@@ -44,7 +44,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from .config import Config
-from .errors import Fatal, RetryLater, Stopped, StoreError, StoreUnavailable, one_line
+from .errors import Fatal, RepoFull, RetryLater, Stopped, StoreError, StoreUnavailable, one_line
 from .retry import backoff_delay
 from .rounds import RoundDriver
 from .runner import heal, open_driver
@@ -135,10 +135,10 @@ class Daemon:
         self.location = StoreLocation.parse(cfg.tracking_uri)
         self.stopping = threading.Event()
         self.fatal: str | None = None
-        # why the daemon is not healthy now (its last round failed: the store unreachable, the Aim
-        # repo's filesystem full, a bug; or it stopped); None once a round went well. The health
-        # file is touched only while this is None; a readiness endpoint reports it.
-        self.unhealthy: str | None = None
+        # why the last round failed (the store unreachable, the Aim repo's filesystem full, a bug),
+        # None once a round went well: the health file is touched only while this is None (the
+        # metrics endpoint hears the same through `observe.round_failed`)
+        self._failing: str | None = None
         self._ever_opened = False  # the store was opened once (before: waiting for it to appear)
         self._was_missing = False  # the store was not there when first looked for
         self._appeared_at: float | None = None  # when a store that was missing first answered
@@ -201,7 +201,7 @@ class Daemon:
                 self.observe.round_skipped(cut=True)
                 return
             except RetryLater as e:  # unreachable, or a store that answered before refusing a read
-                self.observe.round_failed(str(e), source=True)
+                self.observe.round_failed(str(e), source=not isinstance(e, RepoFull))  # a full disk is not MLflow's
                 self._note_missing(e)
                 self._retry_later(str(e))
                 return
@@ -224,7 +224,7 @@ class Daemon:
             if self._failures:
                 log.info("MLflow store %s is readable; catching up", self._describe())
             self._failures = 0
-            self.unhealthy = None
+            self._failing = None
             lvl = logging.INFO if (stats.runs_written or stats.errors) else logging.DEBUG
             log.log(lvl, "round: %s", stats.summary(), extra={"event": "round", "round": stats.as_dict()})
             if not stats.errors:  # a run another writer holds is not the daemon's failure
@@ -258,13 +258,13 @@ class Daemon:
     def _touch_health(self) -> None:
         """Touched while healthy only: after a failed round, not again until a round goes well
         (a round failing at the same place each time may still write other runs first)."""
-        if self.cfg.health_file and self.unhealthy is None:
+        if self.cfg.health_file and self._failing is None:
             self.cfg.health_file.parent.mkdir(parents=True, exist_ok=True)
             self.cfg.health_file.touch()
 
     def _retry_later(self, message: str | None, why: str | None = None) -> None:
         self._failures += 1
-        self.unhealthy = message or why or "the last round failed"
+        self._failing = message or why or "the last round failed"
         delay = backoff_delay(self._failures, self.cfg.interval)
         if not self._ever_opened:  # a store not there yet: looked for every interval, not less often
             delay = min(delay, self.cfg.interval)
@@ -275,7 +275,7 @@ class Daemon:
         self._reschedule(delay)
 
     def _die(self, message: str) -> None:
-        self.fatal = self.unhealthy = message
+        self.fatal = self._failing = message
         log.error(message)
         self.observe.stopping(message)
         self.stopping.set()
@@ -348,7 +348,7 @@ class Daemon:
                 log.warning("%s", e)
                 self.observe.source_failed(str(e))
                 self._note_missing(e)
-                self.unhealthy = str(e)
+                self._failing = str(e)
                 try:
                     open_repo(self.cfg.aim_repo)  # an unusable Aim repo is fatal at once; made for the store to come
                 except RetryLater as full:  # no room for it: waited for, like the store

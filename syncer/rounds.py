@@ -70,11 +70,20 @@ class RoundDriver:
     def location(self) -> Any:
         return self.source.location
 
-    def round(self, *, full: bool = False, paths: Iterable[str] = ()) -> RoundStats:
+    def round(self, *, full: bool = False, paths: Iterable[str] = (), room_wait: float | None = None) -> RoundStats:
         """One round over the store (`full`: every run looked at, as backfill does; `paths`:
         what file events named since the last round). A round that fails is recorded as such,
         and the next one lists the whole store (`ListingPolicy.failed`); on a full Aim repo
-        filesystem it raises `RepoFull`, saying how much it wrote."""
+        filesystem it raises `RepoFull`, saying how much it wrote, or (`room_wait`, a backfill)
+        waits that long for space and goes on (`wait_for_space`)."""
+        while room_wait is not None:
+            try:
+                return self._round(full, paths)
+            except RepoFull as e:
+                self.wait_for_space(e, room_wait)
+        return self._round(full, paths)
+
+    def _round(self, full: bool, paths: Iterable[str]) -> RoundStats:
         t0, listed_at = time.monotonic(), time.time()
         stats = RoundStats()
         try:
