@@ -202,6 +202,8 @@ class Daemon:
                 return
             except RetryLater as e:  # unreachable, or a store that answered before refusing a read
                 self.observe.round_failed(str(e), source=not isinstance(e, RepoFull))  # a full disk is not MLflow's
+                if isinstance(e, RepoFull):  # not ready at once, saying why (MLflow answers)
+                    self.observe.problem("full_disk", str(e))
                 self._note_missing(e)
                 self._retry_later(str(e))
                 return
@@ -225,6 +227,7 @@ class Daemon:
                 log.info("MLflow store %s is readable; catching up", self._describe())
             self._failures = 0
             self._failing = None
+            self.observe.problem("full_disk", None)
             lvl = logging.INFO if (stats.runs_written or stats.errors) else logging.DEBUG
             log.log(lvl, "round: %s", stats.summary(), extra={"event": "round", "round": stats.as_dict()})
             if not stats.errors:  # a run another writer holds is not the daemon's failure

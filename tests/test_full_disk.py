@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, T0, client_for, read_aim, run_syncer, syncer_cmd
+from conftest import ROOT, T0, client_for, free_port, read_aim, run_syncer, syncer_cmd
 from test_sync_daemon import Daemon, wait_for
 
 pytestmark = pytest.mark.slow
@@ -59,6 +59,17 @@ def _big_store(root: Path) -> dict[str, int]:
         c.set_terminated(run, "FINISHED", end_time=T0 + POINTS)
         runs[run] = 2 * POINTS
     return runs
+
+
+def _readyz(port: int) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
 
 
 def _exact(repo: Path, runs: dict[str, int]) -> bool:
@@ -130,9 +141,13 @@ def test_the_daemon_on_a_full_disk_stays_up_unhealthy_and_resumes_by_itself(smal
     mnt, grow = small_fs
     store, repo, health = tmp_path / "mlruns", mnt / "aim", tmp_path / "health"
     runs = _big_store(store)
-    d = Daemon(str(store), repo, "--health-file", str(health), "--no-watch", interval=1).start(ready=False)
+    port = free_port()
+    args = ("--health-file", str(health), "--no-watch", "--metrics-port", str(port))
+    d = Daemon(str(store), repo, *args, interval=1).start(ready=False)
     try:
         wait_for(lambda: d.text().count("filesystem is full") >= 2, 240)  # a failed round, and a retry
+        code, why = _readyz(port)
+        assert code == 503 and "filesystem is full" in why, (code, why)
         touched = health.stat().st_mtime if health.exists() else None
         n = d.text().count("filesystem is full")
         wait_for(lambda: d.text().count("filesystem is full") >= n + 2, 120)  # failing on
@@ -143,6 +158,7 @@ def test_the_daemon_on_a_full_disk_stays_up_unhealthy_and_resumes_by_itself(smal
         grow()
         wait_for(lambda: _exact(repo, runs), 300)
         wait_for(lambda: health.exists() and health.stat().st_mtime != touched, 60)  # healthy again
+        wait_for(lambda: _readyz(port)[0] == 200, 60)
         assert "Traceback" not in d.text()
         rc, took = d.stop(signal.SIGTERM, timeout=30)
         assert rc == 0 and took < 10, d.text()[-3000:]
