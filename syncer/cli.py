@@ -247,6 +247,15 @@ def cli() -> None:
     help="Processes writing runs in parallel (used for 8 runs or more).",
     env="workers",
 )
+@_env_option(
+    "--full-disk-wait",
+    type=click.FloatRange(min=0.0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for space when the Aim repo's filesystem fills up, before stopping with exit code 2 "
+    "(what was written stays; run it again once there is space).",
+    env="full_disk_wait",
+)
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -254,7 +263,7 @@ def cli() -> None:
     "(name, context, the rule that matched, how many runs).",
 )
 @_one_line_errors
-def backfill(workers: int, dry_run: bool, **kw: Any) -> None:
+def backfill(workers: int, full_disk_wait: float, dry_run: bool, **kw: Any) -> None:
     """Convert a whole MLflow store into an Aim repo, once.
 
     Safe to repeat and to kill: a second run writes only what is new."""
@@ -271,7 +280,7 @@ def backfill(workers: int, dry_run: bool, **kw: Any) -> None:
     stopped = _stop_on_signals(driver.stop)
     try:
         heal(driver)
-        stats = driver.round(full=True)
+        stats = driver.round(full=True, room_wait=full_disk_wait)  # a full disk: waited for, then exit 2
     except Stopped:
         log.warning("backfill stopped at a safe point; run it again to finish (nothing is sent twice)")
         sys.exit(128 + (stopped[0] if stopped else signal.SIGTERM))
@@ -377,10 +386,13 @@ def status(aim_repo: Path, state_path: Path | None, show_aim: bool) -> None:
         st.close()
     for key, (t, ok, summary) in sorted(rounds.items()):
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+        outcome = "failed" if summary.get("failed") else ("ok" if ok else "with errors")
         click.echo(
-            f"last round of {key}: {when} ({'ok' if ok else 'with errors'}, "
+            f"last round of {key}: {when} ({outcome}, "
             f"{summary.get('points', 0)} new points in {summary.get('seconds', 0):.1f} s)"
         )
+        if summary.get("failed"):
+            click.echo(f"  it failed: {summary['failed']}")
         read = summary.get("read") or {}
         if read:
             click.echo(

@@ -31,6 +31,7 @@ ENV = {
     "workspaces": "SYNCER_WORKSPACES",
     "metrics_port": "SYNCER_METRICS_PORT",
     "metrics_host": "SYNCER_METRICS_HOST",
+    "full_disk_wait": "SYNCER_FULL_DISK_WAIT",
 }
 
 STATE_FILE = Path(".aim") / "mlflow-syncer" / "state.sqlite"

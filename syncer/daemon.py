@@ -44,7 +44,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
 from .config import Config
-from .errors import Fatal, RetryLater, Stopped, one_line
+from .errors import Fatal, RepoFull, RetryLater, Stopped, StoreError, StoreUnavailable, one_line
 from .retry import backoff_delay
 from .rounds import RoundDriver
 from .runner import heal, open_driver
@@ -77,6 +77,11 @@ WRITER_EVENTS = [
     DirMovedEvent,
     DirDeletedEvent,
 ]
+
+# a store that appears while the daemon waits for it is being made: MLflow creates a database's
+# tables, then migrates them revision by revision; what it looks like meanwhile (no tables yet, an
+# older schema) is not final for this long after it first answered so
+APPEARING_GRACE_S = 120.0
 
 # without inotify, how long until watching the store is tried again (an instance freed, a limit
 # raised); meanwhile the rounds every --interval find the changes
@@ -130,6 +135,13 @@ class Daemon:
         self.location = StoreLocation.parse(cfg.tracking_uri)
         self.stopping = threading.Event()
         self.fatal: str | None = None
+        # why the last round failed (the store unreachable, the Aim repo's filesystem full, a bug),
+        # None once a round went well: the health file is touched only while this is None (the
+        # metrics endpoint hears the same through `observe.round_failed`)
+        self._failing: str | None = None
+        self._ever_opened = False  # the store was opened once (before: waiting for it to appear)
+        self._was_missing = False  # the store was not there when first looked for
+        self._appeared_at: float | None = None  # when a store that was missing first answered
         self.driver: RoundDriver | None = None
         self._failures = 0
         self._dirty = threading.Event()
@@ -161,6 +173,7 @@ class Daemon:
             self.driver = open_driver(
                 self.cfg, strict_experiments=False, must_exist=False, role="daemon", progress=self._beat
             )
+            self._ever_opened = True
             heal(self.driver)
             if self.stopping.is_set():
                 self.driver.stop.set()
@@ -188,10 +201,17 @@ class Daemon:
                 self.observe.round_skipped(cut=True)
                 return
             except RetryLater as e:  # unreachable, or a store that answered before refusing a read
-                self.observe.round_failed(str(e), source=True)
+                self.observe.round_failed(str(e), source=not isinstance(e, RepoFull))  # a full disk is not MLflow's
+                if isinstance(e, RepoFull):  # not ready at once, saying why (MLflow answers)
+                    self.observe.problem("full_disk", str(e))
+                self._note_missing(e)
                 self._retry_later(str(e))
                 return
             except Fatal as e:  # an unusable Aim repo, changed library internals, bad input
+                if self._still_appearing(e):
+                    self.observe.round_failed(str(e), source=True)
+                    self._retry_later(f"{e} (the store appeared a moment ago: looked at again)")
+                    return
                 self.observe.round_failed(str(e))
                 self._die(str(e))
                 return
@@ -200,12 +220,14 @@ class Daemon:
                     "round failed: %s: %s", type(e).__name__, one_line(e), exc_info=log.isEnabledFor(logging.DEBUG)
                 )
                 self.observe.round_failed(f"{type(e).__name__}: {one_line(e)}")
-                self._retry_later(None)
+                self._retry_later(None, f"round failed: {type(e).__name__}: {one_line(e)}")
                 return
             self.observe.round_ended(stats)
             if self._failures:
                 log.info("MLflow store %s is readable; catching up", self._describe())
             self._failures = 0
+            self._failing = None
+            self.observe.problem("full_disk", None)
             lvl = logging.INFO if (stats.runs_written or stats.errors) else logging.DEBUG
             log.log(lvl, "round: %s", stats.summary(), extra={"event": "round", "round": stats.as_dict()})
             if not stats.errors:  # a run another writer holds is not the daemon's failure
@@ -213,6 +235,20 @@ class Daemon:
             self._ensure_watch()
         if self._dirty.is_set():  # changes arrived while we were busy
             self.kick()
+
+    def _note_missing(self, e: RetryLater) -> None:
+        if isinstance(e, StoreUnavailable) and not self._ever_opened:
+            self._was_missing = True
+
+    def _still_appearing(self, e: Fatal) -> bool:
+        """A store that was missing and now says it is no store of ours may still be being made
+        (a database MLflow is creating and migrating): looked at again for APPEARING_GRACE_S."""
+        if not (isinstance(e, StoreError) and self._was_missing and not self._ever_opened):
+            return False
+        now = time.monotonic()
+        if self._appeared_at is None:
+            self._appeared_at = now
+        return now - self._appeared_at < APPEARING_GRACE_S
 
     def _beat(self, runs: Iterable[T]) -> Iterator[T]:
         """Runs of a round, touching the health file after each: a first round that backfills a
@@ -223,13 +259,18 @@ class Daemon:
             self.observe.beat()
 
     def _touch_health(self) -> None:
-        if self.cfg.health_file:
+        """Touched while healthy only: after a failed round, not again until a round goes well
+        (a round failing at the same place each time may still write other runs first)."""
+        if self.cfg.health_file and self._failing is None:
             self.cfg.health_file.parent.mkdir(parents=True, exist_ok=True)
             self.cfg.health_file.touch()
 
-    def _retry_later(self, message: str | None) -> None:
+    def _retry_later(self, message: str | None, why: str | None = None) -> None:
         self._failures += 1
+        self._failing = message or why or "the last round failed"
         delay = backoff_delay(self._failures, self.cfg.interval)
+        if not self._ever_opened:  # a store not there yet: looked for every interval, not less often
+            delay = min(delay, self.cfg.interval)
         if message:
             log.warning("%s; retrying in %.0f s", message, delay)
         if self.driver is not None and self._failures > 1:
@@ -237,7 +278,7 @@ class Daemon:
         self._reschedule(delay)
 
     def _die(self, message: str) -> None:
-        self.fatal = message
+        self.fatal = self._failing = message
         log.error(message)
         self.observe.stopping(message)
         self.stopping.set()
@@ -304,11 +345,17 @@ class Daemon:
 
         self.observe.start()  # the metrics port first: probes answer while the rest starts
         try:
-            open_repo(self.cfg.aim_repo)  # an unusable Aim repo is fatal at once
-            self._open()  # a server is first asked by the first round
-        except RetryLater as e:
-            log.warning("%s", e)
-            self.observe.source_failed(str(e))
+            try:
+                self._open()  # a bad URI, a repo inside the store: one line, exit 2, nothing created
+            except RetryLater as e:  # a server is first asked by the first round; a store may come later
+                log.warning("%s", e)
+                self.observe.source_failed(str(e))
+                self._note_missing(e)
+                self._failing = str(e)
+                try:
+                    open_repo(self.cfg.aim_repo)  # an unusable Aim repo is fatal at once; made for the store to come
+                except RetryLater as full:  # no room for it: waited for, like the store
+                    log.warning("%s", full)
         except BaseException:
             self.observe.close()
             raise

@@ -8,7 +8,8 @@
     │   └── InternalsChanged  an installed MLflow / Aim lacks an internal we rely on
     ├── RetryLater        transient: the daemon backs off and tries again; backfill exits 2
     │   ├── StoreUnavailable  server down (or answering 5xx), database locked, store not created yet
-    │   └── StoreReadFailed   a store that answered before refuses a read (a server restarting)
+    │   ├── StoreReadFailed   a store that answered before refuses a read (a server restarting)
+    │   └── RepoFull          the Aim repo's filesystem is (nearly) full: nothing more is written
     └── SkipRun           this run (or one of its metrics / artifacts) now: the rest goes on
         ├── RunUnreadable     a corrupt meta.yaml, a garbage metric line, a missing file
         └── RunLocked         another writer holds the Aim run; retried next round
@@ -58,6 +59,12 @@ class StoreReadFailed(RetryLater):
     """A store that has answered before refuses a read with an error that says nothing of a
     connection (an HTTP 4xx from a server coming back up, a query failing mid-migration): the
     daemon backs off and tries again; the same answer at the first contact is a StoreError."""
+
+
+class RepoFull(RetryLater):
+    """The Aim repo's filesystem has too little free space to write safely: nothing more is
+    written until it has (the daemon waits for it, reporting unhealthy; a backfill waits a
+    while, then stops with exit code 2). What was written is durable; the rest is sent later."""
 
 
 # the store answered, with a refusal (the run or endpoint asked for is not there): not a connection failure

@@ -104,6 +104,12 @@ class ListingPolicy:
         if self._full:
             self._full_took = self.clock() - self._began
 
+    def failed(self) -> None:
+        """The round failed before writing all it listed: the next listing is a full one, so that
+        what this one noted (runs seen, marks, experiments, the time it began) cannot hide from
+        the quick rounds after it the runs it did not write."""
+        self._last_full = None
+
     def dormant(self, run_id: str) -> bool:
         """A RUNNING run that listings looking at it over `dormant_after_s` found unchanged. Measured
         between listings, not up to now: a run not looked at for a while (a first round that

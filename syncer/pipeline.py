@@ -16,6 +16,7 @@ from .errors import RunLocked, RunUnreadable, Stopped, one_line
 from .logs import OnceLog
 from .mapping import PARENT_TAG, ContextMapper, LabelPolicy, MappedMetric, run_meta
 from .mapping.collisions import resolve
+from .mapping.pinned import Pinned, pin
 from .plan import RunWork
 from .round_stats import RoundStats
 from .sink import RunSink, aim_run_hash
@@ -69,13 +70,9 @@ class RunPipeline:
 
     def sync(self, work: RunWork, names: dict[str, str], stats: RoundStats) -> None:
         """Sync one run as planned. A run another writer holds is skipped this round."""
-        exp, run = work.exp, work.run
+        run = work.run
         if isinstance(run, BrokenRun):
-            msg = f"run {run.run_id} (experiment {exp.aim_name!r}) cannot be read: {run.error}"
-            log.warning(msg)
-            stats.errors.append(msg)
-            self.state.save_error(run.run_id, aim_run_hash(run.run_id), exp.aim_name, run.error)
-            self.pool.drop(aim_run_hash(run.run_id))
+            self._broken(work, run.run_id, run.error, stats)
             return
         try:
             self._sync_run(work, run, names, stats)
@@ -83,6 +80,17 @@ class RunPipeline:
             msg = f"run {run.run_id} ({run.name!r}) skipped this round: {one_line(e)}"
             self.once.warning(msg)
             stats.locked.append(msg)
+        except RunUnreadable as e:  # found while reading it (a tag file MLflow cannot read): this run only
+            self._broken(work, run.run_id, f"{type(e).__name__}: {one_line(e)}", stats)
+
+    def _broken(self, work: RunWork, run_id: str, error: str, stats: RoundStats) -> None:
+        """A run that cannot be read: named in a warning, its error kept (the next backfill says
+        it again while it is there), its metadata sent again once it reads (`State.save_error`)."""
+        msg = f"run {run_id} (experiment {work.exp.aim_name!r}) cannot be read: {error}"
+        self.once.warning(msg)
+        stats.errors.append(msg)
+        self.state.save_error(run_id, aim_run_hash(run_id), work.exp.aim_name, error)
+        self.pool.drop(aim_run_hash(run_id))
 
     def _parent_name(self, run: RunRecord, names: dict[str, str]) -> dict[str, str]:
         """{parent id: its name} of a nested run: listed with it, else as it was last synced."""
@@ -161,9 +169,11 @@ class RunPipeline:
     def _sync_metrics(
         self, run: RunRecord, work: RunWork, sink: RunSink, errors: list[str], stats: RoundStats
     ) -> dict[str, Cursor]:
-        """Write the new points of the changed keys; returns every cursor of the run after."""
-        run_mapper = self.options.mapper.for_run(run.metric_marks)
-        names = resolve(run_mapper, run.metric_marks, known=set(work.cursors))
+        """Write the new points of the changed keys; returns every cursor of the run after. A key
+        synced before keeps the Aim name and context its points went to (`mapping.pinned`)."""
+        pins = self.state.key_names(run.run_id)
+        run_mapper = Pinned(self.options.mapper.for_run(run.metric_marks), pins)
+        names = resolve(run_mapper, run.metric_marks, known=set(work.cursors) | set(pins))
         for note in names.collisions:
             self.once.warning(f"run {run.run_id} ({run.name!r}): {note}")
         cursors = dict(work.cursors)
@@ -174,7 +184,8 @@ class RunPipeline:
             nonlocal pending, pending_points
             if pending:
                 sink.flush()  # durable in Aim first, then the cursors: a crash re-sends, never skips
-                self.state.save_cursors(run.run_id, pending)
+                where = {k: pin(names.of(k)) for k, _ in pending if k not in pins}
+                self.state.save_cursors(run.run_id, pending, where)
             pending, pending_points = [], 0
 
         try:

@@ -9,8 +9,11 @@ import re
 # password with an unencoded "/", ":", "@", "?", "#" or space goes too (`http://u:s3cr/t@PASS@host`).
 # An "@" later on the line (a path, an e-mail) hides a little more than needed: never less.
 _USERINFO = re.compile(r"//(?P<userinfo>[^\n]*)@")
+# ... and the same after a scheme written with one slash or none, a typo users make
+# (`postgresql:/user:PW@host`, `postgresql:user:PW@host`); a Windows drive (`C:`) is no scheme
+_SHORT_USERINFO = re.compile(r"(?<![\w+.-])(?P<scheme>[a-zA-Z][\w+.-]+:/?)(?![/\s])(?P<userinfo>[^\n]*)@")
 # query (or fragment) parameters whose name says they carry a secret: ?token=..., &X-Amz-Signature=...
-_SECRET_WORDS = "token|key|pass|pwd|secret|signature|sig|credential|auth|session|jwt|bearer|cookie"
+_SECRET_WORDS = "token|key|pass|pw|secret|signature|sig|credential|auth|session|jwt|bearer|cookie"
 _SECRET_NAME = rf"(?:[^\s=&?#;]*(?:{_SECRET_WORDS})[^\s=&?#;]*|tk)"
 _SECRET_PARAM = re.compile(rf"(?P<name>[?&;#]{_SECRET_NAME})=(?P<value>[^\s&#;]*)", re.I)
 
@@ -23,6 +26,7 @@ def redact(text: str) -> str:
     """
     if "@" in text:
         text = _USERINFO.sub(_userinfo, text)
+        text = _SHORT_USERINFO.sub(lambda m: m.group("scheme") + _userinfo(m)[2:], text)
     if "=" in text:
         text = _SECRET_PARAM.sub(lambda m: f"{m.group('name')}=***", text)
     return text

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from .errors import Stopped
+from .errors import RepoFull, Stopped, one_line
 from .listing import ListingPolicy
 from .logs import OnceLog
 from .pipeline import RunPipeline
@@ -70,22 +70,86 @@ class RoundDriver:
     def location(self) -> Any:
         return self.source.location
 
-    def round(self, *, full: bool = False, paths: Iterable[str] = ()) -> RoundStats:
+    def round(self, *, full: bool = False, paths: Iterable[str] = (), room_wait: float | None = None) -> RoundStats:
         """One round over the store (`full`: every run looked at, as backfill does; `paths`:
-        what file events named since the last round)."""
+        what file events named since the last round). A round that fails is recorded as such,
+        and the next one lists the whole store (`ListingPolicy.failed`); on a full Aim repo
+        filesystem it raises `RepoFull`, saying how much it wrote, or (`room_wait`, a backfill)
+        waits that long for space and goes on (`wait_for_space`)."""
+        while room_wait is not None:
+            try:
+                return self._round(full, paths)
+            except RepoFull as e:
+                self.wait_for_space(e, room_wait)
+        return self._round(full, paths)
+
+    def _round(self, full: bool, paths: Iterable[str]) -> RoundStats:
         t0, listed_at = time.monotonic(), time.time()
-        plan = self.planner.plan(full=full, paths=paths)
-        stats = RoundStats(experiments=len(plan.experiments), runs=plan.runs, still_failing=plan.still_failing)
-        for msg in plan.still_failing:  # runs that still fail as they did: said once per process
-            self.once.warning(f"{msg} (unchanged since)")
-        self._describe(plan.todo)
-        if self.spread is not None and len(plan.todo) >= PARALLEL_MIN_RUNS:
-            self.spread(plan, stats, self)
-        else:
-            self._sync_here(plan, stats)
-        self.pool.settle(plan.active)
+        stats = RoundStats()
+        try:
+            plan = self.planner.plan(full=full, paths=paths)
+            stats.experiments, stats.runs, stats.still_failing = len(plan.experiments), plan.runs, plan.still_failing
+            for msg in plan.still_failing:  # runs that still fail as they did: said once per process
+                self.once.warning(f"{msg} (unchanged since)")
+            self._describe(plan.todo)
+            if self.spread is not None and len(plan.todo) >= PARALLEL_MIN_RUNS:
+                self.spread(plan, stats, self)
+            else:
+                self._sync_here(plan, stats)
+            self.pool.settle(plan.active)
+        except Stopped:
+            self.listing.failed()
+            raise
+        except Exception as e:
+            self.listing.failed()
+            full_disk = self._full_disk(e, stats)
+            self._record_failure(stats, t0, full_disk or e)
+            if full_disk is not None:
+                raise full_disk from None
+            raise
         stats.listed_at, stats.running, stats.behind = listed_at, plan.active, self._behind(plan.todo)
         return self._finish(stats, t0)
+
+    def _full_disk(self, e: Exception, stats: RoundStats) -> RepoFull | None:
+        """The round's failure as a full disk, saying how much the round wrote, when it is one
+        (raised by the writer's check, or any failure while the repo's filesystem is short of
+        space: a SQLite commit, a RocksDB write); None otherwise."""
+        from .aim import space
+
+        if not isinstance(e, RepoFull):
+            path = getattr(self.repo, "path", None)
+            if path is None or not space.short(path):
+                return None
+            e = RepoFull(space.describe(path))
+        return RepoFull(
+            f"{one_line(e, limit=1000)}; this round wrote {stats.runs_written} run(s), {stats.points:,} point(s) "
+            "before it stopped, nothing is lost: the rest is sent once there is space"
+        )
+
+    def wait_for_space(self, full: RepoFull, seconds: float) -> None:
+        """A backfill's bounded wait on a full disk: return as soon as the Aim repo's filesystem
+        has room again (the next round goes on where this one stopped), else raise `full` again
+        after `seconds`; Stopped when asked to stop meanwhile."""
+        from .aim import space
+
+        if seconds > 0:
+            log.warning("%s; waiting up to %g s for space", full, seconds)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.stop.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+                raise Stopped()
+            if not space.short(self.repo.path):
+                log.info("the Aim repo's filesystem has room again: going on")
+                return
+        raise full
+
+    def _record_failure(self, stats: RoundStats, t0: float, e: BaseException) -> None:
+        """A failed round in the state (`syncer status` says it failed, and why)."""
+        stats.seconds = time.monotonic() - t0
+        try:
+            self.state.save_round(False, {**stats.as_dict(), "failed": f"{type(e).__name__}: {one_line(e, 1000)}"})
+        except Exception as err:  # the state itself may be what failed (a full disk)
+            log.debug("could not record the failed round: %s", err)
 
     def _sync_here(self, plan: Plan, stats: RoundStats) -> None:
         window = self.source.prefetch_runs

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from typing import Literal
 
 from .config import Config
+from .errors import BadInput
 from .listing import ListingPolicy
 from .logs import OnceLog
 from .mapping import ContextMapper, LabelPolicy, load_rules
@@ -50,6 +52,37 @@ def heal(driver: RoundDriver) -> None:
         log.info("made %d Aim run(s) visible that an interrupted sync had left unindexed", len(healed))
 
 
+def refuse_overlap(cfg: Config, location: StoreLocation) -> None:
+    """BadInput when the syncer would write into the MLflow store (an Aim repo, a state or a
+    health file inside a file store: MLflow reads the store's folders as experiments, and a
+    daemon watching the store would wake itself with its own writes), or read a store from
+    inside the Aim repo's `.aim` folder. Checked before anything is created."""
+    store = location.path
+    if store is None:
+        return
+    store = store.expanduser().resolve()
+    aim_root = cfg.aim_repo.expanduser().resolve()
+    if location.kind == "file":
+        writes: list[tuple[str, Path | None]] = [
+            ("--aim-repo", cfg.aim_repo),
+            ("--state", cfg.state_file),
+            ("--health-file", cfg.health_file),
+        ]
+        for flag, path in writes:
+            if path is not None and path.expanduser().resolve().is_relative_to(store):
+                raise BadInput(
+                    f"{flag} {path} is inside the MLflow file store {store}: the syncer never writes into the "
+                    f"store (MLflow would read what it writes there as an experiment); put it outside, "
+                    f"e.g. {flag} {store.parent / ('aim' if flag == '--aim-repo' else path.name)}"
+                )
+    aim_dir = aim_root / ".aim"
+    if store.is_relative_to(aim_dir):
+        raise BadInput(
+            f"the MLflow store {store} is inside the Aim repo {aim_dir}: keep the store beside the repo "
+            f"(e.g. {aim_root / store.name} with --aim-repo {aim_root})"
+        )
+
+
 def open_worker(cfg: Config) -> RoundDriver:
     """What a backfill's worker process syncs with (`workers.WorkerPool`)."""
     return open_driver(cfg, strict_experiments=False, must_exist=True, role="worker")
@@ -70,6 +103,7 @@ def open_driver(
 
     options = options_from(cfg, strict_experiments=strict_experiments)
     location = StoreLocation.parse(cfg.tracking_uri)
+    refuse_overlap(cfg, location)
     reads = ReadStats()
     stop = threading.Event()
     source = open_source(location, reads, must_exist=must_exist, stop=stop, workspaces=cfg.workspaces)

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInput
+from .errors import BadInput, RepoFull
 from .sources.cursors import Cursor, FileCursor, dumps, loads
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # what a synced run's Aim metadata looks like; a state from an older layout sends every run's
 # metadata again at its next round (2: the artifacts listing under `mlflow`, `__system_params`, notes)
 AIM_LAYOUT = 2
@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS metrics (
     key TEXT NOT NULL,
     cursor TEXT NOT NULL,
     points INTEGER NOT NULL DEFAULT 0,
+    aim TEXT,
     PRIMARY KEY (source, run_id, key)
 );
 CREATE TABLE IF NOT EXISTS artifacts (
@@ -67,6 +68,7 @@ CREATE TABLE IF NOT EXISTS rounds (
 """
 _V1_RUN_COLUMNS = ("name TEXT", "artifacts_mark TEXT", "artifacts_checked_at REAL")
 _V2_RUN_COLUMNS = ("models_digest TEXT",)  # what the run's MLflow 3 logged models looked like
+_V3_METRIC_COLUMNS = ("aim TEXT",)  # the Aim name and context the key's points went to
 
 
 @dataclass
@@ -107,6 +109,8 @@ class State:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
         except sqlite3.DatabaseError as e:
+            if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:  # not damaged: no room
+                raise RepoFull(f"the sync state {self.path} cannot be written: its filesystem is full") from None
             raise _damaged(self.path, e) from None
 
     @staticmethod
@@ -166,6 +170,7 @@ class State:
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
                 self._add_run_columns(_V2_RUN_COLUMNS)
+                self._add_run_columns(_V3_METRIC_COLUMNS, table="metrics")
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         if int(self._meta("aim_layout") or 1) < AIM_LAYOUT:  # runs synced before: metadata again, once
             with self.db:
@@ -173,12 +178,12 @@ class State:
                 self.db.execute("UPDATE runs SET fingerprint = NULL")
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('aim_layout', ?)", (str(AIM_LAYOUT),))
 
-    def _add_run_columns(self, columns: Iterable[str]) -> None:
-        """Add these columns ("name TYPE") to the runs table where missing (in a transaction)."""
-        have = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
+    def _add_run_columns(self, columns: Iterable[str], table: str = "runs") -> None:
+        """Add these columns ("name TYPE") to the table where missing (in a transaction)."""
+        have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
         for col in columns:
             if col.split()[0] not in have:
-                self.db.execute(f"ALTER TABLE runs ADD COLUMN {col}")
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {col}")
 
     def _meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -224,6 +229,13 @@ class State:
             if cur is not None:
                 out[key] = cur
         return out
+
+    def key_names(self, run_id: str) -> dict[str, str]:
+        """key -> the Aim name and context (as `save_cursors` was given them) its points went to."""
+        rows = self.db.execute(
+            "SELECT key, aim FROM metrics WHERE source=? AND run_id=? AND aim IS NOT NULL", (self.source, run_id)
+        )
+        return dict(rows)
 
     def artifacts(self, run_id: str) -> dict[str, int | None]:
         rows = self.db.execute("SELECT path, size FROM artifacts WHERE source=? AND run_id=?", (self.source, run_id))
@@ -294,21 +306,27 @@ class State:
         )
 
     def save_error(self, run_id: str, aim_hash: str, experiment: str, error: str) -> None:
+        """A run that cannot be read now: its error, and no fingerprint, so that once it reads
+        again its metadata is sent again (and the error cleared) whatever changed to fix it."""
         self.db.execute(
             """INSERT INTO runs (source, run_id, aim_hash, experiment, error, updated_at) VALUES (?,?,?,?,?,?)
-               ON CONFLICT(source, run_id) DO UPDATE SET error=excluded.error, updated_at=excluded.updated_at""",
+               ON CONFLICT(source, run_id) DO UPDATE SET error=excluded.error, updated_at=excluded.updated_at,
+                 fingerprint=NULL""",
             (self.source, run_id, aim_hash, experiment, error, time.time()),
         )
 
-    def save_cursors(self, run_id: str, cursors: list[tuple[str, Cursor]]) -> None:
+    def save_cursors(self, run_id: str, cursors: list[tuple[str, Cursor]], names: dict[str, str] | None = None) -> None:
         """(key, cursor) for one run, in one transaction. A cursor carries how many MLflow
-        points lie before it: stored as such, never added up."""
+        points lie before it: stored as such, never added up. `names`: key -> where its points
+        went in Aim (`key_names`); the first one saved for a key stays."""
+        names = names or {}
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany(
-                """INSERT INTO metrics (source, run_id, key, cursor, points) VALUES (?,?,?,?,?)
-                   ON CONFLICT(source, run_id, key) DO UPDATE SET cursor=excluded.cursor, points=excluded.points""",
-                [(self.source, run_id, key, dumps(cursor), cursor.points) for key, cursor in cursors],
+                """INSERT INTO metrics (source, run_id, key, cursor, points, aim) VALUES (?,?,?,?,?,?)
+                   ON CONFLICT(source, run_id, key) DO UPDATE SET cursor=excluded.cursor, points=excluded.points,
+                     aim=COALESCE(metrics.aim, excluded.aim)""",
+                [(self.source, run_id, key, dumps(cursor), cursor.points, names.get(key)) for key, cursor in cursors],
             )
 
     def save_artifact(self, run_id: str, path: str, size: int | None, kind: str | None) -> None:

@@ -1,9 +1,10 @@
 """A training-like writer process for the daemon tests (run as a subprocess).
 
-    python tests/live_writer.py URI EXPERIMENT SECONDS OUT.json [EVERY]
+    python tests/live_writer.py URI EXPERIMENT SECONDS OUT.json [EVERY [STOP_FILE]]
 
 Logs a long run with a point every EVERY s (default 0.2) and, meanwhile, short runs that start and finish
-within a second (between two syncer rounds). Writes what it logged to OUT.json at the end.
+within a second (between two syncer rounds), for SECONDS or until STOP_FILE exists (a test that
+waits on a condition, not on the clock). Writes what it logged to OUT.json at the end.
 Survives the tracking server going away for a while (retries each call).
 """
 
@@ -30,7 +31,7 @@ def retry(fn, *a, **kw):
             time.sleep(0.2)
 
 
-def main(uri: str, experiment: str, seconds: float, out: str, every: float = 0.2) -> None:
+def main(uri: str, experiment: str, seconds: float, out: str, every: float = 0.2, stop: str = "") -> None:
     c = MlflowClient(uri)
     exp = retry(c.create_experiment, experiment)
     logged: dict[str, dict] = {}
@@ -39,7 +40,7 @@ def main(uri: str, experiment: str, seconds: float, out: str, every: float = 0.2
     t_end = time.monotonic() + seconds
     step = 0
     short = 0
-    while time.monotonic() < t_end:
+    while time.monotonic() < t_end and not (stop and os.path.exists(stop)):
         ts = int(time.time() * 1000)
         retry(c.log_batch, long_run, metrics=[Metric("train_loss", 1.0 / (step + 1), ts, step)])
         logged[long_run]["points"].append([step, 1.0 / (step + 1), ts])
@@ -58,4 +59,4 @@ def main(uri: str, experiment: str, seconds: float, out: str, every: float = 0.2
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], *(float(a) for a in sys.argv[5:6]))
+    main(sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], *(float(a) for a in sys.argv[5:6]), *sys.argv[6:7])

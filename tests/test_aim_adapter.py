@@ -350,8 +350,15 @@ def test_reopen_keeps_created_at_points_and_updates_state(repo_path):
 
 
 def test_second_writer_is_refused_with_a_clear_error(repo_path):
+    """Also once the first writer's lock file is older than filelock's 2 s malformed-lock age (a
+    first open that took that long on a loaded machine let a second writer of the same process in)."""
     w = AimRunWriter.open(repo_path, "locked")
     try:
+        with pytest.raises(AimRunLocked, match="locked"):
+            AimRunWriter.open(repo_path, "locked", lock_timeout=0.2)
+        lock_file = repo_path / ".aim" / "locks" / "locked.softlock"
+        old = time.time() - 10
+        os.utime(lock_file, (old, old))  # as after a first open that took 10 s
         with pytest.raises(AimRunLocked, match="locked"):
             AimRunWriter.open(repo_path, "locked", lock_timeout=0.2)
     finally:

@@ -350,8 +350,8 @@ def test_a_round_stopped_in_the_middle_of_a_key_resumes_where_it_stopped(store, 
     commits = []
     save = s.state.save_cursors
 
-    def save_then_stop(run_id, cursors):  # a SIGTERM arriving right after the first commit
-        save(run_id, cursors)
+    def save_then_stop(run_id, cursors, *names):  # a SIGTERM arriving right after the first commit
+        save(run_id, cursors, *names)
         commits.append(cursors)
         s.stop.set()
 

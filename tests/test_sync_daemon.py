@@ -52,9 +52,13 @@ class Daemon:
             self.proc.wait()
 
 
-def start_writer(uri: str, experiment: str, seconds: float, out: Path, every: float = 0.2) -> subprocess.Popen:
+def start_writer(
+    uri: str, experiment: str, seconds: float, out: Path, every: float = 0.2, stop: Path | None = None
+) -> subprocess.Popen:
+    """The writer logs for `seconds`, or (`stop`) until that file exists."""
+    until = [str(stop)] if stop else []
     return subprocess.Popen(
-        [sys.executable, str(WRITER), uri, experiment, str(seconds), str(out), str(every)],
+        [sys.executable, str(WRITER), uri, experiment, str(seconds), str(out), str(every), *until],
         cwd=out.parent,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -136,13 +140,23 @@ def test_follows_a_live_store(kind, tmp_path, request):
         (tmp_path / "mlruns").mkdir()  # the daemon may start before the writer creates anything
     d = Daemon(uri, repo, "--experiment", exp, "--health-file", str(health)).start()
     try:
-        w = start_writer(uri, exp, 10, tmp_path / "logged.json")
-        long_run = wait_for(lambda: [r for r in read_aim(repo).values() if r["name"] == "long"], timeout=20)
+        # the writer logs until told to stop: once the syncer has shown its running run, and short
+        # runs that lived between two rounds (no fixed wait: a loaded machine may take its time)
+        stop = tmp_path / "stop-writing"
+        w = start_writer(uri, exp, 600, tmp_path / "logged.json", stop=stop)
+
+        def seen() -> list[dict]:
+            aim = read_aim(repo).values()
+            long = [r for r in aim if r["name"] == "long"]
+            return long if long and len([r for r in aim if r["name"].startswith("short-")]) >= 2 else []
+
+        long_run = wait_for(seen, timeout=300)
         assert w.poll() is None, "the writer ended before the syncer saw its running run"
         assert long_run[0]["active"] is True and long_run[0]["end_time"] is None  # RUNNING in MLflow: active in Aim
+        stop.touch()
         logged = finish_writer(w, tmp_path / "logged.json")
         assert len(logged) >= 3  # the long run and short runs that lived between two rounds
-        aim = wait_until_synced(repo, logged)
+        aim = wait_until_synced(repo, logged, timeout=180)
         assert_exact(aim, logged)
         assert health.exists()
         rc, took = d.stop(signal.SIGTERM)

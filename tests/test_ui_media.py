@@ -313,7 +313,7 @@ def test_images_explorer_scrubs_through_a_synced_step_image_sequence(synced, tmp
     from test_ui import CHROMIUM, Chrome, aim_up, keep_screenshot
 
     if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (`make ui-deps` installs it with apt-get when run as root)")
+        pytest.skip("Chromium is not installed (`make test-deps` installs it with apt-get when run as root)")
     with aim_up(synced["repo"], tmp_path / "aim-up.log") as web:
         found = web.stream(
             "images",

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import encoding as enc
+from . import space
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +88,14 @@ class RunChunks:
         """Commit a batch to the meta chunk.  ``urgent``: the change must reach the run index
         soon; otherwise it is per-sequence bookkeeping (last value, last step, min, max) that
         may lag a few seconds."""
+        space.check(self.repo.path)  # RepoFull before RocksDB meets a full disk
         self.meta.commit(batch)
         self._on_meta_change(urgent=urgent)
         self.wal_dirty["meta"] = True
 
     def write_seqs(self, batch: Any, points: int) -> None:
         """Write a batch of ``points`` points to the seqs chunk."""
+        space.check(self.repo.path)
         self.seqs().db.write(batch)
         self.wal_dirty["seqs"] = True
         self._seqs_unflushed += points
@@ -100,6 +103,7 @@ class RunChunks:
     def track_object(self, obj: Any, timestamp: float, name: str, step: int, epoch: int | None, context: Any) -> None:
         """Track an object (``aim.Image``, ``aim.Text``, ...) with Aim's own ``RunTracker``,
         which writes both chunks itself; a new object sequence must reach the index soon."""
+        space.check(self.repo.path)
         if self._tracker is None:
             from aim.sdk.tracker import RunTracker
 
@@ -147,6 +151,7 @@ class RunChunks:
     def flush(self) -> None:
         """fsync the write-ahead logs of the chunks written since the last flush (nothing new:
         nothing to do); flush a long seqs memtable to an SST file."""
+        space.check(self.repo.path)
         for name, c in (("meta", self.meta), ("seqs", self._seqs)):
             if c is not None and self.wal_dirty[name]:
                 c.db.flush_wal(True)
@@ -159,17 +164,36 @@ class RunChunks:
 
     def close(self) -> None:
         """Flush the memtables and WALs, close both chunks, drop the progress marker.
-        Idempotent."""
+        Idempotent. Short of space (``space``), the memtables are not flushed: that would block
+        for good on a full disk; the write-ahead logs hold what was written."""
         from aim.sdk.repo import ContainerConfig
 
+        short = space.short(self.repo.path)
         for c in (self.meta, self._seqs):
             if c is not None:
+                if short:
+                    _let_go(c)
                 c.close()
         self.meta = self._seqs = None
         for sub in ("meta", "seqs"):
             self.repo.container_pool.pop(ContainerConfig(sub, self.hash, False), None)
         self.meta_tree = self.meta_run_tree = self._series_run_trees = None
         self._tracker = None
+
+
+def _let_go(container: Any) -> None:
+    """Detach a container's RocksDB handle so that Aim's close does not flush its memtable (a
+    flush on a full disk never returns): the write-ahead log is synced if it can be, and the
+    handle is dropped (RocksDB closes it once nothing refers to it; never closed by hand, which
+    crashes while an iterator of it lives)."""
+    db = container._db
+    if db is None:
+        return
+    try:
+        db.flush_wal(True)
+    except Exception as e:  # nothing more can be made durable now: the cursors were not committed
+        log.debug("syncing the write-ahead log of %s: %s", getattr(container, "path", "?"), e)
+    container._db = None
 
 
 _WriteOptimizedContainer: Any = None

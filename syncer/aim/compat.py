@@ -72,6 +72,7 @@ INTERNALS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "RocksContainer.commit",
             "RocksContainer.close",
             "RocksContainer.db",
+            "RocksContainer._db",  # set to None: Aim's close then skips its memtable flush (chunks._let_go)
         ),
     ),
     ("aim.storage.hashing.hashing", ("hash_auto", "_HASH_UNIFORM_SALT")),

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..retry import retrying
+from . import space
 from .repo import get_repo
 
 log = logging.getLogger(__name__)
@@ -210,6 +211,9 @@ def index_runs(repo: Any, run_hashes: Iterable[str], *, attempts: int = INDEX_AT
     repo = get_repo(repo)
     if not hashes or not os.path.isdir(os.path.join(repo.path, "meta", "index")):
         return []
+    if space.short(repo.path):  # the index DB's close would flush to a full disk: the next start indexes them
+        log.debug("the Aim repo's filesystem is short of space: %d run(s) indexed later", len(hashes))
+        return hashes
     mgr = indexer(repo)
     config = ContainerConfig("meta/index", None, True)  # how Repo._get_index_container pools it
     try:
@@ -262,7 +266,7 @@ def index_missing(repo: Any, *, stale: bool = True) -> list[str]:
     todo = [h for h in hashes if h not in listed or h not in stamps]
     if stale:
         todo += [h for h in hashes if h in listed and h in stamps and stamps[h] != chunk_stamp(repo, h)]
-    if not todo:
+    if not todo or space.short(repo.path):  # short of space: the next start (or open) does it
         return []
     log.info("indexing %d Aim run(s) missing from (or outdated in) the run index", len(todo))
     failed = set(index_runs(repo, todo))

@@ -42,6 +42,8 @@ def lock_run(repo: Any, run_hash: str, timeout: float) -> Any:
 
     drop_own_stale_lock(repo, run_hash)
     key = (str(repo.path), run_hash)
+    if key in _held:  # another writer of this very process: refused whatever its lock file's age
+        raise _refuse(repo, run_hash)
     # the holder that refused us last time still holds it (a second daemon): no waiting again
     grace = 0.0 if _refused.get(key) == holder(repo, run_hash) else min(timeout, HOLDER_GRACE_S)
     deadline = time.monotonic() + grace
@@ -58,10 +60,29 @@ def lock_run(repo: Any, run_hash: str, timeout: float) -> Any:
     except (RunLockingError, Timeout, ValueError) as e:  # ValueError: Aim reading a lock file being written
         raise _refuse(repo, run_hash) from e
     _refused.pop(key, None)
-    return lock
+    return _Held(lock, key)
 
 
 _refused: dict[tuple[str, str], str] = {}  # (repo, run hash) -> who held it when we last gave up
+# the runs writers of this process hold: a second writer of the same process is refused by this,
+# not by the lock file, which filelock breaks as malformed once it is 2 s old (a first open that
+# took that long on a loaded machine let a second one in)
+_held: set[tuple[str, str]] = set()
+
+
+class _Held:
+    """A run lock this process holds; `release` (from any thread) frees it."""
+
+    def __init__(self, lock: Any, key: tuple[str, str]):
+        self.lock = lock
+        self.key = key
+        _held.add(key)
+
+    def release(self) -> None:
+        try:
+            self.lock.release()
+        finally:
+            _held.discard(self.key)
 
 
 def _refuse(repo: Any, run_hash: str) -> AimRunLocked:

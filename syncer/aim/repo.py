@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import repo_root
-from ..errors import RepoError, one_line
+from ..errors import RepoError, RepoFull, one_line
 from ..retry import retrying
+from . import space
 
 # open_repo's retries while another process holds the new repo's index DB (creating it)
 OPEN_ATTEMPTS = 20
@@ -58,16 +59,20 @@ def open_repo(path: str | os.PathLike[str], attempts: int = OPEN_ATTEMPTS) -> tu
         return Repo.from_path(str(root), init=created or not _schema_ready(root))
 
     try:
-        for tried in retrying(busy, attempts=attempts, first_wait=OPEN_FIRST_DELAY, max_wait=OPEN_MAX_DELAY):
+
+        def held(e: BaseException) -> bool:  # by another process (not a full disk: that is not waited out here)
+            return isinstance(e, busy) and not space.short(root)
+
+        for tried in retrying(held, attempts=attempts, first_wait=OPEN_FIRST_DELAY, max_wait=OPEN_MAX_DELAY):
             with tried:
                 repo = attempt()
         return repo, created
     except PermissionError:
         raise RepoError(f"the Aim repo {root} is not writable") from None
-    except OSError as e:
-        raise RepoError(f"cannot open the Aim repo {root}: {e.strerror or e}") from None
     except Exception as e:  # whatever Aim raised (still busy, or anything else), as one line
-        raise RepoError(f"cannot open the Aim repo {root}: {one_line(e)}") from None
+        if space.short(root):  # a repo that cannot be made or opened for lack of space: waited for
+            raise RepoFull(space.describe(root / ".aim")) from None
+        raise RepoError(f"cannot open the Aim repo {root}: {getattr(e, 'strerror', None) or one_line(e)}") from None
 
 
 def _schema_ready(root: Path) -> bool:

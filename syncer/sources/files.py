@@ -26,9 +26,9 @@ from .base import Changes, ListingAsk, ReadStats, Source
 from .cursors import Cursor, FileCursor
 from .entities import artifact_repo_fetch, artifact_repo_list, datasets_from_inputs, experiment_from
 from .file_metrics import read_metric_file
-from .file_stat import RunFacts, artifacts_mark, experiments_mark, mtime_ns
+from .file_stat import META_PARTS, WRITE_ONCE_PARTS, RunFacts, experiments_mark, mtime_ns, tree_stats
 from .location import StoreLocation
-from .records import AnyRun, ArtifactFile, BrokenRun, Experiment, LoggedModel, MetricChunk, RunRecord
+from .records import AnyRun, ArtifactFile, BrokenRun, Experiment, LoggedModel, MetricChunk, RunRecord, fingerprint
 from .uri import is_local_store, local_path
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,26 @@ class _Known:
     run_dir: Path
     facts: RunFacts
     record: AnyRun
+    # broken by a metric or artifact file name that is not UTF-8: the stat digest does not cover
+    # those names, so such a run is checked again at each look (it is not looked at every round)
+    bad_names: bool = False
+
+
+def not_utf8(names: Iterable[str]) -> list[str]:
+    """The names (file names as Python reads them) that are not UTF-8, shown with their odd
+    bytes escaped (`bad\\xff`): Aim, the state and the logs store names as UTF-8."""
+    bad = []
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            bad.append(os.fsencode(name).decode("utf-8", "backslashreplace"))
+    return bad
+
+
+def _names_error(bad: list[str]) -> str:
+    shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    return f"file names that are not UTF-8 (Aim keeps names as UTF-8): {shown}; rename them"
 
 
 class FileStoreSource(Source):
@@ -197,7 +217,7 @@ class FileStoreSource(Source):
             return BrokenRun(run_dir.name, exp.id, f"{type(e).__name__}: {one_line(e)}")
         self.reads.count(requests=facts.stats)
         known = self._known.get(run_dir.name)
-        if known is not None and known.facts.meta == facts.meta:
+        if known is not None and known.facts.meta == facts.meta and not known.bad_names:
             if isinstance(known.record, BrokenRun):
                 return known.record  # still the same unreadable folder: not read again
             rec = known.record
@@ -209,7 +229,15 @@ class FileStoreSource(Source):
                 broken = BrokenRun(run_dir.name, exp.id, f"{type(e).__name__}: {one_line(e)}")
                 self._known[run_dir.name] = _Known(run_dir, facts, broken)
                 return broken
-        rec.artifacts_mark = artifacts_mark(self._artifact_dir(rec))
+        art_dir = self._artifact_dir(rec)
+        art_files = tree_stats(art_dir) if art_dir is not None else []
+        bad = not_utf8([f"metrics/{k}" for k in facts.marks] + [f"artifacts/{p}" for p, _s, _m in art_files])
+        if bad:  # this run only, until they are renamed
+            broken = BrokenRun(run_dir.name, exp.id, f"RunUnreadable: {_names_error(bad)}")
+            self._known[run_dir.name] = _Known(run_dir, facts, broken, bad_names=True)
+            return broken
+        # file_stat.artifacts_mark, from the listing made for the names
+        rec.artifacts_mark = None if art_dir is None else fingerprint(art_files)
         self._known[run_dir.name] = _Known(run_dir, facts, rec)
         return rec
 
@@ -220,6 +248,17 @@ class FileStoreSource(Source):
             raise RunUnreadable("meta.yaml has no run id")
         if info.run_id != run_dir.name:
             raise RunUnreadable(f"meta.yaml names run {info.run_id}, folder is {run_dir.name}")
+        if str(info.experiment_id) != exp.id:  # a run folder moved between experiments (`mv`)
+            raise RunUnreadable(
+                f"meta.yaml names experiment {info.experiment_id} but the run folder is in experiment "
+                f"{exp.id}'s folder (moved by hand?); MLflow cannot read it there either: move it back "
+                f"into {self.root / str(info.experiment_id)}"
+            )
+        # names of params, tags, inputs and outputs (read when the digest moved, as now)
+        parts = META_PARTS + WRITE_ONCE_PARTS
+        bad = not_utf8(f"{sub}/{path}" for sub in parts for path, _s, _m in tree_stats(run_dir / sub))
+        if bad:
+            raise RunUnreadable(_names_error(bad))
         rec = RunRecord(
             run_id=info.run_id,
             experiment_id=exp.id,
@@ -251,9 +290,12 @@ class FileStoreSource(Source):
         """Params, tags and inputs of one run (read only when its metadata changed)."""
         if run.details_loaded:
             return
-        info = self.internals.run_info(self._experiment_dir(run.experiment_id) / run.run_id)
-        self._load_tags(run, info)
-        run.params = self.internals.params(info)
+        try:
+            info = self.internals.run_info(self._experiment_dir(run.experiment_id) / run.run_id)
+            self._load_tags(run, info)
+            run.params = self.internals.params(info)
+        except Exception as e:  # a tag or param file MLflow cannot read (not UTF-8, gone): this run only
+            raise RunUnreadable(f"cannot read its params or tags: {type(e).__name__}: {one_line(e)}") from None
         self.reads.count(requests=len(run.params))
         try:
             run.datasets = datasets_from_inputs(self.internals.inputs(info))

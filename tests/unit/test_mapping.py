@@ -271,6 +271,13 @@ def test_nan_like_values_never_parse_to_nan():
         ("http://host/x?tk=TOK5", "TOK5"),
         ("s3://b/k?X-Amz-Signature=TOK6&X-Amz-Credential=TOK7", "TOK6"),
         ("s3://b/k?X-Amz-Signature=TOK6&X-Amz-Credential=TOK7", "TOK7"),
+        # one slash, or none, after the scheme: a typo users make (issue 27)
+        ("cannot use the database postgresql:/user:PW8@localhost/db: Could not parse", "PW8"),
+        ("postgresql+psycopg2:/user:P/W9@localhost/db", "P/W9"),
+        ("postgresql:user:PW10@localhost/db", "PW10"),
+        ("mysql:/PW11@host/db", "PW11"),
+        ("http://host/x?pw=PW12", "PW12"),
+        ("postgresql://u@host/db?sslmode=require&pw=PW13", "PW13"),
     ],
 )
 def test_redact_hides_every_credential_it_can_find(text, secret):
@@ -287,3 +294,5 @@ def test_redact_keeps_what_is_no_secret():
     assert redact("http://alice:s3cr/t@host:5000/x?run=1&token=abc") == "http://alice:***@host:5000/x?run=1&token=***"
     assert redact("file:///tmp/mlruns/0/abc/metrics/loss") == "file:///tmp/mlruns/0/abc/metrics/loss"
     assert redact("http://host:5000/api?run_id=1&step=2") == "http://host:5000/api?run_id=1&step=2"
+    assert redact("postgresql:/alice:PW@host/db") == "postgresql:/alice:***@host/db"
+    assert redact("2026-12-07T09:32:51 WARNING C:/Users/x@y") == "2026-12-07T09:32:51 WARNING C:/Users/x@y"

@@ -20,6 +20,7 @@ def test_a_state_of_the_previous_schema_is_upgraded_in_place_keeping_its_cursors
     st.close()
     with sqlite3.connect(path) as db:  # as schema 2 left it
         db.execute("ALTER TABLE runs DROP COLUMN models_digest")
+        db.execute("ALTER TABLE metrics DROP COLUMN aim")
         db.execute("UPDATE meta SET value='2' WHERE key='schema'")
 
     st = State(path, "file:///store")
@@ -29,6 +30,10 @@ def test_a_state_of_the_previous_schema_is_upgraded_in_place_keeping_its_cursors
         st.save_run("r1", "hash1", "exp", "fp1", "FINISHED", name="one", models_digest="m1")
         st.save_run("r1", "hash1", "exp", "fp2", "FINISHED", name="one")  # models not read this time: kept
         assert (st.run("r1").fingerprint, st.run("r1").models_digest) == ("fp2", "m1")
+        assert st.key_names("r1") == {}  # where its points went is kept from the next write on
+        st.save_cursors("r1", [("loss", FileCursor(130, 11, 130))], {"loss": "A"})
+        st.save_cursors("r1", [("loss", FileCursor(140, 12, 140))], {"loss": "B"})  # the first one stays
+        assert st.key_names("r1") == {"loss": "A"} and st.cursors("r1") == {"loss": FileCursor(140, 12, 140)}
     finally:
         st.close()
     with sqlite3.connect(path) as db:
