@@ -29,6 +29,7 @@ from .state import State
 log = logging.getLogger("syncer")
 
 PARALLEL_MIN_RUNS = 8  # below this, starting worker processes costs more than it saves
+OPEN_AHEAD = 16  # runs whose Aim runs are opened ahead (side by side) while the one before is written
 
 T = TypeVar("T")
 Progress = Callable[[Iterable[Any]], Iterable[Any]]
@@ -88,13 +89,30 @@ class RoundDriver:
         return self._finish(stats, t0)
 
     def _sync_here(self, plan: Plan, stats: RoundStats) -> None:
+        self.sync_works(plan.todo, plan.names, stats, progress=True)
+
+    def sync_works(self, works: list[RunWork], names: dict[str, str], stats: RoundStats, *, progress: bool) -> None:
+        """Sync these runs here, in order, in batches (the pool's): the runs coming next opened
+        ahead, a batch committed when due and at the end, also when stopped or failing (what was
+        written is made durable and its cursors committed)."""
         window = self.source.prefetch_runs
-        for i, work in enumerate(self.each(plan.todo)):
-            if self.stop.is_set():
-                raise Stopped()
-            if i % window == 0:
-                self.prefetch(plan.todo[i : i + window])
-            self.pipeline.sync(work, plan.names, stats)
+        try:
+            for i, work in enumerate(self.each(works) if progress else works):
+                if self.stop.is_set():
+                    raise Stopped()
+                if i % window == 0:
+                    self.prefetch(works[i : i + window])
+                self.pool.upcoming(writes(works[i : i + OPEN_AHEAD]))
+                self.pipeline.sync(work, names, stats)
+                if self.pool.due():
+                    self.pool.commit()
+        except BaseException:
+            try:
+                self.pool.commit()
+            except Exception as e:  # the first failure is the one reported; this batch is sent again
+                log.warning("could not commit the runs written so far: %s", e)
+            raise
+        self.pool.commit()
 
     def each(self, items: list[T]) -> Iterator[T]:
         """The items, through the progress reporter when there is one (a bar, a health beat)."""
@@ -140,6 +158,16 @@ class RoundDriver:
                 self.repo.close()
             except Exception as e:  # closing is best effort; the data is already durable
                 log.debug("closing the Aim repo: %s", e)
+
+
+def writes(works: list[RunWork]) -> list[tuple[str, bool]]:
+    """(Aim hash, whether it writes points) of the runs among these whose Aim run will be written
+    (metadata or points): what a pool may open ahead."""
+    return [
+        (aim_run_hash(w.run.run_id), bool(w.changed_keys))
+        for w in works
+        if isinstance(w.run, RunRecord) and (w.meta_changed or w.changed_keys)
+    ]
 
 
 def prefetch_runs(source: Source, works: list[RunWork]) -> None:

@@ -93,7 +93,11 @@ def open_driver(
         state.close()
         source.close()
         raise
-    pool: SinkPool = KeepOpen(repo) if role == "daemon" else OpenAndClose(repo, index=role != "worker")
+    pool: SinkPool = (
+        KeepOpen(repo, transaction=state.transaction)
+        if role == "daemon"
+        else OpenAndClose(repo, index=role != "worker", transaction=state.transaction)
+    )
     once = OnceLog(log)
     planner = Planner(
         source,

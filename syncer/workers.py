@@ -110,11 +110,7 @@ def _worker_sync(works: list[RunWork], names: dict[str, str]) -> _Result:
     stats = RoundStats()
     _worker.planner.reads.reset(full=False)
     try:
-        _worker.prefetch(works)
-        for work in works:
-            if _worker.stop.is_set():
-                raise Stopped()
-            _worker.pipeline.sync(work, names, stats)
+        _worker.sync_works(works, names, stats, progress=False)
     except Stopped:  # at a safe point: what was written is handed back, for the parent to index
         pass
     stats.read = _worker.planner.reads.snapshot()

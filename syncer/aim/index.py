@@ -50,6 +50,7 @@ INDEX_MAX_DELAY = 0.5
 # index_missing's retries of reading the index (its files swapped by a concurrent compaction)
 READ_ATTEMPTS = 3
 READ_DELAY = 0.2
+_UNSET: Any = object()
 
 
 class IndexFreshness:
@@ -61,11 +62,12 @@ class IndexFreshness:
     notice: a new run, its metadata (params, end time), its list of sequences; per-sequence
     bookkeeping (last value / step, min, max) may lag up to ``max_age`` (:meth:`due`)."""
 
-    def __init__(self, repo: Any, run_hash: str, *, new_run: bool) -> None:
+    def __init__(self, repo: Any, run_hash: str, *, new_run: bool, stamp: Any = _UNSET) -> None:
         self._repo = repo
         self._hash = run_hash
-        # Aim's stamp of the chunk as the last writer left it (None: no chunk yet)
-        self._stamp_at_open = chunk_stamp(repo, run_hash)
+        # Aim's stamp of the chunk as the last writer left it (None: no chunk yet); taken by the
+        # caller when it opened the chunk ahead
+        self._stamp_at_open = chunk_stamp(repo, run_hash) if stamp is _UNSET else stamp
         self.dirty = False  # the meta chunk changed since the run was last indexed
         self.urgent = new_run or self._stamp_at_open is None  # ... in a way readers notice at once
         self._compared = False  # whether the index was compared with the chunk as found
@@ -262,6 +264,14 @@ def index_missing(repo: Any, *, stale: bool = True) -> list[str]:
     todo = [h for h in hashes if h not in listed or h not in stamps]
     if stale:
         todo += [h for h in hashes if h in listed and h in stamps and stamps[h] != chunk_stamp(repo, h)]
+    if not todo:
+        return []
+    # a chunk whose run never got its structured-DB row (a writer killed between the two): Aim
+    # cannot list such a run; the sync that wrote it writes it again, row and all
+    from .structured import existing_rows
+
+    rows = existing_rows(repo, todo)
+    todo = [h for h in todo if h in rows]
     if not todo:
         return []
     log.info("indexing %d Aim run(s) missing from (or outdated in) the run index", len(todo))

@@ -43,9 +43,11 @@ class SequenceTracker:
     """Writes the sequences of one run into its (open) chunks; see ``AimRunWriter.write_points``
     and ``AimRunWriter.write_objects``."""
 
-    def __init__(self, chunks: RunChunks) -> None:
+    def __init__(self, chunks: RunChunks, *, new_run: bool = False) -> None:
         self._chunks = chunks
         self.hash = chunks.hash
+        self._new_run = new_run  # no chunk before this writer: only its own series to look up
+        self._objects: set[tuple[int, str]] = set()  # object sequences written through here
         self._seqs: dict[tuple[int, str], _SeqInfo] = {}  # metric series written through here
         self._contexts: set[int] = set()  # contexts stored through here
 
@@ -55,7 +57,8 @@ class SequenceTracker:
         if info is not None:
             return info
         try:
-            meta = self._chunks.meta_run_tree.subtree(("traces", ctx_idx, name)).collect()
+            known = not self._new_run or key in self._objects
+            meta = self._chunks.meta_run_tree.subtree(("traces", ctx_idx, name)).collect() if known else None
         except KeyError:
             meta = None
         if not meta:
@@ -118,13 +121,31 @@ class SequenceTracker:
         enc.check_steps(step_list, f"metric {name!r}")
         vals = np.asarray(values, dtype=np.float64).reshape(n)
         times = np.asarray(timestamps, dtype=np.float64).reshape(n)
-        self._write_series(info, step_list, vals, times, enc.encode_epochs(epochs, n))
+        self._write_series(info, step_list, vals, times, epochs)
         self._write_series_meta(info, ctx, name, step_list, vals)
 
-    def _write_series(
+    def _write_series(self, info: _SeqInfo, steps: list[int], vals: np.ndarray, times: np.ndarray, epochs: Any) -> None:
+        """The points: one batch into the seqs chunk, built with numpy (`encoding.batch_rep`)
+        when no point has an epoch (what the syncer writes), else one put at a time."""
+        if epochs is None:
+            pv, ps, pe, pt = info.prefixes
+            keys = enc.step_key_array(steps)
+            rep = enc.batch_rep(
+                [(col, enc.ARRAY_FLAG) for col in info.prefixes],  # array flags (TreeArrayView.allocate)
+                [
+                    (pv, keys, enc.encode_column_array(enc.FLOAT_TAG, vals)),
+                    (ps, keys, enc.encode_column_array(enc.INT_TAG, np.asarray(steps, dtype=np.int64))),
+                    (pe, keys, np.broadcast_to(np.frombuffer(enc.NONE_ENC, dtype=np.uint8), (len(steps), 1))),
+                    (pt, keys, enc.encode_column_array(enc.FLOAT_TAG, times)),
+                ],
+            )
+            self._chunks.write_seqs_rep(rep, len(steps))
+            return
+        self._write_series_each(info, steps, vals, times, enc.encode_epochs(epochs, len(steps)))
+
+    def _write_series_each(
         self, info: _SeqInfo, steps: list[int], vals: np.ndarray, times: np.ndarray, e_enc: list[bytes]
     ) -> None:
-        """The points: one batch into the seqs chunk."""
         pv, ps, pe, pt = info.prefixes
         keys = enc.step_keys(steps)
         v_enc = enc.encode_column(enc.FLOAT_TAG, vals)
@@ -208,6 +229,7 @@ class SequenceTracker:
         dtype = self._chunks.meta_run_tree.get(("traces", ctx.idx, name, "dtype"), None)
         if dtype in _METRIC_DTYPES:
             raise ValueError(f"Aim sequence {name!r} in context {ctx.to_dict()!r} holds metric values")
+        self._objects.add((ctx.idx, name))
         self._chunks.track_object(
             obj,
             float(timestamp),
