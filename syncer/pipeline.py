@@ -227,8 +227,8 @@ class RunPipeline:
                     if cur is not None and cur.error and cur.error != (before.error if before is not None else None):
                         errors.append(f"metric {key!r}: {cur.error}")
         finally:
-            if pending:
-                later.append(partial(self.state.save_cursors, run.run_id, pending))
+            if pending:  # a key's last cursor says all (its earlier ones were for a commit midway)
+                later.append(partial(self.state.save_cursors, run.run_id, list(dict(pending).items())))
         return cursors
 
 

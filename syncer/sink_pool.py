@@ -94,6 +94,11 @@ class SinkPool(ABC):
             self._batch = WriterBatch(self.repo)
         return self._batch
 
+    def expect(self, runs: Iterable[tuple[str, bool]]) -> None:
+        """The runs this round will write (Aim hash, whether it writes points): what can be
+        looked up for all of them at once is."""
+        self._writers().expect([h for h, _ in runs])
+
     def upcoming(self, runs: Iterable[tuple[str, bool]]) -> None:
         """The runs the pipeline writes next, in order (Aim hash, whether it writes points): they
         may be opened ahead."""
@@ -115,6 +120,10 @@ class SinkPool(ABC):
             self._since = time.monotonic()
         self._writers().add(sink.writer, then)
         self._points += sink.points
+
+    def pending(self) -> int:
+        """Runs in the batch, not committed yet."""
+        return len(self._batch) if self._batch is not None else 0
 
     def due(self) -> bool:
         """Whether the batch should be committed now."""
@@ -143,6 +152,8 @@ class SinkPool(ABC):
     def settle(self, active: set[str]) -> None:
         """After a round (`active`: the Aim hashes of the runs listed RUNNING)."""
         self.commit()
+        if self._batch is not None:
+            self._batch.forget_expected()
 
     def take_unindexed(self) -> list[str]:
         """The runs left unindexed since the last call (a worker process's, for its parent)."""
@@ -230,7 +241,7 @@ class KeepOpen(SinkPool):
         chosen experiments) or idle too long; refresh the index entries due."""
         from .aim import index_writers
 
-        self.commit()
+        super().settle(active)
         now = time.monotonic()
         self._close([h for h in self._sinks if h not in active or now - self._last_write.get(h, now) > self.idle_s])
         due = [s.writer for s in self._sinks.values() if s.writer.index_due(self.index_max_age)]

@@ -40,6 +40,15 @@ IO_THREADS = 8  # RocksDB opens and closes side by side (their fsyncs overlap; t
 Durable = Callable[[list[Callable[[], None]]], None]
 
 
+def _read_and_close(writer: AimRunWriter) -> list[tuple[bytes, Any]]:
+    """(In an IO thread.) The points still waiting written, every item of the writer's meta
+    chunk read (what indexing the run copies), then its chunks closed: durable."""
+    writer.settle()
+    items = list(writer.chunks.meta.items())
+    writer.close_storage()
+    return items
+
+
 class WriterBatch:
     """Writers of one repo, opened ahead and closed side by side, committed together. Used from
     one thread (its IO threads do only the opening and closing)."""
@@ -49,21 +58,31 @@ class WriterBatch:
         self._io = ThreadPoolExecutor(io_threads, thread_name_prefix="aim-io")
         self._prepared: dict[str, Future[Prepared]] = {}
         self._rows: dict[str, bool] = {}  # run hash -> whether the structured DB has its row
-        self._done: list[tuple[AimRunWriter, Future[None], Callable[[], None] | None]] = []
+        # writers done: closing (their meta chunk's items, read first, come back), and their `then`
+        self._done: list[tuple[AimRunWriter, Future[list[tuple[bytes, Any]]], Callable[[], None] | None]] = []
 
     def __len__(self) -> int:
         """Writers done and not committed yet."""
         return len(self._done)
+
+    def expect(self, run_hashes: list[str]) -> None:
+        """These runs will be written (soon or later in this round): which have a row in the
+        structured DB is looked up now, for all of them at once."""
+        look = [h for h in run_hashes if h not in self._rows]
+        if look:
+            found = existing_rows(self.repo, look)
+            self._rows.update((h, h in found) for h in look)
+
+    def forget_expected(self) -> None:
+        """The round is over: what was looked up for it may be stale by the next one."""
+        self._rows = {h: v for h, v in self._rows.items() if h in self._prepared}
 
     def prepare(self, runs: Iterable[tuple[str, bool]]) -> None:
         """Open these runs ahead, in this order: (run hash, whether its points will be written)."""
         new = [(h, seqs) for h, seqs in runs if h not in self._prepared]
         if not new:
             return
-        look = [h for h, _ in new if h not in self._rows]
-        if look:
-            found = existing_rows(self.repo, look)
-            self._rows.update((h, h in found) for h in look)
+        self.expect([h for h, _ in new])
         for h, seqs in new:
             self._prepared[h] = self._io.submit(prepare, self.repo, h, seqs=seqs)
 
@@ -79,7 +98,7 @@ class WriterBatch:
     def add(self, writer: AimRunWriter, then: Callable[[], None] | None = None) -> None:
         """The writer is done: its chunks are closed now, in an IO thread; ``then`` is called by
         :meth:`commit` once the run is durable."""
-        self._done.append((writer, self._io.submit(writer.close_storage), then))
+        self._done.append((writer, self._io.submit(_read_and_close, writer), then))
 
     def commit(self, durable: Durable, *, index: bool = True) -> list[str]:
         """Make the runs added so far durable (chunks closed, rows committed in one transaction),
@@ -93,9 +112,10 @@ class WriterBatch:
         errors: list[BaseException] = []
         ok: list[AimRunWriter] = []
         thens: list[Callable[[], None]] = []
-        for w, fut, then in done:
+        items: dict[str, list[tuple[bytes, Any]]] = {}
+        for w, closing, then in done:
             try:
-                fut.result()
+                items[w.hash] = closing.result()
             except BaseException as e:  # that run is not durable: its cursors stay where they were
                 errors.append(e)
                 continue
@@ -107,7 +127,7 @@ class WriterBatch:
             commit_rows(self.repo, [w.row for w in ok])
             durable(thens)
             todo = [w.hash for w in ok if w.freshness.needs_index_on_close(look=True)]
-            missed = index_runs(self.repo, todo) if (index and todo) else todo
+            missed = index_runs(self.repo, todo, items=items) if (index and todo) else todo
         except BaseException as e:
             errors.append(e)
         finally:

@@ -137,12 +137,14 @@ class RunChunks:
     # ---- writing ----------------------------------------------------------------------------
 
     def tree_set(self, batch: Any, path: tuple[Any, ...], value: Any, strict: bool = True) -> None:
-        """``ContainerTreeView.set(path, value)`` into ``batch`` of the meta chunk."""
-        c = self.meta
+        """``ContainerTreeView.set(path, value)`` into ``batch`` of the meta chunk: the subtree
+        cleared, then its keys put. (``RocksContainer.set`` would also delete each key's twin in
+        the blob domain: this writer never stores blobs in a meta chunk, so there is none.)"""
         p = enc.encode_path(path)
-        c.delete_range(p, p + b"\xff", store_batch=batch)
+        self.meta.delete_range(p, p + b"\xff", store_batch=batch)
+        put = batch.put
         for k, v in enc.encode_tree(value, strict=strict):
-            c.set(p + k, v, store_batch=batch)
+            put(p + k, v)
 
     def commit_meta(self, batch: Any, *, urgent: bool = False) -> None:
         """Commit a batch to the meta chunk.  ``urgent``: the change must reach the run index

@@ -194,11 +194,19 @@ def index_stamps(repo: Any, run_hashes: Iterable[str]) -> dict[str, str]:
         c.close()
 
 
-def index_runs(repo: Any, run_hashes: Iterable[str], *, attempts: int = INDEX_ATTEMPTS) -> list[str]:
+def index_runs(
+    repo: Any,
+    run_hashes: Iterable[str],
+    *,
+    attempts: int = INDEX_ATTEMPTS,
+    items: dict[str, list[tuple[bytes, Any]]] | None = None,
+) -> list[str]:
     """Copy the given runs' meta chunks into the repo index with Aim's own indexing code
     (``RepoIndexManager.index``, what ``aim up``'s indexer and ``aim storage reindex`` run),
     so that ``Repo.iter_runs`` / ``get_run`` / queries and ``aim up`` list them.  The index DB is
-    opened once for all the hashes.
+    opened once for all the hashes.  ``items``: for some of the runs, every (key, value) of
+    their meta chunk, read by the caller (a batch reads them before it closes its writers): those
+    are indexed from them (:func:`index_from_items`), their chunks not reopened.
 
     Returns the hashes not indexed now: the index is held by another process (``aim up``'s
     indexer, which then indexes them itself), or a chunk could not be read.
@@ -227,6 +235,9 @@ def index_runs(repo: Any, run_hashes: Iterable[str], *, attempts: int = INDEX_AT
     failed = []
     try:
         for h in hashes:
+            if items is not None and h in items:
+                index_from_items(container, h, items[h], chunk_stamp(repo, h))
+                continue
             mgr.index(h)  # reuses the pooled container we hold
             if container.tree().get(("index_cache", h), None) is None:
                 failed.append(h)
@@ -238,6 +249,34 @@ def index_runs(repo: Any, run_hashes: Iterable[str], *, attempts: int = INDEX_AT
     if failed:
         log.warning("could not index Aim run(s) %s", ", ".join(failed))
     return failed
+
+
+def index_from_items(index: Any, run_hash: str, items: list[tuple[bytes, Any]], stamp: str | None) -> None:
+    """What ``RepoIndexManager.index`` writes for one run into the index container ``index``,
+    from the (key, value) items of the run's meta chunk and its stamp: the run's subtree of the
+    index cleared (``PrefixView.finalize``), every item of the chunk copied
+    (``RocksContainer.finalize``), ``index_cache/<hash>`` set to the stamp -- the same entries, in
+    one RocksDB batch instead of a write per key (``tests/test_aim_adapter`` compares the index
+    both make); a plain value's twin in the blob domain is not deleted: the chunk had none there
+    (a value stored as a blob comes back as one and is set as Aim sets it)."""
+    from aim.storage import encoding as aim_encoding
+    from aim.storage import treeutils
+
+    E: Any = aim_encoding  # compiled (Cython)
+    batch = index.batch()
+    prefix = E.encode_path(("meta", "chunks", run_hash))
+    index.delete_range(prefix, prefix + b"\xff", store_batch=batch)
+    put = batch.put
+    for key, value in items:
+        if isinstance(value, bytes):  # a key's twin in the blob domain: none, the chunk has no blob there
+            put(key, value)
+        else:
+            index.set(key, value, store_batch=batch)
+    path = E.encode_path(("index_cache", run_hash))
+    index.delete_range(path, path + b"\xff", store_batch=batch)
+    for key, value in treeutils.encode_tree(stamp, strict=True):
+        index.set(path + key, value, store_batch=batch)
+    index.commit(batch)
 
 
 def index_missing(repo: Any, *, stale: bool = True) -> list[str]:

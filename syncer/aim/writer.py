@@ -162,6 +162,7 @@ class AimRunWriter:
         end time, its list of sequences, their last value / step) needs ``index_writers`` or
         :meth:`close`."""
         self._check_open()
+        self._sequences.settle()
         self.row.commit()
         self.chunks.flush()
 
@@ -184,6 +185,7 @@ class AimRunWriter:
         if self._closed:
             return False
         try:
+            self._sequences.settle()
             self.row.commit()
         except BaseException:
             self._shut()  # never list a run whose structured-DB row is missing
@@ -204,10 +206,17 @@ class AimRunWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def settle(self) -> None:
+        """Write the chunks of points still waiting (``SequenceTracker.settle``): the writer's
+        chunks then hold everything written so far."""
+        self._check_open()
+        self._sequences.settle()
+
     def close_storage(self) -> None:
         """The writer is done: no more writes.  Flush and close its chunks (durable: SST files,
-        fsync'ed) -- from any thread; the caller then commits :attr:`row` (``commit_rows``, many
-        runs in one transaction), indexes (``index_runs``) and calls :meth:`release`."""
+        fsync'ed) -- from any thread, after :meth:`settle`; the caller then commits :attr:`row`
+        (``commit_rows``, many runs in one transaction), indexes (``index_runs``) and calls
+        :meth:`release`."""
         self._closed = True
         self.chunks.close_storage()
 
@@ -263,6 +272,7 @@ class AimRunWriter:
           are left alone.
         Structured-DB fields are committed by :meth:`flush` / :meth:`close`."""
         self._check_open()
+        self._sequences.settle()  # points first: metadata never runs ahead of them
         labels = list(dict.fromkeys(str(x) for x in labels if str(x)))
         ours_before = self.chunks.meta_run_tree.get((OWN_KEY, "labels"), None) or []
         self.row.set_info(
@@ -298,6 +308,7 @@ class AimRunWriter:
         without ``ended_at`` ends at ``created_at`` (Aim needs an end time to call it
         finished).  The creation time is committed by :meth:`flush` / :meth:`close`."""
         self._check_open()
+        self._sequences.settle()  # points first: a run shows as ended only once it has them
         created_at = float(created_at)
         if active:
             end = None

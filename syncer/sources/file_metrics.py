@@ -17,6 +17,8 @@ from .records import CHUNK_POINTS, MetricChunk
 log = logging.getLogger(__name__)
 
 _READ_BYTES = 1 << 20
+# fewer lines than this are read one by one: numpy's fixed costs outweigh the lines' own
+BULK_MIN_LINES = 200
 
 
 def parse_metric_line(line: bytes) -> tuple[int, float, int, str | None]:
@@ -37,10 +39,13 @@ def parse_lines(data: bytes) -> tuple[Any, Any, Any, Any] | None:
     """Complete lines (``data`` ends with a newline), each exactly ``timestamp value step`` (what
     MLflow writes), parsed at once: numpy arrays of timestamps, values, steps and each line's end
     offset; None when a line is anything else (blank, two or five fields, other whitespace, not a
-    number, a number beyond int64): then the lines are parsed one by one. The numbers are read by
+    number, a number beyond int64), or there are few lines (`BULK_MIN_LINES`): then the lines are
+    parsed one by one. The numbers are read by
     ``int`` and ``float``, as :func:`parse_metric_line` reads them."""
     import numpy as np
 
+    if data.count(b"\n") < BULK_MIN_LINES:
+        return None
     b = np.frombuffer(data, dtype=np.uint8)
     nl = np.flatnonzero(b == 10)
     sp = np.flatnonzero(b == 32)
@@ -86,7 +91,9 @@ def read_metric_file(path: Path, key: str, start: FileCursor) -> Iterator[tuple[
         reader = _Lines(key, cur, mark)
         tail = b""
         while True:
-            block = f.read(_READ_BYTES)
+            # what the file holds, at most a block (a 1 MB read buffer for a 1 kB file costs more
+            # than reading it)
+            block = f.read(min(_READ_BYTES, max(mark - f.tell(), 0) + 4096))
             if not block:
                 break
             data = tail + block

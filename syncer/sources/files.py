@@ -77,7 +77,7 @@ class FileStoreSource(Source):
             raise StoreError(f"{self.root} is not an MLflow file store (no <experiment>/meta.yaml inside)")
         # MLflow 3 refuses file stores unless told; reading one is exactly what we are for.
         os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
-        mlflow_compat.check_mlflow_compatibility()
+        mlflow_compat.check_mlflow_compatibility("file")
         from mlflow.store.tracking.file_store import FileStore
 
         self.store = FileStore(str(self.root))
