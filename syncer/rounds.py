@@ -132,7 +132,8 @@ class RoundDriver:
         """Sync these runs here, in order, in batches (the pool's): the runs coming next opened
         ahead, a batch committed when due and at the end, also when stopped or failing (what was
         written is made durable and its cursors committed). Past `until` (monotonic), once the
-        first `urgent` runs are done, the rest is left at the next batch's end: returned."""
+        first `urgent` runs and one more are done, the rest is left at the next batch's end:
+        returned."""
         window = self.source.prefetch_runs
         urgent = len(works) if urgent is None else urgent
         self.pool.expect(writes(works))
@@ -140,7 +141,8 @@ class RoundDriver:
             for i, work in enumerate(self.each(works) if progress else works):
                 if self.stop.is_set():
                     raise Stopped()
-                if until is not None and i >= urgent and not self.pool.pending() and time.monotonic() >= until:
+                # past the slice (and some of the backlog written: every slice gets on with it)
+                if until is not None and i > urgent and not self.pool.pending() and time.monotonic() >= until:
                     return works[i:]
                 if i % window == 0:
                     self.prefetch(works[i : i + window])

@@ -146,11 +146,13 @@ class WorkerPool:
 
         def done_windows() -> Iterator[int]:
             """Runs each window done had, as windows get done (here or by a helper)."""
+            begun = False  # every slice gets on with it: its first windows go out whatever the time
             while windows or in_flight:
                 if driver.stop.is_set():
                     stop.set()
                     raise Stopped()
-                late = until is not None and time.monotonic() >= until
+                late = begun and until is not None and time.monotonic() >= until
+                begun = True
                 if late:  # the slice is over: what no helper started waits for the next one
                     windows.extendleft(take_back())
                     if not in_flight:

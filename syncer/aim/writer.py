@@ -171,6 +171,7 @@ class AimRunWriter:
         ``index_writers``): see ``IndexFreshness.due``.  Points of known sequences are readable
         right after :meth:`flush`; only their last value / step in Aim's tables lag."""
         self._check_open()
+        self._sequences.settle()  # a new sequence among the points waiting makes it due
         return self.freshness.due(max_age)
 
     def close(self, *, index: bool = True, look: bool = False) -> bool:
