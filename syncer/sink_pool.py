@@ -97,12 +97,16 @@ class SinkPool(ABC):
     def expect(self, runs: Iterable[tuple[str, bool]]) -> None:
         """The runs this round will write (Aim hash, whether it writes points): what can be
         looked up for all of them at once is."""
-        self._writers().expect([h for h, _ in runs])
+        hashes = [h for h, _ in runs]
+        if hashes:  # nothing to write: Aim is not even loaded
+            self._writers().expect(hashes)
 
     def upcoming(self, runs: Iterable[tuple[str, bool]]) -> None:
         """The runs the pipeline writes next, in order (Aim hash, whether it writes points): they
         may be opened ahead."""
-        self._writers().prepare(runs)
+        runs = list(runs)
+        if runs:
+            self._writers().prepare(runs)
 
     def open(self, aim_hash: str, experiment: str) -> RunSink:
         """The run's writer (RunLocked when another writer holds the run)."""
@@ -239,9 +243,11 @@ class KeepOpen(SinkPool):
     def settle(self, active: set[str]) -> None:
         """Close the runs no longer listed as running (ended, deleted for good, moved out of the
         chosen experiments) or idle too long; refresh the index entries due."""
+        super().settle(active)
+        if not self._sinks:
+            return
         from .aim import index_writers
 
-        super().settle(active)
         now = time.monotonic()
         self._close([h for h in self._sinks if h not in active or now - self._last_write.get(h, now) > self.idle_s])
         due = [s.writer for s in self._sinks.values() if s.writer.index_due(self.index_max_age)]

@@ -56,14 +56,48 @@ Aim's Run page puts every metric whose name starts with ``__system__`` in its *S
 names MLflow system metrics get are chosen in ``syncer.mapping``.
 """
 
-from .batch import WriterBatch
-from .compat import AimInternalsChanged, check_aim_compatibility
-from .encoding import MAX_ABS_STEP
-from .index import index_missing, index_runs
-from .locks import AimRunLocked
-from .repo import fresh_repo, open_repo, repo_id, run_hashes
-from .structured import set_experiment_description
-from .writer import AimRunWriter, close_writers, index_writers
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# each name is imported from its module when first asked for: Aim itself is imported only by the
+# modules that write or read runs, so a round with nothing to write never loads it
+_WHERE = {
+    "MAX_ABS_STEP": "encoding",
+    "AimInternalsChanged": "compat",
+    "AimRunLocked": "locks",
+    "AimRunWriter": "writer",
+    "WriterBatch": "batch",
+    "check_aim_compatibility": "compat",
+    "close_writers": "writer",
+    "fresh_repo": "repo",
+    "index_missing": "index",
+    "index_runs": "index",
+    "index_writers": "writer",
+    "open_repo": "repo",
+    "repo_id": "repo",
+    "run_hashes": "repo",
+    "set_experiment_description": "structured",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from .batch import WriterBatch
+    from .compat import AimInternalsChanged, check_aim_compatibility
+    from .encoding import MAX_ABS_STEP
+    from .index import index_missing, index_runs
+    from .locks import AimRunLocked
+    from .repo import fresh_repo, open_repo, repo_id, run_hashes
+    from .structured import set_experiment_description
+    from .writer import AimRunWriter, close_writers, index_writers
 
 __all__ = [
     "MAX_ABS_STEP",

@@ -31,6 +31,7 @@ every synced run stays listed by ``aim up`` with all its points (the syncers ind
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import time
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..retry import retrying
-from .repo import get_repo
+from .repo import aim_path, get_repo
 
 log = logging.getLogger(__name__)
 
@@ -153,45 +154,71 @@ def indexer(repo: Any) -> Any:
 
 def chunk_stamp(repo: Any, run_hash: str) -> str | None:
     """Aim's freshness stamp of a run's meta chunk (md5 over its files' paths, mtimes and sizes:
-    ``RepoIndexManager._get_run_checksum``), what indexing stores as ``index_cache/<hash>``;
-    ``None`` when the chunk does not exist.  Stats the chunk's files, reads none."""
-    if not os.path.isdir(os.path.join(repo.path, "meta", "chunks", run_hash)):
+    ``RepoIndexManager._get_run_checksum``, computed here as it does without loading Aim;
+    ``compat`` checks both agree), what indexing stores as ``index_cache/<hash>``; ``None`` when
+    the chunk does not exist.  Stats the chunk's files, reads none."""
+    chunk = os.path.join(str(Path(aim_path(repo)) / "meta" / "chunks"), run_hash)
+    if not os.path.isdir(chunk):
         return None
-    stamp: str = indexer(repo)._get_run_checksum(run_hash)
-    return stamp
+    md5 = hashlib.md5()
+    for root, _dirs, files in os.walk(chunk):
+        for name in sorted(files):  # as RepoIndexManager._get_run_checksum
+            if name.startswith("LOG"):
+                continue
+            filepath = os.path.join(root, name)
+            try:
+                st = os.stat(filepath)
+            except FileNotFoundError:
+                continue
+            md5.update(filepath.encode("utf-8"))
+            md5.update(str(st.st_mtime).encode("utf-8"))
+            md5.update(str(st.st_size).encode("utf-8"))
+    return md5.hexdigest()
+
+
+# how Aim encodes what the run index holds and this module reads without Aim (``compat`` checks
+# them against Aim's own encoding): a key path's elements end with the sentinel, a str value
+# is its tag byte and UTF-8
+SENTINEL = b"\xfe"
+STR_TAG = b"\x04"
+STAMP_PREFIX = b"index_cache" + SENTINEL
+CHUNKS_PREFIX = b"meta" + SENTINEL + b"chunks" + SENTINEL
 
 
 def _open_index_for_reading(repo: Any) -> Any:
-    """A private read-only handle on the run index (no lock taken, nothing written: not Aim's
-    read path, which may rewrite the index's WAL); ``None`` when the repo has no index."""
-    from aim.storage.rockscontainer import RocksContainer
+    """A private read-only handle on the run index's RocksDB (no lock taken, nothing written:
+    not Aim's read path, which may rewrite the index's WAL); ``None`` when the repo has none."""
+    import aimrocks
 
-    path = os.path.join(repo.path, "meta", "index")
+    path = os.path.join(aim_path(repo), "meta", "index")
     if not os.path.isdir(path):
         return None
-    return RocksContainer(path, read_only=True, skip_read_optimization=True)
+    return aimrocks.DB(path, aimrocks.Options(max_open_files=-1), read_only=True)
+
+
+def _str(value: bytes | None) -> str | None:
+    return value[1:].decode("utf-8") if value is not None and value[:1] == STR_TAG else None
 
 
 def index_stamps(repo: Any, run_hashes: Iterable[str]) -> dict[str, str]:
     """``index_cache`` of the run index for ``run_hashes`` (point lookups): run hash -> the chunk
     stamp it was indexed at.  Empty when the index cannot be read."""
     try:
-        c = _open_index_for_reading(repo)
+        db = _open_index_for_reading(repo)
     except Exception as e:  # e.g. files swapped by a concurrent compaction: unknown
         log.debug("cannot read Aim's run index: %r", e)
         return {}
-    if c is None:
+    if db is None:
         return {}
     try:
-        tree = c.tree()
         out = {}
         for h in run_hashes:
-            v = tree.get(("index_cache", h), None)
+            v = _str(db.get(STAMP_PREFIX + h.encode() + SENTINEL))
             if v is not None:
                 out[h] = v
         return out
     finally:
-        c.close()
+        del db
 
 
 def index_runs(
@@ -291,9 +318,8 @@ def index_missing(repo: Any, *, stale: bool = True) -> list[str]:
     indexer does every 5 s); no chunk is opened.  Runs it indexes cost what ``index_runs`` does.
     Runs being written right now by someone else may show as stale: indexing them is harmless
     (``aim up`` does the same)."""
-    repo = get_repo(repo)
-    chunks = os.path.join(repo.path, "meta", "chunks")
-    if not os.path.isdir(os.path.join(repo.path, "meta", "index")) or not os.path.isdir(chunks):
+    chunks = os.path.join(aim_path(repo), "meta", "chunks")
+    if not os.path.isdir(os.path.join(aim_path(repo), "meta", "index")) or not os.path.isdir(chunks):
         return []
     with os.scandir(chunks) as it:
         hashes = sorted(e.name for e in it if e.is_dir())
@@ -322,15 +348,34 @@ def _read_index(repo: Any) -> tuple[dict[str, str], set[str]]:
     """The whole ``index_cache`` (hash -> stamp) and the hashes whose chunk the index lists."""
 
     def read() -> tuple[dict[str, str], set[str]]:
-        c = _open_index_for_reading(repo)
+        db = _open_index_for_reading(repo)
         try:
-            tree = c.tree()
-            return (
-                {h: v for h, v in tree.subtree("index_cache").items()},
-                set(tree.subtree(("meta", "chunks")).keys()),
-            )
+            stamps: dict[str, str] = {}
+            it = db.iteritems()
+            it.seek(STAMP_PREFIX)
+            for key, value in it:
+                if not key.startswith(STAMP_PREFIX):
+                    break
+                h, end = key[len(STAMP_PREFIX) :].partition(SENTINEL)[::2]
+                stamp = _str(value)
+                if stamp is not None and end == b"":  # index_cache/<hash>, a str
+                    stamps[h.decode()] = stamp
+            listed: set[str] = set()
+            keys = db.iterkeys()
+            keys.seek(CHUNKS_PREFIX)
+            while True:  # one key a run: then on past its subtree
+                try:
+                    key = keys.next()
+                except StopIteration:
+                    break
+                if not key.startswith(CHUNKS_PREFIX):
+                    break
+                h = key[len(CHUNKS_PREFIX) :].partition(SENTINEL)[0]
+                listed.add(h.decode())
+                keys.seek(CHUNKS_PREFIX + h + b"\xff")
+            return stamps, listed
         finally:
-            c.close()
+            del db
 
     # files swapped under a read-only handle by a concurrent compaction: read again
     for tried in retrying(Exception, attempts=READ_ATTEMPTS, first_wait=READ_DELAY, max_wait=READ_DELAY):
