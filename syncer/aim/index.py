@@ -368,7 +368,7 @@ def _read_index(repo: Any) -> tuple[dict[str, str], set[str]]:
                     key = keys.next()
                 except StopIteration:
                     break
-                if not key.startswith(CHUNKS_PREFIX):
+                if key is None or not key.startswith(CHUNKS_PREFIX):  # (aimrocks: None at the end)
                     break
                 h = key[len(CHUNKS_PREFIX) :].partition(SENTINEL)[0]
                 listed.add(h.decode())

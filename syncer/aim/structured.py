@@ -128,7 +128,7 @@ def existing_rows(repo: Any, run_hashes: list[str]) -> set[str]:
     """Which of these runs have a row in the structured DB (a query per 500 runs)."""
     from aim.storage.structured.sql_engine.models import Run as RunModel
 
-    session = repo.structured_db.get_session()
+    session = get_repo(repo).structured_db.get_session()
     try:
         found: set[str] = set()
         for i in range(0, len(run_hashes), 500):
