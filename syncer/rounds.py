@@ -108,11 +108,12 @@ class RoundDriver:
         return self._finish(stats, t0)
 
     def _with_backlog(self, todo: list[RunWork]) -> tuple[list[RunWork], int]:
-        """This round's works, and how many of them come first and cannot wait: all of them
-        without slices; else what is not a run never synced (RUNNING runs, runs synced before),
-        then the runs never synced, then the backlog (less the runs listed again now)."""
+        """This round's works, and how many of them come first and cannot wait (written by the
+        round's own process, before anything else): none without slices; else what is not a run
+        never synced (RUNNING runs, runs synced before), then the runs never synced, then the
+        backlog (less the runs listed again now)."""
         if self.slice_s is None:
-            return todo, len(todo)
+            return todo, 0
         fresh = {w.run.run_id for w in todo}
         first = [w for w in todo if not _may_wait(w)]
         return first + [w for w in todo if _may_wait(w)] + [w for w in self.backlog if w.run.run_id not in fresh], len(

@@ -7,12 +7,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
-from typing import Any
+from typing import Any, cast
 
 from .mapping import MappedMetric, RunMeta
 from .sources.records import Floats, Ints
 
 log = logging.getLogger(__name__)
+
+SMALL_CHUNK = 64  # a chunk of at most this many points in lists is checked without numpy
 
 
 def aim_run_hash(run_id: str) -> str:
@@ -85,11 +87,13 @@ class RunSink:
     def write_points(self, mapped: MappedMetric, steps: Ints, values: Floats, timestamps_ms: Ints) -> tuple[int, int]:
         """Write points (MLflow timestamps in ms; lists or numpy arrays). Returns (distinct steps
         written, points skipped because Aim cannot key their step: beyond +-2**53)."""
-        import numpy as np
-
         from .aim import MAX_ABS_STEP
 
         n = len(steps)
+        if isinstance(steps, list) and n <= SMALL_CHUNK:  # a few points: numpy's fixed costs outweigh them
+            return self._write_few(mapped, steps, cast(list[float], values), cast(list[int], timestamps_ms))
+        import numpy as np
+
         try:
             st = np.asarray(steps, dtype=np.int64)
         except OverflowError:  # a step beyond int64 (a file store's line): Python ints, kept apart
@@ -111,6 +115,29 @@ class RunSink:
         self.writer.write_points(mapped.aim_name, mapped.context, st, vals, ts / 1000.0)
         self.points += len(st)
         return len(st), skipped
+
+    def _write_few(
+        self, mapped: MappedMetric, steps: list[int], values: list[float], timestamps_ms: list[int]
+    ) -> tuple[int, int]:
+        """`write_points` for a short chunk in lists, without numpy: the same points written."""
+        from .aim import MAX_ABS_STEP
+
+        n = len(steps)
+        if not n:
+            return 0, 0
+        if not (min(steps) >= -MAX_ABS_STEP and max(steps) <= MAX_ABS_STEP):
+            keep = [i for i, s in enumerate(steps) if -MAX_ABS_STEP <= s <= MAX_ABS_STEP]
+            steps = [steps[i] for i in keep]
+            values = [values[i] for i in keep]
+            timestamps_ms = [timestamps_ms[i] for i in keep]
+        skipped = n - len(steps)
+        if not steps:
+            return 0, skipped
+        if len(set(steps)) != len(steps):
+            steps, values, timestamps_ms = winners(steps, values, timestamps_ms)
+        self.writer.write_points(mapped.aim_name, mapped.context, steps, values, [t / 1000.0 for t in timestamps_ms])
+        self.points += len(steps)
+        return len(steps), skipped
 
     def write_media(self, name: str, context: dict[str, Any], step: int, timestamp: float, obj: Any) -> None:
         """One step of a media sequence (an aim.Image / Text / Audio / Figure, or a list of one

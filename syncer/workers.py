@@ -12,6 +12,7 @@ next safe point."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
@@ -26,6 +27,8 @@ from .errors import Stopped
 from .plan import Plan, RunWork
 from .round_stats import RoundStats
 from .sources import RunRecord
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .config import Config
@@ -104,6 +107,8 @@ class WorkerPool:
         if workers < 2:
             self.close()
             return None
+        if self._pool is None:
+            log.info("%d run(s) to write: %d processes side by side", len(works), workers)
         driver.sync_works(works[:urgent], plan.names, stats, progress=False)
         left = self._sync(works[urgent:], plan, stats, driver, workers - 1, until)
         if not left:
@@ -164,7 +169,9 @@ class WorkerPool:
                     windows.extend(take_back())
                 if windows and not late:  # the smallest here, meanwhile
                     mine = windows.pop()
+                    t0 = time.monotonic()
                     rest = driver.sync_works(mine, plan.names, stats, progress=False, until=until)
+                    log.debug("wrote %d run(s) here in %.2f s", len(mine) - len(rest), time.monotonic() - t0)
                     if rest:
                         windows.append(rest)
                     yield len(mine) - len(rest)
@@ -173,6 +180,7 @@ class WorkerPool:
                 for fut in [f for f in in_flight if f.done()]:
                     chunk = in_flight.pop(fut)
                     part, hashes = fut.result()
+                    log.debug("a helper wrote %d run(s) in %.2f s", len(chunk), part.seconds)
                     stats.add(part)
                     unindexed.extend(hashes)
                     yield len(chunk)
@@ -235,10 +243,12 @@ def _worker_sync(works: list[RunWork], names: dict[str, str]) -> _Result:
     assert _worker is not None
     stats = RoundStats()
     _worker.planner.reads.reset(full=False)
+    t0 = time.monotonic()
     try:
         _worker.sync_works(works, names, stats, progress=False)
     except Stopped:  # at a safe point: what was written is committed; handed back, for the parent to index
         pass
+    stats.seconds = time.monotonic() - t0
     stats.read = _worker.planner.reads.snapshot()
     return stats, _worker.pool.take_unindexed()
 

@@ -178,6 +178,8 @@ def encode_epochs(epochs: Sequence[int | None] | None, n: int) -> list[bytes]:
 
 def int_list(xs: Any, what: str) -> list[int]:
     """Python ints from a sequence of ints / numpy ints / integral floats; rejects the rest."""
+    if type(xs) is list and all(type(x) is int for x in xs):  # already (the usual short chunk)
+        return xs
     arr = np.asarray(xs)
     if arr.ndim != 1:
         raise ValueError(f"{what} must be a flat sequence")

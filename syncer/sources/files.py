@@ -83,6 +83,7 @@ class FileStoreSource(Source):
         self.store = FileStore(str(self.root))
         self.internals = mlflow_compat.FileStoreInternals(self.store)
         self._known: dict[str, _Known] = {}  # run id -> the last look at its folder
+        self._infos: dict[str, Any] = {}  # run id -> its meta.yaml as last read (MLflow's RunInfo)
         self._exp_mtime: dict[str, int | None] = {}  # experiment id -> its folder's mtime then
         self._exps: tuple[str, list[Experiment]] | None = None  # (experiments_mark, what MLflow said)
         self._models: Any = None  # the logged models' reader (it keeps a cache), made when first asked
@@ -220,6 +221,7 @@ class FileStoreSource(Source):
             raise RunUnreadable("meta.yaml has no run id")
         if info.run_id != run_dir.name:
             raise RunUnreadable(f"meta.yaml names run {info.run_id}, folder is {run_dir.name}")
+        self._infos[info.run_id] = info  # load_details reads the run's params and tags with it
         rec = RunRecord(
             run_id=info.run_id,
             experiment_id=exp.id,
@@ -251,7 +253,9 @@ class FileStoreSource(Source):
         """Params, tags and inputs of one run (read only when its metadata changed)."""
         if run.details_loaded:
             return
-        info = self.internals.run_info(self._experiment_dir(run.experiment_id) / run.run_id)
+        info = self._infos.pop(run.run_id, None) or self.internals.run_info(
+            self._experiment_dir(run.experiment_id) / run.run_id
+        )
         self._load_tags(run, info)
         run.params = self.internals.params(info)
         self.reads.count(requests=len(run.params))
@@ -264,7 +268,9 @@ class FileStoreSource(Source):
 
     # -- metrics -----------------------------------------------------------------------------
     def read_metric(self, run: RunRecord, key: str, cursor: Cursor | None) -> Iterator[tuple[MetricChunk, Cursor]]:
-        path = self._experiment_dir(run.experiment_id) / run.run_id / "metrics" / key
+        known = self._known.get(run.run_id)  # the folder the listing found (a run's keys: no stat each)
+        run_dir = known.run_dir if known is not None else self._experiment_dir(run.experiment_id) / run.run_id
+        path = Path(os.path.join(run_dir, "metrics", key))
         start = cursor if isinstance(cursor, FileCursor) else FileCursor()
         self.reads.count(histories=1, requests=1)
         done = start
