@@ -20,6 +20,7 @@ untimed); wall time includes interpreter start-up and imports, as a user sees it
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -141,6 +142,9 @@ def one_pass(tool: str, i: int, store: Store, args: Any) -> dict[str, Any]:
     out = res.get("output", "").strip()
     if tool in ("aimlflow", "limit") and out:
         res["inner"] = json.loads(out.splitlines()[-1])
+    if spec.own_tree and tool != "limit":  # how many processes the syncer chose (it says when more than one)
+        said = re.search(r"(\d+) processes side by side", (work / "log.stderr").read_text())
+        res["processes"] = int(said.group(1)) if said else 1
     return res
 
 
