@@ -237,21 +237,20 @@ def cli() -> None:
     """Sync MLflow experiments into an Aim repo: faithfully and incrementally."""
 
 
-WORKERS_HELP = (
-    "Processes writing runs side by side (Aim allows one writer per run); a helper process costs "
-    "a start-up (~2 CPU s), so by default a round gets 1 process, plus one for every ~8 CPU "
-    "seconds it is estimated to take (30 ms a run to write, 2 us a point), at most 4 and the "
-    "CPUs: 1,000 short runs get 2 on 2 CPUs, 40 runs get 1. Never for fewer than 8 runs."
+# the default of --workers: workers.default_workers
+_WORKERS = _env_option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Processes writing runs side by side (a helper costs a start-up, ~2 CPU s). Default: 1, plus one for "
+    "every ~8 CPU s the round is estimated to take (30 ms a run, 2 us a point), at most 4 and the CPUs "
+    "(1,000 short runs: 2 on 2 CPUs; 40 runs: 1); never for fewer than 8 runs.",
+    env="workers",
 )
-
-
-def _workers_option(f: F) -> F:
-    return _env_option("--workers", type=click.IntRange(min=1), default=None, help=WORKERS_HELP, env="workers")(f)
 
 
 @cli.command()
 @_common
-@_workers_option
+@_WORKERS
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -309,7 +308,7 @@ def backfill(workers: int | None, dry_run: bool, **kw: Any) -> None:
     help="Touched after each good round (Docker HEALTHCHECK, systemd).",
     env="health_file",
 )
-@_workers_option
+@_WORKERS
 @_env_option(
     "--full-scan-interval",
     type=click.FloatRange(min=1.0),
@@ -335,25 +334,13 @@ def backfill(workers: int | None, dry_run: bool, **kw: Any) -> None:
     env="metrics_host",
 )
 @_one_line_errors
-def sync(
-    interval: float,
-    no_watch: bool,
-    health_file: Path | None,
-    full_scan_interval: float,
-    workers: int | None,
-    **kw: Any,
-) -> None:
+def sync(interval: float, no_watch: bool, health_file: Path | None, full_scan_interval: float, **kw: Any) -> None:
     """Convert what exists, then keep following the MLflow store until stopped (SIGINT/SIGTERM)."""
     from .daemon import run_daemon
 
-    # --metrics-port and --metrics-host reach Config by their names, in kw
+    # --metrics-port, --metrics-host and --workers reach Config by their names, in kw
     cfg = _config(
-        kw,
-        interval=interval,
-        watch=not no_watch,
-        health_file=health_file,
-        full_scan_interval=full_scan_interval,
-        workers=workers,
+        kw, interval=interval, watch=not no_watch, health_file=health_file, full_scan_interval=full_scan_interval
     )
     sys.exit(run_daemon(cfg))
 

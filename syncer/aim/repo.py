@@ -44,9 +44,12 @@ class RepoRef:
     def aim(self) -> Any:
         """Aim's ``Repo`` (made now if not yet)."""
         if self._repo is None:
+            import gc
+
             from aim.sdk.repo import Repo
 
             self._repo = Repo.from_path(self.root_path)
+            gc.freeze()  # Aim's modules, just imported, live as long as the process: no collection looks at them
         return self._repo
 
     def __getattr__(self, name: str) -> Any:
