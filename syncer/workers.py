@@ -184,6 +184,8 @@ class WorkerPool:
                     stats.add(part)
                     unindexed.extend(hashes)
                     yield len(chunk)
+            if driver.stop.is_set():  # the helpers stopped (a signal to the group) and said nothing else
+                raise Stopped()
 
         try:
             for _ in driver.each(done_windows()) if driver.progress else done_windows():
@@ -209,7 +211,7 @@ class WorkerPool:
 def _windows(todo: list[RunWork], processes: int, prefetch: int) -> list[list[RunWork]]:
     """The runs in windows, largest runs first: each a batch's worth (at most 64 runs), several
     per process, so that the processes finish together."""
-    size = max(prefetch, min(64, max(8, -(-len(todo) // (processes * 4)))))
+    size = max(prefetch, min(64, -(-len(todo) // (processes * 4))))
     todo = sorted(todo, key=lambda w: -w.size)
     return [todo[i : i + size] for i in range(0, len(todo), size)]
 
