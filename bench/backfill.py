@@ -1,41 +1,26 @@
 #!/usr/bin/env python
-"""Backfill benchmark: our ``syncer backfill`` vs aimlflow's one conversion pass.
+"""Backfill benchmark: our `syncer backfill` (and `sync`'s first round) vs aimlflow 0.2.1, on the
+benchmark stores, side by side in one run, with the floor (`limit`) and a no-op backfill against
+another commit (`--base`).
 
-Run with the project venv::
+    .venv/bin/python bench/backfill.py                      # everything below, medians of 3 (~15 min)
+    .venv/bin/python bench/backfill.py --stores files40 --tools ours,aimlflow
+    .venv/bin/python bench/backfill.py --only aimlflow      # the baseline alone (default store)
+    .venv/bin/python bench/backfill.py --single-metric-points 1000000 --tools ours --repeats 1
 
-    .venv/bin/python bench/backfill.py                 # both tools, default store, 3 repeats
-    .venv/bin/python bench/backfill.py --only aimlflow # baseline only (works before our CLI exists)
-    .venv/bin/python bench/backfill.py --single-metric-points 1000000   # memory test
+The stores (made once, cached under bench/out; `--regenerate` remakes them):
 
-What it does:
+* `files40`: gen_store.py's default, 40 Trainer-shaped runs, 196,000 points (a file store);
+* `sqlite40`: the same store in sqlite, converted by MLflow's own `mlflow migrate-filestore`;
+* `files1000`: gen_scale.py's 1,000 short runs (150 params, 8 tags, 30 keys x 20 points) and one
+  RUNNING run with a 50,000-point loss: 650,580 points (a file store).
 
-1. makes sure an MLflow file store exists (``bench/gen_store.py``; ``--store`` to
-   use another one, ``--regenerate`` to rebuild it);
-2. counts the store's points through ``MlflowClient`` (the denominator of every
-   points/s figure, identical for both tools);
-3. for each repeat and each tool: copies the store, creates an empty initialised
-   Aim repo (both untimed), then runs the tool as a subprocess, timing its wall
-   clock (interpreter start-up and imports included, as a user would see it) and
-   taking its peak RSS from ``os.wait4`` (that child only).  Tools:
-
-   * ours: ``[SYNCER, "backfill", "--mlflow-tracking-uri", STORE, "--aim-repo", REPO]``
-     (plus ``--no-context-map`` with ``--no-context-map``); nothing else about our
-     CLI is assumed;
-   * aimlflow: ``bench/out/aimlflow-venv/bin/python bench/aimlflow_backfill.py``,
-     i.e. ``aimlflow.utils.convert_existing_logs`` once (see that file);
-
-4. prints median seconds, points/s, peak RSS and the ratio aimlflow/ours;
-5. verifies our Aim repo against MLflow (``--no-verify`` to skip): for every
-   MLflow run, the Aim run whose ``run["mlflow"]["run_id"]`` is its id must
-   exist, hold the same number of metric points and the same multiset of
-   (step, value, timestamp-ms) over all its metrics.  That comparison ignores
-   metric names and contexts, so it holds with or without context mapping
-   (``eval_de_accuracy`` -> ``accuracy`` {subset: eval, dataset: de, lang: de});
-   the key mapping itself is not checked here.  ``--verify-aimlflow`` runs the
-   same check on aimlflow's repo (found via its ``mlflow_run_id`` param) to show
-   what it loses.
-
-Results also go to ``bench/out/backfill.json``.
+Per store, per repeat, every tool (interleaved, so that drifting load hits all alike) converts
+fresh copies: see backfill_tools.py. Then: medians, points/s (the store's points counted once via
+MlflowClient), peak RSS, the ratios asked for (aimlflow / ours, ours / limit, default workers /
+--workers 1, sync / backfill, sqlite / files), a no-op backfill of the synced 1,000-run store for
+ours and `--base` (half of it at most), and a point-by-point check of our first repo of each
+store. The summary, with the load average, goes to bench/out/backfill.json.
 """
 
 from __future__ import annotations
@@ -43,193 +28,262 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from benchkit import AIMLFLOW_PY, BENCH, OUT, ROOT, child_env, init_aim_repo, load, run_timed
-from fidelity import mlflow_points, verify
+from backfill_tools import TOOLS, Store, noop_passes, one_pass
+from benchkit import AIMLFLOW_PY, OUT, PY, ROOT, child_env, git_state, load
 
-DEFAULT_SYNCER = ROOT / ".venv" / "bin" / "syncer"
-if not DEFAULT_SYNCER.exists():  # a worktree or snapshot copy: the CLI of the venv running this
-    DEFAULT_SYNCER = Path(sys.executable).parent / "syncer"
-
-
-# --------------------------------------------------------------------------- the tools
-# Each tool: the command that converts STORE into the (initialised, empty) Aim repo REPO, and
-# whether it runs with this tree's syncer on PYTHONPATH. A new contender is one more entry.
+BASELINE = "aec8973"  # main when issue 26 was filed: "today's" code for the no-op comparison
+STORES = ("files40", "sqlite40", "files1000")
+DEFAULT_TOOLS = ("ours", "ours-w1", "sync", "aimlflow", "limit")
 
 
-def ours_cmd(args, store: str, repo: str) -> list[str]:
-    cmd = [args.syncer, "backfill", "--mlflow-tracking-uri", store, "--aim-repo", repo]
-    return cmd + (["--no-context-map"] if args.no_context_map else [])
+def make_store(name: str, args: Any) -> Store:
+    """A benchmark store, generated when missing (or with --regenerate)."""
+    if name == "files40":
+        path = OUT / "store"
+        if args.regenerate or not path.exists():
+            from gen_store import generate_store
 
+            info = generate_store(path, runs=args.runs, steps=args.steps, now_ms=1_790_000_000_000)
+            print(f"generated {path}: {info['points']:,} points, {info['runs']} runs", flush=True)
+        return Store(name, path, "file")
+    if name == "sqlite40":
+        src = make_store("files40", args).path
+        db = OUT / "store.db"
+        if args.regenerate or not db.exists() or db.stat().st_mtime < src.stat().st_mtime:
+            db.unlink(missing_ok=True)
+            cmd = [str(Path(PY).parent / "mlflow"), "migrate-filestore", "--source", str(src)]
+            subprocess.run([*cmd, "--target", f"sqlite:///{db}", "--no-progress"], check=True, env=child_env())
+            print(f"converted {src} into {db} (mlflow migrate-filestore)", flush=True)
+        return Store(name, db, "sqlite")
+    if name == "files1000":
+        path = OUT / "store-1000"
+        if args.regenerate or not path.exists():
+            from gen_scale import write_file_store
 
-def aimlflow_cmd(args, store: str, repo: str) -> list[str]:
-    script = str(BENCH / "aimlflow_backfill.py")
-    return [args.aimlflow_python, script, "--mlflow-tracking-uri", store, "--aim-repo", repo, "--no-count"]
+            write_file_store(path, 1000)
+            print(f"generated {path} (gen_scale.py, 1,000 runs)", flush=True)
+        return Store(name, path, "file")
+    if name.startswith("single-"):
+        path = OUT / f"store-{name}"
+        if args.regenerate or not path.exists():
+            from gen_store import generate_store
 
-
-TOOLS = {"ours": (ours_cmd, True), "aimlflow": (aimlflow_cmd, False)}
-
-
-def one_pass(tool: str, i: int, store: Path, args) -> dict:
-    """Copy the store, make an empty Aim repo (untimed), run the tool once (timed)."""
-    work = OUT / "work" / store.name / f"{tool}-{i}"  # one work tree per store: two stores never collide
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    store_copy = work / "store"
-    shutil.copytree(store, store_copy)
-    repo = work / "aim"
-    init_aim_repo(repo)
-    make_cmd, own_tree = TOOLS[tool]
-    cmd = make_cmd(args, str(store_copy), str(repo))
-    res = run_timed(cmd, work / "log.stdout", stderr_log=work / "log.stderr", env=child_env(own_tree=own_tree))
-    res.update(tool=tool, repeat=i, repo=str(repo), store=str(store_copy), cmd=cmd)
-    if res["rc"] != 0:
-        tail = (work / "log.stderr").read_text()[-3000:]
-        raise SystemExit(f"{tool} run {i} failed (rc={res['rc']}): {' '.join(cmd)}\n{tail}")
-    return res
-
-
-# --------------------------------------------------------------------------- one store
+            generate_store(path, single_metric_points=int(name.split("-", 1)[1]))
+        return Store(name, path, "file")
+    path = Path(name).resolve()  # a store of one's own: a folder or a sqlite file
+    return Store(path.name, path, "file" if path.is_dir() else "sqlite")
 
 
 def summarise(passes: list[dict], points: int) -> dict:
     secs = [r["wall_s"] for r in passes]
     med = statistics.median(secs)
-    return {
+    out = {
         "median_seconds": round(med, 3),
         "min_seconds": round(min(secs), 3),
         "all_seconds": [round(s, 3) for s in secs],
-        "points_per_s": round(points / med, 1),
-        "peak_rss_mb": round(max(r["max_rss_mb"] for r in passes), 1),
-        "median_cpu_s": round(statistics.median(r["cpu_s"] for r in passes), 3),
+        "points_per_s": round(points / med, 1) if med else None,
+        "peak_rss_mb": round(max(r.get("max_rss_mb", 0) for r in passes), 1),
+        "median_cpu_s": round(statistics.median(r.get("cpu_s", 0) for r in passes), 3),
     }
+    inner = [r["inner"]["seconds"] for r in passes if "inner" in r]
+    if inner:
+        out["median_inner_seconds"] = round(statistics.median(inner), 3)
+    if any("processes" in r for r in passes):
+        out["processes"] = max(r.get("processes", 1) for r in passes)
+    return out
 
 
-def measure_store(store: Path, tools: list[str], args) -> dict:
-    """Every tool on copies of one store, `--repeats` times interleaved; medians; fidelity."""
+def measure_store(store: Store, tools: list[str], args: Any) -> dict:
+    """Every tool on copies of one store, `--repeats` times interleaved (aimlflow on stores of
+    more than 100 runs `--aimlflow-repeats` times); medians; fidelity of ours."""
+    from fidelity import mlflow_points, verify
+
     t0 = time.perf_counter()
-    source = mlflow_points(str(store))
+    source = mlflow_points(store.uri(store.path))
     points = sum(sum(r["points"].values()) for r in source.values())
     print(
-        f"store {store}: {len(source)} runs, {points:,} points "
+        f"\nstore {store.name} ({store.path}): {len(source)} runs, {points:,} points "
         f"(read via MlflowClient in {time.perf_counter() - t0:.1f}s)",
         flush=True,
     )
+    tools = [t for t in tools if store.kind in TOOLS[t].kinds]
     passes: dict[str, list[dict]] = {t: [] for t in tools}
     for i in range(args.repeats):
-        for tool in tools:  # interleaved, so drifting machine load hits both alike
+        for tool in tools:
+            if tool == "aimlflow" and len(source) > 100 and i >= args.aimlflow_repeats:
+                continue
             r = one_pass(tool, i, store, args)
             passes[tool].append(r)
-            extra = ""
-            if tool == "aimlflow" and r["output"].strip():
-                inner = json.loads(r["output"].strip().splitlines()[-1])
-                r["inner"] = inner
-                extra = f" (conversion call {inner['seconds']:.2f}s)"
-            print(f"  {tool:8s} #{i}: {r['wall_s']:7.2f}s wall{extra}, peak RSS {r['max_rss_mb']:.0f} MiB", flush=True)
-
-    result: dict = {
-        "store": str(store),
-        "runs": len(source),
-        "points": points,
-        "loadavg_at_end": load(),
-        "nproc": os.cpu_count(),
-        "tools": {},
-    }
-    for tool in tools:
-        result["tools"][tool] = summarise(passes[tool], points)
-        if tool == "aimlflow" and all("inner" in r for r in passes[tool]):
-            inner = statistics.median(r["inner"]["seconds"] for r in passes[tool])
-            result["tools"][tool]["median_conversion_call_seconds"] = round(inner, 3)
-            result["tools"][tool]["conversion_call_points_per_s"] = round(points / inner, 1)
-    if "ours" in tools and "aimlflow" in tools:
-        result["ratio_aimlflow_over_ours"] = round(
-            result["tools"]["aimlflow"]["median_seconds"] / result["tools"]["ours"]["median_seconds"], 2
-        )
-    if not args.no_verify and "ours" in tools:
+            extra = f" (inside: {r['inner']['seconds']:.2f}s)" if "inner" in r else ""
+            print(
+                f"  {tool:8s} #{i}: {r['wall_s']:7.2f}s wall{extra}, peak RSS {r.get('max_rss_mb', 0):.0f} MiB",
+                flush=True,
+            )
+    result: dict = {"store": store.name, "path": str(store.path), "runs": len(source), "points": points}
+    result["tools"] = {t: summarise(p, points) for t, p in passes.items() if p}
+    result["loadavg_at_end"] = load()
+    if not args.no_verify and passes.get("ours"):
         result["verify_ours"] = verify(source, passes["ours"][0]["repo"])
-    if args.verify_aimlflow and "aimlflow" in tools:
+    if args.verify_aimlflow and passes.get("aimlflow"):
         result["verify_aimlflow"] = verify(source, passes["aimlflow"][0]["repo"])
     return result
 
 
-def print_result(result: dict) -> None:
-    print()
-    print(f"load average at end: {' '.join(f'{x:.2f}' for x in result['loadavg_at_end'])} on {result['nproc']} CPUs")
-    print(f"{'tool':10s} {'median s':>9s} {'min s':>8s} {'points/s':>10s} {'peak RSS MiB':>13s} {'CPU s':>7s}")
-    for tool, s in result["tools"].items():
-        print(
-            f"{tool:10s} {s['median_seconds']:9.2f} {s['min_seconds']:8.2f} "
-            f"{s['points_per_s']:10,.0f} {s['peak_rss_mb']:13.0f} {s['median_cpu_s']:7.2f}"
-        )
-    if "ratio_aimlflow_over_ours" in result:
-        print(f"speed-up (aimlflow time / our time): {result['ratio_aimlflow_over_ours']}x")
-    for key in ("verify_ours", "verify_aimlflow"):
-        if key in result:
-            v = result[key]
-            print(f"{key}: {'OK' if v['ok'] else 'FAILED'} ({v['runs_ok']}/{v['runs']} runs exact)")
-            for p in v["first_problems"]:
-                print(f"    {p}")
+def ratios(results: dict[str, dict]) -> dict[str, float]:
+    """What the issue's "Done when" asks, as numbers (a missing tool: left out)."""
+    out: dict[str, float] = {}
+    med = {s: {t: v["median_seconds"] for t, v in r["tools"].items()} for s, r in results.items()}
+    for s, m in med.items():
+        if "ours" in m:
+            for t, key in (("aimlflow", "aimlflow_over_ours"), ("limit", "ours_over_limit")):
+                if t in m and m["ours"] and m[t]:
+                    out[f"{s}: {key}"] = round(m[t] / m["ours"] if t == "aimlflow" else m["ours"] / m[t], 2)
+            if "ours-w1" in m:
+                out[f"{s}: default_workers_over_w1"] = round(m["ours"] / m["ours-w1"], 2)
+                out[f"{s}: default_processes"] = results[s]["tools"]["ours"].get("processes", 1)
+            if "sync" in m:
+                out[f"{s}: sync_first_round_over_backfill"] = round(m["sync"] / m["ours"], 2)
+            out[f"{s}: ours_points_per_s"] = results[s]["tools"]["ours"]["points_per_s"]
+    if "ours" in med.get("files40", {}) and "ours" in med.get("sqlite40", {}):
+        out["sqlite40_over_files40"] = round(med["sqlite40"]["ours"] / med["files40"]["ours"], 2)
+    return out
 
 
-# --------------------------------------------------------------------------- main
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="ours vs aimlflow backfill benchmark")
-    ap.add_argument(
-        "--store", default=None, help="existing MLflow file store (default: bench/out/store, generated if missing)"
+def print_summary(summary: dict) -> None:
+    print(
+        f"\n{summary['git']} | load average at end {' '.join(map(str, summary['loadavg_at_end']))} "
+        f"on {summary['nproc']} CPUs"
     )
-    ap.add_argument("--regenerate", action="store_true", help="rebuild the default store first")
+    print(f"{'store':10s} {'tool':9s} {'median s':>9s} {'min s':>8s} {'points/s':>10s} {'peak MiB':>9s} {'CPU s':>7s}")
+    for s, r in summary["stores"].items():
+        for t, v in r["tools"].items():
+            pps = f"{v['points_per_s']:,.0f}" if v["points_per_s"] else "-"
+            print(
+                f"{s:10s} {t:9s} {v['median_seconds']:9.2f} {v['min_seconds']:8.2f} {pps:>10s} "
+                f"{v['peak_rss_mb'] or '-':>9} {v['median_cpu_s'] or '-':>7}"
+            )
+        for key in ("verify_ours", "verify_aimlflow"):
+            if key in r:
+                v = r[key]
+                print(f"{s:10s} {key}: {'OK' if v['ok'] else 'FAILED'} ({v['runs_ok']}/{v['runs']} runs exact)")
+                for p in v["first_problems"]:
+                    print(f"    {p}")
+    for k, v in summary["ratios"].items():
+        print(f"  {k}: {v}")
+    if "noop" in summary:
+        n = summary["noop"]
+        print(
+            f"  no-op backfill of {n['store']}: ours {n['ours_median_s']} s, {n['base']} {n['base_median_s']} s "
+            f"(ours / base {n['ours_over_base']}; asked: <= 0.5)"
+        )
+    for line in summary["done_when"]:
+        print("  " + line)
+
+
+def done_when(summary: dict) -> list[str]:
+    """The issue's targets, each with the figure measured."""
+    r, lines = summary["ratios"], []
+
+    def check(label: str, key: str, ok) -> None:
+        if key in r:
+            lines.append(f"{'PASS' if ok(r[key]) else 'MISS'} {label}: {r[key]}")
+
+    check("40 runs, files: >= 10x aimlflow", "files40: aimlflow_over_ours", lambda x: x >= 10)
+    check(
+        "40 runs: sqlite at least as fast as files (sqlite / files time <= 1)",
+        "sqlite40_over_files40",
+        lambda x: x <= 1.0,
+    )
+    check("1,000 runs, files: >= 40,000 points/s", "files1000: ours_points_per_s", lambda x: x >= 40_000)
+    for s in summary["stores"]:
+        ratio = r.get(f"{s}: default_workers_over_w1")
+        if r.get(f"{s}: default_processes") == 1 and ratio is not None:  # the default was --workers 1 itself
+            lines.append(f"PASS {s}: the default chose 1 process, i.e. --workers 1 (time ratio {ratio}: noise)")
+        else:
+            check(
+                f"{s}: default workers never slower than one (time ratio <= 1)",
+                f"{s}: default_workers_over_w1",
+                lambda x: x <= 1.0,
+            )
+        check(
+            f"{s}: sync's first round within 1.2x of backfill",
+            f"{s}: sync_first_round_over_backfill",
+            lambda x: x <= 1.2,
+        )
+    if "noop" in summary:
+        x = summary["noop"]["ours_over_base"]
+        lines.append(f"{'PASS' if x <= 0.5 else 'MISS'} no-op backfill of 1,000 runs: at most half of base: {x}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="backfill benchmark: ours vs aimlflow, the floor, the no-op")
+    ap.add_argument("--stores", default=",".join(STORES), help=f"comma list of {STORES}, or store paths")
+    ap.add_argument("--tools", default=",".join(DEFAULT_TOOLS), help=f"comma list of {tuple(TOOLS)}")
+    ap.add_argument("--only", choices=tuple(TOOLS), default=None, help="one tool, on files40 (or --store)")
+    ap.add_argument("--store", default=None, help="one store of one's own (a folder or a sqlite file)")
+    ap.add_argument("--single-metric-points", type=int, default=None, metavar="N", help="a one-metric store of N")
+    ap.add_argument("--regenerate", action="store_true", help="remake the stores")
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument(
-        "--single-metric-points",
-        type=int,
-        default=None,
-        metavar="N",
-        help="use a one-run, one-metric store of N points (bench/out/store-single-N)",
-    )
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", choices=("both", *TOOLS), default="both")
-    ap.add_argument("--syncer", default=str(DEFAULT_SYNCER))
+    ap.add_argument("--aimlflow-repeats", type=int, default=1, help="aimlflow's passes on stores of > 100 runs")
+    ap.add_argument("--base", default=BASELINE, help="the commit whose no-op backfill ours is compared with")
+    ap.add_argument("--no-noop", action="store_true", help="skip the no-op comparison")
+    ap.add_argument("--syncer", default=None, help="our CLI (default: python -m syncer from this tree)")
     ap.add_argument("--aimlflow-python", default=str(AIMLFLOW_PY))
     ap.add_argument("--no-context-map", action="store_true", help="pass --no-context-map to our syncer")
     ap.add_argument("--no-verify", action="store_true")
-    ap.add_argument("--verify-aimlflow", action="store_true", help="also run the fidelity check on aimlflow's repo")
+    ap.add_argument("--verify-aimlflow", action="store_true", help="also check aimlflow's repo point by point")
     ap.add_argument("--json-out", default=str(OUT / "backfill.json"))
     args = ap.parse_args(argv)
 
-    tools = list(TOOLS) if args.only == "both" else [args.only]
-    if "ours" in tools and not Path(args.syncer).exists():
-        ap.error(f"{args.syncer} not found (our CLI not installed yet?); use --only aimlflow")
+    tools = [args.only] if args.only else [t for t in args.tools.split(",") if t]
+    stores = [args.store] if args.store else args.stores.split(",")
+    if args.single_metric_points:
+        stores = [f"single-{args.single_metric_points}"]
+    elif args.only and not args.store:
+        stores = ["files40"]
+    unknown = [t for t in tools if t not in TOOLS]
+    if unknown:
+        ap.error(f"unknown tools {unknown}; known: {tuple(TOOLS)}")
     if "aimlflow" in tools and not Path(args.aimlflow_python).exists():
-        ap.error(f"{args.aimlflow_python} not found; run bench/aimlflow_env.sh first")
-
-    from gen_store import generate_store
-
-    if args.store:
-        store = Path(args.store).resolve()
-    elif args.single_metric_points:
-        store = OUT / f"store-single-{args.single_metric_points}"
-    else:
-        store = OUT / "store"
-    if not args.store and (args.regenerate or not store.exists()):
-        info = generate_store(store, runs=args.runs, steps=args.steps, single_metric_points=args.single_metric_points)
-        print(f"generated {store}: {info['points']:,} points, {info['runs']} runs, {info['seconds']:.1f}s", flush=True)
-
-    result = measure_store(store, tools, args)
-    print_result(result)
+        ap.error(f"{args.aimlflow_python} not found; run bench/aimlflow_env.sh first (or leave aimlflow out)")
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    summary: dict[str, Any] = {"git": git_state(), "nproc": os.cpu_count(), "loadavg_at_start": load(), "stores": {}}
+    for name in stores:
+        store = make_store(name, args)
+        summary["stores"][store.name] = measure_store(store, tools, args)
+    if not args.no_noop and "files1000" in stores and "ours" in tools:
+        print(f"\nno-op backfill of files1000: ours vs {args.base}", flush=True)
+        times = noop_passes(make_store("files1000", args), args)
+        ours, base = statistics.median(times["ours"]), statistics.median(times["base"])
+        summary["noop"] = {
+            "store": "files1000",
+            "base": args.base,
+            "ours": times["ours"],
+            "base_s": times["base"],
+            "ours_median_s": round(ours, 3),
+            "base_median_s": round(base, 3),
+            "ours_over_base": round(ours / base, 2),
+        }
+    summary["loadavg_at_end"] = load()
+    summary["ratios"] = ratios(summary["stores"])
+    summary["done_when"] = done_when(summary)
+    print_summary(summary)
     Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json_out).write_text(json.dumps(result, indent=2))
-    failed = "verify_ours" in result and not result["verify_ours"]["ok"]
+    Path(args.json_out).write_text(json.dumps(summary, indent=2))
+    failed = any("verify_ours" in r and not r["verify_ours"]["ok"] for r in summary["stores"].values())
     return 1 if failed else 0
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "bench"))
     sys.exit(main())

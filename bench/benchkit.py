@@ -107,13 +107,20 @@ def fresh_dir(p: Path) -> Path:
     return p
 
 
-def run_timed(cmd: list[str], log: Path, stderr_log: Path | None = None, env: dict | None = None) -> dict[str, Any]:
-    """Run cmd to its end (stdout to `log`, stderr there too unless `stderr_log`): rc, wall
-    seconds, this child's CPU and peak RSS (`os.wait4`), and `output` (the text of `log`)."""
+def run_timed(
+    cmd: list[str], log: Path, stderr_log: Path | None = None, env: dict | None = None, cwd: Path | None = None
+) -> dict[str, Any]:
+    """Run cmd to its end (stdout to `log`, stderr there too unless `stderr_log`; in `cwd`, this
+    tree by default: `python -m` puts it first on sys.path): rc, wall seconds, this child's CPU
+    and peak RSS (`os.wait4`), and `output` (the text of `log`)."""
     with open(log, "w") as out, open(stderr_log or os.devnull, "w") as err:
         t0 = time.perf_counter()
         p = subprocess.Popen(
-            cmd, stdout=out, stderr=err if stderr_log else subprocess.STDOUT, cwd=ROOT, env=env or child_env()
+            cmd,
+            stdout=out,
+            stderr=err if stderr_log else subprocess.STDOUT,
+            cwd=cwd or ROOT,
+            env=env or child_env(),
         )
         _, status, ru = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0

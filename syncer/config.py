@@ -67,6 +67,7 @@ class Config:
     metrics_host: str = "127.0.0.1"
     log_level: str = "info"
     log_format: str = "text"
+    workers: int | None = None  # processes writing a large round (None: workers.default_workers)
 
     def __post_init__(self) -> None:
         self.aim_repo = repo_root(self.aim_repo)

@@ -155,6 +155,7 @@ class Daemon:
         self.observer: BaseObserver | None = None
         self._watch_failed = False  # warned that file events are off
         self._watch_retry_at = 0.0  # monotonic time before which no new watch is tried
+        self._catching_up: float | None = None  # when the rounds catching up with the store began
         self.observe = self._observer()  # the metrics endpoint, or no one
 
     def _observer(self) -> RoundObserver:
@@ -171,7 +172,12 @@ class Daemon:
     def _open(self) -> RoundDriver:
         if self.driver is None:
             self.driver = open_driver(
-                self.cfg, strict_experiments=False, must_exist=False, role="daemon", progress=self._beat
+                self.cfg,
+                strict_experiments=False,
+                must_exist=False,
+                role="daemon",
+                workers=self.cfg.workers,
+                progress=self._beat,
             )
             self._ever_opened = True
             heal(self.driver)
@@ -230,6 +236,7 @@ class Daemon:
             self.observe.problem("full_disk", None)
             lvl = logging.INFO if (stats.runs_written or stats.errors) else logging.DEBUG
             log.log(lvl, "round: %s", stats.summary(), extra={"event": "round", "round": stats.as_dict()})
+            self._caught_up(stats.backlog, stats.seconds)
             if not stats.errors:  # a run another writer holds is not the daemon's failure
                 self._touch_health()
             self._ensure_watch()
@@ -249,6 +256,17 @@ class Daemon:
         if self._appeared_at is None:
             self._appeared_at = now
         return now - self._appeared_at < APPEARING_GRACE_S
+
+    def _caught_up(self, backlog: int, seconds: float) -> None:
+        """A store with runs never synced is caught up with in slices (`RoundDriver.slice_s`):
+        the next one starts at once; the time it all took is said when done."""
+        if backlog:
+            if self._catching_up is None:
+                self._catching_up = time.monotonic() - seconds
+            self._dirty.set()  # the next round as soon as this one is over
+        elif self._catching_up is not None:
+            log.info("caught up with the store in %.1f s", time.monotonic() - self._catching_up)
+            self._catching_up = None
 
     def _beat(self, runs: Iterable[T]) -> Iterator[T]:
         """Runs of a round, touching the health file after each: a first round that backfills a

@@ -9,6 +9,8 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Any, cast
 
 from .artifacts import Artifacts
 from .config import DEFAULT_MAX_ARTIFACT_BYTES
@@ -64,8 +66,12 @@ class RunPipeline:
         self.options = options
         self.stop = stop
         self.once = once
+        self.state_writes = DeferredWrites(state)
         self.artifacts = Artifacts(
-            source, state, exclude=options.exclude_artifacts, max_bytes=options.max_artifact_bytes
+            source,
+            cast(State, self.state_writes),
+            exclude=options.exclude_artifacts,
+            max_bytes=options.max_artifact_bytes,
         )
 
     def sync(self, work: RunWork, names: dict[str, str], stats: RoundStats) -> None:
@@ -122,27 +128,32 @@ class RunPipeline:
             packages_from=found.packages_from,
         )
         sink = self.pool.open(aim_hash, exp.aim_name)
+        # the state writes for what goes to Aim now, made once it is durable there (`release`)
+        later: list[Callable[[], None]] = []
+        self.state_writes.defer_to(later)
         done = False
         try:
             if work.meta_changed or found.changed:
                 sink.set_info(meta)
-            cursors = self._sync_metrics(run, work, sink, errors, stats)
+            cursors = self._sync_metrics(run, work, sink, errors, stats, later)
             stats.artifacts += self.artifacts.write(run, sink, found, errors, self.options.mapper)
             if found.revised:  # a file that could not be converted: the `mlflow.artifacts` param says so
                 sink.set_info(meta)
             # times and the active flag last: a run shows as finished only once it has its data
             sink.set_times(meta)
+            # malformed lines skipped in an earlier round stay this run's error while they are there
+            earlier = [
+                f"metric {k!r}: {c.error}" for k, c in sorted(cursors.items()) if c.error and k not in work.changed_keys
+            ]
+            error = "; ".join(errors + earlier) or None
+            # the fingerprint is committed last: a crash before this re-sends the run's metadata
+            later.append(partial(self._remember, work, run, aim_hash, error, found.models_digest))
             done = True
         finally:
-            # a RUNNING run written without errors may stay open for the next round (the pool says)
-            self.pool.release(sink, keep=done and meta.active and not errors)
-        # malformed lines skipped in an earlier round stay this run's error while they are there
-        earlier = [
-            f"metric {k!r}: {c.error}" for k, c in sorted(cursors.items()) if c.error and k not in work.changed_keys
-        ]
-        error = "; ".join(errors + earlier) or None
-        # the fingerprint is committed last: a crash before this re-sends the run's metadata
-        self._remember(work, run, aim_hash, error, found.models_digest)
+            self.state_writes.defer_to(None)
+            # a RUNNING run written without errors may stay open for the next round (the pool
+            # says); else it is closed, now or with its batch, and the state written after
+            self.pool.release(sink, keep=done and meta.active and not errors, then=partial(_call_all, later))
         stats.runs_written += 1
         for e in errors:
             msg = f"run {run.run_id} ({run.name!r}, experiment {exp.aim_name!r}): {e}"
@@ -167,10 +178,18 @@ class RunPipeline:
         )
 
     def _sync_metrics(
-        self, run: RunRecord, work: RunWork, sink: RunSink, errors: list[str], stats: RoundStats
+        self,
+        run: RunRecord,
+        work: RunWork,
+        sink: RunSink,
+        errors: list[str],
+        stats: RoundStats,
+        later: list[Callable[[], None]],
     ) -> dict[str, Cursor]:
         """Write the new points of the changed keys; returns every cursor of the run after. A key
-        synced before keeps the Aim name and context its points went to (`mapping.pinned`)."""
+        synced before keeps the Aim name and context its points went to (`mapping.pinned`). The
+        last cursors are committed by `later` (once the pool made the points durable); a huge
+        run's cursors every COMMIT_EVERY_POINTS on the way (flushed first)."""
         pins = self.state.key_names(run.run_id)
         run_mapper = Pinned(self.options.mapper.for_run(run.metric_marks), pins)
         names = resolve(run_mapper, run.metric_marks, known=set(work.cursors) | set(pins))
@@ -219,8 +238,37 @@ class RunPipeline:
                     if cur is not None and cur.error and cur.error != (before.error if before is not None else None):
                         errors.append(f"metric {key!r}: {cur.error}")
         finally:
-            commit()
+            if pending:  # a key's last cursor says all (its earlier ones were for a commit midway)
+                last_cursors = list(dict(pending).items())
+                where = {k: pin(names.of(k)) for k, _ in last_cursors if k not in pins}
+                later.append(partial(self.state.save_cursors, run.run_id, last_cursors, where))
         return cursors
+
+
+def _call_all(calls: list[Callable[[], None]]) -> None:
+    for call in calls:
+        call()
+
+
+class DeferredWrites:
+    """The state as the artifacts code sees it: reads pass through; while a run is written, its
+    `save_artifact`s wait in the run's list of state writes made once Aim has the data."""
+
+    def __init__(self, state: State):
+        self._state = state
+        self._later: list[Callable[[], None]] | None = None
+
+    def defer_to(self, later: list[Callable[[], None]] | None) -> None:
+        self._later = later
+
+    def save_artifact(self, run_id: str, path: str, size: int | None, kind: str | None) -> None:
+        if self._later is None:
+            self._state.save_artifact(run_id, path, size, kind)
+        else:
+            self._later.append(partial(self._state.save_artifact, run_id, path, size, kind))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._state, name)
 
 
 def _write_chunk(

@@ -30,6 +30,7 @@ class RoundStats:
     listed_at: float = 0.0
     running: set[str] = field(default_factory=set)
     behind: dict[str, bool] = field(default_factory=dict)
+    backlog: int = 0  # runs never synced left for the next rounds (a daemon catching up)
 
     def summary(self) -> str:
         line = (
@@ -42,6 +43,8 @@ class RoundStats:
             line += f"; {len(self.still_failing)} run(s) still failing"
         if self.locked:
             line += f"; {len(self.locked)} run(s) held by another writer"
+        if self.backlog:
+            line += f"; catching up: {self.backlog} run(s) to go"
         return line
 
     def add(self, other: RoundStats) -> None:
@@ -65,4 +68,5 @@ class RoundStats:
             "locked": self.locked,
             "read": self.read.as_dict(),
             "seconds": self.seconds,
+            "backlog": self.backlog,
         }

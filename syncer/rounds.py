@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .errors import RepoFull, Stopped, one_line
 from .listing import ListingPolicy
@@ -28,12 +28,22 @@ from .state import State
 
 log = logging.getLogger("syncer")
 
-PARALLEL_MIN_RUNS = 8  # below this, starting worker processes costs more than it saves
+OPEN_AHEAD = 16  # runs whose Aim runs are opened ahead (side by side) while the one before is written
 
 T = TypeVar("T")
 Progress = Callable[[Iterable[Any]], Iterable[Any]]
-# syncs a large round's runs elsewhere (worker processes: `workers.WorkerPool`), adding to its stats
-Spread = Callable[[Plan, RoundStats, "RoundDriver"], None]
+
+
+class Spread(Protocol):
+    """Syncs a large round's runs over processes (`workers.WorkerPool`), adding to its stats."""
+
+    def __call__(
+        self, works: list[RunWork], plan: Plan, stats: RoundStats, driver: RoundDriver, urgent: int, until: float | None
+    ) -> list[RunWork] | None:
+        """The works left for a later slice; None: this round is better synced by the driver alone."""
+
+    def close(self) -> None:
+        """No more rounds: the helper processes kept between slices exit."""
 
 
 class RoundDriver:
@@ -50,7 +60,12 @@ class RoundDriver:
         once: OnceLog,
         spread: Spread | None = None,
         progress: Progress | None = None,
+        slice_s: float | None = None,
     ):
+        """`slice_s` (the daemon): a round writes what cannot wait (RUNNING runs, runs synced
+        before) and then catches up on runs never synced for at most this long; the rest waits
+        in `backlog` for the next rounds (`RoundStats.backlog`: the daemon starts the next one at
+        once). None (a backfill): a round writes everything."""
         self.source = source
         self.state = state
         self.repo = repo
@@ -61,6 +76,8 @@ class RoundDriver:
         self.once = once
         self.spread = spread
         self.progress = progress
+        self.slice_s = slice_s
+        self.backlog: list[RunWork] = []  # runs never synced, for the next slices
 
     @property
     def listing(self) -> ListingPolicy:
@@ -92,10 +109,13 @@ class RoundDriver:
             for msg in plan.still_failing:  # runs that still fail as they did: said once per process
                 self.once.warning(f"{msg} (unchanged since)")
             self._describe(plan.todo)
-            if self.spread is not None and len(plan.todo) >= PARALLEL_MIN_RUNS:
-                self.spread(plan, stats, self)
-            else:
-                self._sync_here(plan, stats)
+            works, urgent = self._with_backlog(plan.todo)
+            until = t0 + self.slice_s if self.slice_s is not None else None
+            left = None if self.spread is None else self.spread(works, plan, stats, self, urgent, until)
+            if left is None:
+                left = self.sync_works(works, plan.names, stats, progress=True, urgent=urgent, until=until)
+            self.backlog = left
+            stats.backlog = len(left)
             self.pool.settle(plan.active)
         except Stopped:
             self.listing.failed()
@@ -151,16 +171,60 @@ class RoundDriver:
         except Exception as err:  # the state itself may be what failed (a full disk)
             log.debug("could not record the failed round: %s", err)
 
-    def _sync_here(self, plan: Plan, stats: RoundStats) -> None:
-        window = self.source.prefetch_runs
-        for i, work in enumerate(self.each(plan.todo)):
-            if self.stop.is_set():
-                raise Stopped()
-            if i % window == 0:
-                self.prefetch(plan.todo[i : i + window])
-            self.pipeline.sync(work, plan.names, stats)
+    def _with_backlog(self, todo: list[RunWork]) -> tuple[list[RunWork], int]:
+        """This round's works, and how many of them come first and cannot wait (written by the
+        round's own process, before anything else): none without slices; else what is not a run
+        never synced (RUNNING runs, runs synced before), then the runs never synced, then the
+        backlog (less the runs listed again now)."""
+        if self.slice_s is None:
+            return todo, 0
+        fresh = {w.run.run_id for w in todo}
+        first = [w for w in todo if not _may_wait(w)]
+        return first + [w for w in todo if _may_wait(w)] + [w for w in self.backlog if w.run.run_id not in fresh], len(
+            first
+        )
 
-    def each(self, items: list[T]) -> Iterator[T]:
+    def sync_works(
+        self,
+        works: list[RunWork],
+        names: dict[str, str],
+        stats: RoundStats,
+        *,
+        progress: bool,
+        urgent: int | None = None,
+        until: float | None = None,
+    ) -> list[RunWork]:
+        """Sync these runs here, in order, in batches (the pool's): the runs coming next opened
+        ahead, a batch committed when due and at the end, also when stopped or failing (what was
+        written is made durable and its cursors committed). Past `until` (monotonic), once the
+        first `urgent` runs and one more are done, the rest is left at the next batch's end:
+        returned."""
+        window = self.source.prefetch_runs
+        urgent = len(works) if urgent is None else urgent
+        self.pool.expect(writes(works))
+        try:
+            for i, work in enumerate(self.each(works) if progress else works):
+                if self.stop.is_set():
+                    raise Stopped()
+                # past the slice (and some of the backlog written: every slice gets on with it)
+                if until is not None and i > urgent and not self.pool.pending() and time.monotonic() >= until:
+                    return works[i:]
+                if i % window == 0:
+                    self.prefetch(works[i : i + window])
+                self.pool.upcoming(writes(works[i : i + OPEN_AHEAD]))
+                self.pipeline.sync(work, names, stats)
+                if self.pool.due() or (until is not None and i >= urgent and time.monotonic() >= until):
+                    self.pool.commit()
+        except BaseException:
+            try:
+                self.pool.commit()
+            except Exception as e:  # the first failure is the one reported; this batch is sent again
+                log.warning("could not commit the runs written so far: %s", e)
+            raise
+        self.pool.commit()
+        return []
+
+    def each(self, items: Iterable[T]) -> Iterator[T]:
         """The items, through the progress reporter when there is one (a bar, a health beat)."""
         yield from (self.progress(items) if (self.progress and items) else items)
 
@@ -196,6 +260,8 @@ class RoundDriver:
 
     def close(self) -> None:
         try:
+            if self.spread is not None:
+                self.spread.close()
             self.pool.close_all()
         finally:
             self.state.close()
@@ -204,6 +270,22 @@ class RoundDriver:
                 self.repo.close()
             except Exception as e:  # closing is best effort; the data is already durable
                 log.debug("closing the Aim repo: %s", e)
+
+
+def _may_wait(work: RunWork) -> bool:
+    """A run never synced that is not RUNNING: a daemon catching up may write it a slice later."""
+    run = work.run
+    return work.prev is None and not (isinstance(run, RunRecord) and run.running)
+
+
+def writes(works: list[RunWork]) -> list[tuple[str, bool]]:
+    """(Aim hash, whether it writes points) of the runs among these whose Aim run will be written
+    (metadata or points): what a pool may open ahead."""
+    return [
+        (aim_run_hash(w.run.run_id), bool(w.changed_keys))
+        for w in works
+        if isinstance(w.run, RunRecord) and (w.meta_changed or w.changed_keys)
+    ]
 
 
 def prefetch_runs(source: Source, works: list[RunWork]) -> None:

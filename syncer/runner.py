@@ -26,6 +26,9 @@ log = logging.getLogger("syncer")
 # backfill: open and close each run, workers when there are many; daemon: RUNNING runs' Aim
 # writers kept open between rounds; worker: a backfill's worker process (its parent indexes)
 Role = Literal["backfill", "daemon", "worker"]
+# a daemon that meets runs it never synced (its first round over an existing store) catches up in
+# slices this long, with what cannot wait (RUNNING runs' new points, file events) in between
+CATCH_UP_SLICE_S = 10.0
 
 
 def options_from(cfg: Config, *, strict_experiments: bool) -> Options:
@@ -94,11 +97,12 @@ def open_driver(
     strict_experiments: bool,
     must_exist: bool,
     role: Role = "backfill",
-    workers: int = 1,
+    workers: int | None = 1,
     progress: Progress | None = None,
 ) -> RoundDriver:
     """A round driver with its source, Aim repo and state open; `RoundDriver.close()` closes them.
-    `workers` > 1: a backfill's large rounds are spread over that many processes."""
+    `workers` > 1: large rounds (a backfill's, a daemon's first) are spread over that many
+    processes; None: as many as `workers.default_workers` says for each round."""
     from .aim import open_repo, repo_id, run_hashes
 
     options = options_from(cfg, strict_experiments=strict_experiments)
@@ -127,7 +131,11 @@ def open_driver(
         state.close()
         source.close()
         raise
-    pool: SinkPool = KeepOpen(repo) if role == "daemon" else OpenAndClose(repo, index=role != "worker")
+    pool: SinkPool = (
+        KeepOpen(repo, transaction=state.transaction)
+        if role == "daemon"
+        else OpenAndClose(repo, transaction=state.transaction)
+    )
     once = OnceLog(log)
     planner = Planner(
         source,
@@ -149,6 +157,7 @@ def open_driver(
         pool=pool,
         stop=stop,
         once=once,
-        spread=WorkerPool(workers, cfg, open_worker) if workers > 1 and role == "backfill" else None,
+        spread=WorkerPool(workers, cfg, open_worker) if workers != 1 and role != "worker" else None,
         progress=progress,
+        slice_s=CATCH_UP_SLICE_S if role == "daemon" else None,
     )

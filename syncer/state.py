@@ -6,6 +6,7 @@ meets another repo (or a deleted and re-created one) starts over."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -258,7 +259,21 @@ class State:
         row = self.db.execute("SELECT name FROM runs WHERE source=? AND run_id=?", (self.source, run_id)).fetchone()
         return row[0] if row else None
 
-    # -- writes (each a transaction of its own) -----------------------------------------------
+    # -- writes (each a transaction of its own, unless inside `transaction()`) -------------------
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """The writes made inside, in one transaction (a batch of runs' cursors: one commit)."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
     def save_run(
         self,
         run_id: str,
@@ -320,8 +335,7 @@ class State:
         points lie before it: stored as such, never added up. `names`: key -> where its points
         went in Aim (`key_names`); the first one saved for a key stays."""
         names = names or {}
-        with self.db:
-            self.db.execute("BEGIN")
+        with self.transaction():
             self.db.executemany(
                 """INSERT INTO metrics (source, run_id, key, cursor, points, aim) VALUES (?,?,?,?,?,?)
                    ON CONFLICT(source, run_id, key) DO UPDATE SET cursor=excluded.cursor, points=excluded.points,

@@ -23,6 +23,7 @@ Where each concern lives (each module's docstring says what Aim does there):
 * ``structured`` the structured DB (sqlite): run rows, experiments, tags, creation time
 * ``index``      the run index, what makes a run visible; the index entry's freshness
 * ``locks``      the run lock; :class:`AimRunLocked`
+* ``batch``      :class:`WriterBatch`: many runs opened ahead, closed side by side, committed at once
 * ``repo``       opening / creating a repo, reading it back in-process
 
 Interface (all that the rest of the syncer uses)::
@@ -36,7 +37,10 @@ Interface (all that the rest of the syncer uses)::
     w.flush()    # durable: structured DB committed, RocksDB WAL fsync'ed; new points of
                  # sequences the index lists are readable by other processes from here on
     w.close()    # flush + index: listed by Repo.iter_runs / query_metrics / ``aim up``
-    # many runs in a row: w.close(index=False) each, then one index_runs(repo, hashes)
+    # many runs in a row: w.close(index=False) each, then one index_runs(repo, hashes); or a batch:
+    b = WriterBatch(repo); b.prepare([(hash, True), ...])   # opened ahead, side by side
+    w = b.open(hash, "exp"); ...; b.add(w, then=callback)   # closed in the background
+    b.commit(lambda callbacks: ...)  # durable (rows in one transaction), callbacks, one index pass
     # a writer kept open across syncs (a running run, the sync daemon):
     w.index_due(max_age=5.0) -> bool          # new run / metadata / sequence: now; else <= 5 s
     index_writers([w, ...])                   # flush + index while open (one index pass)
@@ -52,19 +56,55 @@ Aim's Run page puts every metric whose name starts with ``__system__`` in its *S
 names MLflow system metrics get are chosen in ``syncer.mapping``.
 """
 
-from .compat import AimInternalsChanged, check_aim_compatibility
-from .encoding import MAX_ABS_STEP
-from .index import index_missing, index_runs
-from .locks import AimRunLocked
-from .repo import fresh_repo, open_repo, repo_id, run_hashes
-from .structured import set_experiment_description
-from .writer import AimRunWriter, close_writers, index_writers
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# each name is imported from its module when first asked for: Aim itself is imported only by the
+# modules that write or read runs, so a round with nothing to write never loads it
+_WHERE = {
+    "MAX_ABS_STEP": "encoding",
+    "AimInternalsChanged": "compat",
+    "AimRunLocked": "locks",
+    "AimRunWriter": "writer",
+    "WriterBatch": "batch",
+    "check_aim_compatibility": "compat",
+    "close_writers": "writer",
+    "fresh_repo": "repo",
+    "index_missing": "index",
+    "index_runs": "index",
+    "index_writers": "writer",
+    "open_repo": "repo",
+    "repo_id": "repo",
+    "run_hashes": "repo",
+    "set_experiment_description": "structured",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from .batch import WriterBatch
+    from .compat import AimInternalsChanged, check_aim_compatibility
+    from .encoding import MAX_ABS_STEP
+    from .index import index_missing, index_runs
+    from .locks import AimRunLocked
+    from .repo import fresh_repo, open_repo, repo_id, run_hashes
+    from .structured import set_experiment_description
+    from .writer import AimRunWriter, close_writers, index_writers
 
 __all__ = [
     "MAX_ABS_STEP",
     "AimInternalsChanged",
     "AimRunLocked",
     "AimRunWriter",
+    "WriterBatch",
     "check_aim_compatibility",
     "close_writers",
     "fresh_repo",

@@ -7,8 +7,13 @@ their bookkeeping); the seqs chunk holds the points.  :class:`RunChunks` opens t
 ``meta/progress/<hash>`` (``aim up`` lists the run under ``/api/runs/active/`` while it exists);
 closing removes it.
 
+Opening a chunk for writing creates its RocksDB (a dozen fsyncs when new): :func:`open_chunks`
+does that without touching the repo's container pool, so a batch opens the runs it writes next in
+IO threads (``batch.WriterBatch``), whose waits overlap; :class:`RunChunks` then takes them.
+
 Durability: :meth:`RunChunks.flush` fsyncs the write-ahead log of each chunk written since the
-last flush.  Readers in other processes open the seqs chunk read-only, which replays that WAL:
+last flush; :meth:`RunChunks.close_storage` (safe from any thread) flushes the memtables to SST
+files, fsync'ed, and closes.  Readers in other processes open the seqs chunk read-only, which replays that WAL:
 new points are readable right after a flush.  A chunk kept open long has its memtable flushed to
 an SST file every ``MEMTABLE_FLUSH_POINTS`` points, so the WAL every reader replays stays short.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from . import encoding as enc
@@ -32,6 +38,52 @@ MEMTABLE_FLUSH_POINTS = 5000
 _MISSING = object()
 
 
+@dataclass
+class OpenedChunks:
+    """A run's chunks opened for writing by :func:`open_chunks` (the seqs chunk when asked)."""
+
+    meta: Any
+    seqs: Any = None
+
+    def close(self) -> None:
+        """Close them unused (the progress marker goes with the meta chunk)."""
+        for c in (self.seqs, self.meta):
+            if c is not None:
+                c.close()
+
+
+def open_chunks(repo: Any, run_hash: str, *, seqs: bool) -> OpenedChunks:
+    """Open (create when new) the meta chunk, and with ``seqs`` the seqs chunk, of a run for
+    writing, as ``Repo.request_container`` would but without its container pool: safe in a
+    thread of its own (the caller holds the run's lock)."""
+    from aim.sdk.repo import ContainerConfig
+    from aim.storage.rockscontainer import RocksContainer
+
+    # one open for writing per process: a container this process holds already is the one
+    pool = repo.container_pool
+    meta = pool.get(ContainerConfig("meta", run_hash, False))
+    if meta is None:
+        meta = RocksContainer(os.path.join(repo.path, "meta", "chunks", run_hash), read_only=False)
+    try:
+        found = pool.get(ContainerConfig("seqs", run_hash, False)) if seqs else None
+        return OpenedChunks(meta, found if found is not None else (_open_seqs(repo, run_hash) if seqs else None))
+    except BaseException:
+        meta.close()
+        raise
+
+
+def _open_seqs(repo: Any, run_hash: str) -> Any:
+    """The run's seqs chunk for writing, write-optimized where RocksDB takes the options."""
+    path = os.path.join(repo.path, "seqs", "chunks", run_hash)
+    try:
+        return _write_optimized_container(path)
+    except Exception as e:  # e.g. options refused: Aim's own container
+        log.debug("default RocksDB options for %s: %r", path, e)
+    from aim.storage.rockscontainer import RocksContainer
+
+    return RocksContainer(path, read_only=False)
+
+
 class RunChunks:
     """The meta and seqs chunks of one run, open for writing (the seqs chunk on first use).
 
@@ -40,7 +92,9 @@ class RunChunks:
 
     read_only = False  # what RunTracker checks, as on aim.sdk.base_run.BaseRun
 
-    def __init__(self, repo: Any, run_hash: str, *, on_meta_change: Callable[..., None]) -> None:
+    def __init__(
+        self, repo: Any, run_hash: str, *, on_meta_change: Callable[..., None], opened: OpenedChunks | None = None
+    ) -> None:
         self.repo = repo
         self.hash = run_hash
         self._on_meta_change = on_meta_change
@@ -49,7 +103,14 @@ class RunChunks:
         self._tracker: Any = None
         self.wal_dirty = {"meta": False, "seqs": False}  # written since the last flush()
         self._seqs_unflushed = 0  # points written since the seqs memtable was last flushed
-        self.meta: Any = repo.request_container("meta", run_hash, read_only=False)
+        if opened is None:
+            self.meta: Any = repo.request_container("meta", run_hash, read_only=False)
+        else:  # opened ahead (in an IO thread): pooled as request_container would have
+            from aim.sdk.repo import ContainerConfig
+
+            self.meta = repo.container_pool[ContainerConfig("meta", run_hash, False)] = opened.meta
+            if opened.seqs is not None:
+                self._seqs = repo.container_pool[ContainerConfig("seqs", run_hash, False)] = opened.seqs
         try:
             # tree views shaped like aim.sdk.base_run.BaseRun's (RunTracker reads them)
             self.meta_tree: Any = self.meta.tree().subtree("meta")
@@ -77,12 +138,14 @@ class RunChunks:
     # ---- writing ----------------------------------------------------------------------------
 
     def tree_set(self, batch: Any, path: tuple[Any, ...], value: Any, strict: bool = True) -> None:
-        """``ContainerTreeView.set(path, value)`` into ``batch`` of the meta chunk."""
-        c = self.meta
+        """``ContainerTreeView.set(path, value)`` into ``batch`` of the meta chunk: the subtree
+        cleared, then its keys put. (``RocksContainer.set`` would also delete each key's twin in
+        the blob domain: this writer never stores blobs in a meta chunk, so there is none.)"""
         p = enc.encode_path(path)
-        c.delete_range(p, p + b"\xff", store_batch=batch)
+        self.meta.delete_range(p, p + b"\xff", store_batch=batch)
+        put = batch.put
         for k, v in enc.encode_tree(value, strict=strict):
-            c.set(p + k, v, store_batch=batch)
+            put(p + k, v)
 
     def commit_meta(self, batch: Any, *, urgent: bool = False) -> None:
         """Commit a batch to the meta chunk.  ``urgent``: the change must reach the run index
@@ -99,6 +162,12 @@ class RunChunks:
         self.seqs().db.write(batch)
         self.wal_dirty["seqs"] = True
         self._seqs_unflushed += points
+
+    def write_seqs_rep(self, rep: bytes, points: int) -> None:
+        """Write a serialized batch (``encoding.batch_rep``) of ``points`` points to the seqs chunk."""
+        import aimrocks
+
+        self.write_seqs(aimrocks.WriteBatch(rep), points)
 
     def track_object(self, obj: Any, timestamp: float, name: str, step: int, epoch: int | None, context: Any) -> None:
         """Track an object (``aim.Image``, ``aim.Text``, ...) with Aim's own ``RunTracker``,
@@ -123,16 +192,7 @@ class RunChunks:
             config = ContainerConfig("seqs", self.hash, False)
             c = self.repo.container_pool.get(config)
             if c is None:
-                path = os.path.join(self.repo.path, "seqs", "chunks", self.hash)
-                try:
-                    c = _write_optimized_container(path)
-                except Exception as e:  # e.g. options refused: Aim's own container
-                    log.debug("default RocksDB options for %s: %r", path, e)
-                    c = None
-                if c is not None:
-                    self.repo.container_pool[config] = c
-                else:
-                    c = self.repo.request_container("seqs", self.hash, read_only=False)
+                c = self.repo.container_pool[config] = _open_seqs(self.repo, self.hash)
             self._seqs = c
         return c
 
@@ -166,17 +226,37 @@ class RunChunks:
         """Flush the memtables and WALs, close both chunks, drop the progress marker.
         Idempotent. Short of space (``space``), the memtables are not flushed: that would block
         for good on a full disk; the write-ahead logs hold what was written."""
-        from aim.sdk.repo import ContainerConfig
+        try:
+            self.close_storage()
+        finally:
+            self.forget()
 
+    def close_storage(self) -> None:
+        """Flush the memtables to SST files (fsync'ed: durable) and close both chunks, dropping the
+        progress marker; safe to call from another thread than the writer's (the writer is done
+        with the chunks: nothing else uses them meanwhile). Idempotent. Short of space, the
+        memtables are let go unflushed (the WALs hold the data)."""
         short = space.short(self.repo.path)
+        first: BaseException | None = None
         for c in (self.meta, self._seqs):
             if c is not None:
-                if short:
-                    _let_go(c)
-                c.close()
-        self.meta = self._seqs = None
+                try:
+                    if short:
+                        _let_go(c)
+                    c.close()
+                except BaseException as e:  # the other chunk is closed all the same
+                    first = first or e
+        if first is not None:
+            raise first
+
+    def forget(self) -> None:
+        """Drop the closed chunks from the repo's container pool and this object (the writer's
+        thread)."""
+        from aim.sdk.repo import ContainerConfig
+
         for sub in ("meta", "seqs"):
             self.repo.container_pool.pop(ContainerConfig(sub, self.hash, False), None)
+        self.meta = self._seqs = None
         self.meta_tree = self.meta_run_tree = self._series_run_trees = None
         self._tracker = None
 

@@ -11,6 +11,7 @@ byte-level layout test (``tests/test_aim_adapter.py``) compares what the writer 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,7 @@ INTERNALS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("aim.sdk.repo_utils", ("get_repo",)),
+    ("aim.sdk.data_version", ("DATA_VERSION",)),
     ("aim.sdk.lock_manager", ("LockManager.softlock_fname", "LockManager.machine_id", "SFRunLock")),
     ("filelock", ("SoftFileLock.lock_file", "SoftFileLock.timeout", "SoftFileLock.is_thread_local")),
     (
@@ -127,6 +129,7 @@ def check_aim_compatibility() -> None:
         problems += _encoding_problems()
         problems += _image_problems()
         problems += _indexer_problems()
+        problems += _read_without_aim_problems()
     if problems:
         raise AimInternalsChanged(
             "syncer.aim relies on Aim internals that are not as expected:\n  - "
@@ -213,6 +216,41 @@ def _image_problems() -> list[str]:
     except Exception as e:  # pragma: no cover - reported as a problem
         return [f"aim.Image cannot be made ({e!r})"]
     return []
+
+
+def _read_without_aim_problems() -> list[str]:
+    """What ``repo`` and ``index`` read without loading Aim (a round with nothing to write): the
+    repo's data version, the run index's keys and str values, a chunk's stamp -- as Aim has them."""
+    import tempfile
+    import types
+
+    from aim.sdk.data_version import DATA_VERSION
+    from aim.storage import encoding as aim_encoding
+
+    from . import index
+    from .repo import AIM_DATA_VERSION
+
+    E: Any = aim_encoding  # compiled (Cython)
+    problems = []
+    if tuple(DATA_VERSION) != AIM_DATA_VERSION:
+        problems.append(f"Aim's data version is {DATA_VERSION}, not {AIM_DATA_VERSION}")
+    if (
+        E.encode("s") != index.STR_TAG + b"s"
+        or E.encode_path(("index_cache", "h")) != index.STAMP_PREFIX + b"h" + index.SENTINEL
+        or E.encode_path(("meta", "chunks", "h", "x"))
+        != index.CHUNKS_PREFIX + b"h" + index.SENTINEL + b"x" + index.SENTINEL
+    ):
+        problems.append("Aim's encoding of the run index's keys or values changed")
+    with tempfile.TemporaryDirectory() as tmp:
+        chunk = os.path.join(tmp, ".aim", "meta", "chunks", "h")
+        os.makedirs(os.path.join(chunk, "sub"))
+        for name, data in (("CURRENT", b"1"), ("LOG", b"22"), ("000001.sst", b"333"), ("sub/x", b"")):
+            with open(os.path.join(chunk, name), "wb") as f:
+                f.write(data)
+        repo = types.SimpleNamespace(path=os.path.join(tmp, ".aim"))
+        if index.chunk_stamp(repo, "h") != index.indexer(repo)._get_run_checksum("h"):
+            problems.append("Aim's stamp of a run's chunk (RepoIndexManager._get_run_checksum) changed")
+    return problems
 
 
 # the methods of Aim's RepoIndexManager that index.indexer calls

@@ -113,6 +113,62 @@ def encode_column(tag: bytes, arr: np.ndarray) -> list[bytes]:
     return [b[i : i + 9] for i in range(0, 9 * n, 9)]
 
 
+def encode_column_array(tag: bytes, arr: np.ndarray) -> np.ndarray:
+    """``encode_column`` as an (n, 9) uint8 array: row i is ``encode(arr[i])``."""
+    n = len(arr)
+    buf = np.empty((n, 9), dtype=np.uint8)
+    buf[:, 0] = tag[0]
+    buf[:, 1:] = arr.astype(arr.dtype.newbyteorder("<"), copy=False).view(np.uint8).reshape(n, 8)
+    return buf
+
+
+def step_key_array(steps: list[int]) -> np.ndarray:
+    """``step_keys`` as an (n, 10) uint8 array."""
+    return np.frombuffer(b"".join(step_keys(steps)), dtype=np.uint8).reshape(len(steps), STEP_KEY_LEN)
+
+
+STEP_KEY_LEN = 10  # PATH_SENTINEL + 8 bytes of hash + PATH_SENTINEL
+_VALUE_TYPE = 1  # RocksDB's kTypeValue: a put in a write batch's records
+
+
+def _varint32(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def batch_rep(puts: list[tuple[bytes, bytes]], columns: list[tuple[bytes, np.ndarray, np.ndarray]]) -> bytes:
+    """A RocksDB write batch, serialized (``WriteBatch(rep)``; the format of RocksDB's
+    ``write_batch.cc``: sequence fixed64, count fixed32, then per put ``kTypeValue``, varint32 key
+    length, key, varint32 value length, value), built with numpy: ``puts`` one by one, then for
+    each column ``(prefix, keys, values)`` one put per row, key ``prefix + keys[i]`` and value
+    ``values[i]`` (``keys`` (n, k) and ``values`` (n, v) uint8 arrays, or ``values`` (1, v): the
+    same value for every row). The same bytes as ``WriteBatch.put`` in that order (checked by
+    ``compat``), without a Python call per put."""
+    parts = []
+    count = len(puts)
+    for key, value in puts:
+        parts.append(bytes([_VALUE_TYPE]) + _varint32(len(key)) + key + _varint32(len(value)) + value)
+    for prefix, keys, values in columns:
+        n, klen = keys.shape
+        head = bytes([_VALUE_TYPE]) + _varint32(len(prefix) + klen) + prefix
+        vlen = values.shape[1]
+        mid = _varint32(vlen)
+        rec = np.empty((n, len(head) + klen + len(mid) + vlen), dtype=np.uint8)
+        o = len(head)
+        rec[:, :o] = np.frombuffer(head, dtype=np.uint8)
+        rec[:, o : o + klen] = keys
+        o += klen
+        rec[:, o : o + len(mid)] = np.frombuffer(mid, dtype=np.uint8)
+        rec[:, o + len(mid) :] = values
+        parts.append(rec.tobytes())
+        count += n
+    return (0).to_bytes(8, "little") + count.to_bytes(4, "little") + b"".join(parts)
+
+
 def encode_epochs(epochs: Sequence[int | None] | None, n: int) -> list[bytes]:
     """The ``epoch`` column of ``n`` points: ``None`` (no epochs) encodes every point as None."""
     if epochs is None:
@@ -122,6 +178,8 @@ def encode_epochs(epochs: Sequence[int | None] | None, n: int) -> list[bytes]:
 
 def int_list(xs: Any, what: str) -> list[int]:
     """Python ints from a sequence of ints / numpy ints / integral floats; rejects the rest."""
+    if type(xs) is list and all(type(x) is int for x in xs):  # already (the usual short chunk)
+        return xs
     arr = np.asarray(xs)
     if arr.ndim != 1:
         raise ValueError(f"{what} must be a flat sequence")

@@ -31,6 +31,7 @@ every synced run stays listed by ``aim up`` with all its points (the syncers ind
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import time
@@ -40,7 +41,7 @@ from typing import Any
 
 from ..retry import retrying
 from . import space
-from .repo import get_repo
+from .repo import aim_path, get_repo
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ INDEX_MAX_DELAY = 0.5
 # index_missing's retries of reading the index (its files swapped by a concurrent compaction)
 READ_ATTEMPTS = 3
 READ_DELAY = 0.2
+_UNSET: Any = object()
 
 
 class IndexFreshness:
@@ -62,11 +64,12 @@ class IndexFreshness:
     notice: a new run, its metadata (params, end time), its list of sequences; per-sequence
     bookkeeping (last value / step, min, max) may lag up to ``max_age`` (:meth:`due`)."""
 
-    def __init__(self, repo: Any, run_hash: str, *, new_run: bool) -> None:
+    def __init__(self, repo: Any, run_hash: str, *, new_run: bool, stamp: Any = _UNSET) -> None:
         self._repo = repo
         self._hash = run_hash
-        # Aim's stamp of the chunk as the last writer left it (None: no chunk yet)
-        self._stamp_at_open = chunk_stamp(repo, run_hash)
+        # Aim's stamp of the chunk as the last writer left it (None: no chunk yet); taken by the
+        # caller when it opened the chunk ahead
+        self._stamp_at_open = chunk_stamp(repo, run_hash) if stamp is _UNSET else stamp
         self.dirty = False  # the meta chunk changed since the run was last indexed
         self.urgent = new_run or self._stamp_at_open is None  # ... in a way readers notice at once
         self._compared = False  # whether the index was compared with the chunk as found
@@ -152,52 +155,86 @@ def indexer(repo: Any) -> Any:
 
 def chunk_stamp(repo: Any, run_hash: str) -> str | None:
     """Aim's freshness stamp of a run's meta chunk (md5 over its files' paths, mtimes and sizes:
-    ``RepoIndexManager._get_run_checksum``), what indexing stores as ``index_cache/<hash>``;
-    ``None`` when the chunk does not exist.  Stats the chunk's files, reads none."""
-    if not os.path.isdir(os.path.join(repo.path, "meta", "chunks", run_hash)):
+    ``RepoIndexManager._get_run_checksum``, computed here as it does without loading Aim;
+    ``compat`` checks both agree), what indexing stores as ``index_cache/<hash>``; ``None`` when
+    the chunk does not exist.  Stats the chunk's files, reads none."""
+    chunk = os.path.join(str(Path(aim_path(repo)) / "meta" / "chunks"), run_hash)
+    if not os.path.isdir(chunk):
         return None
-    stamp: str = indexer(repo)._get_run_checksum(run_hash)
-    return stamp
+    md5 = hashlib.md5()
+    for root, _dirs, files in os.walk(chunk):
+        for name in sorted(files):  # as RepoIndexManager._get_run_checksum
+            if name.startswith("LOG"):
+                continue
+            filepath = os.path.join(root, name)
+            try:
+                st = os.stat(filepath)
+            except FileNotFoundError:
+                continue
+            md5.update(filepath.encode("utf-8"))
+            md5.update(str(st.st_mtime).encode("utf-8"))
+            md5.update(str(st.st_size).encode("utf-8"))
+    return md5.hexdigest()
+
+
+# how Aim encodes what the run index holds and this module reads without Aim (``compat`` checks
+# them against Aim's own encoding): a key path's elements end with the sentinel, a str value
+# is its tag byte and UTF-8
+SENTINEL = b"\xfe"
+STR_TAG = b"\x04"
+STAMP_PREFIX = b"index_cache" + SENTINEL
+CHUNKS_PREFIX = b"meta" + SENTINEL + b"chunks" + SENTINEL
 
 
 def _open_index_for_reading(repo: Any) -> Any:
-    """A private read-only handle on the run index (no lock taken, nothing written: not Aim's
-    read path, which may rewrite the index's WAL); ``None`` when the repo has no index."""
-    from aim.storage.rockscontainer import RocksContainer
+    """A private read-only handle on the run index's RocksDB (no lock taken, nothing written:
+    not Aim's read path, which may rewrite the index's WAL); ``None`` when the repo has none."""
+    import aimrocks
 
-    path = os.path.join(repo.path, "meta", "index")
+    path = os.path.join(aim_path(repo), "meta", "index")
     if not os.path.isdir(path):
         return None
-    return RocksContainer(path, read_only=True, skip_read_optimization=True)
+    return aimrocks.DB(path, aimrocks.Options(max_open_files=-1), read_only=True)
+
+
+def _str(value: bytes | None) -> str | None:
+    return value[1:].decode("utf-8") if value is not None and value[:1] == STR_TAG else None
 
 
 def index_stamps(repo: Any, run_hashes: Iterable[str]) -> dict[str, str]:
     """``index_cache`` of the run index for ``run_hashes`` (point lookups): run hash -> the chunk
     stamp it was indexed at.  Empty when the index cannot be read."""
     try:
-        c = _open_index_for_reading(repo)
+        db = _open_index_for_reading(repo)
     except Exception as e:  # e.g. files swapped by a concurrent compaction: unknown
         log.debug("cannot read Aim's run index: %r", e)
         return {}
-    if c is None:
+    if db is None:
         return {}
     try:
-        tree = c.tree()
         out = {}
         for h in run_hashes:
-            v = tree.get(("index_cache", h), None)
+            v = _str(db.get(STAMP_PREFIX + h.encode() + SENTINEL))
             if v is not None:
                 out[h] = v
         return out
     finally:
-        c.close()
+        del db
 
 
-def index_runs(repo: Any, run_hashes: Iterable[str], *, attempts: int = INDEX_ATTEMPTS) -> list[str]:
+def index_runs(
+    repo: Any,
+    run_hashes: Iterable[str],
+    *,
+    attempts: int = INDEX_ATTEMPTS,
+    items: dict[str, list[tuple[bytes, Any]]] | None = None,
+) -> list[str]:
     """Copy the given runs' meta chunks into the repo index with Aim's own indexing code
     (``RepoIndexManager.index``, what ``aim up``'s indexer and ``aim storage reindex`` run),
     so that ``Repo.iter_runs`` / ``get_run`` / queries and ``aim up`` list them.  The index DB is
-    opened once for all the hashes.
+    opened once for all the hashes.  ``items``: for some of the runs, every (key, value) of
+    their meta chunk, read by the caller (a batch reads them before it closes its writers): those
+    are indexed from them (:func:`index_from_items`), their chunks not reopened.
 
     Returns the hashes not indexed now: the index is held by another process (``aim up``'s
     indexer, which then indexes them itself), or a chunk could not be read.
@@ -229,6 +266,9 @@ def index_runs(repo: Any, run_hashes: Iterable[str], *, attempts: int = INDEX_AT
     failed = []
     try:
         for h in hashes:
+            if items is not None and h in items:
+                index_from_items(container, h, items[h], chunk_stamp(repo, h))
+                continue
             mgr.index(h)  # reuses the pooled container we hold
             if container.tree().get(("index_cache", h), None) is None:
                 failed.append(h)
@@ -240,6 +280,34 @@ def index_runs(repo: Any, run_hashes: Iterable[str], *, attempts: int = INDEX_AT
     if failed:
         log.warning("could not index Aim run(s) %s", ", ".join(failed))
     return failed
+
+
+def index_from_items(index: Any, run_hash: str, items: list[tuple[bytes, Any]], stamp: str | None) -> None:
+    """What ``RepoIndexManager.index`` writes for one run into the index container ``index``,
+    from the (key, value) items of the run's meta chunk and its stamp: the run's subtree of the
+    index cleared (``PrefixView.finalize``), every item of the chunk copied
+    (``RocksContainer.finalize``), ``index_cache/<hash>`` set to the stamp -- the same entries, in
+    one RocksDB batch instead of a write per key (``tests/test_aim_adapter`` compares the index
+    both make); a plain value's twin in the blob domain is not deleted: the chunk had none there
+    (a value stored as a blob comes back as one and is set as Aim sets it)."""
+    from aim.storage import encoding as aim_encoding
+    from aim.storage import treeutils
+
+    E: Any = aim_encoding  # compiled (Cython)
+    batch = index.batch()
+    prefix = E.encode_path(("meta", "chunks", run_hash))
+    index.delete_range(prefix, prefix + b"\xff", store_batch=batch)
+    put = batch.put
+    for key, value in items:
+        if isinstance(value, bytes):  # a key's twin in the blob domain: none, the chunk has no blob there
+            put(key, value)
+        else:
+            index.set(key, value, store_batch=batch)
+    path = E.encode_path(("index_cache", run_hash))
+    index.delete_range(path, path + b"\xff", store_batch=batch)
+    for key, value in treeutils.encode_tree(stamp, strict=True):
+        index.set(path + key, value, store_batch=batch)
+    index.commit(batch)
 
 
 def index_missing(repo: Any, *, stale: bool = True) -> list[str]:
@@ -254,9 +322,8 @@ def index_missing(repo: Any, *, stale: bool = True) -> list[str]:
     indexer does every 5 s); no chunk is opened.  Runs it indexes cost what ``index_runs`` does.
     Runs being written right now by someone else may show as stale: indexing them is harmless
     (``aim up`` does the same)."""
-    repo = get_repo(repo)
-    chunks = os.path.join(repo.path, "meta", "chunks")
-    if not os.path.isdir(os.path.join(repo.path, "meta", "index")) or not os.path.isdir(chunks):
+    chunks = os.path.join(aim_path(repo), "meta", "chunks")
+    if not os.path.isdir(os.path.join(aim_path(repo), "meta", "index")) or not os.path.isdir(chunks):
         return []
     with os.scandir(chunks) as it:
         hashes = sorted(e.name for e in it if e.is_dir())
@@ -268,6 +335,14 @@ def index_missing(repo: Any, *, stale: bool = True) -> list[str]:
         todo += [h for h in hashes if h in listed and h in stamps and stamps[h] != chunk_stamp(repo, h)]
     if not todo or space.short(repo.path):  # short of space: the next start (or open) does it
         return []
+    # a chunk whose run never got its structured-DB row (a writer killed between the two): Aim
+    # cannot list such a run; the sync that wrote it writes it again, row and all
+    from .structured import existing_rows
+
+    rows = existing_rows(repo, todo)
+    todo = [h for h in todo if h in rows]
+    if not todo:
+        return []
     log.info("indexing %d Aim run(s) missing from (or outdated in) the run index", len(todo))
     failed = set(index_runs(repo, todo))
     return [h for h in todo if h not in failed]
@@ -277,15 +352,34 @@ def _read_index(repo: Any) -> tuple[dict[str, str], set[str]]:
     """The whole ``index_cache`` (hash -> stamp) and the hashes whose chunk the index lists."""
 
     def read() -> tuple[dict[str, str], set[str]]:
-        c = _open_index_for_reading(repo)
+        db = _open_index_for_reading(repo)
         try:
-            tree = c.tree()
-            return (
-                {h: v for h, v in tree.subtree("index_cache").items()},
-                set(tree.subtree(("meta", "chunks")).keys()),
-            )
+            stamps: dict[str, str] = {}
+            it = db.iteritems()
+            it.seek(STAMP_PREFIX)
+            for key, value in it:
+                if not key.startswith(STAMP_PREFIX):
+                    break
+                h, end = key[len(STAMP_PREFIX) :].partition(SENTINEL)[::2]
+                stamp = _str(value)
+                if stamp is not None and end == b"":  # index_cache/<hash>, a str
+                    stamps[h.decode()] = stamp
+            listed: set[str] = set()
+            keys = db.iterkeys()
+            keys.seek(CHUNKS_PREFIX)
+            while True:  # one key a run: then on past its subtree
+                try:
+                    key = keys.next()
+                except StopIteration:
+                    break
+                if key is None or not key.startswith(CHUNKS_PREFIX):  # (aimrocks: None at the end)
+                    break
+                h = key[len(CHUNKS_PREFIX) :].partition(SENTINEL)[0]
+                listed.add(h.decode())
+                keys.seek(CHUNKS_PREFIX + h + b"\xff")
+            return stamps, listed
         finally:
-            c.close()
+            del db
 
     # files swapped under a read-only handle by a concurrent compaction: read again
     for tried in retrying(Exception, attempts=READ_ATTEMPTS, first_wait=READ_DELAY, max_wait=READ_DELAY):

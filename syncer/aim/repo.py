@@ -28,8 +28,46 @@ OPEN_FIRST_DELAY = 0.1  # seconds, doubled after each attempt
 OPEN_MAX_DELAY = 2.0
 
 
+# the data version of the Aim repos written here (`aim.sdk.data_version.DATA_VERSION`, checked by
+# `compat`): a repo at it opens without Aim's migration code
+AIM_DATA_VERSION = (1, 3)
+
+
+class RepoRef:
+    """An Aim repo opened for writing: its paths at once, Aim's ``Repo`` made when first used (a
+    round with nothing to write never imports Aim). Any attribute of Aim's ``Repo`` reads through."""
+
+    def __init__(self, root: Path, repo: Any = None) -> None:
+        self.root_path = str(root)
+        self.path = os.path.join(self.root_path, ".aim")
+        self._repo = repo
+
+    def aim(self) -> Any:
+        """Aim's ``Repo`` (made now if not yet)."""
+        if self._repo is None:
+            import gc
+
+            from aim.sdk.repo import Repo
+
+            self._repo = Repo.from_path(self.root_path)
+            gc.freeze()  # Aim's modules, just imported, live as long as the process: no collection looks at them
+        return self._repo
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.aim(), name)
+
+    def close(self) -> None:
+        if self._repo is not None:
+            self._repo.close()
+
+
 def get_repo(repo: Any) -> Any:
-    """``repo`` itself when it is an ``aim.Repo``, else Aim's pooled ``Repo`` for the path."""
+    """``repo`` itself when it is an ``aim.Repo`` (a :class:`RepoRef`'s), else Aim's pooled
+    ``Repo`` for the path."""
+    if isinstance(repo, RepoRef):
+        return repo.aim()
     from aim.sdk.repo import Repo
     from aim.sdk.repo_utils import get_repo as aim_get_repo
 
@@ -38,19 +76,30 @@ def get_repo(repo: Any) -> Any:
     return aim_get_repo(os.fspath(repo))
 
 
+def aim_path(repo: Any) -> str:
+    """The ``.aim`` folder of a repo (an ``aim.Repo``, a :class:`RepoRef` or a path), without
+    making Aim's ``Repo``."""
+    path = getattr(repo, "path", None)
+    if isinstance(path, str):
+        return path
+    return str(repo_root(repo) / ".aim")
+
+
 def open_repo(path: str | os.PathLike[str], attempts: int = OPEN_ATTEMPTS) -> tuple[Any, bool]:
     """The Aim repo at ``path``, created when missing. Returns ``(repo, created)``; raises
     ``syncer.errors.RepoError`` (one line) when it cannot be used.
 
     Several syncers may start at once on one new repo (one per experiment set): Aim's index is
     a RocksDB that one process at a time may hold while creating it, so that is retried."""
+    root = repo_root(path).resolve()
+    created = not (root / ".aim").is_dir()
+    if not created and _ready(root):  # an up-to-date repo: Aim is made when first needed
+        return RepoRef(root), False
     import aimrocks.errors
     import sqlalchemy.exc
     from aim.sdk.repo import Repo
 
     busy = (aimrocks.errors.RocksIOError, sqlalchemy.exc.OperationalError)  # another process holds it
-    root = repo_root(path).resolve()
-    created = not (root / ".aim").is_dir()
 
     def attempt() -> Any:
         root.mkdir(parents=True, exist_ok=True)
@@ -66,13 +115,26 @@ def open_repo(path: str | os.PathLike[str], attempts: int = OPEN_ATTEMPTS) -> tu
         for tried in retrying(held, attempts=attempts, first_wait=OPEN_FIRST_DELAY, max_wait=OPEN_MAX_DELAY):
             with tried:
                 repo = attempt()
-        return repo, created
+        return RepoRef(root, repo), created
     except PermissionError:
         raise RepoError(f"the Aim repo {root} is not writable") from None
     except Exception as e:  # whatever Aim raised (still busy, or anything else), as one line
         if space.short(root):  # a repo that cannot be made or opened for lack of space: waited for
             raise RepoFull(space.describe(root / ".aim")) from None
         raise RepoError(f"cannot open the Aim repo {root}: {getattr(e, 'strerror', None) or one_line(e)}") from None
+
+
+def _ready(root: Path) -> bool:
+    """Whether a repo can be written as it is, without Aim opening it first: writable, its
+    data version the one written here, its run-metadata DB with its schema."""
+    aim_dir = root / ".aim"
+    if not (os.access(root, os.W_OK) and os.access(aim_dir, os.W_OK) and (aim_dir / "meta" / "index").is_dir()):
+        return False
+    try:
+        version = tuple(int(x) for x in (aim_dir / "VERSION").read_text().strip().split("."))
+    except (OSError, ValueError):
+        return False
+    return version == AIM_DATA_VERSION and _schema_ready(root)
 
 
 def _schema_ready(root: Path) -> bool:
@@ -103,7 +165,7 @@ def fresh_repo(path: Any) -> Any:
 
 def run_hashes(repo: Any) -> set[str]:
     """The hashes of every run the repo holds (its meta chunks): one folder listing."""
-    chunks = os.path.join(get_repo(repo).path, "meta", "chunks")
+    chunks = os.path.join(aim_path(repo), "meta", "chunks")
     try:
         with os.scandir(chunks) as it:
             return {e.name for e in it if e.is_dir()}
@@ -119,7 +181,7 @@ def repo_id(repo: Any) -> str:
     re-created repo has a new one, so a sync state can tell it is not the repo it described."""
     import uuid
 
-    path = os.path.join(get_repo(repo).path, REPO_ID_FILE)
+    path = os.path.join(aim_path(repo), REPO_ID_FILE)
     try:
         with open(path) as f:
             found = f.read().strip()

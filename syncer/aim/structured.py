@@ -43,12 +43,12 @@ class RunRow:
     """One run's row in the structured DB: changes collected, then committed in one
     transaction (creating the row, with its experiment, when missing)."""
 
-    def __init__(self, repo: Any, run_hash: str, *, experiment: str | None) -> None:
+    def __init__(self, repo: Any, run_hash: str, *, experiment: str | None, exists: bool | None = None) -> None:
         self._repo = repo
         self.hash = run_hash
         self.pending: dict[str, Any] = {}  # changes not committed yet
         self._committed: dict[str, Any] = {}  # times as last committed
-        if not repo.structured_db.find_run(run_hash):
+        if not (repo.structured_db.find_run(run_hash) if exists is None else exists):
             self.pending["create"] = True
         if experiment is not None:
             self.pending["experiment"] = str(experiment)
@@ -86,74 +86,122 @@ class RunRow:
 
     def commit(self) -> None:
         """Apply the pending changes in one transaction; nothing to do: no DB access."""
-        if not self.pending:
-            return
-        from sqlalchemy.exc import IntegrityError
+        commit_rows(self._repo, [self])
 
+    def committed(self) -> None:
+        """The pending changes are in the DB now."""
         p = self.pending
-        db = self._repo.structured_db
-
-        def attempt() -> None:
-            session = db.get_session()
-            try:
-                with self._repo._sdb_lock if p.get("create") else nullcontext():
-                    self._apply(session, p)
-                    session.commit()
-            except BaseException:
-                session.rollback()
-                raise
-
-        # an experiment or tag created meanwhile by another process: look again
-        for tried in retrying(IntegrityError, attempts=COMMIT_ATTEMPTS, first_wait=0.0, max_wait=0.0):
-            with tried:
-                attempt()
         self._committed.update((k, p[k]) for k in ("created_at", "finalized_at") if k in p)
         self.pending = {}
 
-    def _apply(self, session: Any, p: dict[str, Any]) -> None:
-        from aim.storage.structured.sql_engine.models import (
-            Experiment as ExperimentModel,
-        )
-        from aim.storage.structured.sql_engine.models import Run as RunModel
-        from aim.storage.structured.sql_engine.models import Tag as TagModel
-        from aim.storage.structured.sql_engine.models import run_tags
 
-        model = session.query(RunModel).filter(RunModel.hash == self.hash).first()
-        exp_name = p.get("experiment")
-        if model is None:
-            model = RunModel(self.hash, p.get("created_at"))
-            session.add(model)
-            session.flush()  # its id: SQLite hands out the id of a removed last row again
-            # `aim runs rm` deletes the run row but leaves its tag links: a new row with the
-            # same id would inherit them (or fail on them), so drop links to this id first
-            session.execute(run_tags.delete().where(run_tags.c.run_id == model.id))
-            exp_name = exp_name or "default"
-        if exp_name is not None and (model.experiment is None or model.experiment.name != exp_name):
-            exp = session.query(ExperimentModel).filter(ExperimentModel.name == exp_name).first()
-            if exp is None:
-                exp = ExperimentModel(exp_name)
-                session.add(exp)
-            model.experiment = exp
-        for attr in ("name", "description", "created_at", "finalized_at"):
-            if attr in p and getattr(model, attr) != p[attr]:
-                setattr(model, attr, p[attr])
-        if "archived" in p and bool(model.is_archived) != p["archived"]:
-            model.is_archived = p["archived"]
-        if "note" in p:
-            _apply_note(session, model, p["note"], p["note_before"])
-        if "labels" in p:
-            attached = {t.name: t for t in model.tags}
-            for tag_name in p["labels_remove"]:
-                if tag_name in attached:
-                    model.tags.remove(attached.pop(tag_name))
-            for tag_name in p["labels"]:
-                if tag_name not in attached:
-                    tag = session.query(TagModel).filter(TagModel.name == tag_name).first()
-                    if tag is None:
-                        tag = TagModel(tag_name)
-                        session.add(tag)
-                    model.tags.append(tag)
-                    attached[tag_name] = tag
+def commit_rows(repo: Any, rows: list[RunRow]) -> None:
+    """Apply the pending changes of several runs' rows in one transaction (a batch of runs pays
+    for one commit); rows with nothing pending cost nothing."""
+    rows = [r for r in rows if r.pending]
+    if not rows:
+        return
+    from sqlalchemy.exc import IntegrityError
+
+    db = repo.structured_db
+    creating = any(r.pending.get("create") for r in rows)
+
+    def attempt() -> None:
+        session = db.get_session()
+        try:
+            with repo._sdb_lock if creating else nullcontext():
+                _apply(session, rows)
+                session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+    # an experiment or tag created meanwhile by another process: look again
+    for tried in retrying(IntegrityError, attempts=COMMIT_ATTEMPTS, first_wait=0.0, max_wait=0.0):
+        with tried:
+            attempt()
+    for r in rows:
+        r.committed()
+
+
+def existing_rows(repo: Any, run_hashes: list[str]) -> set[str]:
+    """Which of these runs have a row in the structured DB (a query per 500 runs)."""
+    from aim.storage.structured.sql_engine.models import Run as RunModel
+
+    session = get_repo(repo).structured_db.get_session()
+    try:
+        found: set[str] = set()
+        for i in range(0, len(run_hashes), 500):
+            part = run_hashes[i : i + 500]
+            found.update(h for (h,) in session.query(RunModel.hash).filter(RunModel.hash.in_(part)))
+        return found
+    finally:
+        session.close()
+
+
+def _apply(session: Any, rows: list[RunRow]) -> None:
+    """The rows' changes in an open session: the runs, experiments and tags they name looked up
+    once for all of them."""
+    from aim.storage.structured.sql_engine.models import Experiment as ExperimentModel
+    from aim.storage.structured.sql_engine.models import Run as RunModel
+    from aim.storage.structured.sql_engine.models import Tag as TagModel
+    from aim.storage.structured.sql_engine.models import run_tags
+
+    hashes = [r.hash for r in rows]
+    models = {m.hash: m for m in session.query(RunModel).filter(RunModel.hash.in_(hashes))}
+    exp_names = {r.pending.get("experiment") or "default" for r in rows}
+    exps = {e.name: e for e in session.query(ExperimentModel).filter(ExperimentModel.name.in_(exp_names))}
+    tag_names = {t for r in rows for t in r.pending.get("labels", ())}
+    tags = {t.name: t for t in session.query(TagModel).filter(TagModel.name.in_(tag_names))} if tag_names else {}
+    new = []
+    for r in rows:
+        if r.hash not in models:
+            models[r.hash] = m = RunModel(r.hash, r.pending.get("created_at"))
+            m.tags, m.notes = [], []  # known empty: never loaded from the DB
+            session.add(m)
+            new.append(r.hash)
+    if new:
+        session.flush()  # their ids: SQLite hands out the id of a removed last row again
+        # `aim runs rm` deletes the run row but leaves its tag links: a new row with the same id
+        # would inherit them (or fail on them), so drop links to these ids first
+        session.execute(run_tags.delete().where(run_tags.c.run_id.in_([models[h].id for h in new])))
+    for r in rows:
+        _apply_row(session, models[r.hash], r.pending, r.hash in new, exps, tags)
+
+
+def _apply_row(
+    session: Any, model: Any, p: dict[str, Any], new: bool, exps: dict[str, Any], tags: dict[str, Any]
+) -> None:
+    from aim.storage.structured.sql_engine.models import Experiment as ExperimentModel
+    from aim.storage.structured.sql_engine.models import Tag as TagModel
+
+    exp_name = p.get("experiment") or ("default" if new else None)
+    if exp_name is not None and (model.experiment is None or model.experiment.name != exp_name):
+        exp = exps.get(exp_name)
+        if exp is None:
+            exp = exps[exp_name] = ExperimentModel(exp_name)
+            session.add(exp)
+        model.experiment = exp
+    for attr in ("name", "description", "created_at", "finalized_at"):
+        if attr in p and getattr(model, attr) != p[attr]:
+            setattr(model, attr, p[attr])
+    if "archived" in p and bool(model.is_archived) != p["archived"]:
+        model.is_archived = p["archived"]
+    if "note" in p:
+        _apply_note(session, model, p["note"], p["note_before"])
+    if "labels" in p:
+        attached = {t.name: t for t in model.tags}
+        for tag_name in p["labels_remove"]:
+            if tag_name in attached:
+                model.tags.remove(attached.pop(tag_name))
+        for tag_name in p["labels"]:
+            if tag_name not in attached:
+                tag = tags.get(tag_name)
+                if tag is None:
+                    tag = tags[tag_name] = TagModel(tag_name)
+                    session.add(tag)
+                model.tags.append(tag)
+                attached[tag_name] = tag
 
 
 def _apply_note(session: Any, model: Any, text: str | None, before: str | None) -> None:

@@ -25,6 +25,8 @@ from . import encoding as enc
 from .chunks import RunChunks
 
 _METRIC_DTYPES = ("float", "int", "float64", "number")
+# points of metric chunks that wait for one write (``SequenceTracker.settle``) at most
+SETTLE_POINTS = 20_000
 
 
 @dataclass
@@ -43,11 +45,17 @@ class SequenceTracker:
     """Writes the sequences of one run into its (open) chunks; see ``AimRunWriter.write_points``
     and ``AimRunWriter.write_objects``."""
 
-    def __init__(self, chunks: RunChunks) -> None:
+    def __init__(self, chunks: RunChunks, *, new_run: bool = False) -> None:
         self._chunks = chunks
         self.hash = chunks.hash
+        self._new_run = new_run  # no chunk before this writer: only its own series to look up
+        self._objects: set[tuple[int, str]] = set()  # object sequences written through here
         self._seqs: dict[tuple[int, str], _SeqInfo] = {}  # metric series written through here
         self._contexts: set[int] = set()  # contexts stored through here
+        self._ctxs: dict[Any, Any] = {}  # context items -> aim Context
+        # chunks of points waiting for settle(): (series, context, name, steps, values, times)
+        self._pending: list[tuple[_SeqInfo, Any, str, list[int], np.ndarray, np.ndarray]] = []
+        self._pending_points = 0
 
     def _seq_info(self, ctx_idx: int, name: str) -> _SeqInfo:
         key = (ctx_idx, name)
@@ -55,7 +63,8 @@ class SequenceTracker:
         if info is not None:
             return info
         try:
-            meta = self._chunks.meta_run_tree.subtree(("traces", ctx_idx, name)).collect()
+            known = not self._new_run or key in self._objects
+            meta = self._chunks.meta_run_tree.subtree(("traces", ctx_idx, name)).collect() if known else None
         except KeyError:
             meta = None
         if not meta:
@@ -99,7 +108,9 @@ class SequenceTracker:
         timestamps: Sequence[float],
         epochs: Sequence[int | None] | None,
     ) -> None:
-        """One chunk of a metric series: validated, then written in one RocksDB batch."""
+        """One chunk of a metric series, validated. Without epochs (what the syncer writes) it
+        waits with the other series' chunks for :meth:`settle`, which writes them all in one batch
+        of each chunk; with epochs it is written now."""
         if not isinstance(name, str) or not name:
             raise ValueError("metric name must be a non-empty string")
         n = len(steps)
@@ -110,21 +121,70 @@ class SequenceTracker:
             )
         if n == 0:
             return
-        from aim.storage.context import Context
-
-        ctx = Context(cast(Any, dict(context or {})))
+        ctx = self._context(context)
         info = self._seq_info(ctx.idx, name)
         step_list = enc.int_list(steps, f"metric {name!r}: steps")
         enc.check_steps(step_list, f"metric {name!r}")
         vals = np.asarray(values, dtype=np.float64).reshape(n)
         times = np.asarray(timestamps, dtype=np.float64).reshape(n)
-        self._write_series(info, step_list, vals, times, enc.encode_epochs(epochs, n))
-        self._write_series_meta(info, ctx, name, step_list, vals)
+        if epochs is not None:
+            self.settle()
+            self._write_series_each(info, step_list, vals, times, enc.encode_epochs(epochs, n))
+            self._write_meta([(info, ctx, name, step_list, vals)])
+            return
+        self._pending.append((info, ctx, name, step_list, vals, times))
+        self._pending_points += n
+        if self._pending_points >= SETTLE_POINTS:
+            self.settle()
 
-    def _write_series(
+    def _context(self, context: dict[str, Any] | None) -> Any:
+        """Aim's ``Context`` of a context dict (made once per distinct context: it hashes)."""
+        from aim.storage.context import Context
+
+        try:
+            key: Any = tuple(sorted((context or {}).items()))
+            hash(key)
+        except TypeError:  # unhashable values: made every time
+            return Context(cast(Any, dict(context or {})))
+        ctx = self._ctxs.get(key)
+        if ctx is None:
+            ctx = self._ctxs[key] = Context(cast(Any, dict(context or {})))
+        return ctx
+
+    def settle(self) -> None:
+        """Write the chunks of points waiting: their points in one batch of the seqs chunk (built
+        with numpy: ``encoding.batch_rep``), then their series' bookkeeping in one batch of the
+        meta chunk -- in that order, so a crash in between leaves metadata that lags, never
+        metadata pointing at missing points (re-sending the chunks repairs it)."""
+        pending, self._pending, self._pending_points = self._pending, [], 0
+        if not pending:
+            return
+        flags: list[tuple[bytes, bytes]] = []
+        columns: list[tuple[bytes, np.ndarray, np.ndarray]] = []
+        seen: set[int] = set()
+        none = np.frombuffer(enc.NONE_ENC, dtype=np.uint8).reshape(1, -1)
+        points = 0
+        for info, _ctx, _name, steps, vals, times in pending:
+            if id(info) not in seen:  # array flags (TreeArrayView.allocate); idempotent
+                seen.add(id(info))
+                flags += [(col, enc.ARRAY_FLAG) for col in info.prefixes]
+            pv, ps, pe, pt = info.prefixes
+            keys = enc.step_key_array(steps)
+            n = len(steps)
+            columns += [
+                (pv, keys, enc.encode_column_array(enc.FLOAT_TAG, vals)),
+                (ps, keys, enc.encode_column_array(enc.INT_TAG, np.asarray(steps, dtype=np.int64))),
+                (pe, keys, np.broadcast_to(none, (n, none.shape[1]))),
+                (pt, keys, enc.encode_column_array(enc.FLOAT_TAG, times)),
+            ]
+            points += n
+        self._chunks.write_seqs_rep(enc.batch_rep(flags, columns), points)
+        self._write_meta([p[:5] for p in pending])
+
+    def _write_series_each(
         self, info: _SeqInfo, steps: list[int], vals: np.ndarray, times: np.ndarray, e_enc: list[bytes]
     ) -> None:
-        """The points: one batch into the seqs chunk."""
+        """The points of one chunk with epochs: one put at a time, into one batch of the seqs chunk."""
         pv, ps, pe, pt = info.prefixes
         keys = enc.step_keys(steps)
         v_enc = enc.encode_column(enc.FLOAT_TAG, vals)
@@ -139,19 +199,29 @@ class SequenceTracker:
             put(ps + k, s)
             put(pe + k, e)
             put(pt + k, t)
-        # series data first, then its metadata: a crash in between leaves metadata that lags
-        # (never metadata pointing at missing points); re-sending the chunk repairs it.
         self._chunks.write_seqs(batch, len(steps))
 
-    def _write_series_meta(self, info: _SeqInfo, ctx: Any, name: str, steps: list[int], vals: np.ndarray) -> None:
-        """The series' bookkeeping in the meta chunk: first / last value and step, min, max
+    def _write_meta(self, chunks: list[tuple[_SeqInfo, Any, str, list[int], np.ndarray]]) -> None:
+        """The bookkeeping of the series these chunks belong to, in one batch of the meta chunk."""
+        mbatch = self._chunks.meta.batch()
+        urgent = False
+        for info, ctx, name, steps, vals in chunks:
+            # a new sequence must reach the index soon (readers find sequences there); new points
+            # of a known one are read from the seqs chunk, only its last value / step lag
+            urgent |= info.new
+            self._series_meta(mbatch, info, ctx, name, steps, vals)
+        self._chunks.commit_meta(mbatch, urgent=urgent)
+
+    def _series_meta(
+        self, mbatch: Any, info: _SeqInfo, ctx: Any, name: str, steps: list[int], vals: np.ndarray
+    ) -> None:
+        """One chunk's share of its series' bookkeeping: first / last value and step, min, max
         (and, for a new series, its context, type and version)."""
         n = len(steps)
-        st = np.asarray(steps, dtype=np.int64)
-        lo = n - 1 - int(np.argmin(st[::-1]))  # last occurrence of the smallest step
-        hi = n - 1 - int(np.argmax(st[::-1]))  # last occurrence of the largest step
-        lo_step, lo_val = steps[lo], float(vals[lo])
-        hi_step, hi_val = steps[hi], float(vals[hi])
+        lo_step, hi_step = min(steps), max(steps)
+        lo = n - 1 - steps[::-1].index(lo_step)  # last occurrence of the smallest step
+        hi = n - 1 - steps[::-1].index(hi_step)  # last occurrence of the largest step
+        lo_val, hi_val = float(vals[lo]), float(vals[hi])
         vmin, vmax = info.min, info.max
         ok = ~np.isnan(vals)  # Aim's min/max comparisons skip NaN
         if ok.any():
@@ -160,7 +230,6 @@ class SequenceTracker:
 
         ctx_idx = ctx.idx
         chunks = self._chunks
-        mbatch = chunks.meta.batch()
         mset = chunks.meta.set
         tprefix = enc.encode_path(("meta", "chunks", self.hash, "traces", ctx_idx, name))
 
@@ -170,13 +239,14 @@ class SequenceTracker:
         if info.new:
             if ctx_idx not in self._contexts:
                 cd = ctx.to_dict()
-                self._chunks.tree_set(mbatch, ("meta", "contexts", ctx_idx), cd)
-                self._chunks.tree_set(mbatch, ("meta", "chunks", self.hash, "contexts", ctx_idx), cd)
+                chunks.tree_set(mbatch, ("meta", "contexts", ctx_idx), cd)
+                chunks.tree_set(mbatch, ("meta", "chunks", self.hash, "contexts", ctx_idx), cd)
                 self._contexts.add(ctx_idx)
-            self._chunks.tree_set(mbatch, ("meta", "traces_types", "float", ctx_idx, name), 1)
-            self._chunks.tree_set(mbatch, ("meta", "chunks", self.hash, "typed_traces", "metric", ctx_idx, name), 1)
+            chunks.tree_set(mbatch, ("meta", "traces_types", "float", ctx_idx, name), 1)
+            chunks.tree_set(mbatch, ("meta", "chunks", self.hash, "typed_traces", "metric", ctx_idx, name), 1)
             meta_put("dtype", "float")
             meta_put("version", 2)
+            info.new = False
         if info.first_step is None or lo_step <= info.first_step:
             meta_put("first", lo_val)
             meta_put("first_step", lo_step)
@@ -191,23 +261,19 @@ class SequenceTracker:
         if vmin < info.min:
             meta_put("min", vmin)
             info.min = vmin
-        # a new sequence must reach the index soon (readers find sequences there); new points
-        # of a known one are read from the seqs chunk, only its last value / step lag
-        self._chunks.commit_meta(mbatch, urgent=info.new)
-        info.new = False
 
     def write_objects(
         self, name: str, context: dict[str, Any] | None, step: int, timestamp: float, obj: Any, epoch: int | None
     ) -> None:
         """One object at ``step``, through Aim's ``RunTracker``; not into a metric series."""
-        from aim.storage.context import Context
-
-        ctx = Context(cast(Any, dict(context or {})))
+        self.settle()
+        ctx = self._context(context)
         if (ctx.idx, name) in self._seqs:
             raise ValueError(f"Aim sequence {name!r} in context {ctx.to_dict()!r} holds metric values")
         dtype = self._chunks.meta_run_tree.get(("traces", ctx.idx, name, "dtype"), None)
         if dtype in _METRIC_DTYPES:
             raise ValueError(f"Aim sequence {name!r} in context {ctx.to_dict()!r} holds metric values")
+        self._objects.add((ctx.idx, name))
         self._chunks.track_object(
             obj,
             float(timestamp),

@@ -36,11 +36,12 @@ the main thread after the scheduler thread stopped).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import encoding as enc
 from . import index as _index
-from .chunks import RunChunks
+from .chunks import OpenedChunks, RunChunks, open_chunks
 from .compat import check_aim_compatibility
 from .locks import lock_run
 from .repo import get_repo
@@ -53,6 +54,29 @@ if TYPE_CHECKING:
 # private bookkeeping inside the run's meta tree (not params: the UI never shows it)
 OWN_KEY = "__mlflow_aim_syncer"
 _MISSING = object()
+
+
+@dataclass
+class Prepared:
+    """What opening a run takes before any write: its lock, the index stamp of its chunk as the
+    last writer left it, its chunks open (see :func:`prepare`)."""
+
+    lock: Any
+    stamp: str | None
+    chunks: OpenedChunks | None
+
+
+def prepare(repo: Any, run_hash: str, *, seqs: bool, lock_timeout: float = 10) -> Prepared:
+    """Take the run's lock, stamp its chunk, open (create) its chunks: the part of opening a
+    writer that waits on the disk, safe in a thread of its own (``batch.WriterBatch`` opens the
+    runs it writes next so, side by side).  :class:`AimRunLocked` when another writer holds it."""
+    lock = lock_run(repo, run_hash, lock_timeout)
+    try:
+        stamp = _index.chunk_stamp(repo, run_hash)  # before opening: opening changes its files
+        return Prepared(lock, stamp, open_chunks(repo, run_hash, seqs=seqs))
+    except BaseException:
+        lock.release()
+        raise
 
 
 class AimRunWriter:
@@ -80,30 +104,45 @@ class AimRunWriter:
     # ---- open / flush / close ---------------------------------------------------------------
 
     @classmethod
-    def open(cls, repo: Any, run_hash: str, *, experiment: str | None = None, lock_timeout: float = 10) -> AimRunWriter:
+    def open(
+        cls,
+        repo: Any,
+        run_hash: str,
+        *,
+        experiment: str | None = None,
+        lock_timeout: float = 10,
+        prepared: Prepared | None = None,
+        row_exists: bool | None = None,
+    ) -> AimRunWriter:
         """Create the run ``run_hash`` in ``repo`` (an ``aim.Repo`` or a path; created when
         missing), or reopen it.  Reopening keeps the creation time, params, points, tags.
         ``experiment``: the run's experiment (created if missing); ``None`` leaves it as is
         (``default`` for a new run).  Raises :class:`AimRunLocked` when another writer holds
-        the run after ``lock_timeout`` seconds (Aim's default: 10)."""
+        the run after ``lock_timeout`` seconds (Aim's default: 10).  ``prepared``: the lock
+        and chunks taken ahead by :func:`prepare` (in another thread); ``row_exists``: whether
+        the structured DB has the run's row, when the caller looked (for many runs at once)."""
         check_aim_compatibility()
         enc.check_hash(run_hash)
         repo = get_repo(repo)
         if repo.is_remote_repo:
             raise NotImplementedError("remote (aim://) repos are not supported; write to a local repo")
+        if prepared is None:
+            prepared = prepare(repo, run_hash, seqs=False, lock_timeout=lock_timeout)
         self = object.__new__(cls)
         self._closed = True
         self.repo = repo
         self.hash = run_hash
-        self._lock = lock_run(repo, run_hash, lock_timeout)
+        self._lock = prepared.lock
         try:
-            self.row = RunRow(repo, run_hash, experiment=experiment)
-            # stamps the chunk as the last writer left it, before we open it
-            self.freshness = _index.IndexFreshness(repo, run_hash, new_run=self.row.is_new)
-            self.chunks = RunChunks(repo, run_hash, on_meta_change=self.freshness.changed)
+            self.row = RunRow(repo, run_hash, experiment=experiment, exists=row_exists)
+            self.freshness = _index.IndexFreshness(repo, run_hash, new_run=self.row.is_new, stamp=prepared.stamp)
+            self.chunks = RunChunks(repo, run_hash, on_meta_change=self.freshness.changed, opened=prepared.chunks)
+            prepared.chunks = None  # the writer's now
             self._closed = False
-            self._sequences = SequenceTracker(self.chunks)
+            self._sequences = SequenceTracker(self.chunks, new_run=self.row.is_new and prepared.stamp is None)
         except BaseException:
+            if prepared.chunks is not None:
+                prepared.chunks.close()
             self._shut()
             raise
         return self
@@ -123,6 +162,7 @@ class AimRunWriter:
         end time, its list of sequences, their last value / step) needs ``index_writers`` or
         :meth:`close`."""
         self._check_open()
+        self._sequences.settle()
         self.row.commit()
         self.chunks.flush()
 
@@ -131,6 +171,7 @@ class AimRunWriter:
         ``index_writers``): see ``IndexFreshness.due``.  Points of known sequences are readable
         right after :meth:`flush`; only their last value / step in Aim's tables lag."""
         self._check_open()
+        self._sequences.settle()  # a new sequence among the points waiting makes it due
         return self.freshness.due(max_age)
 
     def close(self, *, index: bool = True, look: bool = False) -> bool:
@@ -145,6 +186,7 @@ class AimRunWriter:
         if self._closed:
             return False
         try:
+            self._sequences.settle()
             self.row.commit()
         except BaseException:
             self._shut()  # never list a run whose structured-DB row is missing
@@ -165,12 +207,33 @@ class AimRunWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def settle(self) -> None:
+        """Write the chunks of points still waiting (``SequenceTracker.settle``): the writer's
+        chunks then hold everything written so far."""
+        self._check_open()
+        self._sequences.settle()
+
+    def close_storage(self) -> None:
+        """The writer is done: no more writes.  Flush and close its chunks (durable: SST files,
+        fsync'ed) -- from any thread, after :meth:`settle`; the caller then commits :attr:`row`
+        (``commit_rows``, many runs in one transaction), indexes (``index_runs``) and calls
+        :meth:`release`."""
+        self._closed = True
+        self.chunks.close_storage()
+
+    def release(self) -> None:
+        """After :meth:`close_storage` (the writer's thread): forget the chunks, free the lock."""
+        try:
+            self.chunks.forget()
+        finally:
+            self._unlock()
+
     def _shut(self) -> None:
         """Close the storage and release the lock; nothing committed, nothing indexed."""
         self._closed = True
         try:
             chunks = getattr(self, "chunks", None)  # none when opening failed before
-            if chunks is not None:
+            if chunks is not None and chunks.meta is not None:
                 chunks.close()
         finally:
             self._unlock()
@@ -210,6 +273,7 @@ class AimRunWriter:
           are left alone.
         Structured-DB fields are committed by :meth:`flush` / :meth:`close`."""
         self._check_open()
+        self._sequences.settle()  # points first: metadata never runs ahead of them
         labels = list(dict.fromkeys(str(x) for x in labels if str(x)))
         ours_before = self.chunks.meta_run_tree.get((OWN_KEY, "labels"), None) or []
         self.row.set_info(
@@ -245,6 +309,7 @@ class AimRunWriter:
         without ``ended_at`` ends at ``created_at`` (Aim needs an end time to call it
         finished).  The creation time is committed by :meth:`flush` / :meth:`close`."""
         self._check_open()
+        self._sequences.settle()  # points first: a run shows as ended only once it has them
         created_at = float(created_at)
         if active:
             end = None

@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, cast
 
 from ..errors import RunUnreadable
 from .cursors import FileCursor
@@ -16,6 +17,8 @@ from .records import CHUNK_POINTS, MetricChunk
 log = logging.getLogger(__name__)
 
 _READ_BYTES = 1 << 20
+# fewer lines than this are read one by one: numpy's fixed costs outweigh the lines' own
+BULK_MIN_LINES = 200
 
 
 def parse_metric_line(line: bytes) -> tuple[int, float, int, str | None]:
@@ -32,11 +35,48 @@ def parse_metric_line(line: bytes) -> tuple[int, float, int, str | None]:
     return ts, value, step, ds
 
 
+def parse_lines(data: bytes) -> tuple[Any, Any, Any, Any] | None:
+    """Complete lines (``data`` ends with a newline), each exactly ``timestamp value step`` (what
+    MLflow writes), parsed at once: numpy arrays of timestamps, values, steps and each line's end
+    offset; None when a line is anything else (blank, two or five fields, other whitespace, not a
+    number, a number beyond int64), or there are few lines (`BULK_MIN_LINES`): then the lines are
+    parsed one by one. The numbers are read by
+    ``int`` and ``float``, as :func:`parse_metric_line` reads them."""
+    import numpy as np
+
+    if data.count(b"\n") < BULK_MIN_LINES:
+        return None
+    b = np.frombuffer(data, dtype=np.uint8)
+    nl = np.flatnonzero(b == 10)
+    sp = np.flatnonzero(b == 32)
+    n = len(nl)
+    if n == 0 or len(sp) != 2 * n or nl[-1] != len(data) - 1:
+        return None
+    starts = np.empty(n, dtype=np.int64)
+    starts[0] = 0
+    starts[1:] = nl[:-1] + 1
+    first, second = sp[0::2], sp[1::2]
+    # every line: a token, one space, a token, one space, a token (the 2n spaces, two per line)
+    if not (np.all(starts < first) and np.all(first + 1 < second) and np.all(second + 1 < nl)):
+        return None
+    tokens = data.split()
+    if len(tokens) != 3 * n:  # other whitespace inside a line
+        return None
+    try:
+        ts = np.array(list(map(int, tokens[0::3])), dtype=np.int64)
+        values = np.array(list(map(float, tokens[1::3])), dtype=np.float64)
+        steps = np.array(list(map(int, tokens[2::3])), dtype=np.int64)
+    except (ValueError, OverflowError):
+        return None
+    return ts, values, steps, nl + 1
+
+
 def read_metric_file(path: Path, key: str, start: FileCursor) -> Iterator[tuple[MetricChunk, FileCursor]]:
     """Chunks of the points after `start`, each with the cursor after it (the last one also
     when nothing is new). Malformed lines are skipped and counted in the cursor; the bytes
     after the last newline are a line MLflow is still writing: left for later. The cursor's
-    mark is the file size seen here."""
+    mark is the file size seen here. Lines are parsed a block at a time (`parse_lines`: numpy
+    columns), one by one where a block holds anything but plain three-field lines."""
     try:
         f = open(path, "rb")
     except OSError as e:
@@ -48,11 +88,12 @@ def read_metric_file(path: Path, key: str, start: FileCursor) -> Iterator[tuple[
             log.warning("metric file %s shrank; reading it again", path)
             cur = FileCursor(mark=mark)
         f.seek(cur.offset)
-        chunk, names = MetricChunk(key, [], [], []), []
+        reader = _Lines(key, cur, mark)
         tail = b""
-        pos, points, bad, first_bad = cur.offset, cur.points, cur.bad, cur.first_bad
         while True:
-            block = f.read(_READ_BYTES)
+            # what the file holds, at most a block (a 1 MB read buffer for a 1 kB file costs more
+            # than reading it)
+            block = f.read(min(_READ_BYTES, max(mark - f.tell(), 0) + 4096))
             if not block:
                 break
             data = tail + block
@@ -61,24 +102,64 @@ def read_metric_file(path: Path, key: str, start: FileCursor) -> Iterator[tuple[
                 tail = data
                 continue
             tail = data[cut + 1 :]
-            for line in data[:cut].split(b"\n"):
-                pos += len(line) + 1
-                if not line.strip():
-                    continue
-                try:
-                    ts, value, step, ds = parse_metric_line(line)
-                except ValueError:
-                    bad += 1
-                    first_bad = first_bad or line[:60].decode("utf-8", "replace")
-                    continue
-                chunk.timestamps.append(ts)
-                chunk.values.append(value)
-                chunk.steps.append(step)
-                names.append(ds)
-                points += 1
-                if len(chunk) >= CHUNK_POINTS:
-                    chunk.dataset_names = names if any(names) else None
-                    yield chunk, FileCursor(pos, points, mark, 0, bad, first_bad)
-                    chunk, names = MetricChunk(key, [], [], []), []
+            yield from reader.block(data[: cut + 1])
+        yield reader.last(len(tail))
+
+
+class _Lines:
+    """The chunks of one read of a metric file, block after block: numpy columns where a block
+    parses in bulk, lists where its lines are read one by one."""
+
+    def __init__(self, key: str, cur: FileCursor, mark: int):
+        self.key, self.mark = key, mark
+        self.pos, self.points, self.bad, self.first_bad = cur.offset, cur.points, cur.bad, cur.first_bad
+        self.chunk = MetricChunk(key, [], [], [])  # lines read one by one, not yielded yet
+        self.names: list[str | None] = []
+
+    def block(self, data: bytes) -> Iterator[tuple[MetricChunk, FileCursor]]:
+        bulk = parse_lines(data)
+        if bulk is None:
+            yield from self._one_by_one(data)
+            return
+        if len(self.chunk):  # a chunk holds one kind of column: the lists go first
+            yield self._flush()
+        ts, values, steps, ends = bulk
+        base = self.pos
+        for i in range(0, len(ts), CHUNK_POINTS):
+            j = min(i + CHUNK_POINTS, len(ts))
+            self.pos = base + int(ends[j - 1])
+            self.points += j - i
+            chunk = MetricChunk(self.key, steps[i:j], values[i:j], ts[i:j])
+            yield chunk, FileCursor(self.pos, self.points, self.mark, 0, self.bad, self.first_bad)
+
+    def _one_by_one(self, data: bytes) -> Iterator[tuple[MetricChunk, FileCursor]]:
+        chunk = self.chunk
+        for line in data[:-1].split(b"\n"):
+            self.pos += len(line) + 1
+            if not line.strip():
+                continue
+            try:
+                ts, value, step, ds = parse_metric_line(line)
+            except ValueError:
+                self.bad += 1
+                self.first_bad = self.first_bad or line[:60].decode("utf-8", "replace")
+                continue
+            cast(list[int], chunk.timestamps).append(ts)
+            cast(list[float], chunk.values).append(value)
+            cast(list[int], chunk.steps).append(step)
+            self.names.append(ds)
+            self.points += 1
+            if len(chunk) >= CHUNK_POINTS:
+                yield self._flush()
+                chunk = self.chunk
+
+    def _flush(self) -> tuple[MetricChunk, FileCursor]:
+        chunk, names = self.chunk, self.names
         chunk.dataset_names = names if any(names) else None
-        yield chunk, FileCursor(pos, points, mark, len(tail), bad, first_bad)
+        self.chunk, self.names = MetricChunk(self.key, [], [], []), []
+        return chunk, FileCursor(self.pos, self.points, self.mark, 0, self.bad, self.first_bad)
+
+    def last(self, tail: int) -> tuple[MetricChunk, FileCursor]:
+        """The chunk of lines read one by one (maybe empty), with the cursor after everything read."""
+        chunk, _ = self._flush()
+        return chunk, FileCursor(self.pos, self.points, self.mark, tail, self.bad, self.first_bad)

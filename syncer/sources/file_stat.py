@@ -38,9 +38,12 @@ def dir_mtimes(root: Path) -> list[tuple[str, int]]:
 
 def tree_stats(root: Path) -> list[tuple[str, int, int]]:
     """(relative posix path, size, mtime_ns) of every regular file under root, sorted; [] when
-    root is missing. Links are not followed and nothing is opened."""
+    root is missing. Links are not followed and nothing is opened. (Paths as strings: a listing
+    of a large store makes tens of thousands of them.)"""
     out = []
-    stack = [root]
+    top = os.fspath(root)
+    cut = len(os.path.join(top, ""))  # the relative path starts after root and its separator
+    stack = [top]
     while stack:
         d = stack.pop()
         try:
@@ -55,9 +58,10 @@ def tree_stats(root: Path) -> list[tuple[str, int, int]]:
             except OSError:
                 continue
             if stat.S_ISDIR(st.st_mode):
-                stack.append(Path(e.path))
+                stack.append(e.path)
             elif stat.S_ISREG(st.st_mode):
-                out.append((Path(e.path).relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+                rel = e.path[cut:]
+                out.append((rel if os.sep == "/" else rel.replace(os.sep, "/"), st.st_size, st.st_mtime_ns))
     out.sort()
     return out
 

@@ -97,12 +97,13 @@ class FileStoreSource(Source):
             raise StoreError(f"{self.root} is not an MLflow file store (no <experiment>/meta.yaml inside)")
         # MLflow 3 refuses file stores unless told; reading one is exactly what we are for.
         os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
-        mlflow_compat.check_mlflow_compatibility()
+        mlflow_compat.check_mlflow_compatibility("file")
         from mlflow.store.tracking.file_store import FileStore
 
         self.store = FileStore(str(self.root))
         self.internals = mlflow_compat.FileStoreInternals(self.store)
         self._known: dict[str, _Known] = {}  # run id -> the last look at its folder
+        self._infos: dict[str, Any] = {}  # run id -> its meta.yaml as last read (MLflow's RunInfo)
         self._exp_mtime: dict[str, int | None] = {}  # experiment id -> its folder's mtime then
         self._exps: tuple[str, list[Experiment]] | None = None  # (experiments_mark, what MLflow said)
         self._models: Any = None  # the logged models' reader (it keeps a cache), made when first asked
@@ -259,6 +260,7 @@ class FileStoreSource(Source):
         bad = not_utf8(f"{sub}/{path}" for sub in parts for path, _s, _m in tree_stats(run_dir / sub))
         if bad:
             raise RunUnreadable(_names_error(bad))
+        self._infos[info.run_id] = info  # load_details reads the run's params and tags with it
         rec = RunRecord(
             run_id=info.run_id,
             experiment_id=exp.id,
@@ -291,7 +293,9 @@ class FileStoreSource(Source):
         if run.details_loaded:
             return
         try:
-            info = self.internals.run_info(self._experiment_dir(run.experiment_id) / run.run_id)
+            info = self._infos.pop(run.run_id, None) or self.internals.run_info(
+                self._experiment_dir(run.experiment_id) / run.run_id
+            )
             self._load_tags(run, info)
             run.params = self.internals.params(info)
         except Exception as e:  # a tag or param file MLflow cannot read (not UTF-8, gone): this run only
@@ -306,7 +310,9 @@ class FileStoreSource(Source):
 
     # -- metrics -----------------------------------------------------------------------------
     def read_metric(self, run: RunRecord, key: str, cursor: Cursor | None) -> Iterator[tuple[MetricChunk, Cursor]]:
-        path = self._experiment_dir(run.experiment_id) / run.run_id / "metrics" / key
+        known = self._known.get(run.run_id)  # the folder the listing found (a run's keys: no stat each)
+        run_dir = known.run_dir if known is not None else self._experiment_dir(run.experiment_id) / run.run_id
+        path = Path(os.path.join(run_dir, "metrics", key))
         start = cursor if isinstance(cursor, FileCursor) else FileCursor()
         self.reads.count(histories=1, requests=1)
         done = start

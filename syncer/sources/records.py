@@ -6,7 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 from .cursors import OrderKey
 
@@ -108,14 +112,19 @@ class BrokenRun:
 AnyRun = RunRecord | BrokenRun  # what a listing returns for each run
 
 
+# a column of a chunk: a list, or a 1-D numpy array (a file store's lines parsed in bulk)
+Ints = Union[list[int], "npt.NDArray[np.int64]"]
+Floats = Union[list[float], "npt.NDArray[np.float64]"]
+
+
 @dataclass
 class MetricChunk:
     """Points of one metric key, in log order. `dataset_names` is None when no point has one."""
 
     key: str
-    steps: list[int]
-    values: list[float]
-    timestamps: list[int]  # ms since epoch, MLflow's own
+    steps: Ints
+    values: Floats
+    timestamps: Ints  # ms since epoch, MLflow's own
     dataset_names: list[str | None] | None = None
 
     def __len__(self) -> int:

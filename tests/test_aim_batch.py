@@ -1,0 +1,133 @@
+"""Runs written as a batch (`syncer.aim.WriterBatch`): what Aim's SDK reads back, what the run index
+holds (the same as Aim's own indexer makes), and the order of what becomes durable."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from aim.storage.context import Context
+from aim.storage.rockscontainer import RocksContainer
+from syncer.aim import WriterBatch, fresh_repo, open_repo
+from syncer.aim.index import chunk_stamp, indexer
+
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+def repo(tmp_path):
+    repo, _ = open_repo(tmp_path / "aim")
+    yield repo
+    repo.close()
+
+
+def _write(batch: WriterBatch, hashes: list[str], then=None) -> None:
+    batch.prepare([(h, True) for h in hashes])
+    for i, h in enumerate(hashes):
+        w = batch.open(h, "exp")
+        w.set_info(
+            name=f"run {i}", description="d", params={"x": i, "y": {"z": [1, 2]}}, labels=["k=v"], archived=False
+        )
+        for name, ctx in (("loss", {"subset": "train"}), ("acc", {})):
+            w.write_points(name, ctx, [0, 1, 2], [1.0, 0.5, 0.25 + i], [T0, T0 + 1, T0 + 2])
+        w.write_points("loss", {"subset": "train"}, [2, 3], [9.0, 0.125], [T0 + 5, T0 + 6])  # a re-sent step
+        w.set_times(created_at=T0 + i, ended_at=T0 + 10, active=False)
+        batch.add(w, None if then is None else (lambda h=h: then(h)))
+
+
+def _index(path) -> dict:
+    c = RocksContainer(str(path / ".aim" / "meta" / "index"), read_only=True, skip_read_optimization=True)
+    try:
+        return dict(c.items())
+    finally:
+        c.close()
+
+
+def test_a_batch_reads_back_and_indexes_as_aim_itself_would(repo, tmp_path):
+    hashes = [f"{i:024x}" for i in range(3)]
+    batch = WriterBatch(repo)
+    _write(batch, hashes)
+    assert batch.commit(lambda thens: None) == []
+    batch.close()
+    r = fresh_repo(tmp_path / "aim")
+    for i, h in enumerate(hashes):
+        run = r.get_run(h)
+        assert run.name == f"run {i}" and run.experiment == "exp" and run["x"] == i and not run.active
+        steps, (values, _e, times) = run.get_metric("loss", Context({"subset": "train"})).data.numpy()
+        assert steps.tolist() == [0, 1, 2, 3] and values.tolist() == [1.0, 0.5, 9.0, 0.125]
+        assert times.tolist() == [T0, T0 + 1, T0 + 5, T0 + 6]
+    r.close()
+
+    # the same chunks indexed by Aim's own indexing code, in a copy of the repo
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "aim", copy)
+    shutil.rmtree(copy / ".aim" / "meta" / "index")
+    RocksContainer(str(copy / ".aim" / "meta" / "index"), read_only=False).close()
+    other, _ = open_repo(copy)
+    container = other._get_index_container("meta", timeout=0)
+    for h in hashes:
+        indexer(other).index(h)
+    container.close()
+    ours, aims = _index(tmp_path / "aim"), _index(copy)
+    stamps = {k for k in ours if k.startswith(b"index_cache")}
+    assert {k: v for k, v in ours.items() if k not in stamps} == {k: v for k, v in aims.items() if k not in stamps}
+    assert stamps == {k for k in aims if k.startswith(b"index_cache")}
+    for h in hashes:  # a stamp covers the chunk's paths: each repo's own
+        assert ours[b"index_cache\xfe" + h.encode() + b"\xfe"][1:].decode() == chunk_stamp(repo, h)
+    other.close()
+
+
+def test_the_callbacks_come_after_the_runs_are_durable_and_never_for_a_failed_one(repo, tmp_path):
+    hashes = [f"{i:024x}" for i in range(3)]
+    batch = WriterBatch(repo)
+    seen: list[str] = []
+
+    def durable_at_callback(h: str) -> None:
+        # durable: the chunks closed (no writer lock on the database) and the row committed
+        assert os.path.exists(os.path.join(repo.path, "meta", "chunks", h))
+        assert not os.path.exists(os.path.join(repo.path, "meta", "progress", h))
+        seen.append(h)
+
+    _write(batch, hashes, then=durable_at_callback)
+    assert seen == []  # nothing before commit
+    batch.commit(lambda thens: [t() for t in thens])
+    assert seen == hashes
+
+    # a run whose chunks cannot be closed (a full disk): its callback is not called, the error is
+    # raised once the others are committed
+    seen.clear()
+    more = [f"{i:024x}" for i in range(3, 5)]
+    batch.prepare([(h, True) for h in more])
+    for h in more:
+        w = batch.open(h, "exp")
+        w.write_points("m", {}, [0], [1.0], [T0])
+        if h == more[0]:
+            close = w.close_storage
+
+            def fail(close=close) -> None:
+                close()
+                raise OSError(28, "No space left on device")
+
+            w.close_storage = fail  # type: ignore[method-assign]
+        batch.add(w, lambda h=h: durable_at_callback(h))
+    with pytest.raises(OSError):
+        batch.commit(lambda thens: [t() for t in thens])
+    assert seen == [more[1]]  # the durable one only
+    batch.close()
+
+
+def test_runs_opened_ahead_and_never_written_leave_nothing_behind(repo, tmp_path):
+    batch = WriterBatch(repo)
+    ahead = [f"{i:024x}" for i in range(10, 14)]
+    batch.prepare([(h, True) for h in ahead])
+    w = batch.open(ahead[0], "exp")
+    w.write_points("m", {}, [0], [1.0], [T0])
+    batch.add(w)
+    batch.commit(lambda thens: None)
+    batch.close()  # the three others were opened ahead for nothing
+    chunks = os.listdir(os.path.join(repo.path, "meta", "chunks"))
+    assert chunks == [ahead[0]]
+    assert not os.listdir(os.path.join(repo.path, "locks")) or all(
+        not f.startswith(tuple(ahead)) for f in os.listdir(os.path.join(repo.path, "locks"))
+    )
