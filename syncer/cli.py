@@ -8,7 +8,6 @@ import logging
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -390,39 +389,9 @@ def status(aim_repo: Path, state_path: Path | None, show_aim: bool) -> None:
         key_points = list(st.key_points()) if show_aim else []
     finally:
         st.close()
-    for key, (t, ok, summary) in sorted(rounds.items()):
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-        outcome = "failed" if summary.get("failed") else ("ok" if ok else "with errors")
-        click.echo(
-            f"last round of {key}: {when} ({outcome}, "
-            f"{summary.get('points', 0)} new points in {summary.get('seconds', 0):.1f} s)"
-        )
-        if summary.get("failed"):
-            click.echo(f"  it failed: {summary['failed']}")
-        read = summary.get("read") or {}
-        if read:
-            click.echo(
-                f"  it read: {read.get('runs_listed', 0)} runs listed, {read.get('runs_read', 0)} runs' metadata, "
-                f"{read.get('histories', 0)} histories, {read.get('points', 0)} points, "
-                f"{read.get('requests', 0)} requests/queries/files "
-                f"({'a full listing' if read.get('full') else 'only what could have changed'})"
-            )
-        with_runs = len({r["experiment"] for r in rows if r["source"] == key})
-        empty = int(summary.get("experiments") or 0) - with_runs
-        if empty > 0:
-            click.echo(
-                f"  it listed {summary.get('experiments')} MLflow experiments: {empty} without runs "
-                f"(MLflow's `Default` is one when nothing was logged to it), so nothing of them is in Aim"
-            )
-    width = max([len(str(r["experiment"])) for r in rows] + [10])
-    for source in sorted({r["source"] for r in rows}):
-        click.echo(f"source {source}")
-        click.echo(f"  {'experiment':<{width}}  {'runs':>6}  {'points':>10}  errors")
-        for r in (r for r in rows if r["source"] == source):
-            click.echo(f"  {str(r['experiment']):<{width}}  {r['runs']:>6}  {r['points']:>10}  {len(r['errors'])}")
-            for e in r["errors"]:
-                click.echo(f"      ! {e}")
-        click.echo("  (points: MLflow points read; Aim keeps one value per step of a key, see --aim)")
+    from .report import print_rounds
+
+    print_rounds(rounds, rows, click.echo)
     if show_aim:
         from .report import print_summary
 

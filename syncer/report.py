@@ -137,3 +137,45 @@ def print_summary(
 
 def _count(n: int, what: str) -> str:
     return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def print_rounds(
+    rounds: dict[str, tuple[float, bool, dict[str, Any]]], rows: list[dict[str, Any]], echo: Callable[[str], object]
+) -> None:
+    """`syncer status`: the last round of each source (what it read, why it failed), then the
+    runs and points synced per experiment."""
+    import time
+
+    for key, (t, ok, summary) in sorted(rounds.items()):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+        outcome = "failed" if summary.get("failed") else ("ok" if ok else "with errors")
+        echo(
+            f"last round of {key}: {when} ({outcome}, "
+            f"{summary.get('points', 0)} new points in {summary.get('seconds', 0):.1f} s)"
+        )
+        if summary.get("failed"):
+            echo(f"  it failed: {summary['failed']}")
+        read = summary.get("read") or {}
+        if read:
+            echo(
+                f"  it read: {read.get('runs_listed', 0)} runs listed, {read.get('runs_read', 0)} runs' metadata, "
+                f"{read.get('histories', 0)} histories, {read.get('points', 0)} points, "
+                f"{read.get('requests', 0)} requests/queries/files "
+                f"({'a full listing' if read.get('full') else 'only what could have changed'})"
+            )
+        with_runs = len({r["experiment"] for r in rows if r["source"] == key})
+        empty = int(summary.get("experiments") or 0) - with_runs
+        if empty > 0:
+            echo(
+                f"  it listed {summary.get('experiments')} MLflow experiments: {empty} without runs "
+                f"(MLflow's `Default` is one when nothing was logged to it), so nothing of them is in Aim"
+            )
+    width = max([len(str(r["experiment"])) for r in rows] + [10])
+    for source in sorted({r["source"] for r in rows}):
+        echo(f"source {source}")
+        echo(f"  {'experiment':<{width}}  {'runs':>6}  {'points':>10}  errors")
+        for r in (r for r in rows if r["source"] == source):
+            echo(f"  {str(r['experiment']):<{width}}  {r['runs']:>6}  {r['points']:>10}  {len(r['errors'])}")
+            for e in r["errors"]:
+                echo(f"      ! {e}")
+        echo("  (points: MLflow points read; Aim keeps one value per step of a key, see --aim)")

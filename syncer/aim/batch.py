@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from . import space
 from .index import index_runs
 from .structured import commit_rows, existing_rows
 from .writer import AimRunWriter, Prepared, prepare
@@ -36,6 +37,11 @@ from .writer import AimRunWriter, Prepared, prepare
 log = logging.getLogger(__name__)
 
 IO_THREADS = 8  # RocksDB opens and closes side by side (their fsyncs overlap; the CPU work is small)
+# what a run opened ahead takes on disk before a point is written: its seqs chunk's write-ahead
+# log, preallocated at 1.1 x its 16 MB write buffer (chunks._write_optimized_container), and its
+# meta chunk. No more runs are opened ahead than the free space above the reserve holds, so that
+# on a nearly full disk the runs opened ahead do not eat the room the run being written needs
+OPENED_AHEAD_BYTES = 20 * 1024 * 1024
 
 Durable = Callable[[list[Callable[[], None]]], None]
 
@@ -80,6 +86,9 @@ class WriterBatch:
     def prepare(self, runs: Iterable[tuple[str, bool]]) -> None:
         """Open these runs ahead, in this order: (run hash, whether its points will be written)."""
         new = [(h, seqs) for h, seqs in runs if h not in self._prepared]
+        room = space.room(self.repo.path)
+        if room is not None:  # as many as the disk holds beside the reserve (one is opened when written)
+            new = new[: max(0, room // OPENED_AHEAD_BYTES - len(self._prepared))]
         if not new:
             return
         self.expect([h for h, _ in new])

@@ -129,6 +129,7 @@ def check_aim_compatibility() -> None:
         problems += _encoding_problems()
         problems += _image_problems()
         problems += _indexer_problems()
+    if not problems:  # it runs Aim's indexing code: only once that is known to be safe to run
         problems += _read_without_aim_problems()
     if problems:
         raise AimInternalsChanged(

@@ -333,7 +333,7 @@ def index_missing(repo: Any, *, stale: bool = True) -> list[str]:
     todo = [h for h in hashes if h not in listed or h not in stamps]
     if stale:
         todo += [h for h in hashes if h in listed and h in stamps and stamps[h] != chunk_stamp(repo, h)]
-    if not todo or space.short(repo.path):  # short of space: the next start (or open) does it
+    if not todo or space.short(aim_path(repo)):  # short of space: the next start (or open) does it
         return []
     # a chunk whose run never got its structured-DB row (a writer killed between the two): Aim
     # cannot list such a run; the sync that wrote it writes it again, row and all

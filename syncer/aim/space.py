@@ -34,6 +34,14 @@ def _existing(path: str | os.PathLike[str]) -> Path:
     return p
 
 
+def room(path: str | os.PathLike[str]) -> int | None:
+    """Bytes free above the reserve on ``path``'s filesystem (None where it cannot be asked)."""
+    try:
+        return free_bytes(path) - RESERVE_BYTES
+    except OSError:
+        return None
+
+
 def short(path: str | os.PathLike[str]) -> bool:
     """Whether the filesystem of ``path`` has less than the reserve free (False where it cannot
     be asked)."""
