@@ -65,7 +65,7 @@ check: lint
 
 # two workers, one test file each at a time (a file's tests share its fixtures: a trained sweep, servers)
 test: install test-deps lint
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 3 --dist loadfile
 
 clean:
 	rm -rf $(LOGS) .pytest_cache
