@@ -113,10 +113,15 @@ def run_timed(
     """Run cmd to its end (stdout to `log`, stderr there too unless `stderr_log`; in `cwd`, this
     tree by default: `python -m` puts it first on sys.path): rc, wall seconds, this child's CPU
     and peak RSS (`os.wait4`), and `output` (the text of `log`)."""
+    # peak RSS through /usr/bin/time: a child's own ru_maxrss starts at its parent's RSS at the
+    # fork (Linux keeps the pre-exec high-water mark), so wait4's figure would be this harness's
+    # own RSS whenever that is larger than the child's
+    rss_file = Path(str(log) + ".maxrss")
+    timed = ["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *cmd] if os.access("/usr/bin/time", os.X_OK) else cmd
     with open(log, "w") as out, open(stderr_log or os.devnull, "w") as err:
         t0 = time.perf_counter()
         p = subprocess.Popen(
-            cmd,
+            timed,
             stdout=out,
             stderr=err if stderr_log else subprocess.STDOUT,
             cwd=cwd or ROOT,
@@ -131,9 +136,17 @@ def run_timed(
         "cpu_s": round(ru.ru_utime + ru.ru_stime, 3),
         "user_s": round(ru.ru_utime, 3),
         "sys_s": round(ru.ru_stime, 3),
-        "max_rss_mb": round(ru.ru_maxrss / 1024, 1),
+        "max_rss_mb": _peak_rss_mb(rss_file, ru.ru_maxrss),
         "output": Path(log).read_text(),
     }
+
+
+def _peak_rss_mb(rss_file: Path, fallback_kb: int) -> float:
+    """The child's peak RSS as /usr/bin/time wrote it (KiB), else wait4's (an upper bound)."""
+    try:
+        return round(int(rss_file.read_text().split()[-1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        return round(fallback_kb / 1024, 1)
 
 
 def stop_child(p: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60) -> dict[str, Any]:
