@@ -38,6 +38,10 @@ PARALLEL_HISTORIES = 4  # a first read asks for this many histories at once
 BULK_MAX = 2500  # MLflow's MAX_RESULTS_PER_RUN for get-history-bulk-interval
 BULK_RUNS = 100  # MLflow's most run ids for get-history-bulk (from 2.11; 20 before: `use`)
 BULK_POINTS = 25_000  # and its most points
+# get-history-bulk is a GET with every run id in its query: MLflow 2.x servers run gunicorn, which
+# answers a request line over 4,094 bytes with a 400 (100 run ids alone are 4,000 bytes), so a
+# request takes no more run ids than keep its query under this
+QUERY_BUDGET = 3_800
 PREFETCH_WINDOW_POINTS = 500_000  # points held at once for the runs of one prefetch
 _INT32_MAX = 2**31 - 1
 
@@ -91,10 +95,10 @@ class ServerHistories:
         held = 0  # points fetched: the window's histories are held until their runs are written
         try:
             for (_ws, key), run_ids in by_key.items():
-                for i in range(0, len(run_ids), self.bulk_runs):
+                for batch in id_batches(run_ids, key, self.bulk_runs):
                     if held >= PREFETCH_WINDOW_POINTS:
                         return  # the rest, run by run
-                    held += self._fetch_together(key, run_ids[i : i + self.bulk_runs])
+                    held += self._fetch_together(key, batch)
         except mlflow_compat.EndpointMissing:
             log.info("MLflow at %s has no get-history-bulk endpoint: histories are read run by run", self._display)
             self._bulk_runs_ok = False
@@ -288,3 +292,22 @@ def _metric_chunk(key: str, metrics: list[Any]) -> MetricChunk:
         [m.timestamp for m in metrics],
         names if any(names) else None,
     )
+
+
+def id_batches(run_ids: list[str], key: str, most: int) -> Iterator[list[str]]:
+    """The run ids in batches of at most `most`, each as few as keep a get-history-bulk query
+    (`run_id=...&` each, the key, max_results) within QUERY_BUDGET bytes."""
+    from urllib.parse import quote_plus
+
+    fixed = len("metric_key=&max_results=25000") + len(quote_plus(key))
+    batch: list[str] = []
+    size = fixed
+    for run_id in run_ids:
+        cost = len("run_id=&") + len(quote_plus(run_id))
+        if batch and (len(batch) >= most or size + cost > QUERY_BUDGET):
+            yield batch
+            batch, size = [], fixed
+        batch.append(run_id)
+        size += cost
+    if batch:
+        yield batch

@@ -49,3 +49,23 @@ def test_what_a_server_lacks_is_said_in_one_line_at_info():
     assert "20 runs a request" in line and "get-history-bulk-interval" in line and "NOT IN" not in line
     level, line = ServerFeatures.of_version((3, 17, 2)).summary("http://mlflow:5000")
     assert (level, line) == (logging.DEBUG, "MLflow 3.17.2 at http://mlflow:5000")
+
+
+def test_get_history_bulk_queries_stay_under_gunicorns_request_line_limit():
+    """MLflow 2.x servers run gunicorn, which answers a request line over 4,094 bytes with a 400:
+    100 run ids (what 2.11+ takes) alone are 4,000 bytes of query."""
+    from urllib.parse import urlencode
+
+    from syncer.sources.http_history import id_batches
+
+    ids = [f"{i:032x}" for i in range(250)]
+    for key, most in (("loss", 100), ("eval/" + "x" * 200, 100), ("loss", 20)):
+        batches = list(id_batches(ids, key, most))
+        assert [i for b in batches for i in b] == ids
+        for b in batches:
+            assert len(b) <= most
+            line = "GET /ajax-api/2.0/mlflow/metrics/get-history-bulk?"
+            line += urlencode({"run_id": b, "metric_key": key, "max_results": 25000}, doseq=True) + " HTTP/1.1"
+            assert len(line) <= 4094, (key, most, len(b), len(line))
+    assert [len(b) for b in id_batches(ids[:100], "loss", 100)] == [94, 6]
+    assert [len(b) for b in id_batches(ids[:45], "loss", 20)] == [20, 20, 5]
