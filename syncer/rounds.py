@@ -119,9 +119,11 @@ class RoundDriver:
             self.pool.settle(plan.active)
         except Stopped:
             self.listing.failed()
+            self.backlog = []  # the next listing is a full one: it finds what is left
             raise
         except Exception as e:
             self.listing.failed()
+            self.backlog = []
             full_disk = self._full_disk(e, stats)
             self._record_failure(stats, t0, full_disk or e)
             if full_disk is not None:

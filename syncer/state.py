@@ -269,10 +269,11 @@ class State:
         self.db.execute("BEGIN")
         try:
             yield
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # SQLite may have rolled back itself (SQLITE_FULL)
+                self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
 
     def save_run(
         self,

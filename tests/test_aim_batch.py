@@ -131,3 +131,70 @@ def test_runs_opened_ahead_and_never_written_leave_nothing_behind(repo, tmp_path
     assert not os.listdir(os.path.join(repo.path, "locks")) or all(
         not f.startswith(tuple(ahead)) for f in os.listdir(os.path.join(repo.path, "locks"))
     )
+
+
+def test_points_buffered_when_the_disk_runs_short_are_kept_and_the_run_gets_no_callback(repo, tmp_path, monkeypatch):
+    """A writer buffers small chunks and writes them together (settle). When that write finds the
+    repo's filesystem short of space (`space`: the same check as a real full disk, with the
+    reserve raised above what is free), the buffered points must not be dropped: the run is not
+    durable, so its cursors' callback is not called; once there is room they are written."""
+    from syncer.aim import space
+    from syncer.errors import RepoFull
+
+    h = f"{7:024x}"
+    batch = WriterBatch(repo)
+    w = batch.open(h, "exp")
+    w.set_info(name="r", description="", params={}, labels=[], archived=False)
+    w.write_points("loss", {}, [0, 1], [1.0, 0.5], [T0, T0 + 1])  # buffered, not written yet
+    monkeypatch.setattr(space, "RESERVE_BYTES", space.free_bytes(tmp_path) + (1 << 40))
+    with pytest.raises(RepoFull):
+        w.settle()
+    called: list[str] = []
+    batch.add(w, lambda: called.append(h))
+    with pytest.raises(RepoFull):
+        batch.commit(lambda thens: [t() for t in thens])
+    assert called == []  # no cursor may get ahead of points Aim does not have
+    monkeypatch.undo()
+    batch.close()
+
+    batch = WriterBatch(repo)  # room again: the run written once more has every point
+    w = batch.open(h, "exp")
+    w.set_info(name="r", description="", params={}, labels=[], archived=False)
+    w.write_points("loss", {}, [0, 1], [1.0, 0.5], [T0, T0 + 1])
+    w.write_points("loss", {}, [2], [0.25], [T0 + 2])
+    w.set_times(created_at=T0, ended_at=T0 + 10, active=False)
+    batch.add(w, lambda: called.append(h))
+    batch.commit(lambda thens: [t() for t in thens])
+    batch.close()
+    assert called == [h]
+    r = fresh_repo(tmp_path / "aim")
+    steps, (values, _e, _t) = r.get_run(h).get_metric("loss", Context({})).data.numpy()
+    assert steps.tolist() == [0, 1, 2] and values.tolist() == [1.0, 0.5, 0.25]
+    r.close()
+
+
+def test_settle_keeps_what_it_could_not_write(repo, tmp_path, monkeypatch):
+    """The writer's buffer survives a failed settle (full disk) and is written by the next one."""
+    from syncer.aim import space
+    from syncer.errors import RepoFull
+
+    h = f"{8:024x}"
+    batch = WriterBatch(repo)
+    w = batch.open(h, "exp")
+    w.set_info(name="r", description="", params={}, labels=[], archived=False)
+    w.write_points("loss", {}, [0, 1], [1.0, 0.5], [T0, T0 + 1])
+    monkeypatch.setattr(space, "RESERVE_BYTES", space.free_bytes(tmp_path) + (1 << 40))
+    with pytest.raises(RepoFull):
+        w.settle()
+    monkeypatch.undo()
+    w.settle()  # room again: what was buffered is written now
+    w.set_times(created_at=T0, ended_at=T0 + 10, active=False)
+    called: list[str] = []
+    batch.add(w, lambda: called.append(h))
+    batch.commit(lambda thens: [t() for t in thens])
+    batch.close()
+    assert called == [h]
+    r = fresh_repo(tmp_path / "aim")
+    steps, (values, _e, _t) = r.get_run(h).get_metric("loss", Context({})).data.numpy()
+    assert steps.tolist() == [0, 1] and values.tolist() == [1.0, 0.5]
+    r.close()

@@ -49,10 +49,11 @@ Durable = Callable[[list[Callable[[], None]]], None]
 def _read_and_close(writer: AimRunWriter) -> list[tuple[bytes, Any]]:
     """(In an IO thread.) The points still waiting written, every item of the writer's meta
     chunk read (what indexing the run copies), then its chunks closed: durable."""
-    writer.settle()
-    items = list(writer.chunks.meta.items())
-    writer.close_storage()
-    return items
+    try:
+        writer.settle()
+        return list(writer.chunks.meta.items())
+    finally:  # also when the points could not be written (a full disk): closed, not left to Aim's
+        writer.close_storage()  # finalizer, whose flush would block on a full disk
 
 
 class WriterBatch:

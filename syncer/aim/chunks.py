@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import RepoFull
 from . import encoding as enc
 from . import space
 
@@ -271,9 +272,10 @@ def _let_go(container: Any) -> None:
         return
     try:
         db.flush_wal(True)
-    except Exception as e:  # nothing more can be made durable now: the cursors were not committed
-        log.debug("syncing the write-ahead log of %s: %s", getattr(container, "path", "?"), e)
-    container._db = None
+    except Exception as e:  # not durable: the caller must not commit cursors for what it wrote
+        raise RepoFull(f"the write-ahead log of {getattr(container, 'path', '?')} could not be synced: {e}") from None
+    finally:
+        container._db = None
 
 
 _WriteOptimizedContainer: Any = None

@@ -159,6 +159,15 @@ class SequenceTracker:
         pending, self._pending, self._pending_points = self._pending, [], 0
         if not pending:
             return
+        try:
+            self._settle(pending)
+        except BaseException:  # nothing of them is known written (a full disk): they wait, so that
+            # a later settle writes them or the writer's close fails, and no cursor gets ahead of them
+            self._pending = pending + self._pending
+            self._pending_points += sum(len(p[3]) for p in pending)
+            raise
+
+    def _settle(self, pending: list[tuple[_SeqInfo, Any, str, list[int], np.ndarray, np.ndarray]]) -> None:
         flags: list[tuple[bytes, bytes]] = []
         columns: list[tuple[bytes, np.ndarray, np.ndarray]] = []
         seen: set[int] = set()
