@@ -22,6 +22,10 @@ from legacy_mlflow import legacy_mlflow_factory, mlflow2, mlflow2_server, mlflow
 
 os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # MLflow 3 refuses file stores without it
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+# The MLflow 3 servers the tests start run no job consumers (MLflow's huey workers: 8 more
+# processes and ~1.4 GB a server, measured; the syncer never uses server jobs). Without this, two
+# suites side by side on a 24 GiB machine ran out of memory.
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = 1_700_000_000_000  # 2023-11-14, ms: runs "trained long ago"
