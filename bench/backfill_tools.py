@@ -117,15 +117,22 @@ def base_tree(rev: str) -> Path:
     return tree
 
 
-def one_pass(tool: str, i: int, store: Store, args: Any) -> dict[str, Any]:
-    """Copy the store, make an empty Aim repo (untimed), run the tool once (timed)."""
-    work = OUT / "work" / store.name / f"{tool}-{i}"
+def _fresh_work(store: Store, name: str) -> tuple[Path, Path, Path]:
+    """bench/out/work/<store>/<name> emptied: a copy of the store and an initialised empty Aim repo
+    in it (untimed)."""
+    work = OUT / "work" / store.name / name
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     copy = store.copy_to(work / ("store" if store.kind == "file" else "store.db"))
     repo = work / "aim"
     init_aim_repo(repo)
+    return work, copy, repo
+
+
+def one_pass(tool: str, i: int, store: Store, args: Any) -> dict[str, Any]:
+    """Copy the store, make an empty Aim repo (untimed), run the tool once (timed)."""
+    work, copy, repo = _fresh_work(store, f"{tool}-{i}")
     spec = TOOLS[tool]
     cmd = spec.cmd(args, store.uri(copy), repo)
     env = spec.env(args) if spec.env else child_env(own_tree=spec.own_tree)
@@ -175,13 +182,7 @@ def noop_passes(store: Store, args: Any) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {"ours": [], "base": []}
     repos = {}
     for tool in out:
-        work = OUT / "work" / store.name / f"noop-{tool}"
-        if work.exists():
-            shutil.rmtree(work)
-        work.mkdir(parents=True)
-        copy = store.copy_to(work / ("store" if store.kind == "file" else "store.db"))
-        repo = work / "aim"
-        init_aim_repo(repo)
+        work, copy, repo = _fresh_work(store, f"noop-{tool}")
         spec = TOOLS[tool]
         env = spec.env(args) if spec.env else child_env(own_tree=True)
         cmd = spec.cmd(args, store.uri(copy), repo)

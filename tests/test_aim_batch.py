@@ -36,6 +36,16 @@ def _write(batch: WriterBatch, hashes: list[str], then=None) -> None:
         batch.add(w, None if then is None else (lambda h=h: then(h)))
 
 
+def _loss(tmp_path, run_hash: str) -> tuple[list, list]:
+    """(steps, values) of the run's `loss` (empty context), read back through Aim's SDK."""
+    r = fresh_repo(tmp_path / "aim")
+    try:
+        steps, (values, _e, _t) = r.get_run(run_hash).get_metric("loss", Context({})).data.numpy()
+        return steps.tolist(), values.tolist()
+    finally:
+        r.close()
+
+
 def _index(path) -> dict:
     c = RocksContainer(str(path / ".aim" / "meta" / "index"), read_only=True, skip_read_optimization=True)
     try:
@@ -167,10 +177,7 @@ def test_points_buffered_when_the_disk_runs_short_are_kept_and_the_run_gets_no_c
     batch.commit(lambda thens: [t() for t in thens])
     batch.close()
     assert called == [h]
-    r = fresh_repo(tmp_path / "aim")
-    steps, (values, _e, _t) = r.get_run(h).get_metric("loss", Context({})).data.numpy()
-    assert steps.tolist() == [0, 1, 2] and values.tolist() == [1.0, 0.5, 0.25]
-    r.close()
+    assert _loss(tmp_path, h) == ([0, 1, 2], [1.0, 0.5, 0.25])
 
 
 def test_settle_keeps_what_it_could_not_write(repo, tmp_path, monkeypatch):
@@ -194,7 +201,4 @@ def test_settle_keeps_what_it_could_not_write(repo, tmp_path, monkeypatch):
     batch.commit(lambda thens: [t() for t in thens])
     batch.close()
     assert called == [h]
-    r = fresh_repo(tmp_path / "aim")
-    steps, (values, _e, _t) = r.get_run(h).get_metric("loss", Context({})).data.numpy()
-    assert steps.tolist() == [0, 1] and values.tolist() == [1.0, 0.5]
-    r.close()
+    assert _loss(tmp_path, h) == ([0, 1], [1.0, 0.5])
