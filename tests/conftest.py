@@ -3,6 +3,7 @@ standard population of runs, the syncer CLI as a subprocess, and Aim read back t
 
 from __future__ import annotations
 
+import ast
 import math
 import os
 import shutil
@@ -289,6 +290,24 @@ def run_syncer(
     if check and p.returncode != 0:
         raise AssertionError(f"syncer {' '.join(args)} exited {p.returncode}\n{p.stdout}\n{p.stderr}")
     return p
+
+
+def mlflow_imported_by_backfill(uri: str, aim_repo: Path) -> list[str]:
+    """The MLflow modules a `syncer backfill` of this store imported (in-process, so that
+    sys.modules tells), after checking it succeeded."""
+    code = (
+        "import sys\n"
+        "from syncer.cli import cli\n"
+        "try:\n"
+        f"    cli(['backfill', '--mlflow-tracking-uri', {uri!r}, '--aim-repo', {str(aim_repo)!r}])\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert " 0 runs" not in out.stdout + out.stderr, out.stderr
+    return list(ast.literal_eval(out.stdout.strip().splitlines()[-1]))
 
 
 def read_aim(repo_path: Path | str) -> dict[str, dict]:

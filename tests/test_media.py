@@ -248,10 +248,10 @@ def _models_of(kind: str, uri: str, client, run_id: str):
 
     run = _record(client, run_id)
     if kind == "file":
-        from mlflow.store.tracking.file_store import FileStore
+        from syncer.sources.mlflow_compat import FileStoreInternals
 
         root = Path(uri)
-        return FileStoreModels(FileStore(str(root))).of(run, root / run.experiment_id / run_id)
+        return FileStoreModels(FileStoreInternals(root)).of(run, root / run.experiment_id / run_id)
     if kind == "sqlite":
         from syncer.sources.sql_schema import open_read_only
 

@@ -24,7 +24,7 @@ from ..errors import RunUnreadable, StoreError, StoreUnavailable, one_line
 from . import mlflow_compat
 from .base import Changes, ListingAsk, ReadStats, Source
 from .cursors import Cursor, FileCursor
-from .entities import artifact_repo_fetch, artifact_repo_list, datasets_from_inputs, experiment_from
+from .entities import artifact_repo_fetch, artifact_repo_list, datasets_from_inputs
 from .file_metrics import read_metric_file
 from .file_stat import META_PARTS, WRITE_ONCE_PARTS, RunFacts, experiments_mark, mtime_ns, tree_stats
 from .location import StoreLocation
@@ -95,15 +95,10 @@ class FileStoreSource(Source):
             if not must_exist and not any(self.root.iterdir()):
                 raise StoreUnavailable(f"waiting for MLflow to write its first run into {self.root}")
             raise StoreError(f"{self.root} is not an MLflow file store (no <experiment>/meta.yaml inside)")
-        # MLflow 3 refuses file stores unless told; reading one is exactly what we are for.
-        os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
-        mlflow_compat.check_mlflow_compatibility("file")
-        from mlflow.store.tracking.file_store import FileStore
-
-        self.store = FileStore(str(self.root))
-        self.internals = mlflow_compat.FileStoreInternals(self.store)
+        # MLflow's own FileStore (and MLflow's import) only where this reader meets something unusual
+        self.internals = mlflow_compat.FileStoreInternals(self.root)
         self._known: dict[str, _Known] = {}  # run id -> the last look at its folder
-        self._infos: dict[str, Any] = {}  # run id -> its meta.yaml as last read (MLflow's RunInfo)
+        self._infos: dict[str, mlflow_compat.RunMeta] = {}  # run id -> its meta.yaml as last read
         self._exp_mtime: dict[str, int | None] = {}  # experiment id -> its folder's mtime then
         self._exps: tuple[str, list[Experiment]] | None = None  # (experiments_mark, what MLflow said)
         self._models: Any = None  # the logged models' reader (it keeps a cache), made when first asked
@@ -142,17 +137,17 @@ class FileStoreSource(Source):
     def list_experiments(self) -> list[Experiment]:
         """MLflow's experiments, read again only when their folders' stats moved (MLflow's
         reader lists every run folder of every experiment: a cost that grows with the store)."""
-        from mlflow.entities import ViewType
-
         mark = experiments_mark(self.root)  # taken before reading: a change meanwhile shows next round
         if self._exps is not None and self._exps[0] == mark:
             return list(self._exps[1])
         self.reads.count(requests=1)
         try:
-            exps = self.store.search_experiments(view_type=ViewType.ALL, max_results=50_000)
+            exps = self.internals.experiments()
         except Exception as e:  # whatever MLflow's reader raises, as one line
             raise StoreError(f"cannot read MLflow file store {self.root}: {one_line(e)}") from None
-        self._exps = (mark, [experiment_from(e) for e in exps])
+        note = "mlflow.note.content"
+        found = [Experiment(e.experiment_id, e.name, e.lifecycle_stage, e.tags.get(note), e.tags) for e in exps]
+        self._exps = (mark, found)
         return list(self._exps[1])
 
     def _experiment_dir(self, experiment_id: str) -> Path:
@@ -279,40 +274,41 @@ class FileStoreSource(Source):
             details_loaded=False,
         )
         if not info.run_name or not info.user_id:  # stores of MLflow 1.x keep these in tags
-            self._load_tags(rec, info)
+            self._load_tags(rec, run_dir)
             rec.name = info.run_name or rec.tags.get("mlflow.runName") or info.run_id
             rec.user = info.user_id or rec.tags.get("mlflow.user")
         return rec
 
-    def _load_tags(self, run: RunRecord, info: Any) -> None:
-        run.tags = self.internals.tags(info)
+    def _load_tags(self, run: RunRecord, run_dir: Path) -> None:
+        run.tags = self.internals.tags(run_dir)
         self.reads.count(requests=len(run.tags))
 
     def load_details(self, run: RunRecord) -> None:
         """Params, tags and inputs of one run (read only when its metadata changed)."""
         if run.details_loaded:
             return
+        run_dir = self._run_dir(run)
         try:
-            info = self._infos.pop(run.run_id, None) or self.internals.run_info(
-                self._experiment_dir(run.experiment_id) / run.run_id
-            )
-            self._load_tags(run, info)
-            run.params = self.internals.params(info)
+            info = self._infos.pop(run.run_id, None) or self.internals.run_info(run_dir)
+            self._load_tags(run, run_dir)
+            run.params = self.internals.params(run_dir)
         except Exception as e:  # a tag or param file MLflow cannot read (not UTF-8, gone): this run only
             raise RunUnreadable(f"cannot read its params or tags: {type(e).__name__}: {one_line(e)}") from None
         self.reads.count(requests=len(run.params))
         try:
-            run.datasets = datasets_from_inputs(self.internals.inputs(info))
+            run.datasets = datasets_from_inputs(self.internals.inputs(run_dir, info))
         except Exception as e:  # stores older than MLflow 2.4 have no inputs
             log.debug("no inputs for run %s: %s", info.run_id, e)
             run.datasets = []
         run.details_loaded = True
 
     # -- metrics -----------------------------------------------------------------------------
-    def read_metric(self, run: RunRecord, key: str, cursor: Cursor | None) -> Iterator[tuple[MetricChunk, Cursor]]:
+    def _run_dir(self, run: RunRecord) -> Path:
         known = self._known.get(run.run_id)  # the folder the listing found (a run's keys: no stat each)
-        run_dir = known.run_dir if known is not None else self._experiment_dir(run.experiment_id) / run.run_id
-        path = Path(os.path.join(run_dir, "metrics", key))
+        return known.run_dir if known is not None else self._experiment_dir(run.experiment_id) / run.run_id
+
+    def read_metric(self, run: RunRecord, key: str, cursor: Cursor | None) -> Iterator[tuple[MetricChunk, Cursor]]:
+        path = Path(os.path.join(self._run_dir(run), "metrics", key))
         start = cursor if isinstance(cursor, FileCursor) else FileCursor()
         self.reads.count(histories=1, requests=1)
         done = start
@@ -355,7 +351,7 @@ class FileStoreSource(Source):
         from .logged_models import FileStoreModels
 
         if self._models is None:
-            self._models = FileStoreModels(self.store)
+            self._models = FileStoreModels(self.internals)
         models: list[LoggedModel] = self._models.of(run, self._experiment_dir(run.experiment_id) / run.run_id)
         return models
 

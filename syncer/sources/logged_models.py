@@ -5,7 +5,7 @@ source run (`initialize_logged_model(source_run_id=...)` without an output), wit
 status, params, tags, linked metrics (and their dataset), and flavors (from the model's `MLmodel`
 file, read once per model).
 
-- file stores: `FileStoreModels(store).of(run, run_dir)`: the run's `outputs/` folder gives
+- file stores: `FileStoreModels(internals).of(run, run_dir)`: the run's `outputs/` folder gives
   its models and steps (a file store keeps no index from runs to the models naming them),
   MLflow's `FileStore.get_logged_model` reads each, again only when the model's folder moved;
 - SQL stores: `sql_logged_models(engine, run)`: MLflow's own tables (`SqlLoggedModel*`,
@@ -111,8 +111,8 @@ class Flavors:
 class FileStoreModels:
     """The logged models of file-store runs; a model's folder is read again only when it moved."""
 
-    def __init__(self, store: Any):
-        self.store = store  # mlflow.store.tracking.file_store.FileStore
+    def __init__(self, internals: Any):
+        self.internals = internals  # mlflow_compat.FileStoreInternals (its MLflow FileStore made when first asked)
         self.flavors = Flavors()
         self._seen: dict[str, tuple[Any, LoggedModel]] = {}  # model id -> (stat digest, record)
 
@@ -127,7 +127,7 @@ class FileStoreModels:
                 out.append(seen[1])
                 continue
             try:
-                m = self.store.get_logged_model(model_id)
+                m = self.internals.store.get_logged_model(model_id)
             except Exception as e:  # a model folder deleted or half-written: next round
                 log.debug("logged model %s of run %s cannot be read: %s", model_id, run.run_id, e)
                 continue
@@ -183,7 +183,6 @@ def sql_logged_models(engine: Any, t: Any, run: RunRecord, flavors: Flavors | No
     """The run's logged models from MLflow's own tables (`t`: `sql_schema.SqlTables`), through a
     (read-only) SQLAlchemy engine; [] for a database of MLflow < 3.0 (no such tables). Only the
     columns `sql_schema.COLUMNS` names are read (a newer MLflow's database may have more)."""
-    from mlflow.entities import LoggedModelStatus
     from sqlalchemy import or_, select
 
     if not t.has_logged_models:
@@ -246,6 +245,8 @@ def sql_logged_models(engine: Any, t: Any, run: RunRecord, flavors: Flavors | No
                     )
                 )
     out = []
+    if rows:  # (MLflow's import: only for a run that has logged models)
+        from mlflow.entities import LoggedModelStatus
     for r in rows:
         status = str(LoggedModelStatus.from_int(r.status))
         out.append(

@@ -1,10 +1,11 @@
 """MLflow's SQL schema as the SQL source reads it, behind a guard.
 
-The tables come from MLflow's own SQLAlchemy models (`mlflow.store.tracking.dbmodels.models`),
-so a query names columns the way MLflow defines them. `COLUMNS` lists every column the source
-reads and `INDEXES` the indexes its queries count on; tests/test_sql_source.py fails loudly when
-an installed MLflow changes either, or its newest schema revision is not `KNOWN_HEAD` (then
-re-read the new migrations and update this file).
+The tables are declared here (`COLUMNS`, typed as MLflow's own SQLAlchemy models in
+`mlflow.store.tracking.dbmodels.models` type them: reading a database imports no MLflow), so a
+query names columns the way MLflow defines them. `COLUMNS` lists every column the source reads
+and `INDEXES` the indexes its queries count on; tests/test_sql_source.py fails loudly when an
+installed MLflow changes either, a column's type, or its newest schema revision is not
+`KNOWN_HEAD` (then re-read the new migrations and update this file).
 
 A database of any schema revision is read from the tables and columns it actually has
 (reflected when it is opened, a few catalog queries), not from a table of revisions: that reads
@@ -144,8 +145,49 @@ class SqlTables:
         return [f for f in OPTIONAL if not getattr(self, f"has_{f}")]
 
 
+# the columns of COLUMNS that are not text, with their SQLAlchemy type (the rest are strings), as
+# MLflow's models type them (tests/test_sql_source.py compares)
+_TYPED: dict[str, str] = {
+    **dict.fromkeys(
+        ("experiments.experiment_id", "experiment_tags.experiment_id", "runs.experiment_id", "logged_models.status"),
+        "Integer",
+    ),
+    **dict.fromkeys(
+        (
+            *("runs.start_time", "runs.end_time", "runs.deleted_time", "inputs.step"),
+            *("metrics.timestamp", "metrics.step", "latest_metrics.timestamp", "latest_metrics.step"),
+            *("logged_models.creation_timestamp_ms", "logged_models.last_updated_timestamp_ms"),
+            *("logged_model_metrics.metric_step", "logged_model_metrics.metric_timestamp_ms"),
+        ),
+        "BigInteger",
+    ),
+    **dict.fromkeys(("metrics.value", "latest_metrics.value", "logged_model_metrics.metric_value"), "Float"),
+    **dict.fromkeys(("metrics.is_nan", "latest_metrics.is_nan"), "Boolean"),
+}
+_TABLES: SqlTables | None = None
+
+
 def tables() -> SqlTables:
-    """MLflow's own Table objects for what the source reads (the installed MLflow's schema)."""
+    """The tables the source reads, declared here from COLUMNS and their types (SQLAlchemy Core,
+    made once): MLflow's own models would import MLflow, a second of every start."""
+    global _TABLES
+    if _TABLES is None:
+        import sqlalchemy as sa
+
+        meta = sa.MetaData()
+
+        def column(table: str, name: str) -> Any:
+            kind = _TYPED.get(f"{table}.{name}")
+            return sa.Column(name, sa.Float(precision=53) if kind == "Float" else getattr(sa, kind or "Text")())
+
+        declared: dict[str, Any] = {n: sa.Table(n, meta, *(column(n, c) for c in cols)) for n, cols in COLUMNS.items()}
+        _TABLES = SqlTables(**declared)
+    return _TABLES
+
+
+def mlflow_tables() -> SqlTables:
+    """MLflow's own Table objects for what the source reads (the installed MLflow's schema): what
+    `tables()` must agree with."""
     from mlflow.store.tracking.dbmodels import models as m
     from mlflow.store.workspace.dbmodels.models import SqlWorkspace
 
@@ -169,14 +211,17 @@ def tables() -> SqlTables:
 
 
 def schema_problems() -> list[str]:
-    """What differs between the installed MLflow's models and what this file expects."""
-    t = tables()
+    """What differs between the installed MLflow's models and what this file expects and declares."""
+    t, ours = mlflow_tables(), tables()
     problems = []
     for name, cols in COLUMNS.items():
         table = getattr(t, name)
         missing = [c for c in cols if c not in table.c]
         if table.name != name or missing:
             problems.append(f"table {name}: missing {missing or table.name}")
+        for c in cols:
+            if c in table.c and table.c[c].type.python_type is not getattr(ours, name).c[c].type.python_type:
+                problems.append(f"table {name}: {c} is {table.c[c].type!r} in MLflow's model, not as declared here")
     for name, cols in INDEXES:
         table = getattr(t, name)
         have = [tuple(c.name for c in ix.columns) for ix in table.indexes]
@@ -331,8 +376,10 @@ def _say_revision(shown: str, t: SqlTables) -> None:
     """One line per process (not in a backfill's worker processes: their parent said it) when the
     database is not of the installed MLflow's schema: a warning for a revision it does not know,
     an info line naming what an older one lacks."""
+    if t.revision == KNOWN_HEAD or (shown, t.revision) in _SAID or multiprocessing.parent_process() is not None:
+        return  # (the installed MLflow's head is KNOWN_HEAD: its revisions are read only for another)
     head = latest_revision()
-    if t.revision == head or (shown, t.revision) in _SAID or multiprocessing.parent_process() is not None:
+    if t.revision == head:
         return
     _SAID.add((shown, t.revision))
     absent = [f for f in t.absent() if f != "input_steps" or t.has_logged_models]  # no models: no steps
