@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import ClassVar
 
 OrderKey = tuple[int, int, float]  # (timestamp ms, step, value as MLflow's database orders it)
@@ -135,7 +135,10 @@ _KINDS: dict[str, type[FileCursor] | type[OrderCursor]] = {"file": FileCursor, "
 
 
 def dumps(cursor: Cursor) -> str:
-    return json.dumps({"kind": cursor.kind, **asdict(cursor)}, allow_nan=True)
+    """As `asdict` would give it (its fields hold numbers, strings and tuples of them), without
+    asdict's deep copy (2-3 % of a backfill of short runs, cProfile)."""
+    doc = {"kind": cursor.kind, **{f.name: getattr(cursor, f.name) for f in fields(cursor)}}
+    return json.dumps(doc, allow_nan=True)
 
 
 def loads(text: str) -> Cursor | None:

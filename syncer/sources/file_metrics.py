@@ -134,6 +134,22 @@ class _Lines:
 
     def _one_by_one(self, data: bytes) -> Iterator[tuple[MetricChunk, FileCursor]]:
         chunk = self.chunk
+        rows = [line.split() for line in data[:-1].split(b"\n")]
+        if len(chunk) + len(rows) < CHUNK_POINTS and all(len(r) == 3 for r in rows):
+            try:  # plain `timestamp value step` lines (what MLflow writes): a column at a time
+                col_ts = [int(r[0]) for r in rows]
+                col_values = [float(r[1]) for r in rows]
+                col_steps = [int(r[2]) for r in rows]
+            except ValueError:
+                pass  # a line that is not numbers: line by line, to count it
+            else:
+                cast(list[int], chunk.timestamps).extend(col_ts)
+                cast(list[float], chunk.values).extend(col_values)
+                cast(list[int], chunk.steps).extend(col_steps)
+                self.names.extend([None] * len(rows))
+                self.points += len(rows)
+                self.pos += len(data)
+                return
         for line in data[:-1].split(b"\n"):
             self.pos += len(line) + 1
             if not line.strip():

@@ -78,6 +78,23 @@ def test_a_block_parses_as_its_lines_do_one_by_one(odd):
         assert ends[-1] == len(data)
 
 
+@pytest.mark.parametrize("odd", [None, b"", b"1 2", b"1 0.5 2 ds digest", b"1\t0.5\t2", b"1 x 2", b"1 0.5 9e2"])
+def test_a_short_file_reads_as_its_lines_do_one_by_one(tmp_path, odd):
+    """Fewer lines than the bulk path takes: plain lines a column at a time, anything else line by line."""
+    lines = _lines(20, random.Random(5))
+    if odd is not None:
+        lines.insert(7, odd)
+    data = b"\n".join(lines) + b"\n"
+    (tmp_path / "acc").write_bytes(data)
+    chunks = list(read_metric_file(tmp_path / "acc", "acc", FileCursor()))
+    got = [(ts, v, s) for c, _ in chunks for ts, v, s in zip(c.timestamps, c.values, c.steps)]
+    assert _bits(got) == _bits(_one_by_one(data))
+    assert chunks[-1][1].offset == len(data) and chunks[-1][1].points == len(got)
+    assert chunks[-1][1].bad == (odd in (b"1 x 2", b"1 0.5 9e2"))
+    names = [n for c, _ in chunks for n in (c.dataset_names or [None] * len(c))]
+    assert names == [("ds" if odd == b"1 0.5 2 ds digest" and i == 7 else None) for i in range(len(got))]
+
+
 def test_a_file_reads_the_same_in_bulk_and_line_by_line(tmp_path):
     rng = random.Random(3)
     lines = _lines(25_000, rng)  # more than a chunk and a read block's worth
