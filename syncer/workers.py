@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
 from .errors import Stopped
@@ -229,7 +230,13 @@ class _Spread:
     def _collect(self) -> Iterator[int]:
         for fut in [f for f in self.in_flight if f.done()]:
             chunk = self.in_flight.pop(fut)
-            part, hashes = fut.result()
+            try:
+                part, hashes = fut.result()
+            except BrokenProcessPool:
+                if self.driver.stop.is_set():  # a helper ended by the signal that stops us (not a failure)
+                    self.stop.set()
+                    raise Stopped() from None
+                raise
             log.debug("a helper wrote %d run(s) in %.2f s", len(chunk), part.seconds)
             self.stats.add(part)
             self.unindexed.extend(hashes)
@@ -253,10 +260,17 @@ def _worker_init(cfg: Config, stop: Any, open_worker: Callable[[Config], RoundDr
 
     from .logs import configure_logging
 
+    # a stop while starting (Ctrl-C at once) is kept for the worker: Python's default would end
+    # the initializer with KeyboardInterrupt, which breaks the whole pool
+    early = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _signum, _frame: early.set())
     _die_with_parent()
     configure_logging(cfg.log_level, cfg.log_format)
     _worker = worker = open_worker(cfg)
     gc.freeze()  # what start-up made lives until the end: no collection looks at it again
+    if early.is_set():
+        worker.stop.set()
 
     def relay() -> None:  # the parent's stop, as this worker's own
         stop.wait()
