@@ -33,6 +33,20 @@ mlflow.set_system_metrics_sampling_interval(0.2)
 mlflow.set_system_metrics_samples_before_logging(1)
 client = MlflowClient(uri)
 out = {}
+
+
+def settled(fn):
+    # fn(), asked again while MLflow's file store reads a metric file its system-metrics thread
+    # has made but not written yet ("is malformed. No data found": MLflow's own race)
+    for attempt in range(100):
+        try:
+            return fn()
+        except ValueError as e:
+            if "No data found" not in str(e) or attempt == 99:
+                raise
+            time.sleep(0.05)
+
+
 with mlflow.start_run(run_name="sklearn", log_system_metrics=True) as run:
     mlflow.log_params({"C": 0.5, "max_iter": 50})
     mlflow.set_tags({"config_id": ids[0], "technique": "fine-tune", "mlflow.note.content": note})
@@ -42,13 +56,13 @@ with mlflow.start_run(run_name="sklearn", log_system_metrics=True) as run:
     rng = np.random.default_rng(0)
     x = rng.random((40, 3))
     model = LogisticRegression(C=0.5, max_iter=50).fit(x, (x[:, 0] > 0.5).astype(int))
-    mlflow.sklearn.log_model(model, name="model")
+    settled(lambda: mlflow.sklearn.log_model(model, name="model"))
     for lang in ("de", "fr"):
         pixels = np.full((8, 8, 3), 40 if lang == "de" else 200, dtype=np.uint8)
         mlflow.log_image(pixels, f"confusion_matrix_{lang}.png")
     wanted = {"system/cpu_utilization_percentage", "system/disk_usage_megabytes", "system/network_receive_megabytes"}
     deadline = time.monotonic() + 180
-    while not wanted <= set(client.get_run(run.info.run_id).data.metrics):
+    while not wanted <= set(settled(lambda: client.get_run(run.info.run_id)).data.metrics):
         if time.monotonic() > deadline:
             sys.exit("MLflow logged no system metrics in 180 s")
         time.sleep(0.2)

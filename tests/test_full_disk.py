@@ -202,7 +202,10 @@ def test_a_repo_that_cannot_be_made_for_lack_of_space_is_waited_for(small_fs, tm
         wait_for(lambda: d.text().count("filesystem is full") >= 3, 120)
         assert d.proc.poll() is None, d.text()[-3000:]
         ballast.unlink()
-        wait_for(lambda: _exact(repo, runs), 180)
+        try:
+            wait_for(lambda: _exact(repo, runs), 180)
+        except AssertionError:
+            raise AssertionError(f"not synced once space was freed; the daemon said:\n{d.text()[-4000:]}") from None
         rc, took = d.stop(signal.SIGTERM, timeout=30)
         assert rc == 0 and took < 10, d.text()[-3000:]
     finally:
