@@ -190,6 +190,17 @@ class _Spread:
 
     def done_windows(self) -> Iterator[int]:
         """Runs each window done had, as windows get done (here or by a helper)."""
+        try:
+            yield from self._done_windows()
+        except BrokenProcessPool:
+            # a helper ended by the signal that stops us too (Ctrl-C reaches the whole group; our
+            # own handler may run a moment after the helper died): a stop, not a failure
+            if self.driver.stop.wait(2.0):
+                self.stop.set()
+                raise Stopped() from None
+            raise
+
+    def _done_windows(self) -> Iterator[int]:
         begun = False  # every slice gets on with it: its first windows go out whatever the time
         while self.windows or self.in_flight:
             if self.driver.stop.is_set():
@@ -230,13 +241,7 @@ class _Spread:
     def _collect(self) -> Iterator[int]:
         for fut in [f for f in self.in_flight if f.done()]:
             chunk = self.in_flight.pop(fut)
-            try:
-                part, hashes = fut.result()
-            except BrokenProcessPool:
-                if self.driver.stop.is_set():  # a helper ended by the signal that stops us (not a failure)
-                    self.stop.set()
-                    raise Stopped() from None
-                raise
+            part, hashes = fut.result()
             log.debug("a helper wrote %d run(s) in %.2f s", len(chunk), part.seconds)
             self.stats.add(part)
             self.unindexed.extend(hashes)

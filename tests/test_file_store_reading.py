@@ -165,6 +165,31 @@ def test_hand_edited_meta_files_read_as_mlflow_reads_them(tmp_path):
     assert "4242" not in {e.experiment_id for e in ours.experiments()}
     assert _experiments(ours.experiments()) == _experiments(mlflows.search_experiments(view_type=3))
 
+    # a deleted experiment shadowed by a file of its name in the root: MLflow reads the file (and
+    # leaves the experiment out), so do we
+    shutil.rmtree(root / "4242")
+    assert len(ours._plain_experiments()) == 2  # (the plain reader, so far)
+    (gone,) = [p.name for p in (root / ".trash").iterdir()]
+    (root / gone).write_text("not an experiment")
+    assert gone not in {e.experiment_id for e in ours.experiments()}
+    assert _experiments(ours.experiments()) == _experiments(mlflows.search_experiments(view_type=3))
+
+
+def test_a_store_folder_that_went_away_is_not_made_again(tmp_path):
+    """A store moved or deleted under a running daemon (a mount gone): an error, as MLflow's
+    FileStore gives it, and nothing written there (MLflow's FileStore, made now, would make the
+    folder again with a Default experiment)."""
+    root = tmp_path / "mlruns"
+    _store_of_this_mlflow(root)
+    ours = mlflow_compat.FileStoreInternals(root)
+    assert len(ours.experiments()) == 2
+    shutil.rmtree(root)
+    with pytest.raises(mlflow_compat.StoreGone, match="does not exist"):
+        ours.experiments()
+    with pytest.raises(mlflow_compat.StoreGone):
+        ours.run_info(root / "1" / "r")
+    assert not root.exists()
+
 
 def test_a_file_store_backfill_does_not_import_mlflow(tmp_path):
     """Reading a plain file store needs nothing of MLflow: a backfill (and each worker) starts a

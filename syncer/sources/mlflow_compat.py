@@ -188,6 +188,10 @@ class ExperimentMeta:
     tags: dict[str, str]
 
 
+class StoreGone(Exception):
+    """The file store's folder is not there (moved, deleted, a mount gone)."""
+
+
 class _NotPlain(Exception):
     """Something this reader does not read as MLflow would: MLflow's own reader is asked."""
 
@@ -256,6 +260,7 @@ class FileStoreInternals:
     def store(self) -> Any:
         """MLflow's FileStore for the folder (imports MLflow; it creates `.trash` if missing)."""
         if self._store is None:
+            self._check_root()  # MLflow's FileStore would make a missing folder (and a Default experiment)
             # MLflow 3 refuses file stores unless told; reading one is exactly what we are for
             os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
             check_mlflow_compatibility("file")
@@ -264,9 +269,19 @@ class FileStoreInternals:
             self._store = FileStore(str(self.root))
         return self._store
 
+    def _check_root(self) -> None:
+        """What MLflow's `FileStore._check_root_dir` raises when the store's folder is gone."""
+        if not os.path.isdir(self.root):
+            raise StoreGone(
+                f"'{self.root}' does not exist."
+                if not os.path.exists(self.root)
+                else f"'{self.root}' is not a directory."
+            )
+
     # -- experiments -----------------------------------------------------------------------------
     def experiments(self) -> list[ExperimentMeta]:
         """`FileStore.search_experiments(ViewType.ALL)`: live and deleted experiments, newest first."""
+        self._check_root()
         try:
             found = self._plain_experiments()
         except _NotPlain:
@@ -280,24 +295,26 @@ class FileStoreInternals:
 
     def _plain_experiments(self) -> list[ExperimentMeta]:
         out: list[ExperimentMeta] = []
-        seen: set[str] = set()
         trash = os.path.join(self.root, _TRASH)
+        in_root: set[str] = set()  # every name in the store's folder: MLflow looks there first for an id
         for parent in (str(self.root), trash):
             try:
-                entries = [e for e in os.scandir(parent) if e.is_dir()]
+                entries = list(os.scandir(parent))
             except FileNotFoundError:
                 if parent == trash:
                     continue
                 raise _NotPlain from None
             except OSError:
                 raise _NotPlain from None
-            for entry in entries:
+            if parent != trash:
+                in_root = {e.name for e in entries}
+            for entry in (e for e in entries if e.is_dir()):
                 if parent != trash and (entry.name.endswith(_TRASH) or entry.name == _REGISTRY):
                     continue
-                # an id in both folders, or one MLflow refuses: MLflow's reader says what it makes of it
-                if entry.name in seen or not _EXPERIMENT_ID.match(entry.name):
+                # a deleted id with anything of that name in the root (MLflow reads that instead), or
+                # an id MLflow refuses: MLflow's reader says what it makes of it
+                if (parent == trash and entry.name in in_root) or not _EXPERIMENT_ID.match(entry.name):
                     raise _NotPlain
-                seen.add(entry.name)
                 out.append(self._experiment(entry.path, entry.name))
         # MLflow's order: creation time, newest first (none: last), then id
         out.sort(key=lambda e: (e.creation_time is None, -(e.creation_time or 0), e.experiment_id))
