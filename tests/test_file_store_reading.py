@@ -1,4 +1,4 @@
-"""A file store read by the syncer's own reader (`mlflow_compat.FileStoreInternals`, which does
+"""A file store read by the syncer's own reader (`file_meta.FileStoreInternals`, which does
 not import MLflow) as MLflow's own `FileStore` reads it: experiments (`search_experiments`), run
 folders' `meta.yaml` (`_get_run_info_from_dir`), params and tags (`_get_all_params` /
 `_get_all_tags`: names checked, contents decoded the same way), on stores written by MLflow 1.x,
@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from syncer.sources import mlflow_compat
+from syncer.sources import file_meta
 
 from conftest import T0, client_for, mlflow_imported_by_backfill
 
@@ -27,7 +27,7 @@ def _mlflow_store(root: Path):
 
 
 def _both(store, run_id: str, exp_id: str):
-    internals = mlflow_compat.FileStoreInternals(Path(store.root_directory))
+    internals = file_meta.FileStoreInternals(Path(store.root_directory))
     run_dir = Path(store.root_directory, exp_id, run_id)
     ours = (internals.params(run_dir), internals.tags(run_dir))
     info = store._get_run_info_from_dir(str(run_dir))
@@ -79,7 +79,7 @@ def _assert_reads_as_mlflow(root: Path) -> int:
     """Every experiment and run folder of the store read both ways; how many runs were compared."""
     from mlflow.entities import ViewType
 
-    ours = mlflow_compat.FileStoreInternals(root)
+    ours = file_meta.FileStoreInternals(root)
     ours_exps = ours.experiments()
     mlflows = _mlflow_store(root)
     assert _experiments(ours_exps) == _experiments(mlflows.search_experiments(view_type=ViewType.ALL))
@@ -122,7 +122,7 @@ def test_a_store_of_this_mlflow_reads_as_mlflow_reads_it(tmp_path):
     root = tmp_path / "mlruns"
     _store_of_this_mlflow(root)
     assert _assert_reads_as_mlflow(root) == 4
-    stages = {e.name: e.lifecycle_stage for e in mlflow_compat.FileStoreInternals(root).experiments()}
+    stages = {e.name: e.lifecycle_stage for e in file_meta.FileStoreInternals(root).experiments()}
     assert stages == {"reading": "active", "gone": "deleted"}
 
 
@@ -145,7 +145,7 @@ def test_hand_edited_meta_files_read_as_mlflow_reads_them(tmp_path):
     assert _assert_reads_as_mlflow(root) == 4
 
     # what MLflow refuses, refused alike
-    ours, mlflows = mlflow_compat.FileStoreInternals(root), _mlflow_store(root)
+    ours, mlflows = file_meta.FileStoreInternals(root), _mlflow_store(root)
     _edit(run_meta, "status: 3", "status: 9")
     with pytest.raises(Exception, match="Could not get string corresponding to run status 9"):
         mlflows._get_run_info_from_dir(str(run_meta.parent))
@@ -181,12 +181,12 @@ def test_a_store_folder_that_went_away_is_not_made_again(tmp_path):
     folder again with a Default experiment)."""
     root = tmp_path / "mlruns"
     _store_of_this_mlflow(root)
-    ours = mlflow_compat.FileStoreInternals(root)
+    ours = file_meta.FileStoreInternals(root)
     assert len(ours.experiments()) == 2
     shutil.rmtree(root)
-    with pytest.raises(mlflow_compat.StoreGone, match="does not exist"):
+    with pytest.raises(file_meta.StoreGone, match="does not exist"):
         ours.experiments()
-    with pytest.raises(mlflow_compat.StoreGone):
+    with pytest.raises(file_meta.StoreGone):
         ours.run_info(root / "1" / "r")
     assert not root.exists()
 

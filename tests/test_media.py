@@ -248,7 +248,7 @@ def _models_of(kind: str, uri: str, client, run_id: str):
 
     run = _record(client, run_id)
     if kind == "file":
-        from syncer.sources.mlflow_compat import FileStoreInternals
+        from syncer.sources.file_meta import FileStoreInternals
 
         root = Path(uri)
         return FileStoreModels(FileStoreInternals(root)).of(run, root / run.experiment_id / run_id)

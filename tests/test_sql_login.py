@@ -109,7 +109,12 @@ def test_daemon_whose_password_stops_working_is_unhealthy_then_recovers(postgres
         refused = [ln for ln in text.splitlines() if "refused the login" in ln]
         assert all(" WARNING " in ln and "; retrying in" in ln for ln in refused), text  # never fatal once it ran
         assert all(f'password authentication failed for user "{ROLE}"' in ln for ln in refused), text
-        assert "unreachable" not in text and "s3cret" not in text, text
+        # the refused login is never called unreachable; the terminated session may be, once, if a
+        # round was using it at that moment (the server did cut that connection)
+        lines = text.splitlines()
+        first = next(i for i, ln in enumerate(lines) if "refused the login" in ln)
+        assert sum("unreachable" in ln for ln in lines[:first]) <= 1, text
+        assert not any("unreachable" in ln for ln in lines[first:]) and "s3cret" not in text, text
 
         postgres.sql(f"ALTER ROLE {ROLE} PASSWORD '{PASSWORD}'")
         _until(lambda: points() == 6 and health.stat().st_mtime > stale, 120, daemon)

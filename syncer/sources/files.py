@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RunUnreadable, StoreError, StoreUnavailable, one_line
-from . import mlflow_compat
+from . import file_meta
 from .base import Changes, ListingAsk, ReadStats, Source
 from .cursors import Cursor, FileCursor
 from .entities import artifact_repo_fetch, artifact_repo_list, datasets_from_inputs
@@ -96,9 +96,9 @@ class FileStoreSource(Source):
                 raise StoreUnavailable(f"waiting for MLflow to write its first run into {self.root}")
             raise StoreError(f"{self.root} is not an MLflow file store (no <experiment>/meta.yaml inside)")
         # MLflow's own FileStore (and MLflow's import) only where this reader meets something unusual
-        self.internals = mlflow_compat.FileStoreInternals(self.root)
+        self.internals = file_meta.FileStoreInternals(self.root)
         self._known: dict[str, _Known] = {}  # run id -> the last look at its folder
-        self._infos: dict[str, mlflow_compat.RunMeta] = {}  # run id -> its meta.yaml as last read
+        self._infos: dict[str, file_meta.RunMeta] = {}  # run id -> its meta.yaml as last read
         self._exp_mtime: dict[str, int | None] = {}  # experiment id -> its folder's mtime then
         self._exps: tuple[str, list[Experiment]] | None = None  # (experiments_mark, what MLflow said)
         self._models: Any = None  # the logged models' reader (it keeps a cache), made when first asked

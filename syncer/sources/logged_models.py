@@ -112,7 +112,7 @@ class FileStoreModels:
     """The logged models of file-store runs; a model's folder is read again only when it moved."""
 
     def __init__(self, internals: Any):
-        self.internals = internals  # mlflow_compat.FileStoreInternals (its MLflow FileStore made when first asked)
+        self.internals = internals  # file_meta.FileStoreInternals (its MLflow FileStore made when first asked)
         self.flavors = Flavors()
         self._seen: dict[str, tuple[Any, LoggedModel]] = {}  # model id -> (stat digest, record)
 

@@ -147,23 +147,18 @@ class SqlTables:
 
 # the columns of COLUMNS that are not text, with their SQLAlchemy type (the rest are strings), as
 # MLflow's models type them (tests/test_sql_source.py compares)
-_TYPED: dict[str, str] = {
-    **dict.fromkeys(
-        ("experiments.experiment_id", "experiment_tags.experiment_id", "runs.experiment_id", "logged_models.status"),
-        "Integer",
-    ),
-    **dict.fromkeys(
-        (
-            *("runs.start_time", "runs.end_time", "runs.deleted_time", "inputs.step"),
-            *("metrics.timestamp", "metrics.step", "latest_metrics.timestamp", "latest_metrics.step"),
-            *("logged_models.creation_timestamp_ms", "logged_models.last_updated_timestamp_ms"),
-            *("logged_model_metrics.metric_step", "logged_model_metrics.metric_timestamp_ms"),
-        ),
-        "BigInteger",
-    ),
-    **dict.fromkeys(("metrics.value", "latest_metrics.value", "logged_model_metrics.metric_value"), "Float"),
-    **dict.fromkeys(("metrics.is_nan", "latest_metrics.is_nan"), "Boolean"),
+_TYPED: dict[str, dict[str, str]] = {
+    **dict.fromkeys(("experiments", "experiment_tags"), {"experiment_id": "Integer"}),
+    "runs": {"experiment_id": "Integer", **dict.fromkeys(("start_time", "end_time", "deleted_time"), "BigInteger")},
+    "metrics": {"timestamp": "BigInteger", "step": "BigInteger", "value": "Float", "is_nan": "Boolean"},
+    "inputs": {"step": "BigInteger"},
+    "logged_models": {
+        "status": "Integer",
+        **dict.fromkeys(("creation_timestamp_ms", "last_updated_timestamp_ms"), "BigInteger"),
+    },
+    "logged_model_metrics": {"metric_step": "BigInteger", "metric_timestamp_ms": "BigInteger", "metric_value": "Float"},
 }
+_TYPED["latest_metrics"] = _TYPED["metrics"]
 _TABLES: SqlTables | None = None
 
 
@@ -177,7 +172,7 @@ def tables() -> SqlTables:
         meta = sa.MetaData()
 
         def column(table: str, name: str) -> Any:
-            kind = _TYPED.get(f"{table}.{name}")
+            kind = _TYPED.get(table, {}).get(name)
             return sa.Column(name, sa.Float(precision=53) if kind == "Float" else getattr(sa, kind or "Text")())
 
         declared: dict[str, Any] = {n: sa.Table(n, meta, *(column(n, c) for c in cols)) for n, cols in COLUMNS.items()}
