@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import ClassVar
 
@@ -98,6 +99,21 @@ class OrderCursor:
             value=last[2],
             max_step=max(self.max_step, *(p[1] for p in points)),
             points=self.points + len(points),
+        )
+
+    def after_sorted(self, ts: Sequence[int], step: Sequence[int], value: Sequence[float]) -> OrderCursor:
+        """`after` for points given by column, in MLflow's (timestamp, step, value) order (a
+        query's): the last is the greatest, without a comparison per point."""
+        if not ts:
+            return self
+        last = max(self.last, (ts[-1], step[-1], value[-1]))
+        return replace(
+            self,
+            ts=last[0],
+            step=last[1],
+            value=last[2],
+            max_step=max(self.max_step, max(step)),
+            points=self.points + len(ts),
         )
 
     def is_new(self, ts: int, step: int, value: float) -> bool:

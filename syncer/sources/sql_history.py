@@ -18,9 +18,9 @@ key, and the points of a key a cursor has not read.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from .base import PREFETCH_MAX_POINTS, ReadStats, first_reads
 from .cursors import Cursor, OrderCursor
@@ -37,7 +37,7 @@ class SqlHistories:
         self.t = t
         self._rows = rows
         self.reads = reads
-        self._prefetched: dict[tuple[str, str], list[Any]] = {}
+        self._prefetched: dict[tuple[str, str], _Columns] = {}
 
     def key_marks(self, ids: list[str]) -> dict[str, dict[str, KeyMark]]:
         """run id -> key -> its latest point and how many points it has. Two queries."""
@@ -77,10 +77,18 @@ class SqlHistories:
         )
         if len(rows) > PREFETCH_MAX_POINTS:
             return  # more than the latest steps said: key by key
-        by_key: dict[str, list[Any]] = {k: [] for k in fresh}
-        for key, *rest in rows:
-            by_key[key].append(tuple(rest))
-        self._prefetched = {(run.run_id, k): v for k, v in by_key.items()}
+        # by column (a transpose in C), each key a slice of them: rows come in key order
+        cols = list(zip(*rows)) if rows else [(), (), (), (), ()]
+        key_col = cols[0]
+        self._prefetched = {(run.run_id, k): _Columns((), (), (), ()) for k in fresh}
+        start = 0
+        while start < len(key_col):
+            key = key_col[start]
+            end = start + 1
+            while end < len(key_col) and key_col[end] == key:
+                end += 1
+            self._prefetched[(run.run_id, key)] = _Columns(*(c[start:end] for c in cols[1:]))
+            start = end
 
     def read_metric(self, run: RunRecord, key: str, cursor: Cursor | None) -> Iterator[tuple[MetricChunk, Cursor]]:
         mark = run.metric_marks.get(key, KeyMark())
@@ -90,10 +98,10 @@ class SqlHistories:
         fetched = self._prefetched.pop((run.run_id, key), None) if cursor is None else None
         if fetched is not None:  # the whole history, fetched with the run's other keys
             cur = start
-            for i in range(0, max(len(fetched), 1), CHUNK_POINTS):
-                part = fetched[i : i + CHUNK_POINTS]
-                cur = cur.after([(ts, step, value) for ts, step, value, _nan in part])
-                yield _chunk(key, part), cur
+            for i in range(0, max(len(fetched.ts), 1), CHUNK_POINTS):
+                part = fetched.part(i, i + CHUNK_POINTS)
+                cur = cur.after_sorted(part.ts, part.step, part.value)
+                yield part.chunk(key), cur
             self.reads.count(points=cur.points)
             return
         read = 0
@@ -154,6 +162,24 @@ class SqlHistories:
         return select(m.c.timestamp, m.c.step, m.c.value, m.c.is_nan).where(
             m.c.run_uuid == run_id, key_of == key, m.c.step > cursor.max_step, m.c.timestamp + 0 < cursor.ts
         )
+
+
+class _Columns(NamedTuple):
+    """Points of one key in MLflow's order (timestamp, step, value), by column."""
+
+    ts: Sequence[int]
+    step: Sequence[int]
+    value: Sequence[float]
+    is_nan: Sequence[Any]
+
+    def part(self, i: int, j: int) -> _Columns:
+        return _Columns(self.ts[i:j], self.step[i:j], self.value[i:j], self.is_nan[i:j])
+
+    def chunk(self, key: str) -> MetricChunk:
+        values = list(self.value)
+        if any(self.is_nan):  # MLflow keeps NaN as 0 with is_nan set
+            values = [float("nan") if n else v for v, n in zip(values, self.is_nan)]
+        return MetricChunk(key, list(self.step), values, list(self.ts))
 
 
 def _chunk(key: str, rows: list[Any]) -> MetricChunk:

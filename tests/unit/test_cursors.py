@@ -64,3 +64,18 @@ def test_a_cursor_this_version_does_not_know_is_dropped(text):
 def test_a_file_cursor_says_which_lines_it_skipped():
     assert FileCursor().error is None and OrderCursor().error is None
     assert FileCursor(bad=2, first_bad="x y").error == "skipped 2 malformed line(s), first: 'x y'"
+
+
+def test_after_sorted_is_after_for_points_in_mlflows_order():
+    """A query's page (points in (timestamp, step, value) order) moves a cursor as `after` does."""
+    import random
+
+    rng = random.Random(11)
+    for _ in range(200):
+        points = sorted(
+            (rng.randint(0, 5), rng.randint(-3, 9), rng.choice([0.0, -1.5, 2.5, 1e308]))
+            for _ in range(rng.randint(0, 9))
+        )
+        start = rng.choice([OrderCursor(), OrderCursor(ts=2, step=4, value=0.0, max_step=7, points=3)])
+        ts, step, value = (list(c) for c in zip(*points)) if points else ([], [], [])
+        assert start.after_sorted(ts, step, value) == start.after(points)
