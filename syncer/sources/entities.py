@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 
 def experiment_from(e: Any) -> Experiment:
-    """An `mlflow.entities.Experiment` as our record."""
+    """An `mlflow.entities.Experiment` (or `file_meta.ExperimentMeta`) as our record."""
     return Experiment(e.experiment_id, e.name, e.lifecycle_stage, e.tags.get("mlflow.note.content"), dict(e.tags))
 
 

@@ -24,7 +24,7 @@ from ..errors import RunUnreadable, StoreError, StoreUnavailable, one_line
 from . import file_meta
 from .base import Changes, ListingAsk, ReadStats, Source
 from .cursors import Cursor, FileCursor
-from .entities import artifact_repo_fetch, artifact_repo_list, datasets_from_inputs
+from .entities import artifact_repo_fetch, artifact_repo_list, datasets_from_inputs, experiment_from
 from .file_metrics import read_metric_file
 from .file_stat import META_PARTS, WRITE_ONCE_PARTS, RunFacts, experiments_mark, mtime_ns, tree_stats
 from .location import StoreLocation
@@ -145,9 +145,7 @@ class FileStoreSource(Source):
             exps = self.internals.experiments()
         except Exception as e:  # whatever MLflow's reader raises, as one line
             raise StoreError(f"cannot read MLflow file store {self.root}: {one_line(e)}") from None
-        note = "mlflow.note.content"
-        found = [Experiment(e.experiment_id, e.name, e.lifecycle_stage, e.tags.get(note), e.tags) for e in exps]
-        self._exps = (mark, found)
+        self._exps = (mark, [experiment_from(e) for e in exps])
         return list(self._exps[1])
 
     def _experiment_dir(self, experiment_id: str) -> Path:
@@ -352,7 +350,7 @@ class FileStoreSource(Source):
 
         if self._models is None:
             self._models = FileStoreModels(self.internals)
-        models: list[LoggedModel] = self._models.of(run, self._experiment_dir(run.experiment_id) / run.run_id)
+        models: list[LoggedModel] = self._models.of(run, self._run_dir(run))
         return models
 
     def fetch_artifact(self, run: RunRecord, path: str, dst_dir: str) -> str:
