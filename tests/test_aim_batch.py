@@ -202,3 +202,26 @@ def test_settle_keeps_what_it_could_not_write(repo, tmp_path, monkeypatch):
     batch.close()
     assert called == [h]
     assert _loss(tmp_path, h) == ([0, 1], [1.0, 0.5])
+
+
+def test_a_batch_reaches_the_index_in_one_flush(repo, tmp_path):
+    """A batch's index entries go to one level-0 file of the index (with Aim's 1 MB write buffer
+    they made several, and every 8 of them compacted the whole index again)."""
+    hashes = [f"{i:024x}" for i in range(24)]
+    batch = WriterBatch(repo)
+    batch.prepare([(h, False) for h in hashes])
+    for i, h in enumerate(hashes):
+        w = batch.open(h, "exp")
+        params = {f"param_{k:03d}": f"value {k} of run {i}, long enough" for k in range(400)}
+        w.set_info(name=f"run {i}", description=None, params=params, labels=[], archived=False)
+        w.set_times(created_at=T0 + i, ended_at=T0 + 10, active=False)
+        batch.add(w)
+    assert batch.commit(lambda thens: None) == []
+    batch.close()
+    index = tmp_path / "aim" / ".aim" / "meta" / "index"
+    assert len(list(index.glob("*.sst"))) == 1
+    entries = _index(tmp_path / "aim")
+    assert sum(1 for k in entries if b"param_" in k) >= 24 * 400  # all of them, in that one file
+    r = fresh_repo(tmp_path / "aim")
+    assert sorted(run.hash for run in r.iter_runs()) == hashes
+    r.close()

@@ -278,34 +278,60 @@ def _let_go(container: Any) -> None:
         container._db = None
 
 
-_WriteOptimizedContainer: Any = None
+_TunedContainer: Any = None
 
 
-def _write_optimized_container(path: str) -> Any:
-    """An ``aim.storage.rockscontainer.RocksContainer`` (write mode) whose RocksDB is opened
-    with a vector memtable (fast bulk inserts, slow memtable reads: we never read through it)
-    and 16 MB write buffers instead of Aim's 1 MB.  Only the in-memory write path differs; the
-    files are plain RocksDB files every Aim reader opens with its own options."""
-    global _WriteOptimizedContainer
-    if _WriteOptimizedContainer is None:
-        import aimrocks
+def _tuned_container(path: str, tuning: Callable[[], dict[str, Any]]) -> Any:
+    """An ``aim.storage.rockscontainer.RocksContainer`` (write mode) whose RocksDB is opened with
+    Aim's options and ``tuning()`` over them. Only the in-memory write path differs: the files
+    are plain RocksDB files every Aim reader opens with its own options."""
+    global _TunedContainer
+    if _TunedContainer is None:
         from aim.storage.rockscontainer import RocksContainer
 
-        class WriteOptimizedContainer(RocksContainer):  # type: ignore[misc]  # untyped (Cython)
+        class TunedContainer(RocksContainer):  # type: ignore[misc]  # untyped (Cython)
+            def __init__(self, path: str, tuning: Callable[[], dict[str, Any]]) -> None:
+                self._tuning = tuning  # read when Aim's __init__ sets its options, before it opens
+                super().__init__(path, read_only=False)
+
             @property
             def _db_opts(self) -> Any:
                 return self.__dict__["_tuned_db_opts"]
 
             @_db_opts.setter
             def _db_opts(self, opts: Any) -> None:
-                self.__dict__["_tuned_db_opts"] = {
-                    **opts,
-                    "memtable_factory": aimrocks.VectorMemtableFactory(),
-                    "allow_concurrent_memtable_write": False,
-                    "write_buffer_size": 16 << 20,
-                    "max_write_buffer_number": 2,
-                    "db_write_buffer_size": 32 << 20,
-                }
+                self.__dict__["_tuned_db_opts"] = {**opts, **self._tuning()}
 
-        _WriteOptimizedContainer = WriteOptimizedContainer
-    return _WriteOptimizedContainer(path, read_only=False)
+        _TunedContainer = TunedContainer
+    return _TunedContainer(path, tuning)
+
+
+def _write_optimized_container(path: str) -> Any:
+    """A seqs chunk's container: a vector memtable (fast bulk inserts, slow memtable reads: we
+    never read through it) and 16 MB write buffers instead of Aim's 1 MB."""
+
+    def tuning() -> dict[str, Any]:
+        import aimrocks
+
+        return {
+            "memtable_factory": aimrocks.VectorMemtableFactory(),
+            "allow_concurrent_memtable_write": False,
+            "write_buffer_size": 16 << 20,
+            "max_write_buffer_number": 2,
+            "db_write_buffer_size": 32 << 20,
+        }
+
+    return _tuned_container(path, tuning)
+
+
+def _index_tuning() -> dict[str, Any]:
+    # a batch's index entries (~100 kB a run) in one memtable, flushed once when the batch closes
+    # the index: with Aim's 1 MB buffers a batch of 64 runs makes 4-8 level-0 files, and every 8 of
+    # them compact the whole index again (a backfill of 1,000 runs rewrote it ~20 times)
+    return {"write_buffer_size": 64 << 20, "max_write_buffer_number": 2, "db_write_buffer_size": 128 << 20}
+
+
+def index_container(path: str) -> Any:
+    """The repo index (``meta/index``) opened for writing as ``Repo._get_index_container`` opens
+    it, with write buffers that hold a whole batch (`_index_tuning`)."""
+    return _tuned_container(path, _index_tuning)

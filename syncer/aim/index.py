@@ -41,6 +41,7 @@ from typing import Any
 
 from ..retry import retrying
 from . import space
+from .chunks import index_container
 from .repo import aim_path, get_repo
 
 log = logging.getLogger(__name__)
@@ -258,7 +259,10 @@ def index_runs(
             aimrocks.errors.RocksIOError, attempts=attempts, first_wait=INDEX_FIRST_DELAY, max_wait=INDEX_MAX_DELAY
         ):
             with tried:  # the index DB may be open in another process (aim up's indexer)
-                container = repo._get_index_container("meta", timeout=0)
+                container = repo.container_pool.get(config)
+                if container is None:  # opened as Repo._get_index_container opens it, pooled where it
+                    # pools it (Aim's indexer, below, takes it from there); buffers that hold a batch
+                    container = repo.container_pool[config] = index_container(os.path.join(repo.path, "meta", "index"))
     except aimrocks.errors.RocksIOError as e:
         log.warning("Aim's run index is busy (%s); `aim up` will index %d run(s) itself", e, len(hashes))
         return hashes

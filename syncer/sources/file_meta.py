@@ -64,12 +64,31 @@ class _NotPlain(Exception):
     """Something this reader does not read as MLflow would: MLflow's own reader is asked."""
 
 
+def read_whole(path: str) -> bytes:
+    """A whole (small) file's bytes, read to its end: three or four system calls where
+    `open(path, "rb").read()` makes eight (it also asks fstat twice, isatty and lseek). A
+    backfill reads hundreds of thousands of param and tag files."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, _FIRST_READ)
+        if not data:
+            return data
+        parts = [data]
+        while more := os.read(fd, 1 << 20):
+            parts.append(more)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+    finally:
+        os.close(fd)
+
+
+_FIRST_READ = 1 << 16
+
+
 def _yaml(path: str) -> Any:
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # what MLflow's read_yaml uses
-    with open(path, "rb") as f:
-        return yaml.load(codecs.utf_8_decode(f.read(), "strict", True)[0], Loader=loader)
+    return yaml.load(codecs.utf_8_decode(read_whole(path), "strict", True)[0], Loader=loader)
 
 
 def _plain_name(name: str) -> bool:
@@ -244,8 +263,7 @@ class FileStoreInternals:
                 key = name if rel == "." else os.path.join(rel, name).replace(os.sep, "/")
                 if not _plain_name(key):
                     mlflow_compat.validate_name(kind, key)
-                with open(os.path.join(root, name), "rb") as f:
-                    out[key] = codecs.utf_8_decode(f.read(), "strict", False)[0]
+                out[key] = codecs.utf_8_decode(read_whole(os.path.join(root, name)), "strict", False)[0]
         return out
 
     def inputs(self, run_dir: Path, info: RunMeta) -> Any:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -78,24 +77,25 @@ def read_metric_file(path: Path, key: str, start: FileCursor) -> Iterator[tuple[
     mark is the file size seen here. Lines are parsed a block at a time (`parse_lines`: numpy
     columns), one by one where a block holds anything but plain three-field lines."""
     try:
-        f = open(path, "rb")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise RunUnreadable(f"metric {key!r}: {e.strerror}") from None
-    with f:
-        mark = os.fstat(f.fileno()).st_size
-        cur = replace(start, mark=mark)
+    try:  # os.pread: no Python file object (its open alone asks fstat, isatty and lseek)
+        mark = os.fstat(fd).st_size
+        cur = start  # (its mark: the new one, `mark`, goes into every cursor made from here)
         if mark < cur.offset:  # truncated or replaced: start again, writes are idempotent
             log.warning("metric file %s shrank; reading it again", path)
             cur = FileCursor(mark=mark)
-        f.seek(cur.offset)
+        pos = cur.offset
         reader = _Lines(key, cur, mark)
         tail = b""
         while True:
             # what the file holds, at most a block (a 1 MB read buffer for a 1 kB file costs more
             # than reading it)
-            block = f.read(min(_READ_BYTES, max(mark - f.tell(), 0) + 4096))
+            block = os.pread(fd, min(_READ_BYTES, max(mark - pos, 0) + 4096), pos)
             if not block:
                 break
+            pos += len(block)
             data = tail + block
             cut = data.rfind(b"\n")
             if cut < 0:
@@ -104,6 +104,8 @@ def read_metric_file(path: Path, key: str, start: FileCursor) -> Iterator[tuple[
             tail = data[cut + 1 :]
             yield from reader.block(data[: cut + 1])
         yield reader.last(len(tail))
+    finally:
+        os.close(fd)
 
 
 class _Lines:

@@ -33,7 +33,7 @@ class SqlHistories:
     """The histories part of a SQL source: `t` MLflow's tables, `rows(query)` a counted query
     with the source's error mapping."""
 
-    def __init__(self, t: Any, rows: Callable[[Any], list[Any]], reads: ReadStats):
+    def __init__(self, t: Any, rows: Callable[..., list[Any]], reads: ReadStats):
         self.t = t
         self._rows = rows
         self.reads = reads
@@ -73,7 +73,8 @@ class SqlHistories:
             select(m.c.key, m.c.timestamp, m.c.step, m.c.value, m.c.is_nan)
             .where(m.c.run_uuid == run.run_id, m.c.key.in_(fresh))
             .order_by(m.c.key, m.c.timestamp, m.c.step, m.c.value)
-            .limit(PREFETCH_MAX_POINTS + 1)
+            .limit(PREFETCH_MAX_POINTS + 1),
+            raw=True,
         )
         if len(rows) > PREFETCH_MAX_POINTS:
             return  # more than the latest steps said: key by key
@@ -141,7 +142,8 @@ class SqlHistories:
                     tuple_(m.c.timestamp, m.c.step, m.c.value) > tuple_(cur.ts, cur.step, cur.value),
                 )
                 .order_by(m.c.timestamp, m.c.step, m.c.value)
-                .limit(CHUNK_POINTS)
+                .limit(CHUNK_POINTS),
+                raw=True,
             )
             cur = cur.after([(ts, step, value) for ts, step, value, _nan in page])
             yield page, cur

@@ -14,6 +14,7 @@ import pytest
 from syncer.aim import encoding as enc
 from syncer.sink import winner_index, winners
 from syncer.sources.cursors import FileCursor
+from syncer.sources.file_meta import read_whole
 from syncer.sources.file_metrics import BULK_MIN_LINES, parse_lines, parse_metric_line, read_metric_file
 
 
@@ -114,6 +115,19 @@ def test_a_file_reads_the_same_in_bulk_and_line_by_line(tmp_path):
     again = [(ts, v, s) for c, _ in chunks[:2] for ts, v, s in zip(c.timestamps, c.values, c.steps)]
     again += [(ts, v, s) for c, _ in rest for ts, v, s in zip(c.timestamps, c.values, c.steps)]
     assert _bits(again) == _bits(got)
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 65_535, 65_536, 65_537, 1 << 20, 3_000_001])
+def test_a_whole_file_reads_as_open_read_reads_it(tmp_path, size):
+    """`read_whole` (os.open and os.read: the param and tag files) gives what open().read() gives,
+    however the file's size falls against its reads; a folder or a missing file raise as open() does."""
+    data = random.Random(size).randbytes(size)
+    (tmp_path / "f").write_bytes(data)
+    assert read_whole(str(tmp_path / "f")) == data
+    with pytest.raises(IsADirectoryError):
+        read_whole(str(tmp_path))
+    with pytest.raises(FileNotFoundError):
+        read_whole(str(tmp_path / "missing"))
 
 
 def test_winner_index_keeps_what_winners_keeps():
