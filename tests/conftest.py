@@ -292,8 +292,8 @@ def run_syncer(
     return p
 
 
-def mlflow_imported_by_backfill(uri: str, aim_repo: Path) -> list[str]:
-    """The MLflow modules a `syncer backfill` of this store imported (in-process, so that
+def imported_by_backfill(uri: str, aim_repo: Path, package: str = "mlflow") -> list[str]:
+    """The modules of `package` a `syncer backfill` of this store imported (in-process, so that
     sys.modules tells), after checking it succeeded."""
     code = (
         "import sys\n"
@@ -302,7 +302,7 @@ def mlflow_imported_by_backfill(uri: str, aim_repo: Path) -> list[str]:
         f"    cli(['backfill', '--mlflow-tracking-uri', {uri!r}, '--aim-repo', {str(aim_repo)!r}])\n"
         "except SystemExit as e:\n"
         "    assert not e.code, e.code\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] == {package!r}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from syncer.sources import file_meta
 
-from conftest import T0, client_for, mlflow_imported_by_backfill
+from conftest import T0, client_for, imported_by_backfill, log_points
 
 DATA = Path(__file__).parent / "data"
 
@@ -196,4 +196,19 @@ def test_a_file_store_backfill_does_not_import_mlflow(tmp_path):
     second sooner. MLflow is imported only where the reader meets something unusual."""
     root = tmp_path / "mlruns"
     shutil.copytree(DATA / "legacy-mlflow-2.9.2", root)
-    assert mlflow_imported_by_backfill(str(root), tmp_path / "aim") == []
+    assert imported_by_backfill(str(root), tmp_path / "aim") == []
+
+
+def test_a_backfill_with_nothing_to_do_does_not_import_aims_sdk(tmp_path):
+    """A backfill of a store synced before reads no run and writes none: Aim's SDK (most of a
+    second of its start) stays unimported."""
+    root = tmp_path / "mlruns"
+    client = client_for(str(root))
+    exp = client.create_experiment("e")
+    for _ in range(2):
+        run = client.create_run(exp)
+        client.log_param(run.info.run_id, "lr", "0.1")
+        log_points(client, run.info.run_id, "loss", [(s, 1.0 / (s + 1), T0 + s) for s in range(50)])
+        client.set_terminated(run.info.run_id)
+    assert "aim.sdk" in imported_by_backfill(str(root), tmp_path / "aim", "aim")  # the first one writes
+    assert [m for m in imported_by_backfill(str(root), tmp_path / "aim", "aim") if m.startswith("aim.sdk")] == []

@@ -9,7 +9,7 @@ import sqlite3
 
 from syncer.sources import sql_schema
 
-from conftest import T0, client_for, log_points, mlflow_imported_by_backfill, read_aim, run_syncer
+from conftest import T0, client_for, imported_by_backfill, log_points, read_aim, run_syncer
 
 
 def _digest(path) -> str:
@@ -47,7 +47,7 @@ def test_a_sqlite_backfill_does_not_import_mlflow(tmp_path):
     database of the installed MLflow's schema is read without importing MLflow (a second of
     every start, and of each worker's)."""
     db, _run = _mlflow_db(tmp_path)
-    assert mlflow_imported_by_backfill(f"sqlite:///{db}", tmp_path / "aim") == []
+    assert imported_by_backfill(f"sqlite:///{db}", tmp_path / "aim") == []
 
 
 def test_sqlite_store_is_read_without_a_single_byte_changed(tmp_path):

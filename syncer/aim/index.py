@@ -41,7 +41,6 @@ from typing import Any
 
 from ..retry import retrying
 from . import space
-from .chunks import index_container
 from .repo import aim_path, get_repo
 
 log = logging.getLogger(__name__)
@@ -244,6 +243,8 @@ def index_runs(
     (creating an index there would hide every other not-yet-indexed run)."""
     import aimrocks.errors
     from aim.sdk.repo import ContainerConfig
+
+    from .chunks import index_container  # (chunks imports Aim's storage: not at a no-op's start)
 
     hashes = list(dict.fromkeys(run_hashes))
     repo = get_repo(repo)
