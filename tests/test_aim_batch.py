@@ -225,3 +225,49 @@ def test_a_batch_reaches_the_index_in_one_flush(repo, tmp_path):
     r = fresh_repo(tmp_path / "aim")
     assert sorted(run.hash for run in r.iter_runs()) == hashes
     r.close()
+
+
+def _table_properties(chunk) -> dict[str, int]:
+    """Counts RocksDB keeps of a chunk's SST files: `# entries`, `# deletions`, `# range deletions`."""
+    import aimrocks
+
+    db = aimrocks.DB(str(chunk), aimrocks.Options(), read_only=True)
+    text = db.get_property(b"rocksdb.aggregated-table-properties").decode()
+    del db  # closed as the last reference goes (aimrocks' own close() crashes the process later)
+    fields = (part.split("=", 1) for part in text.split("; ") if "=" in part)
+    return {k.strip(): int(v) for k, v in fields if v.strip().isdigit()}
+
+
+def test_a_runs_chunks_hold_no_tombstones_per_series_and_no_info_log(repo, tmp_path):
+    """A new series' bookkeeping goes to the meta chunk as puts: no range tombstone (a subtree
+    cleared) nor point tombstone (a blob twin deleted) per series, which every later read of the
+    chunk would skip (these 24 series left 110 range and 304 point tombstones before). RocksDB keeps no
+    info log in the chunks it writes. Aim's SDK reads every series back."""
+    h = "0" * 23 + "a"
+    batch = WriterBatch(repo)
+    batch.prepare([(h, True)])
+    w = batch.open(h, "exp")
+    w.set_info(name="r", description=None, params={"x": 1}, labels=[], archived=False)
+    names = [f"metric_{k}" for k in range(12)]
+    for name in names:
+        for ctx in ({"subset": "train"}, {"subset": "eval", "lang": "de"}):
+            w.write_points(name, ctx, [0, 1, 2], [1.0, 0.5, 0.25], [T0, T0 + 1, T0 + 2])
+    w.set_times(created_at=T0, ended_at=T0 + 10, active=False)
+    batch.add(w)
+    batch.commit(lambda thens: None)
+    batch.close()
+    aim = tmp_path / "aim" / ".aim"
+    props = _table_properties(aim / "meta" / "chunks" / h)
+    assert props["# entries"] > 24 * 8  # the series' bookkeeping is there
+    assert props["# range deletions"] + props["# deletions"] < 24  # what the run's own fields take
+    for sub in ("meta", "seqs"):
+        assert not list((aim / sub / "chunks" / h).glob("LOG*"))
+    r = fresh_repo(tmp_path / "aim")
+    try:
+        run = r.get_run(h)
+        got = {(m.name, tuple(sorted(m.context.to_dict().items()))) for m in run.metrics()}
+        assert len(got) == 24 and {n for n, _ in got} == set(names)
+        steps, (values, _e, _t) = run.get_metric("metric_3", Context({"subset": "eval", "lang": "de"})).data.numpy()
+        assert steps.tolist() == [0, 1, 2] and values.tolist() == [1.0, 0.5, 0.25]
+    finally:
+        r.close()

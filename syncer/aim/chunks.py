@@ -64,7 +64,12 @@ def open_chunks(repo: Any, run_hash: str, *, seqs: bool) -> OpenedChunks:
     pool = repo.container_pool
     meta = pool.get(ContainerConfig("meta", run_hash, False))
     if meta is None:
-        meta = RocksContainer(os.path.join(repo.path, "meta", "chunks", run_hash), read_only=False)
+        path = os.path.join(repo.path, "meta", "chunks", run_hash)
+        try:
+            meta = _tuned_container(path, _meta_tuning)
+        except Exception as e:  # e.g. options refused: Aim's own container
+            log.debug("default RocksDB options for %s: %r", path, e)
+            meta = RocksContainer(path, read_only=False)
     try:
         found = pool.get(ContainerConfig("seqs", run_hash, False)) if seqs else None
         return OpenedChunks(meta, found if found is not None else (_open_seqs(repo, run_hash) if seqs else None))
@@ -138,15 +143,23 @@ class RunChunks:
 
     # ---- writing ----------------------------------------------------------------------------
 
-    def tree_set(self, batch: Any, path: tuple[Any, ...], value: Any, strict: bool = True) -> None:
+    def tree_set(
+        self, batch: Any, path: tuple[Any, ...], value: Any, strict: bool = True, *, items: Any = None
+    ) -> None:
         """``ContainerTreeView.set(path, value)`` into ``batch`` of the meta chunk: the subtree
-        cleared, then its keys put. (``RocksContainer.set`` would also delete each key's twin in
-        the blob domain: this writer never stores blobs in a meta chunk, so there is none.)"""
+        cleared, then its keys put (``items``: ``encoding.encode_tree(value)`` when the caller
+        has it already). (``RocksContainer.set`` would also delete each key's twin in the blob
+        domain: this writer never stores blobs in a meta chunk, so there is none.)"""
         p = enc.encode_path(path)
         self.meta.delete_range(p, p + b"\xff", store_batch=batch)
-        put = batch.put
-        for k, v in enc.encode_tree(value, strict=strict):
-            put(p + k, v)
+        _put_all(batch, p, enc.encode_tree(value, strict=strict) if items is None else items)
+
+    def tree_put(self, batch: Any, path: tuple[Any, ...], value: Any) -> None:
+        """The keys of ``value`` put under ``path`` into ``batch`` of the meta chunk, the subtree
+        not cleared first: for a path whose old keys, if any, are the same ones (a scalar over a
+        scalar; a context under its own hash), where clearing would only add a range tombstone
+        that every later read of the chunk has to skip."""
+        _put_all(batch, enc.encode_path(path), enc.encode_tree(value, strict=True))
 
     def commit_meta(self, batch: Any, *, urgent: bool = False) -> None:
         """Commit a batch to the meta chunk.  ``urgent``: the change must reach the run index
@@ -262,6 +275,12 @@ class RunChunks:
         self._tracker = None
 
 
+def _put_all(batch: Any, prefix: bytes, items: Any) -> None:
+    put = batch.put
+    for k, v in items:
+        put(prefix + k, v)
+
+
 def _let_go(container: Any) -> None:
     """Detach a container's RocksDB handle so that Aim's close does not flush its memtable (a
     flush on a full disk never returns): the write-ahead log is synced if it can be, and the
@@ -279,6 +298,16 @@ def _let_go(container: Any) -> None:
 
 
 _TunedContainer: Any = None
+
+# RocksDB writes an info log (``LOG``, ~24 kB of options and events) into every database it opens
+# for writing: two files a run, created and written, that nothing reads. A log folder that cannot
+# be one (the null device) leaves RocksDB without an info log ("no place suitable for logging",
+# ``SanitizeOptions``); readers that open a chunk later write their own.
+_NO_INFO_LOG = {"db_log_dir": os.devnull}
+
+
+def _meta_tuning() -> dict[str, Any]:
+    return dict(_NO_INFO_LOG)
 
 
 def _tuned_container(path: str, tuning: Callable[[], dict[str, Any]]) -> Any:
@@ -319,6 +348,7 @@ def _write_optimized_container(path: str) -> Any:
             "write_buffer_size": 16 << 20,
             "max_write_buffer_number": 2,
             "db_write_buffer_size": 32 << 20,
+            **_NO_INFO_LOG,
         }
 
     return _tuned_container(path, tuning)
@@ -328,7 +358,12 @@ def _index_tuning() -> dict[str, Any]:
     # a batch's index entries (~100 kB a run) in one memtable, flushed once when the batch closes
     # the index: with Aim's 1 MB buffers a batch of 64 runs makes 4-8 level-0 files, and every 8 of
     # them compact the whole index again (a backfill of 1,000 runs rewrote it ~20 times)
-    return {"write_buffer_size": 64 << 20, "max_write_buffer_number": 2, "db_write_buffer_size": 128 << 20}
+    return {
+        "write_buffer_size": 64 << 20,
+        "max_write_buffer_number": 2,
+        "db_write_buffer_size": 128 << 20,
+        **_NO_INFO_LOG,
+    }
 
 
 def index_container(path: str) -> Any:

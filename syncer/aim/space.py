@@ -22,7 +22,10 @@ RESERVE_BYTES = 64 * 1024 * 1024
 
 
 def free_bytes(path: str | os.PathLike[str]) -> int:
-    st = os.statvfs(_existing(path))
+    try:  # one system call: asked before every write
+        st = os.statvfs(path)
+    except FileNotFoundError:
+        st = os.statvfs(_existing(path))
     return st.f_bavail * st.f_frsize
 
 

@@ -239,20 +239,25 @@ class SequenceTracker:
 
         ctx_idx = ctx.idx
         chunks = self._chunks
-        mset = chunks.meta.set
+        mput = mbatch.put
         tprefix = enc.encode_path(("meta", "chunks", self.hash, "traces", ctx_idx, name))
 
         def meta_put(key: str, value: Any) -> None:
-            mset(tprefix + enc.encode_key(key) + enc.PATH_SENTINEL, enc.encode(value), store_batch=mbatch)
+            # a put, not RocksContainer.set: that also deletes the key's twin in the blob domain,
+            # a tombstone per key in the chunk; this writer stores no blobs in a meta chunk
+            mput(tprefix + enc.encode_key(key) + enc.PATH_SENTINEL, enc.encode(value))
 
         if info.new:
+            # put, not set: a context's index is the hash of its dict (an old entry there is the
+            # same dict) and the type flags are scalars; Aim's own tracker clears each first,
+            # which leaves a range tombstone per series in the chunk that every read skips
             if ctx_idx not in self._contexts:
                 cd = ctx.to_dict()
-                chunks.tree_set(mbatch, ("meta", "contexts", ctx_idx), cd)
-                chunks.tree_set(mbatch, ("meta", "chunks", self.hash, "contexts", ctx_idx), cd)
+                chunks.tree_put(mbatch, ("meta", "contexts", ctx_idx), cd)
+                chunks.tree_put(mbatch, ("meta", "chunks", self.hash, "contexts", ctx_idx), cd)
                 self._contexts.add(ctx_idx)
-            chunks.tree_set(mbatch, ("meta", "traces_types", "float", ctx_idx, name), 1)
-            chunks.tree_set(mbatch, ("meta", "chunks", self.hash, "typed_traces", "metric", ctx_idx, name), 1)
+            chunks.tree_put(mbatch, ("meta", "traces_types", "float", ctx_idx, name), 1)
+            chunks.tree_put(mbatch, ("meta", "chunks", self.hash, "typed_traces", "metric", ctx_idx, name), 1)
             meta_put("dtype", "float")
             meta_put("version", 2)
             info.new = False

@@ -293,10 +293,11 @@ class AimRunWriter:
                 chunks.tree_set(batch, ("meta", "chunks", self.hash, OWN_KEY, "note"), note_text)
         params = dict(params)
         if chunks.meta_run_tree.get("attrs", None) != params or chunks.meta_tree.get("attrs", None) != params:
+            items = list(enc.encode_tree(params, strict=False))  # encoded once for both paths
             for path in (("meta", "chunks", self.hash, "attrs"), ("meta", "attrs")):
                 # as Aim leaves it after `run[...] = {}` (on open) and `run[key] = ...`: the
                 # object flag on the root, then the keys
-                chunks.tree_set(batch, path, params, strict=False)
+                chunks.tree_set(batch, path, params, items=items)
                 chunks.meta.set(enc.encode_path(path), enc.OBJECT_FLAG, store_batch=batch)
         if list(ours_before) != labels:
             chunks.tree_set(batch, ("meta", "chunks", self.hash, OWN_KEY, "labels"), labels)

@@ -65,13 +65,14 @@ class _NotPlain(Exception):
 
 
 def read_whole(path: str) -> bytes:
-    """A whole (small) file's bytes, read to its end: three or four system calls where
-    `open(path, "rb").read()` makes eight (it also asks fstat twice, isatty and lseek). A
-    backfill reads hundreds of thousands of param and tag files."""
+    """A whole (small) file's bytes, read to its end: three system calls where
+    `open(path, "rb").read()` makes eight (it also asks fstat twice, isatty, lseek and reads
+    again to see the end). A backfill reads hundreds of thousands of param and tag files. A read
+    of a regular file that returns less than it asked for has met the end of the file."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         data = os.read(fd, _FIRST_READ)
-        if not data:
+        if len(data) < _FIRST_READ:
             return data
         parts = [data]
         while more := os.read(fd, 1 << 20):

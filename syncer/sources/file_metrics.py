@@ -92,17 +92,21 @@ def read_metric_file(path: Path, key: str, start: FileCursor) -> Iterator[tuple[
         while True:
             # what the file holds, at most a block (a 1 MB read buffer for a 1 kB file costs more
             # than reading it)
-            block = os.pread(fd, min(_READ_BYTES, max(mark - pos, 0) + 4096), pos)
+            want = min(_READ_BYTES, max(mark - pos, 0) + 4096)
+            block = os.pread(fd, want, pos)
             if not block:
                 break
             pos += len(block)
+            end = len(block) < want  # a short read of a regular file: its end (no read to see it)
             data = tail + block
             cut = data.rfind(b"\n")
             if cut < 0:
                 tail = data
-                continue
-            tail = data[cut + 1 :]
-            yield from reader.block(data[: cut + 1])
+            else:
+                tail = data[cut + 1 :]
+                yield from reader.block(data[: cut + 1])
+            if end:
+                break
         yield reader.last(len(tail))
     finally:
         os.close(fd)

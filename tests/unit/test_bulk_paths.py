@@ -117,13 +117,43 @@ def test_a_file_reads_the_same_in_bulk_and_line_by_line(tmp_path):
     assert _bits(again) == _bits(got)
 
 
+@pytest.mark.parametrize("size", [100, 5000, 1 << 20, 1_500_000])
+def test_a_metric_file_is_read_to_its_end_without_a_read_past_it(tmp_path, monkeypatch, size):
+    """A metric file reads in as many `pread`s as its size takes, none more to see its end (a
+    short read is the end); what it gives is what the lines give."""
+    import syncer.sources.file_metrics as fm
+
+    lines, n = [], 0
+    while n < size:
+        lines.append(f"{1_700_000_000_000 + len(lines)} 0.5 {len(lines)}".encode())
+        n += len(lines[-1]) + 1
+    data = b"\n".join(lines) + b"\n"
+    (tmp_path / "m").write_bytes(data)
+    reads = []
+    real = fm.os.pread
+    monkeypatch.setattr(fm.os, "pread", lambda fd, k, at: reads.append(k) or real(fd, k, at))
+    chunks = list(read_metric_file(tmp_path / "m", "m", FileCursor()))
+    got = [(ts, v, s) for c, _ in chunks for ts, v, s in zip(c.timestamps, c.values, c.steps)]
+    assert _bits(got) == _bits(_one_by_one(data))
+    assert len(reads) == len(data) // fm._READ_BYTES + 1
+    assert chunks[-1][1].offset == len(data) and chunks[-1][1].tail == 0
+
+
 @pytest.mark.parametrize("size", [0, 1, 4095, 65_535, 65_536, 65_537, 1 << 20, 3_000_001])
 def test_a_whole_file_reads_as_open_read_reads_it(tmp_path, size):
     """`read_whole` (os.open and os.read: the param and tag files) gives what open().read() gives,
     however the file's size falls against its reads; a folder or a missing file raise as open() does."""
+    import syncer.sources.file_meta as fmeta
+
     data = random.Random(size).randbytes(size)
     (tmp_path / "f").write_bytes(data)
-    assert read_whole(str(tmp_path / "f")) == data
+    reads = []
+    real = fmeta.os.read
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fmeta.os, "read", lambda fd, k: reads.append(k) or real(fd, k))
+        assert read_whole(str(tmp_path / "f")) == data
+    if size < 65_536:  # a param or tag file: one read, none past its end
+        assert len(reads) == 1
     with pytest.raises(IsADirectoryError):
         read_whole(str(tmp_path))
     with pytest.raises(FileNotFoundError):
