@@ -97,7 +97,9 @@ def read_metric_file(path: Path, key: str, start: FileCursor) -> Iterator[tuple[
             if not block:
                 break
             pos += len(block)
-            end = len(block) < want  # a short read of a regular file: its end (no read to see it)
+            # a short read at or past the size fstat gave: the end (no read to see it); short of
+            # that size (a filesystem that answers part of a read) the loop reads on
+            end = len(block) < want and pos >= mark
             data = tail + block
             cut = data.rfind(b"\n")
             if cut < 0:
