@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 IO_THREADS = 8  # RocksDB opens and closes side by side (their fsyncs overlap; the CPU work is small)
 # what a run opened ahead takes on disk before a point is written: its seqs chunk's write-ahead
-# log, preallocated at 1.1 x its 16 MB write buffer (chunks._write_optimized_container), and its
+# log, preallocated at 1.1 x its 16 MB write buffer (chunks._seqs_tuning), and its
 # meta chunk. No more runs are opened ahead than the free space above the reserve holds, so that
 # on a nearly full disk the runs opened ahead do not eat the room the run being written needs
 OPENED_AHEAD_BYTES = 20 * 1024 * 1024

@@ -58,18 +58,12 @@ def open_chunks(repo: Any, run_hash: str, *, seqs: bool) -> OpenedChunks:
     writing, as ``Repo.request_container`` would but without its container pool: safe in a
     thread of its own (the caller holds the run's lock)."""
     from aim.sdk.repo import ContainerConfig
-    from aim.storage.rockscontainer import RocksContainer
 
     # one open for writing per process: a container this process holds already is the one
     pool = repo.container_pool
     meta = pool.get(ContainerConfig("meta", run_hash, False))
     if meta is None:
-        path = os.path.join(repo.path, "meta", "chunks", run_hash)
-        try:
-            meta = _tuned_container(path, _meta_tuning)
-        except Exception as e:  # e.g. options refused: Aim's own container
-            log.debug("default RocksDB options for %s: %r", path, e)
-            meta = RocksContainer(path, read_only=False)
+        meta = _open_tuned(os.path.join(repo.path, "meta", "chunks", run_hash), _meta_tuning)
     try:
         found = pool.get(ContainerConfig("seqs", run_hash, False)) if seqs else None
         return OpenedChunks(meta, found if found is not None else (_open_seqs(repo, run_hash) if seqs else None))
@@ -80,9 +74,14 @@ def open_chunks(repo: Any, run_hash: str, *, seqs: bool) -> OpenedChunks:
 
 def _open_seqs(repo: Any, run_hash: str) -> Any:
     """The run's seqs chunk for writing, write-optimized where RocksDB takes the options."""
-    path = os.path.join(repo.path, "seqs", "chunks", run_hash)
+    return _open_tuned(os.path.join(repo.path, "seqs", "chunks", run_hash), _seqs_tuning)
+
+
+def _open_tuned(path: str, tuning: Callable[[], dict[str, Any]]) -> Any:
+    """A chunk opened for writing with ``tuning`` over Aim's options; Aim's own container where
+    RocksDB refuses them."""
     try:
-        return _write_optimized_container(path)
+        return _tuned_container(path, tuning)
     except Exception as e:  # e.g. options refused: Aim's own container
         log.debug("default RocksDB options for %s: %r", path, e)
     from aim.storage.rockscontainer import RocksContainer
@@ -335,23 +334,19 @@ def _tuned_container(path: str, tuning: Callable[[], dict[str, Any]]) -> Any:
     return _TunedContainer(path, tuning)
 
 
-def _write_optimized_container(path: str) -> Any:
-    """A seqs chunk's container: a vector memtable (fast bulk inserts, slow memtable reads: we
+def _seqs_tuning() -> dict[str, Any]:
+    """A seqs chunk's options: a vector memtable (fast bulk inserts, slow memtable reads: we
     never read through it) and 16 MB write buffers instead of Aim's 1 MB."""
+    import aimrocks
 
-    def tuning() -> dict[str, Any]:
-        import aimrocks
-
-        return {
-            "memtable_factory": aimrocks.VectorMemtableFactory(),
-            "allow_concurrent_memtable_write": False,
-            "write_buffer_size": 16 << 20,
-            "max_write_buffer_number": 2,
-            "db_write_buffer_size": 32 << 20,
-            **_NO_INFO_LOG,
-        }
-
-    return _tuned_container(path, tuning)
+    return {
+        "memtable_factory": aimrocks.VectorMemtableFactory(),
+        "allow_concurrent_memtable_write": False,
+        "write_buffer_size": 16 << 20,
+        "max_write_buffer_number": 2,
+        "db_write_buffer_size": 32 << 20,
+        **_NO_INFO_LOG,
+    }
 
 
 def _index_tuning() -> dict[str, Any]:
