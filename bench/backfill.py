@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from backfill_tools import TOOLS, Store, noop_passes, one_pass
+from backfill_tools import TOOLS, TRASH, Store, empty_trash, noop_passes, one_pass
 from benchkit import AIMLFLOW_PY, OUT, PY, ROOT, child_env, git_state, load
 
 BASELINE = "aec8973"  # main when issue 26 was filed: "today's" code for the no-op comparison
@@ -257,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     if "aimlflow" in tools and not Path(args.aimlflow_python).exists():
         ap.error(f"{args.aimlflow_python} not found; run bench/aimlflow_env.sh first (or leave aimlflow out)")
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    if TRASH.exists():  # an earlier run's folders, left by a run that did not finish
+        print(f"deleting {TRASH} (left by an earlier run): the passes of the next minutes may be slower", flush=True)
+        empty_trash()
     summary: dict[str, Any] = {"git": git_state(), "nproc": os.cpu_count(), "loadavg_at_start": load(), "stores": {}}
     for name in stores:
         store = make_store(name, args)
@@ -280,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(summary)
     Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json_out).write_text(json.dumps(summary, indent=2))
+    empty_trash()  # earlier passes' folders, deleted now that no pass is timed
     failed = any("verify_ours" in r and not r["verify_ours"]["ok"] for r in summary["stores"].values())
     return 1 if failed else 0
 
