@@ -273,3 +273,34 @@ def test_a_runs_chunks_hold_no_tombstones_per_series_and_no_info_log(repo, tmp_p
         assert steps.tolist() == [0, 1, 2] and values.tolist() == [1.0, 0.5, 0.25]
     finally:
         r.close()
+
+
+def test_a_run_with_a_media_object_is_indexed_as_its_chunk_stays(repo, tmp_path):
+    """A Text's first and last values are blobs in the meta chunk, read lazily through it by
+    Aim. Read after the chunk was closed, they opened it again for writing, which changed its
+    files after the index had stamped them: the next start indexed the run again."""
+    from syncer.aim.index import index_missing, index_stamps
+
+    import aim
+
+    h = "00000000000000000000a1b2"
+    batch = WriterBatch(repo)
+    batch.prepare([(h, True)])
+    w = batch.open(h, "exp")
+    w.set_info(name="r", description=None, params={}, labels=[], archived=False)
+    w.write_points("loss", {}, [0, 1], [1.0, 0.5], [T0, T0 + 1])
+    w.write_objects("notes", {}, 0, T0, aim.Text("a note from an artifact"))
+    w.set_times(created_at=T0, ended_at=T0 + 1, active=False)
+    batch.add(w)
+    assert batch.commit(lambda thens: None) == []
+    batch.close()
+    chunk = tmp_path / "aim" / ".aim" / "meta" / "chunks" / h
+    assert len(list(chunk.glob("MANIFEST-*"))) == 1, "the chunk was opened once"
+    assert index_stamps(repo, [h]) == {h: chunk_stamp(repo, h)}
+    assert index_missing(repo) == []
+    r = fresh_repo(tmp_path / "aim")
+    try:
+        steps, (vals, _, _) = r.get_run(h).get_text_sequence("notes", Context({})).data.numpy()
+        assert steps.tolist() == [0] and vals[0].data == "a note from an artifact"
+    finally:
+        r.close()

@@ -257,6 +257,16 @@ def test_legacy_file_stores(version, tmp_path, aim_repo):
     assert run["created_at"] == pytest.approx(1_600_000_000, abs=1e-3)
     assert run["end_time"] == pytest.approx(1_600_000_060, abs=1e-3)
     assert run["objects"] == ["notes"]
+    # the index stamped the chunk as it stays: the next start has nothing to index again (the
+    # note's Text once reopened the closed chunk for writing while the index copied it)
+    from syncer.aim import open_repo
+    from syncer.aim.index import index_missing
+
+    repo, _ = open_repo(aim_repo)
+    try:
+        assert index_missing(repo) == []
+    finally:
+        repo.close()
 
 
 def test_file_uri_and_mlflow3_metric_lines(tmp_path, aim_repo):

@@ -48,10 +48,19 @@ Durable = Callable[[list[Callable[[], None]]], None]
 
 def _read_and_close(writer: AimRunWriter) -> list[tuple[bytes, Any]]:
     """(In an IO thread.) The points still waiting written, every item of the writer's meta
-    chunk read (what indexing the run copies), then its chunks closed: durable."""
+    chunk read (what indexing the run copies), then its chunks closed: durable. A blob (a media
+    object's data, e.g. a Text's first and last value) is read now too: Aim's lazy blob reads
+    through the container, which would open the closed chunk again, for writing, when the index
+    copies it, changing its files after the index stamped them."""
+    from aim.storage.types import BLOB
+
     try:
         writer.settle()
-        return list(writer.chunks.meta.items())
+        items = list(writer.chunks.meta.items())
+        for _, value in items:
+            if isinstance(value, BLOB):
+                value.load()
+        return items
     finally:  # also when the points could not be written (a full disk): closed, not left to Aim's
         writer.close_storage()  # finalizer, whose flush would block on a full disk
 

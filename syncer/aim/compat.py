@@ -65,6 +65,7 @@ INTERNALS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("aim.storage.encoding", ("encode", "encode_path", "encode_key", "encode_int64", "decode_path")),
     ("aim.storage.treeutils", ("encode_tree",)),
     ("aim.storage.utils", ("ArrayFlag", "ObjectFlag")),
+    ("aim.storage.types", ("BLOB.load",)),  # a blob in a meta chunk read before the chunk closes (batch)
     (
         "aim.storage.rockscontainer",
         (
