@@ -295,7 +295,7 @@ def test_a_run_with_a_media_object_is_indexed_as_its_chunk_stays(repo, tmp_path)
     assert batch.commit(lambda thens: None) == []
     batch.close()
     chunk = tmp_path / "aim" / ".aim" / "meta" / "chunks" / h
-    assert len(list(chunk.glob("MANIFEST-*"))) == 1, "the chunk was opened once"
+    assert len(list(chunk.glob("OPTIONS-*"))) == 1, "the chunk was opened once (each open writes an OPTIONS file)"
     assert index_stamps(repo, [h]) == {h: chunk_stamp(repo, h)}
     assert index_missing(repo) == []
     r = fresh_repo(tmp_path / "aim")

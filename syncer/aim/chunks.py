@@ -148,7 +148,8 @@ class RunChunks:
         """``ContainerTreeView.set(path, value)`` into ``batch`` of the meta chunk: the subtree
         cleared, then its keys put (``items``: ``encoding.encode_tree(value)`` when the caller
         has it already). (``RocksContainer.set`` would also delete each key's twin in the blob
-        domain: this writer never stores blobs in a meta chunk, so there is none.)"""
+        domain: the paths set here have none. The only blobs in a meta chunk are media objects'
+        data, which Aim's ``RunTracker`` stores under their own series' first and last values.)"""
         p = enc.encode_path(path)
         self.meta.delete_range(p, p + b"\xff", store_batch=batch)
         _put_all(batch, p, enc.encode_tree(value, strict=strict) if items is None else items)

@@ -244,7 +244,8 @@ class SequenceTracker:
 
         def meta_put(key: str, value: Any) -> None:
             # a put, not RocksContainer.set: that also deletes the key's twin in the blob domain,
-            # a tombstone per key in the chunk; this writer stores no blobs in a meta chunk
+            # a tombstone per key in the chunk; a metric's keys have no twin (the only blobs in a
+            # meta chunk are media objects' data, under their own series)
             mput(tprefix + enc.encode_key(key) + enc.PATH_SENTINEL, enc.encode(value))
 
         if info.new:
